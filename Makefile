@@ -1,0 +1,29 @@
+# Two entry points that work on a fresh machine with Python 3.11 and make:
+#   make run   - set up .venv, train experiments/quickstart.py, write samples/plot/checkpoints under runs/
+#   make test  - set up .venv and run the default (fast) test suite
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+
+.PHONY: setup run test test-slow clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found (Python 3.11 is required; set PYTHON=...)"; exit 2; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+run: setup
+	$(BIN)/selfflow train experiments/quickstart.py --run-dir runs/quickstart
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-slow: setup
+	$(BIN)/python -m pytest -q -m slow
+
+clean:
+	rm -rf runs .pytest_cache

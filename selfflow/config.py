@@ -1,0 +1,307 @@
+"""Experiment configuration: frozen dataclasses, dotted overrides, validation.
+
+An experiment is a Python file (see ``experiments/``) that defines ``CONFIG = Config(...)``.
+The command line can override any leaf with ``--set section.key=value``. Every value is
+type-checked and every cross-field rule (layers within depth, mask ratio in [0, 0.5], ...) is
+checked *before* anything is compiled, so a typo costs a one-line error, not a JAX traceback.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import importlib.util
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; the message names the key and what was expected."""
+
+
+# SiT sizes (depth, width, heads), patch 2, MLP ratio 4; "tiny" is for tests and the CPU demo.
+MODEL_PRESETS: dict[str, dict[str, int]] = {
+    "tiny": dict(depth=6, hidden_size=128, num_heads=4, patch_size=4),
+    "S/2": dict(depth=12, hidden_size=384, num_heads=6, patch_size=2),
+    "B/2": dict(depth=12, hidden_size=768, num_heads=12, patch_size=2),
+    "L/2": dict(depth=24, hidden_size=1024, num_heads=16, patch_size=2),
+    "XL/2": dict(depth=28, hidden_size=1152, num_heads=16, patch_size=2),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    preset: str = "tiny"
+    # None = take the value from the preset.
+    depth: Optional[int] = None
+    hidden_size: Optional[int] = None
+    num_heads: Optional[int] = None
+    patch_size: Optional[int] = None
+    mlp_ratio: float = 4.0
+    positions: Literal["sincos", "rope"] = "sincos"
+    rope_theta: float = 10000.0
+    dtype: Literal["float32", "bfloat16"] = "float32"
+
+    def resolved(self, key: str) -> int:
+        value = getattr(self, key)
+        return MODEL_PRESETS[self.preset][key] if value is None else value
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectiveConfig:
+    kind: Literal["flow_matching", "dts", "self_flow"] = "self_flow"
+    gamma: float = 0.8
+    mask_ratio: float = 0.25
+    # 1-indexed block outputs; None = round(0.3 * depth) and round(0.7 * depth).
+    student_layer: Optional[int] = None
+    teacher_layer: Optional[int] = None
+    time_distribution: Literal["uniform", "logit_normal"] = "uniform"
+    logit_normal_mean: float = 0.0
+    logit_normal_std: float = 1.0
+    # SD3 shift t' = a t / (1 + (a - 1) t); a > 1 moves mass towards noise (tau = 1).
+    time_shift: float = 1.0
+    label_dropout: float = 0.1
+    ema_decay: float = 0.9999
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    learning_rate: float = 1e-4
+    b1: float = 0.9
+    b2: float = 0.999
+    weight_decay: float = 0.0
+    grad_clip_norm: float = 1.0
+    warmup_steps: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    source: Literal["shapes"] = "shapes"
+    image_size: int = 32
+    num_examples: int = 60_000
+    num_classes: int = 10
+    read_threads: int = 2
+    prefetch: int = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 1000
+    batch_size: int = 64
+    log_every: int = 10
+    checkpoint_every: int = 200
+    keep_checkpoints: int = 3
+    sample_every: int = 0  # 0 = only at the end
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleConfig:
+    steps: int = 50
+    cfg_scale: float = 1.0
+    per_class: int = 8
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    seed: int = 0
+    model: ModelConfig = ModelConfig()
+    objective: ObjectiveConfig = ObjectiveConfig()
+    optim: OptimConfig = OptimConfig()
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+    sample: SampleConfig = SampleConfig()
+
+    # Derived values (everything downstream reads these, never the raw Optional fields).
+    @property
+    def depth(self) -> int:
+        return self.model.resolved("depth")
+
+    @property
+    def student_layer(self) -> int:
+        s = self.objective.student_layer
+        return max(1, round(0.3 * self.depth)) if s is None else s
+
+    @property
+    def teacher_layer(self) -> int:
+        t = self.objective.teacher_layer
+        return max(1, round(0.7 * self.depth)) if t is None else t
+
+    @property
+    def uses_teacher(self) -> bool:
+        return self.objective.kind == "self_flow" and self.objective.gamma > 0
+
+    @property
+    def uses_dual_timesteps(self) -> bool:
+        return self.objective.kind in ("dts", "self_flow")
+
+
+# ---------------------------------------------------------------------------- type checking
+
+
+def _check_type(key: str, value: Any, annotation: Any) -> Any:
+    """Returns ``value`` (ints widened to float where a float is expected) or raises ConfigError."""
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        choices = typing.get_args(annotation)
+        if value not in choices:
+            raise ConfigError(f"{key}={value!r}: expected one of {', '.join(map(repr, choices))}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(annotation)
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _check_type(key, value, inner)
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if annotation in (int, float, str, bool):
+        if type(value) is not annotation:
+            raise ConfigError(
+                f"{key}={value!r}: expected {annotation.__name__}, got {type(value).__name__}")
+        return value
+    raise TypeError(f"unsupported annotation for {key}: {annotation}")
+
+
+def _hints(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _check_section(prefix: str, section: Any) -> None:
+    for f in dataclasses.fields(section):
+        key = f"{prefix}{f.name}"
+        value = getattr(section, f.name)
+        if dataclasses.is_dataclass(f.type) or dataclasses.is_dataclass(value):
+            _check_section(f"{key}.", value)
+        else:
+            _check_type(key, value, _hints(type(section))[f.name])
+
+
+def validate(cfg: Config) -> Config:
+    """Checks types and cross-field rules; returns ``cfg`` or raises ConfigError."""
+    _check_section("", cfg)
+    m, o, t = cfg.model, cfg.objective, cfg.train
+    if m.preset not in MODEL_PRESETS:
+        raise ConfigError(f"model.preset={m.preset!r}: expected one of {', '.join(MODEL_PRESETS)}")
+    depth, width, heads = cfg.depth, m.resolved("hidden_size"), m.resolved("num_heads")
+    for key, value in (("model.depth", depth), ("model.hidden_size", width),
+                       ("model.num_heads", heads), ("model.patch_size", m.resolved("patch_size"))):
+        if value < 1:
+            raise ConfigError(f"{key}={value}: expected a positive integer")
+    if width % heads:
+        raise ConfigError(f"model.hidden_size={width} is not divisible by model.num_heads={heads}")
+    if m.positions == "rope" and (width // heads) % 2:
+        raise ConfigError(f"model.positions='rope' needs an even head dimension, got {width // heads}")
+    if cfg.data.image_size % m.resolved("patch_size"):
+        raise ConfigError(f"data.image_size={cfg.data.image_size} is not divisible by "
+                          f"model.patch_size={m.resolved('patch_size')}")
+    if not 0.0 <= o.mask_ratio <= 0.5:
+        raise ConfigError(f"objective.mask_ratio={o.mask_ratio}: expected a value in [0, 0.5]")
+    if o.gamma < 0:
+        raise ConfigError(f"objective.gamma={o.gamma}: expected >= 0")
+    if not 0.0 <= o.ema_decay < 1.0:
+        raise ConfigError(f"objective.ema_decay={o.ema_decay}: expected a value in [0, 1)")
+    if not 0.0 <= o.label_dropout < 1.0:
+        raise ConfigError(f"objective.label_dropout={o.label_dropout}: expected a value in [0, 1)")
+    if o.time_shift <= 0 or o.logit_normal_std <= 0:
+        raise ConfigError("objective.time_shift and objective.logit_normal_std must be > 0, got "
+                          f"{o.time_shift} and {o.logit_normal_std}")
+    if not 1 <= cfg.teacher_layer <= depth:
+        raise ConfigError(f"objective.teacher_layer={cfg.teacher_layer}: expected a block in "
+                          f"[1, depth={depth}]")
+    if not 1 <= cfg.student_layer < cfg.teacher_layer:
+        raise ConfigError(f"objective.student_layer={cfg.student_layer}: expected 1 <= "
+                          f"student_layer < teacher_layer={cfg.teacher_layer}")
+    for key in ("steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints"):
+        if getattr(t, key) < 1:
+            raise ConfigError(f"train.{key}={getattr(t, key)}: expected a positive integer")
+    if cfg.optim.learning_rate <= 0:
+        raise ConfigError(f"optim.learning_rate={cfg.optim.learning_rate}: expected > 0")
+    return cfg
+
+
+# ---------------------------------------------------------------------------- overrides
+
+
+def _parse_value(key: str, text: str, annotation: Any) -> Any:
+    if annotation is str or (typing.get_origin(annotation) is Literal
+                             and all(isinstance(a, str) for a in typing.get_args(annotation))):
+        return text
+    if text in ("None", "none", "null"):
+        return None
+    if text in ("true", "false"):
+        return text == "true"
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text  # type check below names the key
+
+
+def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """Applies ``["objective.gamma=0.5", ...]``; unknown keys and bad types raise ConfigError."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. objective.gamma=0.5")
+        key, text = item.split("=", 1)
+        cfg = _replace_path(cfg, key.strip().split("."), key.strip(), text.strip())
+    return cfg
+
+
+def _replace_path(node: Any, path: list[str], key: str, text: str) -> Any:
+    names = {f.name: f for f in dataclasses.fields(node)}
+    if path[0] not in names:
+        raise ConfigError(f"unknown config key {key!r}: {type(node).__name__} has "
+                          f"{', '.join(sorted(names))}")
+    child = getattr(node, path[0])
+    if len(path) == 1:
+        if dataclasses.is_dataclass(child):
+            raise ConfigError(f"config key {key!r} is a section; set one of its keys instead")
+        annotation = _hints(type(node))[path[0]]
+        value = _check_type(key, _parse_value(key, text, annotation), annotation)
+        return dataclasses.replace(node, **{path[0]: value})
+    if not dataclasses.is_dataclass(child):
+        raise ConfigError(f"unknown config key {key!r}: {'.'.join(path[:1])} is not a section")
+    return dataclasses.replace(node, **{path[0]: _replace_path(child, path[1:], key, text)})
+
+
+# ---------------------------------------------------------------------------- files and JSON
+
+
+def load_config_file(path: str | Path, overrides: list[str] = ()) -> Config:
+    """Imports ``CONFIG`` from an experiment file, applies overrides, validates."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    spec = importlib.util.spec_from_file_location(f"selfflow_experiment_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    cfg = getattr(module, "CONFIG", None)
+    if not isinstance(cfg, Config):
+        raise ConfigError(f"{path}: expected a module-level CONFIG = selfflow.config.Config(...)")
+    return validate(apply_overrides(cfg, list(overrides)))
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(data: dict, where: str = "config") -> Config:
+    """Rebuilds a Config from ``to_dict`` output (e.g. a run directory's config.json)."""
+    def build(cls, values: dict, prefix: str):
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = set(values) - set(names)
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {', '.join(prefix + k for k in sorted(unknown))}")
+        kwargs = {}
+        for name, value in values.items():
+            sub = _hints(cls)[name]
+            kwargs[name] = build(sub, value, f"{prefix}{name}.") if dataclasses.is_dataclass(sub) else value
+        return cls(**kwargs)
+    return validate(build(Config, data, ""))
+
+
+def dumps(cfg: Config) -> str:
+    return json.dumps(to_dict(cfg), indent=2, sort_keys=True)

@@ -1,0 +1,160 @@
+"""Building blocks of the Self-Flow transformer (Flax NNX).
+
+Shapes: B batch, N tokens, D width, H heads, K = D / H head dim. Every token carries its own
+conditioning vector ``c`` of shape (B, N, D) (timestep embedding + class embedding), so all
+adaLN modulations are per token. Timestep embeddings, norms and modulations run in float32;
+the matmuls of attention and MLP run in ``dtype`` (float32 or bfloat16) with float32 weights.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+xavier = nnx.initializers.xavier_uniform()
+normal02 = nnx.initializers.normal(0.02)
+zeros = nnx.initializers.zeros_init()
+
+
+def dense(din: int, dout: int, rngs: nnx.Rngs, *, init=xavier, dtype=jnp.float32) -> nnx.Linear:
+    return nnx.Linear(din, dout, kernel_init=init, bias_init=zeros, dtype=dtype,
+                      param_dtype=jnp.float32, rngs=rngs)
+
+
+def layer_norm(x: jax.Array) -> jax.Array:
+    """LayerNorm without affine parameters, eps 1e-6, in float32."""
+    x = x.astype(jnp.float32)
+    mean = x.mean(-1, keepdims=True)
+    var = jnp.square(x - mean).mean(-1, keepdims=True)
+    return (x - mean) * jax.lax.rsqrt(var + 1e-6)
+
+
+def modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
+    return x * (1 + scale) + shift
+
+
+def timestep_sinusoid(t: jax.Array, dim: int = 256, max_period: float = 10_000.0) -> jax.Array:
+    """(...,) float in [0, 1] -> (..., dim) as [cos, sin] (DiT order, t not scaled by 1000)."""
+    half = dim // 2
+    freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+    args = t.astype(jnp.float32)[..., None] * freqs
+    return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+
+
+def sincos_2d(positions: jax.Array, dim: int) -> jax.Array:
+    """(N, 3) (t, h, w) positions -> (N, dim) fixed MAE/DiT 2D sin-cos table.
+
+    As in the official layout, the first half encodes the column (w), the second the row (h),
+    each as [sin, cos] with frequencies 1 / 10000^(i / (dim/4)).
+    """
+    quarter = dim // 4
+    omega = 1.0 / 10_000 ** (jnp.arange(quarter, dtype=jnp.float32) / quarter)
+
+    def one_axis(pos):
+        args = pos[:, None].astype(jnp.float32) * omega
+        return jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
+
+    return jnp.concatenate([one_axis(positions[:, 2]), one_axis(positions[:, 1])], axis=-1)
+
+
+def rope_axis_dims(head_dim: int) -> tuple[int, int, int]:
+    """Splits the head dim over the (t, h, w) axes, each even: 72 -> (24, 24, 24)."""
+    hw = 2 * (head_dim // 6)
+    return head_dim - 2 * hw, hw, hw
+
+
+def rope_angles(positions: jax.Array, head_dim: int, theta: float) -> jax.Array:
+    """(N, 3) positions -> (N, head_dim / 2) rotation angles, one block of frequencies per axis."""
+    parts = []
+    for axis, d in enumerate(rope_axis_dims(head_dim)):
+        if d == 0:
+            continue
+        freqs = theta ** (-jnp.arange(0, d, 2, dtype=jnp.float32) / d)
+        parts.append(positions[:, axis, None].astype(jnp.float32) * freqs)
+    return jnp.concatenate(parts, axis=-1)
+
+
+def apply_rope(x: jax.Array, angles: jax.Array) -> jax.Array:
+    """Rotates consecutive feature pairs of (B, N, H, K) by (N, K/2) angles."""
+    x32 = x.astype(jnp.float32).reshape(*x.shape[:-1], -1, 2)
+    cos, sin = jnp.cos(angles)[None, :, None], jnp.sin(angles)[None, :, None]
+    a, b = x32[..., 0], x32[..., 1]
+    out = jnp.stack([a * cos - b * sin, a * sin + b * cos], axis=-1)
+    return out.reshape(x.shape).astype(x.dtype)
+
+
+class TimestepEmbedder(nnx.Module):
+    """Per-token timestep (B, N) -> (B, N, D): sinusoid 256 -> Linear -> SiLU -> Linear, float32."""
+
+    def __init__(self, hidden: int, rngs: nnx.Rngs, freq_dim: int = 256):
+        self.freq_dim = freq_dim
+        self.fc1 = dense(freq_dim, hidden, rngs, init=normal02)
+        self.fc2 = dense(hidden, hidden, rngs, init=normal02)
+
+    def __call__(self, t: jax.Array) -> jax.Array:
+        return self.fc2(nnx.silu(self.fc1(timestep_sinusoid(t, self.freq_dim))))
+
+
+class Attention(nnx.Module):
+    def __init__(self, hidden: int, heads: int, rngs: nnx.Rngs, dtype=jnp.float32):
+        self.heads = heads
+        self.qkv = dense(hidden, 3 * hidden, rngs, dtype=dtype)
+        self.proj = dense(hidden, hidden, rngs, dtype=dtype)
+
+    def __call__(self, x: jax.Array, rope: jax.Array | None) -> jax.Array:
+        b, n, d = x.shape
+        q, k, v = jnp.split(self.qkv(x).reshape(b, n, 3 * self.heads, d // self.heads), 3, axis=2)
+        if rope is not None:
+            q, k = apply_rope(q, rope), apply_rope(k, rope)
+        out = jax.nn.dot_product_attention(q, k, v)
+        return self.proj(out.reshape(b, n, d))
+
+
+class Mlp(nnx.Module):
+    def __init__(self, hidden: int, mlp_hidden: int, rngs: nnx.Rngs, dtype=jnp.float32):
+        self.fc1 = dense(hidden, mlp_hidden, rngs, dtype=dtype)
+        self.fc2 = dense(mlp_hidden, hidden, rngs, dtype=dtype)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.fc2(nnx.gelu(self.fc1(x), approximate=True))
+
+
+class Block(nnx.Module):
+    """DiT block with per-token adaLN-Zero: modulation (B, N, 6D) from each token's own c."""
+
+    def __init__(self, hidden: int, heads: int, mlp_ratio: float, rngs: nnx.Rngs, dtype=jnp.float32):
+        self.attn = Attention(hidden, heads, rngs, dtype)
+        self.mlp = Mlp(hidden, int(hidden * mlp_ratio), rngs, dtype)
+        self.adaLN_modulation = dense(hidden, 6 * hidden, rngs, init=zeros)
+
+    def __call__(self, x: jax.Array, c: jax.Array, rope: jax.Array | None) -> jax.Array:
+        mod = self.adaLN_modulation(nnx.silu(c))
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = jnp.split(mod, 6, axis=-1)
+        x = x + gate_msa * self.attn(modulate(layer_norm(x), shift_msa, scale_msa), rope)
+        return x + gate_mlp * self.mlp(modulate(layer_norm(x), shift_mlp, scale_mlp))
+
+
+class FinalLayer(nnx.Module):
+    """Per-token adaLN (shift, scale) then a zero-initialised linear to the token dim."""
+
+    def __init__(self, hidden: int, out_dim: int, rngs: nnx.Rngs):
+        self.adaLN_modulation = dense(hidden, 2 * hidden, rngs, init=zeros)
+        self.linear = dense(hidden, out_dim, rngs, init=zeros)
+
+    def __call__(self, x: jax.Array, c: jax.Array) -> jax.Array:
+        shift, scale = jnp.split(self.adaLN_modulation(nnx.silu(c)), 2, axis=-1)
+        return self.linear(modulate(layer_norm(x), shift, scale))
+
+
+class Projector(nnx.Module):
+    """Student-feature head: Linear D -> 2D, SiLU, Linear 2D -> D (the official SimpleHead)."""
+
+    def __init__(self, hidden: int, rngs: nnx.Rngs):
+        self.fc1 = dense(hidden, 2 * hidden, rngs)
+        self.fc2 = dense(2 * hidden, hidden, rngs)
+
+    def __call__(self, h: jax.Array) -> jax.Array:
+        return self.fc2(nnx.silu(self.fc1(h)))

@@ -1,0 +1,68 @@
+"""Training metrics: ``RUN_DIR/metrics.jsonl`` (one JSON object per logged step), TensorBoard
+event files under ``RUN_DIR/tensorboard``, and a loss plot.
+
+On resume, lines logged after the restored checkpoint (work lost in the crash) are dropped, so
+the file describes exactly one trajectory.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+class MetricsWriter:
+    def __init__(self, run_dir: str | Path, resume_step: int = 0):
+        self.path = Path(run_dir) / "metrics.jsonl"
+        kept = [r for r in read_metrics(self.path) if r["step"] <= resume_step] if resume_step else []
+        with open(self.path, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in kept)
+        from tensorboardX import SummaryWriter  # imported lazily: pulls in protobuf
+        self.tensorboard = SummaryWriter(str(Path(run_dir) / "tensorboard"), purge_step=resume_step or None)
+
+    def write(self, step: int, metrics: dict[str, float]) -> None:
+        record = {"step": int(step), **{k: float(v) for k, v in metrics.items()}}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        for key, value in metrics.items():
+            self.tensorboard.add_scalar(f"train/{key}", float(value), int(step))
+
+    def close(self) -> None:
+        self.tensorboard.close()
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_losses(metrics_path: str | Path, out_path: str | Path) -> Path:
+    """Plots loss, fm_loss and rep_loss against step (log-scaled y) to a PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = read_metrics(metrics_path)
+    if not records:
+        raise ValueError(f"{metrics_path}: no metrics to plot")
+    steps = np.array([r["step"] for r in records])
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for key in ("loss", "fm_loss"):
+        axes[0].plot(steps, [r[key] for r in records], label=key)
+    axes[0].set_yscale("log")
+    axes[0].set_title("generation loss")
+    if any(r.get("rep_loss", 0) for r in records):
+        axes[1].plot(steps, [r["rep_loss"] for r in records], color="C2", label="rep_loss (1 - cos)")
+    axes[1].set_title("representation loss")
+    for ax in axes:
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=100)
+    plt.close(fig)
+    return Path(out_path)

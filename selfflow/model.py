@@ -1,0 +1,107 @@
+"""The Self-Flow transformer: a SiT/DiT trunk in which every token carries its own timestep.
+
+Inputs per call: ``tokens`` (B, N, token_dim) of one modality, ``timesteps`` (B,) or (B, N)
+with τ = 1 meaning noise, ``labels`` (B,) int class ids (``num_classes`` is the null class
+used for classifier-free guidance) and ``positions`` (N, 3) (t, h, w) token coordinates.
+Output: the velocity ε − x0, (B, N, token_dim).
+
+Per-modality input projections and final layers surround one shared trunk, so adding a
+modality adds a projection pair, not a model. The student reads its hidden state after block
+``return_layer`` (1-indexed) from the same forward pass; the teacher calls
+:meth:`SelfFlowTransformer.forward_until`, which never runs the blocks after ``layer``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from selfflow import layers
+from selfflow.config import Config
+
+
+class SelfFlowTransformer(nnx.Module):
+    def __init__(self, *, depth: int, hidden_size: int, num_heads: int, mlp_ratio: float,
+                 num_classes: int, token_dims: dict[str, int], positions: str = "sincos",
+                 rope_theta: float = 10_000.0, dtype=jnp.float32, rngs: nnx.Rngs):
+        if positions not in ("sincos", "rope"):
+            raise ValueError(f"positions={positions!r}: expected 'sincos' or 'rope'")
+        self.depth, self.hidden_size, self.num_heads = depth, hidden_size, num_heads
+        self.num_classes, self.positions, self.rope_theta = num_classes, positions, rope_theta
+        self.t_embedder = layers.TimestepEmbedder(hidden_size, rngs)
+        self.y_embedder = nnx.Embed(num_classes + 1, hidden_size, embedding_init=layers.normal02,
+                                    rngs=rngs)
+        self.x_embedders = nnx.Dict({m: layers.dense(d, hidden_size, rngs)
+                                     for m, d in token_dims.items()})
+        self.final_layers = nnx.Dict({m: layers.FinalLayer(hidden_size, d, rngs)
+                                      for m, d in token_dims.items()})
+        self.blocks = nnx.List([layers.Block(hidden_size, num_heads, mlp_ratio, rngs, dtype)
+                                for _ in range(depth)])
+        self.projector = layers.Projector(hidden_size, rngs)
+
+    # ------------------------------------------------------------------ pieces
+
+    def _embed(self, tokens, timesteps, labels, positions, modality):
+        """Returns the trunk input x (B, N, D), per-token conditioning c (B, N, D), rope angles."""
+        if modality not in self.x_embedders:
+            raise ValueError(f"modality {modality!r} has no projection; the model has "
+                             f"{sorted(self.x_embedders)}")
+        b, n, _ = tokens.shape
+        timesteps = jnp.asarray(timesteps, jnp.float32)
+        if timesteps.ndim == 1:  # one τ per sample: broadcast *before* embedding (exactly equal)
+            timesteps = jnp.broadcast_to(timesteps[:, None], (b, n))
+        c = self.t_embedder(timesteps) + self.y_embedder(labels)[:, None, :]
+        x = self.x_embedders[modality](tokens).astype(jnp.float32)
+        rope = None
+        if self.positions == "sincos":
+            x = x + layers.sincos_2d(positions, self.hidden_size)[None]
+        else:
+            rope = layers.rope_angles(positions, self.hidden_size // self.num_heads, self.rope_theta)
+        return x, c, rope
+
+    def _check_layer(self, layer: int, name: str) -> None:
+        if not 1 <= layer <= self.depth:
+            raise ValueError(f"{name}={layer}: expected a block index in [1, {self.depth}]")
+
+    # ------------------------------------------------------------------ public
+
+    def __call__(self, tokens, timesteps, labels, positions, *, modality: str = "image",
+                 return_layer: int | None = None):
+        """Velocity (B, N, token_dim); with ``return_layer=l`` also the hidden state after block l."""
+        if return_layer is not None:
+            self._check_layer(return_layer, "return_layer")
+        x, c, rope = self._embed(tokens, timesteps, labels, positions, modality)
+        hidden = None
+        for i, block in enumerate(self.blocks):
+            x = block(x, c, rope)
+            if i + 1 == return_layer:
+                hidden = x
+        out = self.final_layers[modality](x, c)
+        return out if return_layer is None else (out, hidden)
+
+    def forward_until(self, tokens, timesteps, labels, positions, *, layer: int,
+                      modality: str = "image") -> jax.Array:
+        """Hidden state (B, N, D) after block ``layer``; blocks after it are never computed."""
+        self._check_layer(layer, "layer")
+        x, c, rope = self._embed(tokens, timesteps, labels, positions, modality)
+        for block in self.blocks[:layer]:
+            x = block(x, c, rope)
+        return x
+
+    def project(self, hidden: jax.Array) -> jax.Array:
+        return self.projector(hidden)
+
+
+def build_model(cfg: Config, token_dims: dict[str, int], seed: int | None = None) -> SelfFlowTransformer:
+    m = cfg.model
+    return SelfFlowTransformer(
+        depth=cfg.depth, hidden_size=m.resolved("hidden_size"), num_heads=m.resolved("num_heads"),
+        mlp_ratio=m.mlp_ratio, num_classes=cfg.data.num_classes, token_dims=token_dims,
+        positions=m.positions, rope_theta=m.rope_theta,
+        dtype=jnp.bfloat16 if m.dtype == "bfloat16" else jnp.float32,
+        rngs=nnx.Rngs(cfg.seed if seed is None else seed))
+
+
+def count_params(model: nnx.Module) -> int:
+    return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))

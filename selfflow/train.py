@@ -1,0 +1,327 @@
+"""Training: the train state, the jitted Self-Flow step, and the resumable loop.
+
+Train state (a plain pytree, what Orbax saves):
+    step       int32 ()            number of optimizer steps taken
+    params     pure dict           float32 master weights of the student (+ projector)
+    ema        pure dict           EMA teacher, initialised as an exact copy of ``params``
+    opt_state  optax state         AdamW moments
+    rng        uint32 (2,)         base key; step n uses fold_in(rng, n)
+
+Batch n is a pure function of (seed, n) (see ``data_pipelines.loader``) and the step's
+randomness is fold_in(rng, n), so a resumed run continues bit-identically on the same machine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from data_pipelines import loader
+from modalities import image as image_modality
+from selfflow import config as config_lib
+from selfflow import objective
+from selfflow.checkpoint import RunCheckpoints
+from selfflow.config import Config, ConfigError
+from selfflow.metrics_writer import MetricsWriter, plot_losses
+from selfflow.model import SelfFlowTransformer, build_model, count_params
+
+CHANNELS = 3
+MONITORED = ("loss", "fm_loss", "rep_loss", "grad_norm")
+# Keys that may change when a run is resumed (how long and how often), everything else may not.
+RESUMABLE_CHANGES = ("train.steps", "train.log_every", "train.checkpoint_every",
+                     "train.keep_checkpoints", "train.sample_every", "sample.")
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (non-finite loss or gradient, incompatible run directory)."""
+
+
+@dataclasses.dataclass
+class ImageTask:
+    """Static facts about the image token layout of a config."""
+    image_size: int
+    patch_size: int
+
+    @property
+    def token_dim(self) -> int:
+        return image_modality.token_dim(CHANNELS, self.patch_size)
+
+    @property
+    def num_tokens(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+    @property
+    def positions(self) -> np.ndarray:
+        return image_modality.positions(self.image_size, self.image_size, self.patch_size)
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> "ImageTask":
+        return cls(cfg.data.image_size, cfg.model.resolved("patch_size"))
+
+
+def make_optimizer(ocfg: config_lib.OptimConfig) -> optax.GradientTransformation:
+    lr = ocfg.learning_rate
+    if ocfg.warmup_steps:
+        lr = optax.linear_schedule(0.0, ocfg.learning_rate, ocfg.warmup_steps)
+    return optax.chain(optax.clip_by_global_norm(ocfg.grad_clip_norm),
+                       optax.adamw(lr, b1=ocfg.b1, b2=ocfg.b2, weight_decay=ocfg.weight_decay))
+
+
+def init_state(cfg: Config, model: SelfFlowTransformer, tx: optax.GradientTransformation) -> dict:
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    return {
+        "step": jnp.zeros((), jnp.int32),
+        "params": params,
+        "ema": jax.tree.map(jnp.copy, params),
+        "opt_state": tx.init(params),
+        "rng": jax.random.key_data(jax.random.key(cfg.seed)),
+    }
+
+
+def make_train_step(cfg: Config, graphdef, tx: optax.GradientTransformation,
+                    task: ImageTask) -> Callable[[dict, np.ndarray, np.ndarray], tuple[dict, dict]]:
+    """Returns step(state, images (B, H, W, 3), labels (B,)) -> (state, metrics); state donated."""
+    positions = jnp.asarray(task.positions)
+    decay = cfg.objective.ema_decay
+
+    def step(state, images, labels):
+        key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
+        tokens = image_modality.tokenize(images.astype(jnp.float32), task.patch_size)
+        batch = objective.Batch(tokens, labels.astype(jnp.int32), positions)
+        teacher = nnx.merge(graphdef, state["ema"])
+
+        def loss_of(params):
+            return objective.loss_fn(nnx.merge(graphdef, params), teacher, batch, key, cfg)
+
+        (_, metrics), grads = jax.value_and_grad(loss_of, has_aux=True)(state["params"])
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        metrics["grad_norm"] = optax.global_norm(grads)
+        new_state = dict(state, step=state["step"] + 1, params=params, opt_state=opt_state,
+                         ema=objective.ema_update(state["ema"], params, decay))
+        return new_state, metrics
+
+    return jax.jit(step, donate_argnums=0)
+
+
+def check_finite(step: int, metrics: dict, last_good: int | None, ckpt_dir: Path) -> None:
+    values = {k: float(v) for k, v in jax.device_get(metrics).items() if k in MONITORED}
+    bad = {k: v for k, v in values.items() if not math.isfinite(v)}
+    if bad:
+        what = ", ".join(f"{k}={v}" for k, v in bad.items())
+        kept = (f"the last good checkpoint (step {last_good}) in {ckpt_dir} was not overwritten"
+                if last_good is not None else "no checkpoint had been written yet")
+        raise TrainingError(f"non-finite {what} at step {step}; training stopped and {kept}")
+
+
+def _check_resumable(saved: Config, cfg: Config, run_dir: Path) -> None:
+    flat_saved, flat_now = _flatten(config_lib.to_dict(saved)), _flatten(config_lib.to_dict(cfg))
+    diffs = [k for k in flat_now if flat_now[k] != flat_saved.get(k)
+             and not any(k == p or (p.endswith(".") and k.startswith(p)) for p in RESUMABLE_CHANGES)]
+    if diffs:
+        detail = "; ".join(f"{k}: run has {flat_saved.get(k)!r}, command says {flat_now[k]!r}"
+                           for k in diffs)
+        raise ConfigError(f"{run_dir} holds a run with a different config ({detail}); "
+                          "use another --run-dir or the same settings")
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+class _StopRequest:
+    """SIGTERM/SIGINT set a flag; the loop checkpoints after the current step and exits."""
+
+    def __init__(self):
+        self.signal: int | None = None
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread (e.g. inside some test runners)
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        self.signal = signum
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+@dataclasses.dataclass
+class TrainResult:
+    state: dict
+    final_step: int
+    stop_signal: int | None  # SIGINT/SIGTERM that stopped the run early, else None
+    run_dir: Path
+
+    @property
+    def interrupted(self) -> bool:
+        return self.stop_signal is not None
+
+
+def train(cfg: Config, run_dir: str | Path, *, dataset=None, progress: bool = True,
+          write_samples: bool = True) -> TrainResult:
+    """Trains ``cfg`` in ``run_dir``, resuming from its latest checkpoint if there is one.
+
+    ``dataset`` overrides the configured data: a random-access sequence whose element n is
+    batch n as {"image": (B, H, W, 3) float, "label": (B,) int} (tests use it to inject bad data).
+    """
+    config_lib.validate(cfg)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    task = ImageTask.from_config(cfg)
+    model = build_model(cfg, {"image": task.token_dim})
+    graphdef = nnx.graphdef(model)
+    tx = make_optimizer(cfg.optim)
+    state = init_state(cfg, model, tx)
+    if dataset is None:
+        dataset = loader.batched_dataset(loader.build_source(cfg.data, cfg.seed),
+                                         cfg.train.batch_size, cfg.seed)
+
+    ckpts = RunCheckpoints(run_dir, keep=cfg.train.keep_checkpoints)
+    start = ckpts.latest_step() or 0
+    last_good = ckpts.latest_step()
+    try:
+        if last_good is not None:
+            _check_resumable(ckpts.saved_config(last_good), cfg, run_dir)
+            state, data_state = ckpts.restore(last_good, state)
+            start = int(state["step"])
+            if data_state.get("next_index") != start:
+                raise TrainingError(f"{ckpts.directory}/{last_good}: data iterator at batch "
+                                    f"{data_state.get('next_index')} but state at step {start}")
+        (run_dir / "config.json").write_text(config_lib.dumps(cfg))
+        if start >= cfg.train.steps:
+            print(f"{run_dir}: already trained for {start} steps (train.steps={cfg.train.steps})",
+                  file=sys.stderr)
+            return TrainResult(state, start, None, run_dir)
+        result = _loop(cfg, state, start, dataset, graphdef, tx, task, ckpts, run_dir, progress)
+    finally:
+        ckpts.close()
+    if write_samples and not result.interrupted:
+        write_outputs(cfg, result.state["ema"], graphdef, task, run_dir)
+    return result
+
+
+def _loop(cfg, state, start, dataset, graphdef, tx, task, ckpts, run_dir, progress) -> TrainResult:
+    from tqdm import tqdm
+
+    tcfg = cfg.train
+    step_fn = make_train_step(cfg, graphdef, tx, task)
+    iterator = loader.batch_iterator(dataset, start=start, read_threads=cfg.data.read_threads,
+                                     prefetch=cfg.data.prefetch) \
+        if hasattr(dataset, "to_iter_dataset") else _IndexIterator(dataset, start)
+    writer = MetricsWriter(run_dir, resume_step=start)
+    n_params = count_params(nnx.merge(graphdef, state["params"]))
+    bar = tqdm(total=tcfg.steps, initial=start, disable=not progress, dynamic_ncols=True,
+               desc=f"{cfg.objective.kind} {n_params / 1e6:.2f}M params", file=sys.stderr)
+    last_good = ckpts.latest_step()
+    pending: tuple[int, dict] | None = None
+    window_start, window_steps = time.perf_counter(), 0
+    stop_signal = None
+    try:
+        with _StopRequest() as stop:
+            for step in range(start, tcfg.steps):
+                batch = next(iterator)
+                state, metrics = step_fn(state, batch["image"], batch["label"])
+                if pending is not None:  # check the previous step without stalling the pipeline
+                    check_finite(*pending, last_good, ckpts.directory)
+                done = step + 1
+                pending = (done, metrics)
+                window_steps += 1
+                bar.update(1)
+                final = done == tcfg.steps or stop.signal is not None
+                if done % tcfg.log_every == 0 or final:
+                    host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                    elapsed = time.perf_counter() - window_start
+                    host["steps_per_sec"] = window_steps / elapsed if elapsed > 0 else 0.0
+                    window_start, window_steps = time.perf_counter(), 0
+                    check_finite(done, host, last_good, ckpts.directory)
+                    writer.write(done, host)
+                    bar.set_postfix(loss=f"{host['loss']:.4f}", rep=f"{host['rep_loss']:.3f}",
+                                    cos=f"{host['cos_sim']:.3f}",
+                                    sps=f"{host['steps_per_sec']:.2f}")
+                if done % tcfg.checkpoint_every == 0 or final:
+                    check_finite(*pending, last_good, ckpts.directory)
+                    ckpts.save(done, state, iterator.get_state(), cfg)
+                    last_good = done
+                if stop.signal is not None and done < tcfg.steps:
+                    stop_signal = stop.signal
+                    print(f"\nstopped by signal {stop.signal} after step {done}; checkpoint saved, "
+                          "rerun the same command to resume", file=sys.stderr)
+                    break
+    finally:
+        bar.close()
+        writer.close()
+    return TrainResult(state, int(state["step"]), stop_signal, run_dir)
+
+
+class _IndexIterator:
+    """Iterator over a random-access batch sequence with the grain iterator's state protocol."""
+
+    def __init__(self, dataset, start: int):
+        self.dataset, self.index = dataset, start
+
+    def __next__(self):
+        item = self.dataset[self.index]
+        self.index += 1
+        return item
+
+    def get_state(self) -> dict:
+        return {"next_index": self.index}
+
+
+def write_outputs(cfg: Config, ema_params, graphdef, task: ImageTask, run_dir: Path,
+                  out: Path | None = None, steps: int | None = None,
+                  cfg_scale: float | None = None) -> Path:
+    """Writes the EMA model's class-grid samples (and the loss plot) into ``run_dir``."""
+    from modalities.image import detokenize
+    from selfflow.sample import class_grid_samples, save_grid
+
+    scfg = cfg.sample
+    tokens, _ = class_grid_samples(
+        nnx.merge(graphdef, ema_params), num_classes=cfg.data.num_classes,
+        per_class=scfg.per_class, token_shape=(task.num_tokens, task.token_dim),
+        positions=task.positions, steps=steps or scfg.steps,
+        cfg_scale=scfg.cfg_scale if cfg_scale is None else cfg_scale, seed=scfg.seed)
+    images = detokenize(tokens, task.image_size, task.image_size, task.patch_size)
+    path = save_grid(np.asarray(images), cfg.data.num_classes, out or run_dir / "samples.png")
+    if (run_dir / "metrics.jsonl").exists() and out is None:
+        plot_losses(run_dir / "metrics.jsonl", run_dir / "loss.png")
+    return path
+
+
+def load_run(run_dir: str | Path, step: int | None = None) -> tuple[Config, dict, Any, ImageTask, int]:
+    """(config, train state, graphdef, task, step) of a run directory's checkpoint."""
+    run_dir = Path(run_dir)
+    ckpts = RunCheckpoints(run_dir)
+    try:
+        step = ckpts.latest_step() if step is None else step
+        if step is None:
+            raise TrainingError(f"{run_dir}: no checkpoint found under {ckpts.directory}")
+        cfg = ckpts.saved_config(step)
+        task = ImageTask.from_config(cfg)
+        model = build_model(cfg, {"image": task.token_dim})
+        template = init_state(cfg, model, make_optimizer(cfg.optim))
+        state, _ = ckpts.restore(step, template)
+    finally:
+        ckpts.close()
+    return cfg, state, nnx.graphdef(model), task, step
