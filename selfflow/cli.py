@@ -2,6 +2,7 @@
 
     selfflow train CONFIG.py [--run-dir DIR] [--set key=value ...]
     selfflow sample --run-dir DIR --out FILE.png [--steps N] [--cfg S] [--step K]
+    selfflow bench CONFIG.py [--set key=value ...] [--rounds R] [--steps-per-round S]
     selfflow plot --run-dir DIR [--out FILE.png]
 
 Exit status: 0 for a finished run, 1 for a training error (non-finite loss, bad run directory),
@@ -33,6 +34,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="Euler steps (default: sample.steps)")
     p.add_argument("--cfg", type=float, default=None, help="guidance scale (1 = none)")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+
+    p = sub.add_parser("bench", help="time the Self-Flow step against the flow-matching step")
+    p.add_argument("config")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--steps-per-round", type=int, default=3)
 
     p = sub.add_parser("plot", help="plot a run's losses")
     p.add_argument("--run-dir", required=True)
@@ -66,6 +73,18 @@ def _sample(args) -> int:
     return 0
 
 
+def _bench(args) -> int:
+    from selfflow.bench import bench_step_ratio, format_report
+    from selfflow.config import load_config_file
+
+    if args.rounds < 1 or args.steps_per_round < 1:
+        raise _UsageError("--rounds and --steps-per-round must be positive")
+    cfg = load_config_file(args.config, args.overrides)
+    print(format_report(bench_step_ratio(cfg, rounds=args.rounds,
+                                         steps_per_round=args.steps_per_round)))
+    return 0
+
+
 def _plot(args) -> int:
     from selfflow.metrics_writer import plot_losses
 
@@ -84,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     from selfflow.train import TrainingError
 
     try:
-        return {"train": _train, "sample": _sample, "plot": _plot}[args.command](args)
+        return {"train": _train, "sample": _sample, "bench": _bench, "plot": _plot}[args.command](args)
     except (ConfigError, _UsageError) as e:
         print(f"selfflow: error: {e}", file=sys.stderr)
         return 2

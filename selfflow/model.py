@@ -1,7 +1,7 @@
 """The Self-Flow transformer: a SiT/DiT trunk in which every token carries its own timestep.
 
 Inputs per call: ``tokens`` (B, N, token_dim) of one modality, ``timesteps`` (B,) or (B, N)
-with τ = 1 meaning noise, ``labels`` (B,) int class ids (``num_classes`` is the null class
+with τ = 1 meaning noise (or :class:`FactoredTimesteps`, the fast form of the same thing), ``labels`` (B,) int class ids (``num_classes`` is the null class
 used for classifier-free guidance) and ``positions`` (N, 3) (t, h, w) token coordinates.
 Output: the velocity ε − x0, (B, N, token_dim).
 
@@ -13,12 +13,30 @@ modality adds a projection pair, not a model. The student reads its hidden state
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from selfflow import layers
 from selfflow.config import Config
+
+
+class FactoredTimesteps(NamedTuple):
+    """Per-token timesteps given as K distinct values per sample and each token's choice.
+
+    values (B, K) float32; index (B, N) int32 in [0, K). Equivalent to the per-token array
+    ``take_along_axis(values, index)`` (B, N) up to float rounding, but the conditioning and the
+    adaLN modulations are computed K times per sample instead of N times.
+    """
+    values: jax.Array
+    index: jax.Array
+
+    @classmethod
+    def per_sample(cls, tau: jax.Array, num_tokens: int) -> "FactoredTimesteps":
+        """One timestep per sample: values (B, 1), every token uses it."""
+        return cls(tau[:, None], jnp.zeros((tau.shape[0], num_tokens), jnp.int32))
 
 
 class SelfFlowTransformer(nnx.Module):
@@ -43,11 +61,18 @@ class SelfFlowTransformer(nnx.Module):
     # ------------------------------------------------------------------ pieces
 
     def _embed(self, tokens, timesteps, labels, positions, modality):
-        """Returns the trunk input x (B, N, D), per-token conditioning c (B, N, D), rope angles."""
+        """Returns trunk input x (B, N, D), conditioning c (B, K, D), its token index, rope angles.
+
+        ``timesteps``: (B,) or (B, N) (then K = N and index is None: one row per token), or
+        :class:`FactoredTimesteps` (K values per sample, gathered per token by ``index``).
+        """
         if modality not in self.x_embedders:
             raise ValueError(f"modality {modality!r} has no projection; the model has "
                              f"{sorted(self.x_embedders)}")
         b, n, _ = tokens.shape
+        index = None
+        if isinstance(timesteps, FactoredTimesteps):
+            timesteps, index = timesteps.values, timesteps.index
         timesteps = jnp.asarray(timesteps, jnp.float32)
         if timesteps.ndim == 1:  # one τ per sample: broadcast *before* embedding (exactly equal)
             timesteps = jnp.broadcast_to(timesteps[:, None], (b, n))
@@ -58,7 +83,7 @@ class SelfFlowTransformer(nnx.Module):
             x = x + layers.sincos_2d(positions, self.hidden_size)[None]
         else:
             rope = layers.rope_angles(positions, self.hidden_size // self.num_heads, self.rope_theta)
-        return x, c, rope
+        return x, c, index, rope
 
     def _check_layer(self, layer: int, name: str) -> None:
         if not 1 <= layer <= self.depth:
@@ -71,22 +96,22 @@ class SelfFlowTransformer(nnx.Module):
         """Velocity (B, N, token_dim); with ``return_layer=l`` also the hidden state after block l."""
         if return_layer is not None:
             self._check_layer(return_layer, "return_layer")
-        x, c, rope = self._embed(tokens, timesteps, labels, positions, modality)
+        x, c, index, rope = self._embed(tokens, timesteps, labels, positions, modality)
         hidden = None
         for i, block in enumerate(self.blocks):
-            x = block(x, c, rope)
+            x = block(x, c, rope, index)
             if i + 1 == return_layer:
                 hidden = x
-        out = self.final_layers[modality](x, c)
+        out = self.final_layers[modality](x, c, index)
         return out if return_layer is None else (out, hidden)
 
     def forward_until(self, tokens, timesteps, labels, positions, *, layer: int,
                       modality: str = "image") -> jax.Array:
         """Hidden state (B, N, D) after block ``layer``; blocks after it are never computed."""
         self._check_layer(layer, "layer")
-        x, c, rope = self._embed(tokens, timesteps, labels, positions, modality)
+        x, c, index, rope = self._embed(tokens, timesteps, labels, positions, modality)
         for block in self.blocks[:layer]:
-            x = block(x, c, rope)
+            x = block(x, c, rope, index)
         return x
 
     def project(self, hidden: jax.Array) -> jax.Array:

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from selfflow.config import Config, ObjectiveConfig
+from selfflow.model import FactoredTimesteps
 
 
 class Batch(NamedTuple):
@@ -118,23 +119,28 @@ def loss_fn(student, teacher, batch: Batch, key: jax.Array, cfg: Config):
     noise = jax.random.normal(k_noise, x0.shape, jnp.float32)
     labels = drop_labels(k_label, batch.labels, ocfg.label_dropout, cfg.data.num_classes)
 
+    # The model gets timesteps in factored form (distinct values + per-token choice), so it
+    # computes conditioning once per value rather than once per token.
     if cfg.uses_dual_timesteps:
         times = dual_timesteps(k_time, b, n, ocfg)
         tau = times.student
+        student_times = FactoredTimesteps(jnp.stack([times.t, times.s], axis=1),
+                                          times.mask.astype(jnp.int32))
     else:
         tau = sample_time(k_time, (b,), ocfg)
+        student_times = FactoredTimesteps.per_sample(tau, n)
     x_tau = interpolate(x0, noise, tau)
 
     metrics = {}
     if cfg.uses_teacher:
-        velocity, hidden = student(x_tau, tau, labels, batch.positions,
+        velocity, hidden = student(x_tau, student_times, labels, batch.positions,
                                    return_layer=cfg.student_layer)
         x_teacher = interpolate(x0, noise, times.teacher)
-        target = teacher.forward_until(x_teacher, times.teacher, labels, batch.positions,
-                                       layer=cfg.teacher_layer)
+        target = teacher.forward_until(x_teacher, FactoredTimesteps.per_sample(times.teacher, n),
+                                       labels, batch.positions, layer=cfg.teacher_layer)
         rep = representation_loss(student.project(hidden), target)
     else:
-        velocity = student(x_tau, tau, labels, batch.positions)
+        velocity = student(x_tau, student_times, labels, batch.positions)
         rep = jnp.zeros((), jnp.float32)
     fm = flow_matching_loss(velocity, x0, noise)
     loss = fm + (ocfg.gamma * rep if cfg.uses_teacher else 0.0)

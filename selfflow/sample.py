@@ -15,6 +15,8 @@ import numpy as np
 from flax import nnx
 from PIL import Image
 
+from selfflow.model import FactoredTimesteps
+
 
 def euler_sample(model, noise: jax.Array, labels: jax.Array, positions: jax.Array, *,
                  steps: int, cfg_scale: float, null_class: int) -> jax.Array:
@@ -26,7 +28,8 @@ def euler_sample(model, noise: jax.Array, labels: jax.Array, positions: jax.Arra
 
     def velocity(x, tau):
         xin = jnp.concatenate([x, x]) if guided else x
-        v = model(xin, jnp.full((xin.shape[0],), tau), cond, positions).astype(jnp.float32)
+        times = FactoredTimesteps.per_sample(jnp.full((xin.shape[0],), tau), xin.shape[1])
+        v = model(xin, times, cond, positions).astype(jnp.float32)
         if guided:
             v_cond, v_null = v[:b], v[b:]
             v = v_null + cfg_scale * (v_cond - v_null)

@@ -107,7 +107,7 @@ def make_train_step(cfg: Config, graphdef, tx: optax.GradientTransformation,
         (_, metrics), grads = jax.value_and_grad(loss_of, has_aux=True)(state["params"])
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
-        metrics["grad_norm"] = optax.global_norm(grads)
+        metrics["grad_norm"] = optax.tree.norm(grads)
         new_state = dict(state, step=state["step"] + 1, params=params, opt_state=opt_state,
                          ema=objective.ema_update(state["ema"], params, decay))
         return new_state, metrics

@@ -1,0 +1,182 @@
+"""The Self-Flow objective: timestep sampling, masking, teacher input, loss values, EMA."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+
+from selfflow import objective
+from selfflow.config import Config, ModelConfig, ObjectiveConfig
+
+OCFG = ObjectiveConfig(mask_ratio=0.25)
+
+
+def _dual(key_seed=0, batch=4000, tokens=16, ocfg=OCFG):
+    return objective.dual_timesteps(jax.random.key(key_seed), batch, tokens, ocfg)
+
+
+# ---------------------------------------------------------------------------- p(t) and the mask
+
+
+@pytest.mark.parametrize("ocfg, cdf", [
+    (ObjectiveConfig(), stats.uniform.cdf),
+    (ObjectiveConfig(time_distribution="logit_normal", logit_normal_mean=0.3, logit_normal_std=0.8),
+     lambda x: stats.norm.cdf((np.log(x) - np.log1p(-x) - 0.3) / 0.8)),
+    # SD3 shift a=3 of a uniform: P(t' <= x) = P(t <= x / (a - (a - 1) x)).
+    (ObjectiveConfig(time_shift=3.0), lambda x: x / (3.0 - 2.0 * x)),
+])
+def test_every_token_timestep_is_distributed_as_p_t(ocfg, cdf):
+    times = _dual(ocfg=ocfg)
+    tau = np.asarray(times.student)
+    # Any fixed token position, masked or not, must follow p(t) (the DTS marginal property).
+    for token in (0, 7, 15):
+        assert stats.kstest(tau[:, token], cdf).pvalue > 1e-3
+    # ... and a fixed token restricted to masked rows is distributed as p(t) too (s ~ p(t)).
+    masked = np.asarray(times.mask)[:, 3]
+    assert stats.kstest(tau[masked, 3], cdf).pvalue > 1e-3
+
+
+def test_uniform_time_fails_ks_against_a_shifted_cdf():
+    """The KS check above has power: uniform draws are rejected against the shifted CDF."""
+    tau = np.asarray(_dual().student)[:, 0]
+    assert stats.kstest(tau, lambda x: x / (3.0 - 2.0 * x)).pvalue < 1e-6
+
+
+@pytest.mark.parametrize("ratio", [0.0, 0.1, 0.25, 0.5])
+def test_masked_fraction_matches_mask_ratio(ratio):
+    times = _dual(batch=64, tokens=64, ocfg=ObjectiveConfig(mask_ratio=ratio))
+    per_row = np.asarray(times.mask).sum(axis=1)
+    assert np.all(per_row == round(ratio * 64))
+    # masked tokens carry s, the others t
+    tau, t, s, m = map(np.asarray, (times.student, times.t, times.s, times.mask))
+    np.testing.assert_array_equal(tau, np.where(m, s[:, None], t[:, None]))
+
+
+def test_mask_positions_are_uniform_over_tokens():
+    counts = np.asarray(_dual(batch=4000, tokens=16).mask).sum(axis=0)
+    assert stats.chisquare(counts).pvalue > 1e-3
+
+
+def test_t_and_s_are_unordered_and_independent():
+    times = _dual(batch=20000)
+    t, s = np.asarray(times.t), np.asarray(times.s)
+    frac = np.mean(s < t)
+    assert abs(frac - 0.5) < 0.02
+    assert abs(np.corrcoef(t, s)[0, 1]) < 0.03
+    np.testing.assert_array_equal(np.asarray(times.teacher), np.minimum(t, s))
+
+
+# ---------------------------------------------------------------------------- teacher input
+
+
+def _dense(times):
+    """FactoredTimesteps -> the per-token (B, N) array it stands for."""
+    return jnp.take_along_axis(times.values, times.index, axis=1)
+
+
+class _Recorder:
+    """Stands in for the transformer: records its inputs, returns deterministic features."""
+
+    def __init__(self, width):
+        self.calls, self.width = [], width
+
+    def __call__(self, x, times, labels, positions, return_layer=None):
+        self.calls.append(("student", x, _dense(times), labels))
+        out = jnp.tanh(x)
+        hidden = jnp.tile(x, (1, 1, self.width // x.shape[-1]))
+        return out if return_layer is None else (out, hidden)
+
+    def forward_until(self, x, times, labels, positions, layer):
+        self.calls.append(("teacher", x, _dense(times), labels))
+        return jnp.tile(jnp.cos(x), (1, 1, self.width // x.shape[-1]))
+
+    def project(self, h):
+        return h * 2.0
+
+
+def test_teacher_sees_same_noise_at_min_t_s_on_every_token():
+    cfg = Config(model=ModelConfig(depth=4), objective=ObjectiveConfig(mask_ratio=0.5, label_dropout=0.0))
+    b, n, c = 32, 16, 4
+    x0 = jax.random.normal(jax.random.key(1), (b, n, c))
+    batch = objective.Batch(x0, jnp.arange(b) % 10, jnp.zeros((n, 3)))
+    rec = _Recorder(width=8)
+    objective.loss_fn(rec, rec, batch, jax.random.key(7), cfg)
+    (_, xs, tau_s, _), (_, xt, tau_t, _) = rec.calls
+    tau_s, tau_t = np.asarray(tau_s), np.asarray(tau_t)
+    # teacher: every token at min over the student's two values
+    assert np.all(tau_t == tau_t[:, :1])
+    tau_t = tau_t[:, 0]
+    np.testing.assert_array_equal(tau_t, tau_s.min(axis=1))
+    # recover the noise from each view; it is the same ε for every token of both views
+    x0 = np.asarray(x0, np.float64)
+    eps_s = (np.asarray(xs) - (1 - tau_s[..., None]) * x0) / tau_s[..., None]
+    eps_t = (np.asarray(xt) - (1 - tau_t[:, None, None]) * x0) / tau_t[:, None, None]
+    np.testing.assert_allclose(eps_t, eps_s, rtol=2e-3, atol=2e-3)
+    # tokens that the student sees at min(t, s) are bit-identical in the teacher's view
+    same = tau_s == tau_t[:, None]
+    assert same.any() and (~same).any()
+    np.testing.assert_array_equal(np.asarray(xt)[same], np.asarray(xs)[same])
+
+
+# ---------------------------------------------------------------------------- loss values
+
+
+def _np_cos_per_token(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
+
+
+def test_flow_matching_loss_matches_numpy():
+    rng = np.random.default_rng(0)
+    v, x0, eps = (rng.normal(size=(3, 5, 4)).astype(np.float32) for _ in range(3))
+    expected = np.mean((v.astype(np.float64) - (eps - x0)) ** 2)
+    got = float(objective.flow_matching_loss(jnp.asarray(v), jnp.asarray(x0), jnp.asarray(eps)))
+    assert got == pytest.approx(expected, rel=1e-6)
+
+
+def test_representation_loss_is_per_token_cosine_over_features():
+    rng = np.random.default_rng(1)
+    # Rows with very different norms per token: a cosine over the token axis (dim=1) differs.
+    a = rng.normal(size=(2, 6, 8)) * rng.uniform(0.1, 10, size=(2, 6, 1))
+    b = rng.normal(size=(2, 6, 8)) * rng.uniform(0.1, 10, size=(2, 6, 1)) + 0.5 * a
+    expected = 1.0 - _np_cos_per_token(a, b).mean()
+    wrong_axis = 1.0 - np.mean((a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)))
+    assert abs(expected - wrong_axis) > 0.05  # the fixture separates the two definitions
+    got = float(objective.representation_loss(jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)))
+    assert got == pytest.approx(expected, rel=1e-5)
+
+
+def test_total_loss_is_fm_plus_gamma_rep_and_kinds_switch_terms():
+    b, n, c = 4, 8, 4
+    batch = objective.Batch(jax.random.normal(jax.random.key(2), (b, n, c)), jnp.zeros(b, jnp.int32),
+                            jnp.zeros((n, 3)))
+    base = Config(model=ModelConfig(depth=4), objective=ObjectiveConfig(gamma=0.8))
+    loss, m = objective.loss_fn(_Recorder(8), _Recorder(8), batch, jax.random.key(3), base)
+    assert float(m["rep_loss"]) > 0
+    assert float(loss) == pytest.approx(float(m["fm_loss"]) + 0.8 * float(m["rep_loss"]), rel=1e-6)
+    for kind in ("flow_matching", "dts"):
+        rec = _Recorder(8)
+        cfg = dataclasses.replace(base, objective=dataclasses.replace(base.objective, kind=kind))
+        loss, m = objective.loss_fn(rec, rec, batch, jax.random.key(3), cfg)
+        assert [c[0] for c in rec.calls] == ["student"]  # no teacher forward
+        assert float(loss) == float(m["fm_loss"]) and float(m["rep_loss"]) == 0.0
+        tau = np.asarray(rec.calls[0][2])
+        one_per_sample = np.all(tau == tau[:, :1], axis=1)
+        assert one_per_sample.all() == (kind == "flow_matching")
+
+
+def test_label_dropout_rate_and_null_class():
+    labels = jnp.zeros(20000, jnp.int32) + 3
+    dropped = np.asarray(objective.drop_labels(jax.random.key(0), labels, 0.1, 10))
+    assert set(np.unique(dropped)) == {3, 10}
+    assert abs(np.mean(dropped == 10) - 0.1) < 0.01
+
+
+def test_ema_update_rule():
+    ema = {"w": jnp.array([1.0, 2.0])}
+    params = {"w": jnp.array([3.0, -2.0])}
+    out = objective.ema_update(ema, params, 0.9)
+    np.testing.assert_allclose(np.asarray(out["w"]), [1.2, 1.6], rtol=1e-6)
