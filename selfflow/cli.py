@@ -89,7 +89,10 @@ def _plot(args) -> int:
     from selfflow.metrics_writer import plot_losses
 
     run_dir = Path(args.run_dir)
-    print(f"wrote {plot_losses(run_dir / 'metrics.jsonl', args.out or run_dir / 'loss.png')}")
+    metrics = run_dir / "metrics.jsonl"
+    if not metrics.is_file():
+        raise _UsageError(f"{metrics} does not exist: --run-dir must be a training run directory")
+    print(f"wrote {plot_losses(metrics, args.out or run_dir / 'loss.png')}")
     return 0
 
 

@@ -32,6 +32,10 @@ MODEL_PRESETS: dict[str, dict[str, int]] = {
 }
 
 
+# Number of classes each data source labels (the label table adds one null class).
+SOURCE_CLASSES = {"shapes": 10}
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     preset: str = "tiny"
@@ -128,7 +132,10 @@ class Config:
     @property
     def teacher_layer(self) -> int:
         t = self.objective.teacher_layer
-        return max(1, round(0.7 * self.depth)) if t is None else t
+        if t is not None:
+            return t
+        # round(0.7·depth), kept above the student layer where the depth allows (depth 2: 1 / 2)
+        return min(self.depth, max(round(0.7 * self.depth), self.student_layer + 1))
 
     @property
     def uses_teacher(self) -> bool:
@@ -214,10 +221,20 @@ def validate(cfg: Config) -> Config:
                           f"[1, depth={depth}]")
     if not 1 <= cfg.student_layer < cfg.teacher_layer:
         raise ConfigError(f"objective.student_layer={cfg.student_layer}: expected 1 <= "
-                          f"student_layer < teacher_layer={cfg.teacher_layer}")
+                          f"student_layer < teacher_layer={cfg.teacher_layer}"
+                          + (" (self_flow needs depth >= 2)" if depth < 2 else ""))
     for key in ("steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints"):
         if getattr(t, key) < 1:
             raise ConfigError(f"train.{key}={getattr(t, key)}: expected a positive integer")
+    if t.sample_every < 0:
+        raise ConfigError(f"train.sample_every={t.sample_every}: expected >= 0 (0 = only at the end)")
+    for key in ("steps", "per_class"):
+        if getattr(cfg.sample, key) < 1:
+            raise ConfigError(f"sample.{key}={getattr(cfg.sample, key)}: expected a positive integer")
+    expected_classes = SOURCE_CLASSES[cfg.data.source]
+    if cfg.data.num_classes != expected_classes:
+        raise ConfigError(f"data.num_classes={cfg.data.num_classes}: data.source="
+                          f"{cfg.data.source!r} has {expected_classes} classes")
     if cfg.optim.learning_rate <= 0:
         raise ConfigError(f"optim.learning_rate={cfg.optim.learning_rate}: expected > 0")
     return cfg
@@ -286,6 +303,15 @@ def load_config_file(path: str | Path, overrides: list[str] = ()) -> Config:
 
 def to_dict(cfg: Config) -> dict:
     return dataclasses.asdict(cfg)
+
+
+def resolved_dict(cfg: Config) -> dict:
+    """``to_dict`` with preset sizes and default layers replaced by the values actually used."""
+    d = to_dict(cfg)
+    for key in ("depth", "hidden_size", "num_heads", "patch_size"):
+        d["model"][key] = cfg.model.resolved(key)
+    d["objective"]["student_layer"], d["objective"]["teacher_layer"] = cfg.student_layer, cfg.teacher_layer
+    return d
 
 
 def from_dict(data: dict, where: str = "config") -> Config:

@@ -40,7 +40,8 @@ CHANNELS = 3
 MONITORED = ("loss", "fm_loss", "rep_loss", "grad_norm")
 # Keys that may change when a run is resumed (how long and how often), everything else may not.
 RESUMABLE_CHANGES = ("train.steps", "train.log_every", "train.checkpoint_every",
-                     "train.keep_checkpoints", "train.sample_every", "sample.")
+                     "train.keep_checkpoints", "train.sample_every", "sample.", "data.read_threads",
+                     "data.prefetch")
 
 
 class TrainingError(RuntimeError):
@@ -126,7 +127,8 @@ def check_finite(step: int, metrics: dict, last_good: int | None, ckpt_dir: Path
 
 
 def _check_resumable(saved: Config, cfg: Config, run_dir: Path) -> None:
-    flat_saved, flat_now = _flatten(config_lib.to_dict(saved)), _flatten(config_lib.to_dict(cfg))
+    flat_saved = _flatten(config_lib.resolved_dict(saved))
+    flat_now = _flatten(config_lib.resolved_dict(cfg))
     diffs = [k for k in flat_now if flat_now[k] != flat_saved.get(k)
              and not any(k == p or (p.endswith(".") and k.startswith(p)) for p in RESUMABLE_CHANGES)]
     if diffs:
@@ -259,6 +261,9 @@ def _loop(cfg, state, start, dataset, graphdef, tx, task, ckpts, run_dir, progre
                     bar.set_postfix(loss=f"{host['loss']:.4f}", rep=f"{host['rep_loss']:.3f}",
                                     cos=f"{host['cos_sim']:.3f}",
                                     sps=f"{host['steps_per_sec']:.2f}")
+                if tcfg.sample_every and done % tcfg.sample_every == 0 and not final:
+                    write_outputs(cfg, state["ema"], graphdef, task, run_dir,
+                                  out=run_dir / "samples" / f"step_{done:07d}.png")
                 if done % tcfg.checkpoint_every == 0 or final:
                     check_finite(*pending, last_good, ckpts.directory)
                     ckpts.save(done, state, iterator.get_state(), cfg)
@@ -312,6 +317,8 @@ def write_outputs(cfg: Config, ema_params, graphdef, task: ImageTask, run_dir: P
 def load_run(run_dir: str | Path, step: int | None = None) -> tuple[Config, dict, Any, ImageTask, int]:
     """(config, train state, graphdef, task, step) of a run directory's checkpoint."""
     run_dir = Path(run_dir)
+    if not (run_dir / "checkpoints").is_dir():
+        raise TrainingError(f"{run_dir}: no checkpoint found (no {run_dir / 'checkpoints'} directory)")
     ckpts = RunCheckpoints(run_dir)
     try:
         step = ckpts.latest_step() if step is None else step
