@@ -37,7 +37,7 @@ class RunCheckpoints:
         self.manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state),
             data=ocp.args.JsonSave(data_state),
-            config=ocp.args.JsonSave(config_lib.to_dict(cfg))))
+            config=ocp.args.JsonSave(config_lib.resolved_dict(cfg))))
 
     def restore(self, step: int, state_template: Any) -> tuple[Any, dict]:
         """Returns (state, data-iterator state) of ``step``; state follows ``state_template``."""

@@ -315,7 +315,7 @@ def resolved_dict(cfg: Config) -> dict:
 
 
 def from_dict(data: dict, where: str = "config") -> Config:
-    """Rebuilds a Config from ``to_dict`` output (e.g. a run directory's config.json)."""
+    """Rebuilds a Config from ``to_dict``/``resolved_dict`` output (e.g. a run's config.json)."""
     def build(cls, values: dict, prefix: str):
         names = {f.name: f for f in dataclasses.fields(cls)}
         unknown = set(values) - set(names)
@@ -330,4 +330,5 @@ def from_dict(data: dict, where: str = "config") -> Config:
 
 
 def dumps(cfg: Config) -> str:
-    return json.dumps(to_dict(cfg), indent=2, sort_keys=True)
+    """The resolved config as JSON (what run directories and checkpoints record)."""
+    return json.dumps(resolved_dict(cfg), indent=2, sort_keys=True)
