@@ -216,13 +216,15 @@ def validate(cfg: Config) -> Config:
     if o.time_shift <= 0 or o.logit_normal_std <= 0:
         raise ConfigError("objective.time_shift and objective.logit_normal_std must be > 0, got "
                           f"{o.time_shift} and {o.logit_normal_std}")
-    if not 1 <= cfg.teacher_layer <= depth:
-        raise ConfigError(f"objective.teacher_layer={cfg.teacher_layer}: expected a block in "
-                          f"[1, depth={depth}]")
-    if not 1 <= cfg.student_layer < cfg.teacher_layer:
-        raise ConfigError(f"objective.student_layer={cfg.student_layer}: expected 1 <= "
-                          f"student_layer < teacher_layer={cfg.teacher_layer}"
-                          + (" (self_flow needs depth >= 2)" if depth < 2 else ""))
+    # Layers matter when the teacher runs; values set explicitly are checked in any case.
+    if cfg.uses_teacher or o.student_layer is not None or o.teacher_layer is not None:
+        if not 1 <= cfg.teacher_layer <= depth:
+            raise ConfigError(f"objective.teacher_layer={cfg.teacher_layer}: expected a block in "
+                              f"[1, depth={depth}]")
+        if not 1 <= cfg.student_layer < cfg.teacher_layer:
+            raise ConfigError(f"objective.student_layer={cfg.student_layer}: expected 1 <= "
+                              f"student_layer < teacher_layer={cfg.teacher_layer}"
+                              + (" (self_flow needs depth >= 2)" if depth < 2 else ""))
     for key in ("steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints"):
         if getattr(t, key) < 1:
             raise ConfigError(f"train.{key}={getattr(t, key)}: expected a positive integer")
