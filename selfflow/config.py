@@ -296,7 +296,15 @@ def load_config_file(path: str | Path, overrides: list[str] = ()) -> Config:
         raise ConfigError(f"config file {str(path)!r} does not exist")
     spec = importlib.util.spec_from_file_location(f"selfflow_experiment_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:  # a typo in the experiment file: name the file and the line
+        import traceback
+        frames = [f for f in traceback.extract_tb(e.__traceback__) if f.filename == str(path)]
+        where = f"{path}:{frames[-1].lineno}" if frames else str(path)
+        if isinstance(e, SyntaxError):
+            where = f"{path}:{e.lineno}"
+        raise ConfigError(f"{where}: {type(e).__name__}: {e}") from e
     cfg = getattr(module, "CONFIG", None)
     if not isinstance(cfg, Config):
         raise ConfigError(f"{path}: expected a module-level CONFIG = selfflow.config.Config(...)")

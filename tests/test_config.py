@@ -37,3 +37,16 @@ def test_json_round_trip_keeps_resolved_values():
     assert back.model.hidden_size == 384 and back.objective.student_layer == cfg.student_layer
     with pytest.raises(ConfigError, match="unknown key"):
         config_lib.from_dict({"model": {"colour": 1}})
+
+
+@pytest.mark.parametrize("body, expected", [
+    ("from selfflow.config import Config, ModelConfig\nCONFIG = Config(model=ModelConfig(widht=3))\n",
+     r"exp\.py:2: TypeError: .*widht"),
+    ("CONFIG = (\n", r"exp\.py:1: SyntaxError"),
+    ("CONFIG = {'seed': 0}\n", r"exp\.py: expected a module-level CONFIG"),
+])
+def test_broken_experiment_file_names_file_and_line(tmp_path, body, expected):
+    path = tmp_path / "exp.py"
+    path.write_text(body)
+    with pytest.raises(ConfigError, match=expected):
+        config_lib.load_config_file(path)
