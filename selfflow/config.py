@@ -24,7 +24,7 @@ class ConfigError(ValueError):
 
 # SiT sizes (depth, width, heads), patch 2, MLP ratio 4; "tiny" is for tests and the CPU demo.
 MODEL_PRESETS: dict[str, dict[str, int]] = {
-    "tiny": dict(depth=6, hidden_size=128, num_heads=4, patch_size=4),
+    "tiny": dict(depth=6, hidden_size=128, num_heads=4, patch_size=2),
     "S/2": dict(depth=12, hidden_size=384, num_heads=6, patch_size=2),
     "B/2": dict(depth=12, hidden_size=768, num_heads=12, patch_size=2),
     "L/2": dict(depth=24, hidden_size=1024, num_heads=16, patch_size=2),
@@ -84,7 +84,7 @@ class OptimConfig:
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     source: Literal["shapes"] = "shapes"
-    image_size: int = 32
+    image_size: int = 16
     num_examples: int = 60_000
     num_classes: int = 10
     read_threads: int = 2
