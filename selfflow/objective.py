@@ -131,7 +131,6 @@ def loss_fn(student, teacher, batch: Batch, key: jax.Array, cfg: Config):
         student_times = FactoredTimesteps.per_sample(tau, n)
     x_tau = interpolate(x0, noise, tau)
 
-    metrics = {}
     if cfg.uses_teacher:
         velocity, hidden = student(x_tau, student_times, labels, batch.positions,
                                    return_layer=cfg.student_layer)
@@ -144,8 +143,7 @@ def loss_fn(student, teacher, batch: Batch, key: jax.Array, cfg: Config):
         rep = jnp.zeros((), jnp.float32)
     fm = flow_matching_loss(velocity, x0, noise)
     loss = fm + (ocfg.gamma * rep if cfg.uses_teacher else 0.0)
-    metrics.update(loss=loss, fm_loss=fm, rep_loss=rep, cos_sim=1.0 - rep)
-    return loss, metrics
+    return loss, dict(loss=loss, fm_loss=fm, rep_loss=rep, cos_sim=1.0 - rep)
 
 
 def ema_update(ema, params, decay: float):
