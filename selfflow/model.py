@@ -33,6 +33,10 @@ class FactoredTimesteps(NamedTuple):
     values: jax.Array
     index: jax.Array
 
+    def dense(self) -> jax.Array:
+        """The per-token (B, N) timesteps this stands for."""
+        return jnp.take_along_axis(self.values, self.index, axis=1)
+
     @classmethod
     def per_sample(cls, tau: jax.Array, num_tokens: int) -> "FactoredTimesteps":
         """One timestep per sample: values (B, 1), every token uses it."""
@@ -63,13 +67,20 @@ class SelfFlowTransformer(nnx.Module):
     def _embed(self, tokens, timesteps, labels, positions, modality):
         """Returns trunk input x (B, N, D), conditioning c (B, K, D), its token index, rope angles.
 
+        ``tokens``/``modality``: one array and its modality name, or a tuple of segment arrays
+        (B, n_i, d_i) and a tuple of names; segments are embedded by their own modality's
+        projection and concatenated along the token axis (N = Σ n_i).
         ``timesteps``: (B,) or (B, N) (then K = N and index is None: one row per token), or
         :class:`FactoredTimesteps` (K values per sample, gathered per token by ``index``).
         """
-        if modality not in self.x_embedders:
-            raise ValueError(f"modality {modality!r} has no projection; the model has "
-                             f"{sorted(self.x_embedders)}")
-        b, n, _ = tokens.shape
+        segments, names = _as_segments(tokens, modality)
+        for name in names:
+            if name not in self.x_embedders:
+                raise ValueError(f"modality {name!r} has no projection; the model has "
+                                 f"{sorted(self.x_embedders)}")
+        x = jnp.concatenate([self.x_embedders[m](t).astype(jnp.float32)
+                             for t, m in zip(segments, names)], axis=1)
+        b, n, _ = x.shape
         index = None
         if isinstance(timesteps, FactoredTimesteps):
             timesteps, index = timesteps.values, timesteps.index
@@ -77,7 +88,6 @@ class SelfFlowTransformer(nnx.Module):
         if timesteps.ndim == 1:  # one τ per sample: broadcast *before* embedding (exactly equal)
             timesteps = jnp.broadcast_to(timesteps[:, None], (b, n))
         c = self.t_embedder(timesteps) + self.y_embedder(labels)[:, None, :]
-        x = self.x_embedders[modality](tokens).astype(jnp.float32)
         rope = None
         if self.positions == "sincos":
             x = x + layers.sincos_2d(positions, self.hidden_size)[None]
@@ -91,9 +101,10 @@ class SelfFlowTransformer(nnx.Module):
 
     # ------------------------------------------------------------------ public
 
-    def __call__(self, tokens, timesteps, labels, positions, *, modality: str = "image",
+    def __call__(self, tokens, timesteps, labels, positions, *, modality: str | tuple[str, ...] = "image",
                  return_layer: int | None = None):
-        """Velocity (B, N, token_dim); with ``return_layer=l`` also the hidden state after block l."""
+        """Velocity (B, N, token_dim) (a tuple of per-segment velocities for segment input);
+        with ``return_layer=l`` also the hidden state (B, N, D) after block l."""
         if return_layer is not None:
             self._check_layer(return_layer, "return_layer")
         x, c, index, rope = self._embed(tokens, timesteps, labels, positions, modality)
@@ -102,11 +113,19 @@ class SelfFlowTransformer(nnx.Module):
             x = block(x, c, rope, index)
             if i + 1 == return_layer:
                 hidden = x
-        out = self.final_layers[modality](x, c, index)
+        segments, names = _as_segments(tokens, modality)
+        outs, start = [], 0
+        for seg, name in zip(segments, names):
+            stop = start + seg.shape[1]
+            seg_index = None if index is None else index[:, start:stop]
+            seg_c = c[:, start:stop] if index is None else c
+            outs.append(self.final_layers[name](x[:, start:stop], seg_c, seg_index))
+            start = stop
+        out = outs[0] if isinstance(modality, str) else tuple(outs)
         return out if return_layer is None else (out, hidden)
 
     def forward_until(self, tokens, timesteps, labels, positions, *, layer: int,
-                      modality: str = "image") -> jax.Array:
+                      modality: str | tuple[str, ...] = "image") -> jax.Array:
         """Hidden state (B, N, D) after block ``layer``; blocks after it are never computed."""
         self._check_layer(layer, "layer")
         x, c, index, rope = self._embed(tokens, timesteps, labels, positions, modality)
@@ -116,6 +135,14 @@ class SelfFlowTransformer(nnx.Module):
 
     def project(self, hidden: jax.Array) -> jax.Array:
         return self.projector(hidden)
+
+
+def _as_segments(tokens, modality) -> tuple[tuple, tuple[str, ...]]:
+    if isinstance(modality, str):
+        return (tokens,), (modality,)
+    if len(tokens) != len(modality):
+        raise ValueError(f"{len(tokens)} token segments but {len(modality)} modality names")
+    return tuple(tokens), tuple(modality)
 
 
 def build_model(cfg: Config, token_dims: dict[str, int], seed: int | None = None) -> SelfFlowTransformer:

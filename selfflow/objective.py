@@ -3,7 +3,8 @@
     x_τ = (1 − τ)·x0 + τ·ε,   target v = ε − x0 for every token, whatever its τ.
 
 Dual-timestep scheduling (DTS): per sample draw t, s i.i.d. from p(t) (unordered), mask a
-fraction ``mask_ratio`` of the tokens; masked tokens get s, the others t. The EMA teacher sees
+fraction ``mask_ratio`` of the generate tokens (per modality, within each segment of a layout);
+masked tokens get s, the others t; condition tokens of a layout stay clean (τ = 0). The EMA teacher sees
 every token at min(t, s), built from the *same* ε. Representation loss: 1 − cosine similarity
 per token over the feature axis between the projected student hidden state (block l) and the
 stop-gradient teacher hidden state (block k), averaged over tokens and batch.
@@ -21,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from selfflow.config import Config, ObjectiveConfig
+from selfflow.layout import CONDITION, Layout, single
 from selfflow.model import FactoredTimesteps
 
 
@@ -56,21 +58,6 @@ def token_mask(key: jax.Array, batch: int, num_tokens: int, mask_ratio: float) -
     return ranks < count
 
 
-class Timesteps(NamedTuple):
-    student: jax.Array  # (B, N) per-token τ of the student
-    teacher: jax.Array  # (B,) min(t, s): every teacher token
-    t: jax.Array        # (B,)
-    s: jax.Array        # (B,)
-    mask: jax.Array     # (B, N) bool, True where the token got s
-
-
-def dual_timesteps(key: jax.Array, batch: int, num_tokens: int, ocfg: ObjectiveConfig) -> Timesteps:
-    kt, ks, km = jax.random.split(key, 3)
-    t, s = sample_time(kt, (batch,), ocfg), sample_time(ks, (batch,), ocfg)
-    mask = token_mask(km, batch, num_tokens, ocfg.mask_ratio)
-    return Timesteps(jnp.where(mask, s[:, None], t[:, None]), jnp.minimum(t, s), t, s, mask)
-
-
 def interpolate(x0: jax.Array, noise: jax.Array, tau: jax.Array) -> jax.Array:
     """x_τ for τ of shape (B,) or (B, N); x0, noise (B, N, C)."""
     tau = tau.reshape(tau.shape + (1,) * (x0.ndim - tau.ndim))
@@ -93,10 +80,16 @@ def cosine_per_token(a: jax.Array, b: jax.Array, eps: float = 1e-6) -> jax.Array
     return dot / jnp.maximum(norms, eps)
 
 
-def representation_loss(student_projected: jax.Array, teacher_hidden: jax.Array) -> jax.Array:
-    """1 − mean over tokens and batch of the per-token cosine (teacher under stop-gradient)."""
+def representation_loss(student_projected: jax.Array, teacher_hidden: jax.Array,
+                        token_mask: jax.Array | None = None) -> jax.Array:
+    """1 − mean of the per-token cosine over tokens and batch (teacher under stop-gradient).
+
+    ``token_mask`` (N,) bool restricts the mean to those tokens (the generate tokens).
+    """
     cos = cosine_per_token(student_projected, jax.lax.stop_gradient(teacher_hidden))
-    return 1.0 - jnp.mean(cos)
+    if token_mask is None:
+        return 1.0 - jnp.mean(cos)
+    return 1.0 - jnp.sum(cos * token_mask) / (cos.shape[0] * jnp.sum(token_mask))
 
 
 def drop_labels(key: jax.Array, labels: jax.Array, rate: float, null_class: int) -> jax.Array:
@@ -106,44 +99,104 @@ def drop_labels(key: jax.Array, labels: jax.Array, rate: float, null_class: int)
     return jnp.where(jax.random.uniform(key, labels.shape) < rate, null_class, labels)
 
 
-def loss_fn(student, teacher, batch: Batch, key: jax.Array, cfg: Config):
-    """Total loss and metrics for one batch; gradients flow through ``student`` only.
+class SegmentBatch(NamedTuple):
+    """Clean tokens per segment of a layout ((B, n_i, d_i) each), class ids (B,), positions (N, 3)."""
+    tokens: tuple
+    labels: jax.Array
+    positions: jax.Array
 
+
+# Index of each token's timestep in the factored form: t, s, or clean (condition tokens).
+T_INDEX, S_INDEX, CLEAN_INDEX = 0, 1, 2
+
+
+def layout_timesteps(key: jax.Array, batch: int, layout: Layout, ocfg: ObjectiveConfig,
+                     mask_ratios: dict[str, float], dual: bool):
+    """Student and teacher timesteps for a layout, in factored form (values (B, 3), index (B, N)).
+
+    Values are [t, s, 0]. Generate tokens use t, or s where masked (each generate segment masks
+    round(ratio·n) of its own tokens, ratio = its modality's mask ratio); condition tokens are
+    clean (τ = 0) and never masked. The teacher sees every generate token at min(t, s).
+    Returns (student, teacher, mask (B, N) bool).
+    """
+    k_t, k_s, k_mask = jax.random.split(key, 3)
+    t = sample_time(k_t, (batch,), ocfg)
+    s = sample_time(k_s, (batch,), ocfg) if dual else t
+    masks, indices = [], []
+    for i, seg in enumerate(layout.segments):
+        if seg.role == CONDITION:
+            mask = jnp.zeros((batch, seg.num_tokens), bool)
+            indices.append(jnp.full((batch, seg.num_tokens), CLEAN_INDEX, jnp.int32))
+        else:
+            ratio = mask_ratios[seg.modality] if dual else 0.0
+            mask = token_mask(jax.random.fold_in(k_mask, i), batch, seg.num_tokens, ratio)
+            indices.append(jnp.where(mask, S_INDEX, T_INDEX).astype(jnp.int32))
+        masks.append(mask)
+    index = jnp.concatenate(indices, axis=1)
+    zero = jnp.zeros_like(t)
+    tmin = jnp.minimum(t, s)
+    student = FactoredTimesteps(jnp.stack([t, s, zero], axis=1), index)
+    teacher = FactoredTimesteps(jnp.stack([tmin, tmin, zero], axis=1),
+                                jnp.where(index == CLEAN_INDEX, CLEAN_INDEX, T_INDEX))
+    return student, teacher, jnp.concatenate(masks, axis=1)
+
+
+def segment_loss_fn(student, teacher, batch: SegmentBatch, layout: Layout, key: jax.Array,
+                    cfg: Config, mask_ratios: dict[str, float], loss_weights: dict[str, float]):
+    """Total loss and metrics for one batch of ``layout``; gradients flow through ``student`` only.
+
+    L_gen = Σ_m w_m · MSE over the generate tokens of modality m; L_rep = 1 − mean per-token
+    cosine over generate tokens; condition tokens are clean inputs with no loss.
     ``student``/``teacher`` are SelfFlowTransformer instances (the teacher holds EMA weights).
-    All randomness comes from ``key``: the noise ε, t, s, the mask and the label dropout.
+    All randomness comes from ``key``: the noise ε, t, s, the masks and the label dropout.
     """
     ocfg = cfg.objective
-    x0 = batch.tokens.astype(jnp.float32)
-    b, n, _ = x0.shape
+    x0 = tuple(t.astype(jnp.float32) for t in batch.tokens)
+    b = x0[0].shape[0]
     k_noise, k_time, k_label = jax.random.split(key, 3)
-    noise = jax.random.normal(k_noise, x0.shape, jnp.float32)
+    noise = tuple(jax.random.normal(jax.random.fold_in(k_noise, i), x.shape, jnp.float32)
+                  for i, x in enumerate(x0))
     labels = drop_labels(k_label, batch.labels, ocfg.label_dropout, cfg.data.num_classes)
+    student_times, teacher_times, _ = layout_timesteps(
+        k_time, b, layout, ocfg, mask_ratios, dual=cfg.uses_dual_timesteps)
 
-    # The model gets timesteps in factored form (distinct values + per-token choice), so it
-    # computes conditioning once per value rather than once per token.
-    if cfg.uses_dual_timesteps:
-        times = dual_timesteps(k_time, b, n, ocfg)
-        tau = times.student
-        student_times = FactoredTimesteps(jnp.stack([times.t, times.s], axis=1),
-                                          times.mask.astype(jnp.int32))
-    else:
-        tau = sample_time(k_time, (b,), ocfg)
-        student_times = FactoredTimesteps.per_sample(tau, n)
-    x_tau = interpolate(x0, noise, tau)
+    def noised(times):
+        tau = times.dense()
+        return tuple(x if seg.role == CONDITION else interpolate(x, e, tau[:, sl])
+                     for x, e, seg, sl in zip(x0, noise, layout.segments, layout.slices()))
 
+    names = layout.modalities
     if cfg.uses_teacher:
-        velocity, hidden = student(x_tau, student_times, labels, batch.positions,
-                                   return_layer=cfg.student_layer)
-        x_teacher = interpolate(x0, noise, times.teacher)
-        target = teacher.forward_until(x_teacher, FactoredTimesteps.per_sample(times.teacher, n),
-                                       labels, batch.positions, layer=cfg.teacher_layer)
-        rep = representation_loss(student.project(hidden), target)
+        velocity, hidden = student(noised(student_times), student_times, labels, batch.positions,
+                                   modality=names, return_layer=cfg.student_layer)
+        target = teacher.forward_until(noised(teacher_times), teacher_times, labels,
+                                       batch.positions, layer=cfg.teacher_layer, modality=names)
+        rep = representation_loss(student.project(hidden), target, jnp.asarray(layout.generate_mask()))
     else:
-        velocity = student(x_tau, student_times, labels, batch.positions)
+        velocity = student(noised(student_times), student_times, labels, batch.positions,
+                           modality=names)
         rep = jnp.zeros((), jnp.float32)
-    fm = flow_matching_loss(velocity, x0, noise)
+
+    metrics, fm = {}, jnp.zeros((), jnp.float32)
+    for name in dict.fromkeys(names):  # each modality once, in layout order
+        parts = [(v, x, e) for v, x, e, seg in zip(velocity, x0, noise, layout.segments)
+                 if seg.modality == name and seg.role != CONDITION]
+        if not parts:
+            continue
+        sq = sum(jnp.sum(jnp.square(v.astype(jnp.float32) - (e - x))) for v, x, e in parts)
+        mse = sq / sum(x.size for _, x, _ in parts)
+        metrics[f"fm_loss/{name}"] = mse
+        fm = fm + loss_weights.get(name, 1.0) * mse
     loss = fm + (ocfg.gamma * rep if cfg.uses_teacher else 0.0)
-    return loss, dict(loss=loss, fm_loss=fm, rep_loss=rep, cos_sim=1.0 - rep)
+    metrics.update(loss=loss, fm_loss=fm, rep_loss=rep, cos_sim=1.0 - rep)
+    return loss, metrics
+
+
+def loss_fn(student, teacher, batch: Batch, key: jax.Array, cfg: Config, modality: str = "image"):
+    """:func:`segment_loss_fn` for a batch of one generate segment (e.g. class-conditional images)."""
+    layout = single(modality, batch.tokens.shape[1])
+    return segment_loss_fn(student, teacher, SegmentBatch((batch.tokens,), batch.labels, batch.positions),
+                           layout, key, cfg, {modality: cfg.objective.mask_ratio}, {modality: 1.0})
 
 
 def ema_update(ema, params, decay: float):

@@ -1,6 +1,7 @@
 """The Self-Flow objective: timestep sampling, masking, teacher input, loss values, EMA."""
 
 import dataclasses
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -10,12 +11,26 @@ from scipy import stats
 
 from selfflow import objective
 from selfflow.config import Config, ModelConfig, ObjectiveConfig
+from selfflow.layout import Layout, Segment, single
 
 OCFG = ObjectiveConfig(mask_ratio=0.25)
 
 
+class _Times(NamedTuple):
+    student: np.ndarray  # (B, N) dense per-token τ
+    teacher: np.ndarray  # (B, N)
+    t: np.ndarray
+    s: np.ndarray
+    mask: np.ndarray
+
+
 def _dual(key_seed=0, batch=4000, tokens=16, ocfg=OCFG):
-    return objective.dual_timesteps(jax.random.key(key_seed), batch, tokens, ocfg)
+    """The timesteps the training objective draws for a one-segment layout."""
+    student, teacher, mask = objective.layout_timesteps(
+        jax.random.key(key_seed), batch, single("image", tokens), ocfg,
+        {"image": ocfg.mask_ratio}, dual=True)
+    return _Times(np.asarray(student.dense()), np.asarray(teacher.dense()),
+                  np.asarray(student.values[:, 0]), np.asarray(student.values[:, 1]), np.asarray(mask))
 
 
 # ---------------------------------------------------------------------------- p(t) and the mask
@@ -66,32 +81,32 @@ def test_t_and_s_are_unordered_and_independent():
     frac = np.mean(s < t)
     assert abs(frac - 0.5) < 0.02
     assert abs(np.corrcoef(t, s)[0, 1]) < 0.03
-    np.testing.assert_array_equal(np.asarray(times.teacher), np.minimum(t, s))
+    np.testing.assert_array_equal(times.teacher, np.broadcast_to(np.minimum(t, s)[:, None], times.teacher.shape))
 
 
 # ---------------------------------------------------------------------------- teacher input
 
 
-def _dense(times):
-    """FactoredTimesteps -> the per-token (B, N) array it stands for."""
-    return jnp.take_along_axis(times.values, times.index, axis=1)
-
-
 class _Recorder:
-    """Stands in for the transformer: records its inputs, returns deterministic features."""
+    """Stands in for the transformer: records its inputs (segments concatenated), returns
+    deterministic features. Segment token dims must divide ``width``."""
 
     def __init__(self, width):
         self.calls, self.width = [], width
 
-    def __call__(self, x, times, labels, positions, return_layer=None):
-        self.calls.append(("student", x, _dense(times), labels))
-        out = jnp.tanh(x)
-        hidden = jnp.tile(x, (1, 1, self.width // x.shape[-1]))
-        return out if return_layer is None else (out, hidden)
+    def _features(self, xs, fn):
+        return jnp.concatenate([jnp.tile(fn(x), (1, 1, self.width // x.shape[-1])) for x in xs], 1)
 
-    def forward_until(self, x, times, labels, positions, layer):
-        self.calls.append(("teacher", x, _dense(times), labels))
-        return jnp.tile(jnp.cos(x), (1, 1, self.width // x.shape[-1]))
+    def __call__(self, xs, times, labels, positions, modality, return_layer=None):
+        self.calls.append(("student", jnp.concatenate(xs, 1) if len(set(x.shape[-1] for x in xs)) == 1
+                           else xs, times.dense(), labels))
+        out = tuple(jnp.tanh(x) for x in xs)
+        return out if return_layer is None else (out, self._features(xs, lambda x: x))
+
+    def forward_until(self, xs, times, labels, positions, layer, modality):
+        self.calls.append(("teacher", jnp.concatenate(xs, 1) if len(set(x.shape[-1] for x in xs)) == 1
+                           else xs, times.dense(), labels))
+        return self._features(xs, jnp.cos)
 
     def project(self, h):
         return h * 2.0
