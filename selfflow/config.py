@@ -110,6 +110,27 @@ class SampleConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ModalityConfig:
+    """Per-modality settings of a multimodal experiment."""
+    name: str
+    mask_ratio: Optional[float] = None  # None = the modality module's DEFAULT_MASK_RATIO
+    loss_weight: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class LayoutConfig:
+    """A named layout of a mixed run: its segments, sampling weight and batch size.
+
+    ``segments`` are modality names in sequence order; ``"name:condition"`` marks a clean
+    conditioning segment (e.g. ``("image:condition", "video", "action")``).
+    """
+    name: str
+    segments: tuple[str, ...]
+    weight: float = 1.0
+    batch_size: int = 8
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     seed: int = 0
     model: ModelConfig = ModelConfig()
@@ -118,6 +139,9 @@ class Config:
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
     sample: SampleConfig = SampleConfig()
+    # Multimodal runs: per-modality settings and the layouts to mix (empty = image-only, one layout).
+    modalities: tuple[ModalityConfig, ...] = ()
+    layouts: tuple[LayoutConfig, ...] = ()
 
     # Derived values (everything downstream reads these, never the raw Optional fields).
     @property
@@ -163,6 +187,19 @@ def _check_type(key: str, value: Any, annotation: Any) -> Any:
             return None
         (inner,) = [a for a in args if a is not type(None)]
         return _check_type(key, value, inner)
+    if origin is tuple:
+        args = typing.get_args(annotation)
+        if not isinstance(value, tuple):
+            raise ConfigError(f"{key}={value!r}: expected a tuple")
+        inner = args[0]
+        for i, item in enumerate(value):
+            if dataclasses.is_dataclass(inner):
+                if not isinstance(item, inner):
+                    raise ConfigError(f"{key}[{i}]={item!r}: expected {inner.__name__}(...)")
+                _check_section(f"{key}[{i}].", item)
+            else:
+                _check_type(f"{key}[{i}]", item, inner)
+        return value
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if annotation in (int, float, str, bool):
@@ -334,7 +371,13 @@ def from_dict(data: dict, where: str = "config") -> Config:
         kwargs = {}
         for name, value in values.items():
             sub = _hints(cls)[name]
-            kwargs[name] = build(sub, value, f"{prefix}{name}.") if dataclasses.is_dataclass(sub) else value
+            if dataclasses.is_dataclass(sub):
+                value = build(sub, value, f"{prefix}{name}.")
+            elif typing.get_origin(sub) is tuple and isinstance(value, list):  # JSON arrays
+                inner = typing.get_args(sub)[0]
+                value = tuple(build(inner, v, f"{prefix}{name}[{i}].") if dataclasses.is_dataclass(inner)
+                              else v for i, v in enumerate(value))
+            kwargs[name] = value
         return cls(**kwargs)
     return validate(build(Config, data, ""))
 

@@ -1,0 +1,97 @@
+"""Video modality: spatio-temporal tubelets of frames or latents, and their (t, h, w) positions.
+
+A ``(B, T, H, W, C)`` clip is cut into tubelets of ``tubelet`` frames × p × p pixels. Tokens are
+ordered (time, row, col) — time slowest, then row-major over the patch grid, so each time-row
+of tokens is one image-like grid — and each token's features are ordered ``(c, tt, p1, p2)``
+(channel slowest, as in the image modality; a tubelet of 1 frame gives the image layout).
+
+Positions: t = ``time_offset`` + the **start** time of the tubelet's first frame in ticks
+(frame_index · 100/fps; 10 ms per tick, see :mod:`modalities.base`), consistent with audio and
+action tokens, which also use start times; (h, w) = patch row/col.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from modalities.base import (TICKS_PER_SECOND, ModalitySpec, check_divisible, check_shape,
+                             grid_positions)
+
+NAME = "video"
+DEFAULT_MASK_RATIO = 0.1
+DEFAULT_TIME_SHIFT = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoSpec(ModalitySpec):
+    """``frames`` frames of H×W×C at ``fps``; frames % tubelet == 0, H % p == W % p == 0."""
+    name = NAME
+    frames: int
+    height: int
+    width: int
+    channels: int = 3
+    patch_size: int = 2
+    tubelet: int = 2
+    fps: float = 10.0
+
+    def __post_init__(self):
+        check_divisible("frames", self.frames, "tubelet", self.tubelet)
+        check_divisible("height", self.height, "patch_size", self.patch_size)
+        check_divisible("width", self.width, "patch_size", self.patch_size)
+        if self.fps <= 0:
+            raise ValueError(f"fps={self.fps} must be positive")
+
+    @property
+    def grid(self) -> tuple[int, int, int]:
+        """(time, rows, cols) tubelets."""
+        return (self.frames // self.tubelet, self.height // self.patch_size,
+                self.width // self.patch_size)
+
+    @property
+    def frame_ticks(self) -> float:
+        """Duration of one frame in ticks (10 at 10 fps)."""
+        return TICKS_PER_SECOND / self.fps
+
+    @property
+    def token_dim(self) -> int:
+        return self.channels * self.tubelet * self.patch_size * self.patch_size
+
+    @property
+    def num_tokens(self) -> int:
+        gt, gh, gw = self.grid
+        return gt * gh * gw
+
+
+Spec = VideoSpec
+
+
+def tokenize(video, spec: VideoSpec):
+    """(B, T, H, W, C) -> (B, N, C·tubelet·p·p), N = (T/tubelet)·(H/p)·(W/p)."""
+    check_shape("video", video.shape,
+                (None, spec.frames, spec.height, spec.width, spec.channels),
+                "(batch, frames, height, width, channels)")
+    b, c, tt, p = video.shape[0], spec.channels, spec.tubelet, spec.patch_size
+    gt, gh, gw = spec.grid
+    x = video.reshape(b, gt, tt, gh, p, gw, p, c)
+    x = x.transpose(0, 1, 3, 5, 7, 2, 4, 6)  # b, gt, gh, gw, c, tt, p1, p2
+    return x.reshape(b, spec.num_tokens, spec.token_dim)
+
+
+def detokenize(tokens, spec: VideoSpec):
+    """(B, N, C·tubelet·p·p) -> (B, T, H, W, C); the exact inverse of :func:`tokenize`."""
+    check_shape("tokens", tokens.shape, (None, spec.num_tokens, spec.token_dim),
+                "(batch, spec.num_tokens, spec.token_dim)")
+    b, c, tt, p = tokens.shape[0], spec.channels, spec.tubelet, spec.patch_size
+    gt, gh, gw = spec.grid
+    x = tokens.reshape(b, gt, gh, gw, c, tt, p, p)
+    x = x.transpose(0, 1, 5, 2, 6, 3, 7, 4)  # b, gt, tt, gh, p1, gw, p2, c
+    return x.reshape(b, spec.frames, spec.height, spec.width, c)
+
+
+def positions(spec: VideoSpec, time_offset: float = 0.0) -> np.ndarray:
+    """(N, 3) float32 (t, h, w); t steps by tubelet·100/fps ticks between token time-rows."""
+    gt, gh, gw = spec.grid
+    times = time_offset + np.arange(gt) * spec.tubelet * spec.frame_ticks
+    return grid_positions(times, gh, gw)
