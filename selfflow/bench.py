@@ -12,30 +12,28 @@ import statistics
 import time
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from selfflow.config import Config
 from selfflow.model import build_model, count_params
-from selfflow.train import ImageTask, init_state, make_optimizer, make_train_step
+from selfflow.tasks import Task
+from selfflow.train import init_state, make_optimizer, make_train_step
 
 
 def _stepper(cfg: Config, kind: str):
     cfg = dataclasses.replace(cfg, objective=dataclasses.replace(cfg.objective, kind=kind))
-    task = ImageTask.from_config(cfg)
-    model = build_model(cfg, {"image": task.token_dim})
+    task = Task(cfg)
+    model = build_model(cfg, task.token_dims)
     tx = make_optimizer(cfg.optim)
     step = make_train_step(cfg, nnx.graphdef(model), tx, task)
     state = init_state(cfg, model, tx)
-    size = cfg.data.image_size
-    images = jax.random.normal(jax.random.key(0), (cfg.train.batch_size, size, size, 3))
-    labels = jnp.arange(cfg.train.batch_size) % cfg.data.num_classes
+    raw = jax.device_put(task.dataset(0)[0])  # the first layout's first batch
     holder = {"state": state}
 
     def run(n: int) -> float:
         start = time.perf_counter()
         for _ in range(n):
-            holder["state"], metrics = step(holder["state"], images, labels)
+            holder["state"], metrics = step(holder["state"], raw, 0)
         jax.block_until_ready(metrics["loss"])
         return (time.perf_counter() - start) / n
 
@@ -51,9 +49,9 @@ def bench_step_ratio(cfg: Config, *, rounds: int = 5, steps_per_round: int = 3) 
         for k in kinds:
             times[k].append(runners[k][0](steps_per_round))
     med = {k: statistics.median(v) for k, v in times.items()}
-    task = ImageTask.from_config(cfg)
+    first = Task(cfg).layouts[0]
     return {
-        "params": runners["self_flow"][1], "batch": cfg.train.batch_size, "tokens": task.num_tokens,
+        "params": runners["self_flow"][1], "batch": first.batch_size, "tokens": first.layout.num_tokens,
         "depth": cfg.depth, "student_layer": cfg.student_layer, "teacher_layer": cfg.teacher_layer,
         "fm_step_s": med["flow_matching"], "selfflow_step_s": med["self_flow"],
         "selfflow_over_fm": med["self_flow"] / med["flow_matching"],

@@ -33,7 +33,7 @@ MODEL_PRESETS: dict[str, dict[str, int]] = {
 
 
 # Number of classes each data source labels (the label table adds one null class).
-SOURCE_CLASSES = {"shapes": 10}
+SOURCE_CLASSES = {"shapes": 10, "world": 3}  # world: label = number of balls - 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,12 +83,19 @@ class OptimConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    source: Literal["shapes"] = "shapes"
+    source: Literal["shapes", "world"] = "shapes"
     image_size: int = 16
     num_examples: int = 60_000
     num_classes: int = 10
     read_threads: int = 2
     prefetch: int = 4
+    # world source: clip length and frame rate; how video, audio and actions become tokens
+    clip_seconds: float = 1.6
+    fps: float = 10.0
+    video_patch: int = 4
+    video_tubelet: int = 2
+    audio_patch_frames: int = 4
+    n_mels: int = 32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -270,6 +277,7 @@ def validate(cfg: Config) -> Config:
     for key in ("steps", "per_class"):
         if getattr(cfg.sample, key) < 1:
             raise ConfigError(f"sample.{key}={getattr(cfg.sample, key)}: expected a positive integer")
+    _validate_multimodal(cfg)
     expected_classes = SOURCE_CLASSES[cfg.data.source]
     if cfg.data.num_classes != expected_classes:
         raise ConfigError(f"data.num_classes={cfg.data.num_classes}: data.source="
@@ -277,6 +285,42 @@ def validate(cfg: Config) -> Config:
     if cfg.optim.learning_rate <= 0:
         raise ConfigError(f"optim.learning_rate={cfg.optim.learning_rate}: expected > 0")
     return cfg
+
+
+def _validate_multimodal(cfg: Config) -> None:
+    import modalities
+
+    names = [m.name for m in cfg.modalities]
+    for i, m in enumerate(cfg.modalities):
+        if m.name not in modalities.MODALITIES or names.count(m.name) > 1:
+            raise ConfigError(f"modalities[{i}].name={m.name!r}: expected one of "
+                              f"{', '.join(modalities.MODALITIES)}, each at most once")
+        if m.mask_ratio is not None and not 0.0 <= m.mask_ratio <= 0.5:
+            raise ConfigError(f"modalities[{i}].mask_ratio={m.mask_ratio}: expected a value in [0, 0.5]")
+        if m.loss_weight < 0:
+            raise ConfigError(f"modalities[{i}].loss_weight={m.loss_weight}: expected >= 0")
+    layout_names = [lc.name for lc in cfg.layouts]
+    for i, lc in enumerate(cfg.layouts):
+        where = f"layouts[{i}] ({lc.name!r})"
+        if layout_names.count(lc.name) > 1:
+            raise ConfigError(f"{where}: layout names must be unique")
+        if lc.weight < 0 or lc.batch_size < 1 or not lc.segments:
+            raise ConfigError(f"{where}: expected weight >= 0, batch_size >= 1 and at least one "
+                              f"segment, got {lc.weight}, {lc.batch_size}, {lc.segments}")
+        roles = []
+        for text in lc.segments:
+            name, _, role = text.partition(":")
+            if name not in modalities.MODALITIES or role not in ("", "generate", "condition"):
+                raise ConfigError(f"{where}: segment {text!r}: expected 'modality' or "
+                                  f"'modality:condition' with modality in {', '.join(modalities.MODALITIES)}")
+            roles.append(role or "generate")
+        if "generate" not in roles:
+            raise ConfigError(f"{where}: every segment is a condition; nothing to generate")
+    if cfg.layouts and sum(lc.weight for lc in cfg.layouts) <= 0:
+        raise ConfigError("layouts: the weights sum to 0; at least one layout needs weight > 0")
+    if cfg.layouts and cfg.model.positions != "rope":
+        raise ConfigError("model.positions='sincos' encodes only (h, w); multimodal layouts need "
+                          "model.positions='rope' to place tokens in time")
 
 
 # ---------------------------------------------------------------------------- overrides

@@ -33,8 +33,10 @@ from selfflow import config as config_lib
 from selfflow import objective
 from selfflow.checkpoint import RunCheckpoints
 from selfflow.config import Config, ConfigError
+from selfflow.layout import layout_schedule
 from selfflow.metrics_writer import MetricsWriter, plot_losses
 from selfflow.model import SelfFlowTransformer, build_model, count_params
+from selfflow.tasks import Task
 
 CHANNELS = 3
 MONITORED = ("loss", "fm_loss", "rep_loss", "grad_norm")
@@ -90,20 +92,22 @@ def init_state(cfg: Config, model: SelfFlowTransformer, tx: optax.GradientTransf
     }
 
 
-def make_train_step(cfg: Config, graphdef, tx: optax.GradientTransformation,
-                    task: ImageTask) -> Callable[[dict, np.ndarray, np.ndarray], tuple[dict, dict]]:
-    """Returns step(state, images (B, H, W, 3), labels (B,)) -> (state, metrics); state donated."""
-    positions = jnp.asarray(task.positions)
+def make_train_step(cfg: Config, graphdef, tx: optax.GradientTransformation, task: Task):
+    """Returns step(state, raw_batch, layout_index) -> (state, metrics); state donated.
+
+    ``layout_index`` is static: each layout compiles once, on its first occurrence.
+    """
     decay = cfg.objective.ema_decay
 
-    def step(state, images, labels):
+    def step(state, raw, index):
         key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
-        tokens = image_modality.tokenize(images.astype(jnp.float32), task.patch_size)
-        batch = objective.Batch(tokens, labels.astype(jnp.int32), positions)
+        batch = task.segment_batch(index, raw)
+        layout = task.layouts[index].layout
         teacher = nnx.merge(graphdef, state["ema"])
 
         def loss_of(params):
-            return objective.loss_fn(nnx.merge(graphdef, params), teacher, batch, key, cfg)
+            return objective.segment_loss_fn(nnx.merge(graphdef, params), teacher, batch, layout,
+                                             key, cfg, task.mask_ratios, task.loss_weights)
 
         (_, metrics), grads = jax.value_and_grad(loss_of, has_aux=True)(state["params"])
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
@@ -113,7 +117,15 @@ def make_train_step(cfg: Config, graphdef, tx: optax.GradientTransformation,
                          ema=objective.ema_update(state["ema"], params, decay))
         return new_state, metrics
 
-    return jax.jit(step, donate_argnums=0)
+    return jax.jit(step, static_argnums=2, donate_argnums=0)
+
+
+def layout_counts(cfg: Config, task: Task, steps: int) -> list[int]:
+    """How many batches of each layout the first ``steps`` steps consumed (from the schedule)."""
+    counts = [0] * len(task.layouts)
+    for n in range(steps):
+        counts[layout_schedule(cfg.seed, n, task.weights) if len(counts) > 1 else 0] += 1
+    return counts
 
 
 def check_finite(step: int, metrics: dict, last_good: int | None, ckpt_dir: Path) -> None:
@@ -190,14 +202,14 @@ def train(cfg: Config, run_dir: str | Path, *, dataset=None, progress: bool = Tr
     config_lib.validate(cfg)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    task = ImageTask.from_config(cfg)
-    model = build_model(cfg, {"image": task.token_dim})
+    task = Task(cfg)
+    model = build_model(cfg, task.token_dims)
     graphdef = nnx.graphdef(model)
     tx = make_optimizer(cfg.optim)
     state = init_state(cfg, model, tx)
-    if dataset is None:
-        dataset = loader.batched_dataset(loader.build_source(cfg.data, cfg.seed),
-                                         cfg.train.batch_size, cfg.seed)
+    if dataset is not None and len(task.layouts) != 1:
+        raise ValueError("a dataset override needs a single-layout config")
+    datasets = [dataset] if dataset is not None else [task.dataset(i) for i in range(len(task.layouts))]
 
     ckpts = RunCheckpoints(run_dir, keep=cfg.train.keep_checkpoints)
     start = ckpts.latest_step() or 0
@@ -207,30 +219,35 @@ def train(cfg: Config, run_dir: str | Path, *, dataset=None, progress: bool = Tr
             _check_resumable(ckpts.saved_config(last_good), cfg, run_dir)
             state, data_state = ckpts.restore(last_good, state)
             start = int(state["step"])
-            if data_state.get("next_index") != start:
-                raise TrainingError(f"{ckpts.directory}/{last_good}: data iterator at batch "
-                                    f"{data_state.get('next_index')} but state at step {start}")
+            expected = layout_counts(cfg, task, start)
+            if data_state.get("layout_batches", [data_state.get("next_index")]) != expected:
+                raise TrainingError(f"{ckpts.directory}/{last_good}: data iterators at "
+                                    f"{data_state} but step {start} implies batches {expected}")
         (run_dir / "config.json").write_text(config_lib.dumps(cfg))
         if start >= cfg.train.steps:
             print(f"{run_dir}: already trained for {start} steps (train.steps={cfg.train.steps})",
                   file=sys.stderr)
             return TrainResult(state, start, None, run_dir)
-        result = _loop(cfg, state, start, dataset, graphdef, tx, task, ckpts, run_dir, progress)
+        result = _loop(cfg, state, start, datasets, graphdef, tx, task, ckpts, run_dir, progress)
     finally:
         ckpts.close()
     if write_samples and not result.interrupted:
-        write_outputs(cfg, result.state["ema"], graphdef, task, run_dir)
+        if cfg.layouts:  # multimodal samples (video/audio/action files) are not written yet
+            plot_losses(run_dir / "metrics.jsonl", run_dir / "loss.png")
+        else:
+            write_outputs(cfg, result.state["ema"], graphdef, ImageTask.from_config(cfg), run_dir)
     return result
 
 
-def _loop(cfg, state, start, dataset, graphdef, tx, task, ckpts, run_dir, progress) -> TrainResult:
+def _loop(cfg, state, start, datasets, graphdef, tx, task, ckpts, run_dir, progress) -> TrainResult:
     from tqdm import tqdm
 
     tcfg = cfg.train
     step_fn = make_train_step(cfg, graphdef, tx, task)
-    iterator = loader.batch_iterator(dataset, start=start, read_threads=cfg.data.read_threads,
-                                     prefetch=cfg.data.prefetch) \
-        if hasattr(dataset, "to_iter_dataset") else _IndexIterator(dataset, start)
+    iterators = [
+        loader.batch_iterator(ds, start=k, read_threads=cfg.data.read_threads, prefetch=cfg.data.prefetch)
+        if hasattr(ds, "to_iter_dataset") else _IndexIterator(ds, k)
+        for ds, k in zip(datasets, layout_counts(cfg, task, start))]
     writer = MetricsWriter(run_dir, resume_step=start)
     n_params = count_params(nnx.merge(graphdef, state["params"]))
     bar = tqdm(total=tcfg.steps, initial=start, disable=not progress, dynamic_ncols=True,
@@ -242,8 +259,8 @@ def _loop(cfg, state, start, dataset, graphdef, tx, task, ckpts, run_dir, progre
     try:
         with _StopRequest() as stop:
             for step in range(start, tcfg.steps):
-                batch = next(iterator)
-                state, metrics = step_fn(state, batch["image"], batch["label"])
+                index = layout_schedule(cfg.seed, step, task.weights) if len(iterators) > 1 else 0
+                state, metrics = step_fn(state, next(iterators[index]), index)
                 if pending is not None:  # check the previous step without stalling the pipeline
                     check_finite(*pending, last_good, ckpts.directory)
                 done = step + 1
@@ -253,20 +270,24 @@ def _loop(cfg, state, start, dataset, graphdef, tx, task, ckpts, run_dir, progre
                 final = done == tcfg.steps or stop.signal is not None
                 if done % tcfg.log_every == 0 or final:
                     host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                    if len(iterators) > 1:
+                        host["layout"] = index
                     elapsed = time.perf_counter() - window_start
                     host["steps_per_sec"] = window_steps / elapsed if elapsed > 0 else 0.0
                     window_start, window_steps = time.perf_counter(), 0
                     check_finite(done, host, last_good, ckpts.directory)
                     writer.write(done, host)
-                    bar.set_postfix(loss=f"{host['loss']:.4f}", rep=f"{host['rep_loss']:.3f}",
+                    bar.set_postfix(layout=task.names[index], loss=f"{host['loss']:.4f}",
+                                    rep=f"{host['rep_loss']:.3f}",
                                     cos=f"{host['cos_sim']:.3f}",
                                     sps=f"{host['steps_per_sec']:.2f}")
-                if tcfg.sample_every and done % tcfg.sample_every == 0 and not final:
-                    write_outputs(cfg, state["ema"], graphdef, task, run_dir,
+                if tcfg.sample_every and done % tcfg.sample_every == 0 and not final and not cfg.layouts:
+                    write_outputs(cfg, state["ema"], graphdef, ImageTask.from_config(cfg), run_dir,
                                   out=run_dir / "samples" / f"step_{done:07d}.png")
                 if done % tcfg.checkpoint_every == 0 or final:
                     check_finite(*pending, last_good, ckpts.directory)
-                    ckpts.save(done, state, iterator.get_state(), cfg)
+                    ckpts.save(done, state, {"next_index": done, "layout_batches":
+                                             [it.get_state()["next_index"] for it in iterators]}, cfg)
                     last_good = done
                 if stop.signal is not None and done < tcfg.steps:
                     stop_signal = stop.signal
@@ -326,7 +347,7 @@ def load_run(run_dir: str | Path, step: int | None = None) -> tuple[Config, dict
             raise TrainingError(f"{run_dir}: no checkpoint found under {ckpts.directory}")
         cfg = ckpts.saved_config(step)
         task = ImageTask.from_config(cfg)
-        model = build_model(cfg, {"image": task.token_dim})
+        model = build_model(cfg, Task(cfg).token_dims)
         template = init_state(cfg, model, make_optimizer(cfg.optim))
         state, _ = ckpts.restore(step, template)
     finally:

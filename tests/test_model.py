@@ -12,6 +12,7 @@ from modalities import image as image_modality
 from selfflow import layers, objective, train
 from selfflow.config import Config, DataConfig, ModelConfig, ObjectiveConfig, OptimConfig
 from selfflow.model import SelfFlowTransformer, count_params
+from selfflow.tasks import Task
 
 B, GRID, PATCH, CH = 3, 4, 2, 3
 N, TOKEN_DIM = GRID * GRID, CH * PATCH * PATCH
@@ -146,6 +147,7 @@ def test_train_step_changes_teacher_only_through_ema_and_no_gradient_reaches_it(
                  optim=OptimConfig(learning_rate=1e-2))
     task = train.ImageTask.from_config(cfg)
     model = _model_for(cfg, task)
+    full_task = Task(cfg)
     graphdef = nnx.graphdef(model)
     tx = train.make_optimizer(cfg.optim)
     state = train.init_state(cfg, model, tx)
@@ -165,8 +167,8 @@ def test_train_step_changes_teacher_only_through_ema_and_no_gradient_reaches_it(
     teacher_grads = jax.grad(loss_of_teacher)(state["ema"])
     assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(teacher_grads))
 
-    step = train.make_train_step(cfg, graphdef, tx, task)
-    new_state, metrics = step(state, images, labels)
+    step = train.make_train_step(cfg, graphdef, tx, full_task)
+    new_state, metrics = step(state, {"image": images, "label": labels}, 0)
     assert float(metrics["rep_loss"]) > 0
     expected = objective.ema_update(ema_before, new_state["params"], 0.9)
     moved = 0
