@@ -30,7 +30,8 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sample", help="write a class-grid PNG from a run's EMA weights")
     p.add_argument("--run-dir", required=True)
-    p.add_argument("--out", required=True, help="PNG path")
+    p.add_argument("--out", required=True,
+                   help="PNG path (image runs) or a directory (multimodal runs: one folder per layout)")
     p.add_argument("--steps", type=int, default=None, help="Euler steps (default: sample.steps)")
     p.add_argument("--cfg", type=float, default=None, help="guidance scale (1 = none)")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
@@ -56,8 +57,9 @@ def _train(args) -> int:
     result = train(cfg, run_dir, progress=not args.no_progress)
     if result.interrupted:
         return 128 + result.stop_signal
+    samples = "samples/ (one folder per layout)" if cfg.layouts else "samples.png"
     print(f"trained {result.final_step} steps; checkpoints, metrics.jsonl, loss.png and "
-          f"samples.png are in {run_dir}")
+          f"{samples} are in {run_dir}")
     return 0
 
 
@@ -67,6 +69,17 @@ def _sample(args) -> int:
     if args.steps is not None and args.steps < 1:
         raise _UsageError(f"--steps={args.steps}: expected a positive integer")
     cfg, state, graphdef, task, step = load_run(args.run_dir, args.step)
+    if cfg.layouts:  # multimodal: a directory with one folder of files per layout
+        from flax import nnx
+        from selfflow.layout_samples import write_layout_samples
+        from selfflow.tasks import Task
+        paths = write_layout_samples(
+            cfg, Task(cfg), nnx.merge(graphdef, state["ema"]), Path(args.out),
+            steps=args.steps or cfg.sample.steps,
+            cfg_scale=cfg.sample.cfg_scale if args.cfg is None else args.cfg,
+            seed=cfg.sample.seed, per_layout=cfg.sample.per_class)
+        print(f"wrote {len(paths)} files under {args.out} (EMA weights of step {step}, one folder per layout)")
+        return 0
     path = write_outputs(cfg, state["ema"], graphdef, task, Path(args.run_dir), out=Path(args.out),
                          steps=args.steps, cfg_scale=args.cfg)
     print(f"wrote {path} (EMA weights of step {step}, one row per class)")

@@ -41,7 +41,7 @@ def read_metrics(path: str | Path) -> list[dict]:
 
 
 def plot_losses(metrics_path: str | Path, out_path: str | Path) -> Path:
-    """Plots loss, fm_loss and rep_loss against step (log-scaled y) to a PNG."""
+    """Plots the generation loss (per modality for multimodal runs) and rep_loss against step."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -51,8 +51,10 @@ def plot_losses(metrics_path: str | Path, out_path: str | Path) -> Path:
         raise ValueError(f"{metrics_path}: no metrics to plot")
     steps = np.array([r["step"] for r in records])
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    for key in ("loss", "fm_loss"):
-        axes[0].plot(steps, [r[key] for r in records], label=key)
+    per_modality = sorted({k for r in records for k in r if k.startswith("fm_loss/")})
+    for key in ("loss", "fm_loss") if len(per_modality) < 2 else per_modality:
+        points = [(r["step"], r[key]) for r in records if key in r]  # a modality logs only when its layout ran
+        axes[0].plot(*zip(*points), label=key, alpha=0.8)
     axes[0].set_yscale("log")
     axes[0].set_title("generation loss")
     if any(r.get("rep_loss", 0) for r in records):

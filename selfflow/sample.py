@@ -1,7 +1,8 @@
 """Euler ODE sampling with classifier-free guidance, and PNG grids.
 
 Integrates dx/dτ = v(x, τ) from τ = 1 (noise) to τ = 0 (data) on a uniform grid with one scalar
-timestep per sample (no mask, no teacher: inference is plain flow-matching sampling). With
+timestep per sample for every generated token (no mask, no teacher: inference is plain
+flow-matching sampling); conditioning segments of a layout are held clean at τ = 0. With
 guidance scale w: v = v_null + w·(v_cond − v_null); w = 1 is exactly the conditional model.
 """
 
@@ -15,30 +16,49 @@ import numpy as np
 from flax import nnx
 from PIL import Image
 
+from selfflow.layout import GENERATE, Layout, single
 from selfflow.model import FactoredTimesteps
 
 
-def euler_sample(model, noise: jax.Array, labels: jax.Array, positions: jax.Array, *,
-                 steps: int, cfg_scale: float, null_class: int) -> jax.Array:
-    """noise (B, N, C) at τ = 1 -> samples (B, N, C) at τ = 0; sampler state in float32."""
-    b = noise.shape[0]
+def euler_sample_segments(model, layout: Layout, start: tuple, labels: jax.Array,
+                          positions: jax.Array, *, steps: int, cfg_scale: float,
+                          null_class: int) -> tuple:
+    """Generates every ``generate`` segment of ``layout``; ``condition`` segments stay as given.
+
+    ``start``: per segment (B, n_i, d_i) — noise at τ = 1 for generate segments, the clean
+    conditioning tokens for condition segments (they are fed at τ = 0, as in training).
+    Returns the segments at τ = 0. Sampler state in float32.
+    """
+    b = labels.shape[0]
     taus = jnp.linspace(1.0, 0.0, steps + 1, dtype=jnp.float32)
+    generate = [seg.role == GENERATE for seg in layout.segments]
     guided = cfg_scale != 1.0
+    rows = 2 * b if guided else b
     cond = jnp.concatenate([labels, jnp.full_like(labels, null_class)]) if guided else labels
+    index = jnp.broadcast_to(jnp.asarray(
+        np.concatenate([np.full(seg.num_tokens, 0 if g else 2) for seg, g in zip(layout.segments, generate)]),
+        jnp.int32), (rows, layout.num_tokens))
 
-    def velocity(x, tau):
-        xin = jnp.concatenate([x, x]) if guided else x
-        times = FactoredTimesteps.per_sample(jnp.full((xin.shape[0],), tau), xin.shape[1])
-        v = model(xin, times, cond, positions).astype(jnp.float32)
-        if guided:
-            v_cond, v_null = v[:b], v[b:]
-            v = v_null + cfg_scale * (v_cond - v_null)
-        return v
+    def velocity(xs, tau):
+        xin = tuple(jnp.concatenate([x, x]) if guided else x for x in xs)
+        values = jnp.stack([jnp.full((rows,), tau), jnp.full((rows,), tau), jnp.zeros((rows,))], 1)
+        vs = model(xin, FactoredTimesteps(values, index), cond, positions, modality=layout.modalities)
+        vs = tuple(v.astype(jnp.float32) for v in vs)
+        return tuple(v[:b] * cfg_scale + v[b:] * (1.0 - cfg_scale) if guided else v for v in vs)
 
-    def body(i, x):
-        return x + (taus[i + 1] - taus[i]) * velocity(x, taus[i])
+    def body(i, xs):
+        vs = velocity(xs, taus[i])
+        return tuple(x + (taus[i + 1] - taus[i]) * v if g else x for x, v, g in zip(xs, vs, generate))
 
-    return jax.lax.fori_loop(0, steps, body, noise.astype(jnp.float32))
+    return jax.lax.fori_loop(0, steps, body, tuple(x.astype(jnp.float32) for x in start))
+
+
+def euler_sample(model, noise: jax.Array, labels: jax.Array, positions: jax.Array, *,
+                 steps: int, cfg_scale: float, null_class: int, modality: str = "image") -> jax.Array:
+    """noise (B, N, C) at τ = 1 -> samples (B, N, C) at τ = 0 for a one-segment layout."""
+    (out,) = euler_sample_segments(model, single(modality, noise.shape[1]), (noise,), labels,
+                                   positions, steps=steps, cfg_scale=cfg_scale, null_class=null_class)
+    return out
 
 
 @nnx.jit(static_argnames=("steps", "cfg_scale", "null_class"))

@@ -232,8 +232,12 @@ def train(cfg: Config, run_dir: str | Path, *, dataset=None, progress: bool = Tr
     finally:
         ckpts.close()
     if write_samples and not result.interrupted:
-        if cfg.layouts:  # multimodal samples (video/audio/action files) are not written yet
+        if cfg.layouts:
+            from selfflow.layout_samples import write_layout_samples
             plot_losses(run_dir / "metrics.jsonl", run_dir / "loss.png")
+            write_layout_samples(cfg, task, nnx.merge(graphdef, result.state["ema"]), run_dir / "samples",
+                                 steps=cfg.sample.steps, cfg_scale=cfg.sample.cfg_scale,
+                                 seed=cfg.sample.seed, per_layout=cfg.sample.per_class)
         else:
             write_outputs(cfg, result.state["ema"], graphdef, ImageTask.from_config(cfg), run_dir)
     return result

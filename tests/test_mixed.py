@@ -99,3 +99,24 @@ def test_multimodal_config_errors_name_the_layout():
         validate(dataclasses.replace(base, layouts=(LayoutConfig("x", ("image:condition",)),)))
     with pytest.raises(ConfigError, match="positions='rope'"):
         validate(dataclasses.replace(base, model=dataclasses.replace(base.model, positions="sincos")))
+
+
+def test_samples_are_written_per_layout_and_modality(mixed_run, tmp_path):
+    from flax import nnx
+    from PIL import Image
+
+    from selfflow.layout_samples import write_layout_samples
+    from selfflow.model import build_model
+    from selfflow.tasks import Task
+
+    result, _, _ = mixed_run
+    cfg = mixed_config(60)
+    task = Task(cfg)
+    model = nnx.merge(nnx.graphdef(build_model(cfg, task.token_dims)), result.state["ema"])
+    paths = write_layout_samples(cfg, task, model, tmp_path, steps=2, cfg_scale=1.0, seed=0, per_layout=2)
+    names = {p.relative_to(tmp_path).as_posix() for p in paths}
+    assert {"image/0_image.png", "video/0_video.gif", "audio/0_audio_00.wav", "audio/0_audio_01.wav",
+            "audio_video/0_video.gif", "video_to_audio/0_video_given.gif", "video_to_audio/1_audio_mel.png",
+            "robot/0_image_given.png", "robot/1_video.gif", "robot/2_action.png"} <= names
+    gif = Image.open(tmp_path / "robot/1_video.gif")
+    assert gif.size == (2 * 16 * 4, 16 * 4)  # two clips side by side, 4x upscaled

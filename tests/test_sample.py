@@ -17,9 +17,9 @@ class PointMass:
     def __init__(self, null_target=jnp.zeros((1, 2))):
         self.targets = jnp.concatenate([TARGETS, null_target[None]])
 
-    def __call__(self, x, times, labels, positions):
+    def __call__(self, xs, times, labels, positions, modality):
         tau = times.dense()[..., None]
-        return (x - self.targets[labels]) / tau
+        return tuple((x - self.targets[labels]) / tau for x in xs)
 
 
 def test_euler_lands_on_the_data_for_an_exact_velocity_field():
@@ -46,3 +46,25 @@ def test_save_grid_layout(tmp_path):
     grid = np.asarray(Image.open(path))
     assert grid.shape == (8, 15, 3)
     assert grid[0, 0, 0] == 0 and grid[0, 5, 0] == 255 and grid[4, 0, 0] == 255 and grid[4, 10, 0] == 128
+
+
+def test_condition_segments_stay_fixed_and_generate_segments_use_them():
+    """Model: the generate segment's target is the (clean) condition segment itself."""
+    from selfflow.layout import Layout, Segment
+    from selfflow.sample import euler_sample_segments
+    layout = Layout("x", (Segment("video", 1, "condition"), Segment("audio", 1)))
+
+    class CopyCondition:
+        def __call__(self, xs, times, labels, positions, modality):
+            tau = times.dense()
+            assert modality == ("video", "audio")
+            cond, gen = xs
+            v_gen = (gen - cond) / tau[:, 1:, None]
+            return jnp.zeros_like(cond), v_gen
+
+    cond = jnp.array([[[0.3, -0.7]], [[2.0, 1.0]]])
+    noise = jax.random.normal(jax.random.key(2), (2, 1, 2))
+    out_cond, out_gen = euler_sample_segments(CopyCondition(), layout, (cond, noise), jnp.array([0, 1]),
+                                              jnp.zeros((2, 3)), steps=6, cfg_scale=1.0, null_class=NULL)
+    np.testing.assert_array_equal(np.asarray(out_cond), np.asarray(cond))
+    np.testing.assert_allclose(np.asarray(out_gen), np.asarray(cond), atol=1e-5)
