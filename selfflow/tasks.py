@@ -33,6 +33,7 @@ from selfflow.layout import CONDITION, GENERATE, Layout, Segment
 from selfflow.objective import SegmentBatch
 
 STATS_CLIPS = 256  # world clips used to fit the action normalisation
+HELDOUT_SEED_OFFSET = 1_000_003  # held-out examples: the data seed shifted by this
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,17 +123,24 @@ class Task:
             out["actions"], out["proprio"] = clip["actions"], clip["proprio"]
         return out
 
-    def dataset(self, index: int) -> grain.MapDataset:
-        """Infinite MapDataset whose element k is the k-th batch of layout ``index``."""
+    def dataset(self, index: int, heldout: bool = False) -> grain.MapDataset:
+        """Infinite MapDataset whose element k is the k-th batch of layout ``index``.
+
+        ``heldout=True`` draws from examples generated with another seed (never trained on),
+        tokenised with the same specs (e.g. the training action statistics).
+        """
         lt = self.layouts[index]
         seed = self.cfg.seed if len(self.layouts) == 1 else zlib.crc32(
             f"{self.cfg.seed}/{lt.layout.name}".encode()) & 0x7FFFFFFF
+        data_seed = self.cfg.seed + (HELDOUT_SEED_OFFSET if heldout else 0)
         if self.cfg.data.source == "shapes":
             ds = grain.MapDataset.source(ShapesSource(self.cfg.data.num_examples,
-                                                      self.cfg.data.image_size, self.cfg.seed))
+                                                      self.cfg.data.image_size, data_seed))
         else:
+            from data_pipelines.world import WorldSource
+            source = WorldSource(len(self.source), self.world, seed=data_seed) if heldout else self.source
             used = frozenset(lt.layout.modalities)
-            ds = grain.MapDataset.source(self.source).map(lambda clip: self._world_features(clip, used))
+            ds = grain.MapDataset.source(source).map(lambda clip: self._world_features(clip, used))
         return ds.shuffle(seed=seed).repeat().batch(lt.batch_size, drop_remainder=True)
 
     # ------------------------------------------------------------------ inside jit

@@ -120,3 +120,25 @@ def test_samples_are_written_per_layout_and_modality(mixed_run, tmp_path):
             "robot/0_image_given.png", "robot/1_video.gif", "robot/2_action.png"} <= names
     gif = Image.open(tmp_path / "robot/1_video.gif")
     assert gif.size == (2 * 16 * 4, 16 * 4)  # two clips side by side, 4x upscaled
+
+
+def test_heldout_validation_loss_is_lower_after_training(mixed_run):
+    from flax import nnx
+
+    from selfflow.model import build_model
+    from selfflow.tasks import Task
+    from selfflow.validation import validation_losses
+
+    result, _, _ = mixed_run
+    cfg = mixed_config(60)
+    task = Task(cfg)
+    index = task.names.index("audio_video")
+    heldout, train_data = task.dataset(index, heldout=True)[0], task.dataset(index)[0]
+    assert not np.array_equal(heldout["video"], train_data["video"])  # other clips
+    fresh = build_model(cfg, task.token_dims)
+    trained = nnx.merge(nnx.graphdef(fresh), result.state["ema"])
+    before = validation_losses(task, fresh, index, batches=2)
+    after = validation_losses(task, trained, index, batches=2)
+    assert set(after) == {"video", "audio"}
+    assert all(after[m] < before[m] for m in after), (before, after)
+    assert validation_losses(task, trained, index, batches=2) == after  # fixed noise and data
