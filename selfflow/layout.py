@@ -17,6 +17,8 @@ from typing import Literal, Sequence
 import numpy as np
 
 GENERATE, CONDITION = "generate", "condition"
+# Index of a token's timestep in the factored form (values [t, s, 0] per sample).
+T_INDEX, S_INDEX, CLEAN_INDEX = 0, 1, 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +57,10 @@ class Layout:
         """Token range of each segment in the concatenated sequence."""
         bounds = np.cumsum([0] + [s.num_tokens for s in self.segments])
         return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+
+    def base_index(self) -> np.ndarray:
+        """(N,) int32: T_INDEX on generate tokens, CLEAN_INDEX on condition tokens (τ = 0)."""
+        return np.where(self.generate_mask(), T_INDEX, CLEAN_INDEX).astype(np.int32)
 
     def generate_mask(self) -> np.ndarray:
         """(N,) bool: True on tokens that are noised and carry the loss."""

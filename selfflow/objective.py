@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from selfflow.config import Config, ObjectiveConfig
-from selfflow.layout import CONDITION, Layout, single
+from selfflow.layout import CLEAN_INDEX, CONDITION, S_INDEX, T_INDEX, Layout, single
 from selfflow.model import FactoredTimesteps
 
 
@@ -106,10 +106,6 @@ class SegmentBatch(NamedTuple):
     positions: jax.Array
 
 
-# Index of each token's timestep in the factored form: t, s, or clean (condition tokens).
-T_INDEX, S_INDEX, CLEAN_INDEX = 0, 1, 2
-
-
 def layout_timesteps(key: jax.Array, batch: int, layout: Layout, ocfg: ObjectiveConfig,
                      mask_ratios: dict[str, float], dual: bool):
     """Student and teacher timesteps for a layout, in factored form (values (B, 3), index (B, N)).
@@ -139,6 +135,14 @@ def layout_timesteps(key: jax.Array, batch: int, layout: Layout, ocfg: Objective
     teacher = FactoredTimesteps(jnp.stack([tmin, tmin, zero], axis=1),
                                 jnp.where(index == CLEAN_INDEX, CLEAN_INDEX, T_INDEX))
     return student, teacher, jnp.concatenate(masks, axis=1)
+
+
+def inference_timesteps(layout: Layout, tau: jax.Array) -> FactoredTimesteps:
+    """One timestep τ (B,) for every generate token, condition tokens clean: how samplers and
+    validation query the model."""
+    b = tau.shape[0]
+    values = jnp.stack([tau, tau, jnp.zeros_like(tau)], axis=1).astype(jnp.float32)
+    return FactoredTimesteps(values, jnp.broadcast_to(jnp.asarray(layout.base_index()), (b, layout.num_tokens)))
 
 
 def segment_loss_fn(student, teacher, batch: SegmentBatch, layout: Layout, key: jax.Array,

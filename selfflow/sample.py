@@ -17,7 +17,7 @@ from flax import nnx
 from PIL import Image
 
 from selfflow.layout import GENERATE, Layout, single
-from selfflow.model import FactoredTimesteps
+from selfflow.objective import inference_timesteps
 
 
 def euler_sample_segments(model, layout: Layout, start: tuple, labels: jax.Array,
@@ -35,14 +35,10 @@ def euler_sample_segments(model, layout: Layout, start: tuple, labels: jax.Array
     guided = cfg_scale != 1.0
     rows = 2 * b if guided else b
     cond = jnp.concatenate([labels, jnp.full_like(labels, null_class)]) if guided else labels
-    index = jnp.broadcast_to(jnp.asarray(
-        np.concatenate([np.full(seg.num_tokens, 0 if g else 2) for seg, g in zip(layout.segments, generate)]),
-        jnp.int32), (rows, layout.num_tokens))
-
     def velocity(xs, tau):
         xin = tuple(jnp.concatenate([x, x]) if guided else x for x in xs)
-        values = jnp.stack([jnp.full((rows,), tau), jnp.full((rows,), tau), jnp.zeros((rows,))], 1)
-        vs = model(xin, FactoredTimesteps(values, index), cond, positions, modality=layout.modalities)
+        times = inference_timesteps(layout, jnp.full((rows,), tau))
+        vs = model(xin, times, cond, positions, modality=layout.modalities)
         vs = tuple(v.astype(jnp.float32) for v in vs)
         return tuple(v[:b] * cfg_scale + v[b:] * (1.0 - cfg_scale) if guided else v for v in vs)
 

@@ -14,8 +14,7 @@ import numpy as np
 from flax import nnx
 
 from selfflow.layout import CONDITION
-from selfflow.model import FactoredTimesteps
-from selfflow.objective import interpolate
+from selfflow.objective import inference_timesteps, interpolate
 from selfflow.tasks import Task
 
 TAU_GRID = (0.1, 0.3, 0.5, 0.7, 0.9)
@@ -32,16 +31,13 @@ def validation_losses(task: Task, model, index: int, *, batches: int = 4, seed: 
         batch = task.segment_batch(index, raw)
         b = batch.labels.shape[0]
         generate = [seg.role != CONDITION for seg in lt.layout.segments]
-        idx = jnp.broadcast_to(jnp.asarray(np.concatenate(
-            [np.full(seg.num_tokens, 0 if g else 2) for seg, g in zip(lt.layout.segments, generate)]),
-            jnp.int32), (b, lt.layout.num_tokens))
         out = []
         for ti, tau in enumerate(taus):
             noise = [jax.random.normal(jax.random.fold_in(key, 100 * ti + j), x.shape)
                      for j, x in enumerate(batch.tokens)]
             xs = tuple(interpolate(x, e, jnp.full((b,), tau)) if g else x
                        for x, e, g in zip(batch.tokens, noise, generate))
-            times = FactoredTimesteps(jnp.tile(jnp.array([[tau, tau, 0.0]], jnp.float32), (b, 1)), idx)
+            times = inference_timesteps(lt.layout, jnp.full((b,), tau, jnp.float32))
             vs = model(xs, times, batch.labels, jnp.asarray(lt.positions), modality=lt.layout.modalities)
             out.append([jnp.mean(jnp.square(v - (e - x))) if g else jnp.zeros(())
                         for v, x, e, g in zip(vs, batch.tokens, noise, generate)])

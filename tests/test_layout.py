@@ -9,7 +9,7 @@ from scipy import stats
 
 from selfflow import objective
 from selfflow.config import Config, ModelConfig, ObjectiveConfig
-from selfflow.layout import Layout, Segment, layout_schedule
+from selfflow.layout import CLEAN_INDEX, Layout, Segment, layout_schedule
 from selfflow.model import SelfFlowTransformer
 
 ROBOT = Layout("robotics", (Segment("image", 4, "condition"), Segment("video", 8),
@@ -35,7 +35,7 @@ def test_masks_apply_each_modality_ratio_to_its_generate_tokens_only():
     assert not mask[:, :4].any()                           # condition: never masked
     assert np.all(mask[:, 4:12].sum(1) == 2)               # video: round(0.25 · 8)
     assert np.all(mask[:, 12:].sum(1) == 3)                # action: round(0.5 · 6)
-    assert np.all(index[:, :4] == objective.CLEAN_INDEX)
+    assert np.all(index[:, :4] == CLEAN_INDEX)
     tau, t, s = np.asarray(student.dense()), np.asarray(student.values[:, 0]), np.asarray(student.values[:, 1])
     assert np.all(tau[:, :4] == 0.0)
     np.testing.assert_array_equal(tau[:, 4:], np.where(mask[:, 4:], s[:, None], t[:, None]))
