@@ -21,10 +21,13 @@ def build_source(data_cfg, seed: int):
     raise ValueError(f"data.source={data_cfg.source!r}: expected 'shapes'")
 
 
-def batched_dataset(source, batch_size: int, seed: int) -> grain.MapDataset:
-    """Infinite MapDataset whose element n is the n-th batch: {"image": (B, ...), "label": (B,)}."""
-    return (grain.MapDataset.source(source).shuffle(seed=seed).repeat()
-            .batch(batch_size, drop_remainder=True))
+def batched_dataset(source, batch_size: int, seed: int, transform=None) -> grain.MapDataset:
+    """Infinite MapDataset whose element n is the n-th batch (each example optionally mapped by
+    ``transform`` first), reshuffled every epoch with ``seed``."""
+    ds = grain.MapDataset.source(source)
+    if transform is not None:
+        ds = ds.map(transform)
+    return ds.shuffle(seed=seed).repeat().batch(batch_size, drop_remainder=True)
 
 
 def batch_iterator(dataset: grain.MapDataset, *, start: int = 0, read_threads: int = 2,

@@ -21,6 +21,7 @@ import grain
 import numpy as np
 
 import modalities
+from data_pipelines import loader
 from data_pipelines.shapes import ShapesSource
 from modalities import action as action_mod
 from modalities import audio as audio_mod
@@ -134,14 +135,14 @@ class Task:
             f"{self.cfg.seed}/{lt.layout.name}".encode()) & 0x7FFFFFFF
         data_seed = self.cfg.seed + (HELDOUT_SEED_OFFSET if heldout else 0)
         if self.cfg.data.source == "shapes":
-            ds = grain.MapDataset.source(ShapesSource(self.cfg.data.num_examples,
-                                                      self.cfg.data.image_size, data_seed))
+            source, transform = ShapesSource(self.cfg.data.num_examples, self.cfg.data.image_size,
+                                             data_seed), None
         else:
             from data_pipelines.world import WorldSource
             source = WorldSource(len(self.source), self.world, seed=data_seed) if heldout else self.source
             used = frozenset(lt.layout.modalities)
-            ds = grain.MapDataset.source(source).map(lambda clip: self._world_features(clip, used))
-        return ds.shuffle(seed=seed).repeat().batch(lt.batch_size, drop_remainder=True)
+            transform = lambda clip: self._world_features(clip, used)  # noqa: E731
+        return loader.batched_dataset(source, lt.batch_size, seed, transform)
 
     # ------------------------------------------------------------------ inside jit
 
