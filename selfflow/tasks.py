@@ -22,7 +22,6 @@ import numpy as np
 
 import modalities
 from data_pipelines import loader
-from data_pipelines.shapes import ShapesSource
 from modalities import action as action_mod
 from modalities import audio as audio_mod
 from modalities.action import ActionSpec
@@ -135,8 +134,7 @@ class Task:
             f"{self.cfg.seed}/{lt.layout.name}".encode()) & 0x7FFFFFFF
         data_seed = self.cfg.seed + (HELDOUT_SEED_OFFSET if heldout else 0)
         if self.cfg.data.source == "shapes":
-            source, transform = ShapesSource(self.cfg.data.num_examples, self.cfg.data.image_size,
-                                             data_seed), None
+            source, transform = loader.build_source(self.cfg.data, data_seed), None
         else:
             from data_pipelines.world import WorldSource
             source = WorldSource(len(self.source), self.world, seed=data_seed) if heldout else self.source
