@@ -72,9 +72,8 @@ def _sample(args) -> int:
     if cfg.layouts:  # multimodal: a directory with one folder of files per layout
         from flax import nnx
         from selfflow.layout_samples import write_layout_samples
-        from selfflow.tasks import Task
         paths = write_layout_samples(
-            cfg, Task(cfg), nnx.merge(graphdef, state["ema"]), Path(args.out),
+            cfg, task, nnx.merge(graphdef, state["ema"]), Path(args.out),
             steps=args.steps or cfg.sample.steps,
             cfg_scale=cfg.sample.cfg_scale if args.cfg is None else args.cfg,
             seed=cfg.sample.seed, per_layout=cfg.sample.per_class)

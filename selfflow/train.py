@@ -19,7 +19,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -28,7 +28,6 @@ import optax
 from flax import nnx
 
 from data_pipelines import loader
-from modalities import image as image_modality
 from selfflow import config as config_lib
 from selfflow import objective
 from selfflow.checkpoint import RunCheckpoints
@@ -38,7 +37,6 @@ from selfflow.metrics_writer import MetricsWriter, plot_losses
 from selfflow.model import SelfFlowTransformer, build_model, count_params
 from selfflow.tasks import Task
 
-CHANNELS = 3
 MONITORED = ("loss", "fm_loss", "rep_loss", "grad_norm")
 # Keys that may change when a run is resumed (how long and how often), everything else may not.
 RESUMABLE_CHANGES = ("train.steps", "train.log_every", "train.checkpoint_every",
@@ -48,29 +46,6 @@ RESUMABLE_CHANGES = ("train.steps", "train.log_every", "train.checkpoint_every",
 
 class TrainingError(RuntimeError):
     """Training cannot go on (non-finite loss or gradient, incompatible run directory)."""
-
-
-@dataclasses.dataclass
-class ImageTask:
-    """Static facts about the image token layout of a config."""
-    image_size: int
-    patch_size: int
-
-    @property
-    def token_dim(self) -> int:
-        return image_modality.token_dim(CHANNELS, self.patch_size)
-
-    @property
-    def num_tokens(self) -> int:
-        return (self.image_size // self.patch_size) ** 2
-
-    @property
-    def positions(self) -> np.ndarray:
-        return image_modality.positions(self.image_size, self.image_size, self.patch_size)
-
-    @classmethod
-    def from_config(cls, cfg: Config) -> "ImageTask":
-        return cls(cfg.data.image_size, cfg.model.resolved("patch_size"))
 
 
 def make_optimizer(ocfg: config_lib.OptimConfig) -> optax.GradientTransformation:
@@ -239,7 +214,7 @@ def train(cfg: Config, run_dir: str | Path, *, dataset=None, progress: bool = Tr
                                  steps=cfg.sample.steps, cfg_scale=cfg.sample.cfg_scale,
                                  seed=cfg.sample.seed, per_layout=cfg.sample.per_class)
         else:
-            write_outputs(cfg, result.state["ema"], graphdef, ImageTask.from_config(cfg), run_dir)
+            write_outputs(cfg, result.state["ema"], graphdef, task, run_dir)
     return result
 
 
@@ -286,7 +261,7 @@ def _loop(cfg, state, start, datasets, graphdef, tx, task, ckpts, run_dir, progr
                                     cos=f"{host['cos_sim']:.3f}",
                                     sps=f"{host['steps_per_sec']:.2f}")
                 if tcfg.sample_every and done % tcfg.sample_every == 0 and not final and not cfg.layouts:
-                    write_outputs(cfg, state["ema"], graphdef, ImageTask.from_config(cfg), run_dir,
+                    write_outputs(cfg, state["ema"], graphdef, task, run_dir,
                                   out=run_dir / "samples" / f"step_{done:07d}.png")
                 if done % tcfg.checkpoint_every == 0 or final:
                     check_finite(*pending, last_good, ckpts.directory)
@@ -319,27 +294,27 @@ class _IndexIterator:
         return {"next_index": self.index}
 
 
-def write_outputs(cfg: Config, ema_params, graphdef, task: ImageTask, run_dir: Path,
+def write_outputs(cfg: Config, ema_params, graphdef, task: Task, run_dir: Path,
                   out: Path | None = None, steps: int | None = None,
                   cfg_scale: float | None = None) -> Path:
-    """Writes the EMA model's class-grid samples (and the loss plot) into ``run_dir``."""
+    """Writes the EMA model's class-grid samples of an image run (and the loss plot)."""
     from modalities.image import detokenize
     from selfflow.sample import class_grid_samples, save_grid
 
-    scfg = cfg.sample
+    scfg, spec = cfg.sample, task.specs["image"]
     tokens, _ = class_grid_samples(
         nnx.merge(graphdef, ema_params), num_classes=cfg.data.num_classes,
-        per_class=scfg.per_class, token_shape=(task.num_tokens, task.token_dim),
-        positions=task.positions, steps=steps or scfg.steps,
+        per_class=scfg.per_class, token_shape=(spec.num_tokens, spec.token_dim),
+        positions=task.layouts[0].positions, steps=steps or scfg.steps,
         cfg_scale=scfg.cfg_scale if cfg_scale is None else cfg_scale, seed=scfg.seed)
-    images = detokenize(tokens, task.image_size, task.image_size, task.patch_size)
+    images = detokenize(tokens, spec)
     path = save_grid(np.asarray(images), cfg.data.num_classes, out or run_dir / "samples.png")
     if (run_dir / "metrics.jsonl").exists() and out is None:
         plot_losses(run_dir / "metrics.jsonl", run_dir / "loss.png")
     return path
 
 
-def load_run(run_dir: str | Path, step: int | None = None) -> tuple[Config, dict, Any, ImageTask, int]:
+def load_run(run_dir: str | Path, step: int | None = None) -> tuple[Config, dict, Any, Task, int]:
     """(config, train state, graphdef, task, step) of a run directory's checkpoint."""
     run_dir = Path(run_dir)
     if not (run_dir / "checkpoints").is_dir():
@@ -350,8 +325,8 @@ def load_run(run_dir: str | Path, step: int | None = None) -> tuple[Config, dict
         if step is None:
             raise TrainingError(f"{run_dir}: no checkpoint found under {ckpts.directory}")
         cfg = ckpts.saved_config(step)
-        task = ImageTask.from_config(cfg)
-        model = build_model(cfg, Task(cfg).token_dims)
+        task = Task(cfg)
+        model = build_model(cfg, task.token_dims)
         template = init_state(cfg, model, make_optimizer(cfg.optim))
         state, _ = ckpts.restore(step, template)
     finally:

@@ -11,7 +11,7 @@ from flax import nnx
 from modalities import image as image_modality
 from selfflow import layers, objective, train
 from selfflow.config import Config, DataConfig, ModelConfig, ObjectiveConfig, OptimConfig
-from selfflow.model import SelfFlowTransformer, count_params
+from selfflow.model import SelfFlowTransformer, build_model, count_params
 from selfflow.tasks import Task
 
 B, GRID, PATCH, CH = 3, 4, 2, 3
@@ -145,9 +145,9 @@ def test_train_step_changes_teacher_only_through_ema_and_no_gradient_reaches_it(
                  data=DataConfig(image_size=8),
                  objective=ObjectiveConfig(student_layer=1, teacher_layer=2, ema_decay=0.9),
                  optim=OptimConfig(learning_rate=1e-2))
-    task = train.ImageTask.from_config(cfg)
-    model = _model_for(cfg, task)
     full_task = Task(cfg)
+    task = full_task.specs["image"]
+    model = build_model(cfg, full_task.token_dims)
     graphdef = nnx.graphdef(model)
     tx = train.make_optimizer(cfg.optim)
     state = train.init_state(cfg, model, tx)
@@ -159,8 +159,8 @@ def test_train_step_changes_teacher_only_through_ema_and_no_gradient_reaches_it(
     ema_before = jax.tree.map(np.asarray, state["ema"])
 
     # gradient of the loss w.r.t. the teacher's weights is exactly zero (stop-gradient)
-    batch = objective.Batch(image_modality.tokenize(images, task.patch_size), labels,
-                            jnp.asarray(task.positions))
+    batch = objective.Batch(image_modality.tokenize(images, task), labels,
+                            jnp.asarray(full_task.layouts[0].positions))
     def loss_of_teacher(ema):
         student = nnx.merge(graphdef, state["params"])
         return objective.loss_fn(student, nnx.merge(graphdef, ema), batch, jax.random.key(1), cfg)[0]
@@ -177,11 +177,6 @@ def test_train_step_changes_teacher_only_through_ema_and_no_gradient_reaches_it(
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-7)
         moved += int(not np.array_equal(np.asarray(got), old))
     assert moved > 0
-
-
-def _model_for(cfg, task):
-    from selfflow.model import build_model
-    return build_model(cfg, {"image": task.token_dim})
 
 
 def test_factored_timesteps_match_per_token_timesteps():
