@@ -4,6 +4,8 @@
     selfflow sample --run-dir DIR --out FILE.png [--steps N] [--cfg S] [--step K]
     selfflow bench CONFIG.py [--set key=value ...] [--rounds R] [--steps-per-round S]
     selfflow plot --run-dir DIR [--out FILE.png]
+    selfflow bench-data CONFIG.py [--set key=value ...] [--seconds S]
+    selfflow prepare SOURCE --out DIR [--config CONFIG.py] [--set key=value ...] [--limit N]
 
 Exit status: 0 for a finished run, 1 for a training error (non-finite loss, bad run directory),
 2 for a configuration or usage error, 130/143 when stopped by SIGINT/SIGTERM (checkpoint saved).
@@ -41,6 +43,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--steps-per-round", type=int, default=3)
+
+    p = sub.add_parser("bench-data", help="examples/s of each source and layout pipeline vs the train step")
+    p.add_argument("config")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--seconds", type=float, default=2.0, help="time per measurement")
+
+    p = sub.add_parser("prepare", help="write a source's examples as ArrayRecord shards + manifest.json")
+    p.add_argument("source", help="a source name of --config's data.sources, or KIND or KIND:PATH "
+                                  "(e.g. fashion_mnist, image_folder:data/flowers, world)")
+    p.add_argument("--out", required=True, help="output directory (read back with kind 'latents')")
+    p.add_argument("--config", default=None, help="experiment file giving data sizes and sources")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--limit", type=int, default=None, help="only the first N examples")
+    p.add_argument("--shard-size", type=int, default=1024, help="examples per ArrayRecord shard")
 
     p = sub.add_parser("plot", help="plot a run's losses")
     p.add_argument("--run-dir", required=True)
@@ -97,6 +113,43 @@ def _bench(args) -> int:
     return 0
 
 
+def _bench_data(args) -> int:
+    from selfflow.bench_data import bench_data, format_report
+    from selfflow.config import load_config_file
+
+    if args.seconds <= 0:
+        raise _UsageError(f"--seconds={args.seconds}: expected > 0")
+    cfg = load_config_file(args.config, args.overrides)
+    print(format_report(bench_data(cfg, seconds=args.seconds)))
+    return 0
+
+
+def _prepare(args) -> int:
+    import dataclasses
+
+    from data_pipelines import latents, sources
+    from selfflow.config import Config, ConfigError, SourceConfig, apply_overrides, load_config_file, validate
+
+    cfg = (load_config_file(args.config, args.overrides) if args.config
+           else validate(apply_overrides(Config(), args.overrides)))
+    named = {sc.name: sc for sc in cfg.data.sources}
+    if args.source in named:
+        sc = named[args.source]
+    else:
+        kind, _, path = args.source.partition(":")
+        sc = SourceConfig(name=kind, kind=kind, path=path)
+        validate(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, sources=(sc,)), layouts=()))
+    if args.limit is not None and args.limit < 1:
+        raise ConfigError(f"--limit={args.limit}: expected a positive integer")
+    source = sources.build(sc, cfg.data, cfg.seed)
+    modality = "+".join(m for m in sources.MODALITY_KEYS if sources.provides(source, m))
+    manifest = latents.prepare(source, args.out, name=sc.name, modality=modality, shard_size=args.shard_size,
+                               limit=args.limit, on_bad_sample=cfg.data.on_bad_sample, progress=True)
+    print(f"wrote {manifest['count']} examples of {sc.name!r} ({modality}) to {args.out}; "
+          f"train on them with SourceConfig(name=..., kind='latents', path={str(args.out)!r})")
+    return 0
+
+
 def _plot(args) -> int:
     from selfflow.metrics_writer import plot_losses
 
@@ -114,15 +167,17 @@ class _UsageError(ValueError):
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    from data_pipelines.base import BadSampleError, SourceError
     from selfflow.config import ConfigError
     from selfflow.train import TrainingError
 
     try:
-        return {"train": _train, "sample": _sample, "bench": _bench, "plot": _plot}[args.command](args)
+        return {"train": _train, "sample": _sample, "bench": _bench, "plot": _plot,
+                "bench-data": _bench_data, "prepare": _prepare}[args.command](args)
     except (ConfigError, _UsageError) as e:
         print(f"selfflow: error: {e}", file=sys.stderr)
         return 2
-    except (TrainingError, FileNotFoundError) as e:
+    except (TrainingError, FileNotFoundError, SourceError, BadSampleError) as e:
         print(f"selfflow: error: {e}", file=sys.stderr)
         return 1
 

@@ -33,7 +33,7 @@ MODEL_PRESETS: dict[str, dict[str, int]] = {
 
 
 # Number of classes each data source labels (the label table adds one null class).
-SOURCE_CLASSES = {"shapes": 10, "world": 3}  # world: label = number of balls - 1
+SOURCE_CLASSES = {"shapes": 10, "world": 3, "fashion_mnist": 10}  # world: label = number of balls - 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,8 +82,31 @@ class OptimConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class SourceConfig:
+    """A named data source (see ``data_pipelines.sources``). A layout draws from every source
+    that yields its modalities, or from those it names, mixed in proportion to ``weight``.
+    Sizes (image size, clip length, fps, mel bands) come from the ``data`` section."""
+    name: str
+    kind: Literal["shapes", "world", "image_folder", "fashion_mnist", "video_files", "audio_files",
+                  "trajectories", "latents"]
+    path: str = ""  # folder or file; fashion_mnist: "" = the Debian package's directory
+    weight: float = 1.0
+    split: Literal["train", "test"] = "train"  # fashion_mnist
+    channels: int = 3  # image_folder: 3 = RGB, 1 = grayscale ("L")
+    resize: Literal["error", "resize"] = "error"  # image_folder: a wrong size is an error, or resized
+    with_audio: bool = False  # video_files: also decode the audio track as log-mel
+    clips_per_video: int = 1  # video_files
+    crop: Literal["random", "start", "center"] = "random"  # audio_files
+    stride: int = 1  # trajectories: a window starts every `stride` steps
+
+
+@dataclasses.dataclass(frozen=True)
 class DataConfig:
+    # Without `sources`: one source of this kind (generated, nothing to download).
     source: Literal["shapes", "world"] = "shapes"
+    sources: tuple[SourceConfig, ...] = ()
+    on_bad_sample: Literal["error", "skip"] = "error"
+    worker_count: int = 0  # > 0: examples are read in that many worker processes
     image_size: int = 16
     num_examples: int = 60_000
     num_classes: int = 10
@@ -96,6 +119,7 @@ class DataConfig:
     video_tubelet: int = 2
     audio_patch_frames: int = 4
     n_mels: int = 32
+    sample_rate: int = 16000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,6 +159,7 @@ class LayoutConfig:
     segments: tuple[str, ...]
     weight: float = 1.0
     batch_size: int = 8
+    sources: tuple[str, ...] = ()  # names in data.sources; () = every source with these modalities
 
 
 @dataclasses.dataclass(frozen=True)
@@ -278,10 +303,7 @@ def validate(cfg: Config) -> Config:
         if getattr(cfg.sample, key) < 1:
             raise ConfigError(f"sample.{key}={getattr(cfg.sample, key)}: expected a positive integer")
     _validate_multimodal(cfg)
-    expected_classes = SOURCE_CLASSES[cfg.data.source]
-    if cfg.data.num_classes != expected_classes:
-        raise ConfigError(f"data.num_classes={cfg.data.num_classes}: data.source="
-                          f"{cfg.data.source!r} has {expected_classes} classes")
+    _validate_sources(cfg)
     if cfg.optim.learning_rate <= 0:
         raise ConfigError(f"optim.learning_rate={cfg.optim.learning_rate}: expected > 0")
     return cfg
@@ -321,6 +343,33 @@ def _validate_multimodal(cfg: Config) -> None:
     if cfg.layouts and cfg.model.positions != "rope":
         raise ConfigError("model.positions='sincos' encodes only (h, w); multimodal layouts need "
                           "model.positions='rope' to place tokens in time")
+
+
+def _validate_sources(cfg: Config) -> None:
+    d = cfg.data
+    names = [s.name for s in d.sources]
+    for i, s in enumerate(d.sources):
+        where = f"data.sources[{i}] ({s.name!r})"
+        if not s.name or names.count(s.name) > 1:
+            raise ConfigError(f"{where}: source names must be non-empty and unique")
+        if s.weight < 0 or s.channels not in (1, 3) or s.clips_per_video < 1 or s.stride < 1:
+            raise ConfigError(f"{where}: expected weight >= 0, channels 1 or 3, clips_per_video >= 1 "
+                              f"and stride >= 1, got {s.weight}, {s.channels}, {s.clips_per_video}, {s.stride}")
+        if not s.path and s.kind not in ("shapes", "world", "fashion_mnist"):
+            raise ConfigError(f"{where}: kind {s.kind!r} reads files; set path to its folder")
+    for i, lc in enumerate(cfg.layouts):
+        for name in lc.sources:
+            if name not in names:
+                raise ConfigError(f"layouts[{i}] ({lc.name!r}): source {name!r} is not in data.sources "
+                                  f"(it has {', '.join(names) or 'none'})")
+    if d.worker_count < 0 or d.read_threads < 1:
+        raise ConfigError(f"data.worker_count={d.worker_count}, data.read_threads={d.read_threads}: "
+                          "expected worker_count >= 0 and read_threads >= 1")
+    kinds = {s.kind for s in d.sources} or {d.source}
+    if len(kinds) == 1 and (kind := kinds.pop()) in SOURCE_CLASSES:
+        if d.num_classes != SOURCE_CLASSES[kind]:
+            raise ConfigError(f"data.num_classes={d.num_classes}: data source {kind!r} has "
+                              f"{SOURCE_CLASSES[kind]} classes")
 
 
 # ---------------------------------------------------------------------------- overrides

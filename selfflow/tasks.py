@@ -5,10 +5,10 @@ of every named layout with its batch size and sampling weight, each layout's tok
 (segments placed on the shared (t, h, w) axes) and its Grain pipeline, and turns a raw batch
 into a :class:`~selfflow.objective.SegmentBatch` inside the jitted step.
 
-Data sources and the raw keys they yield (one dict per example):
-- ``shapes``: ``image`` (H, W, 3), ``label``;
-- ``world``: ``video`` (T, H, W, 3), ``first_frame`` (H, W, 3), ``audio`` log-mel
-  (frames, n_mels), ``actions`` (T, 2), ``proprio`` (T, 4), ``label`` = number of balls − 1.
+Data: the named sources of ``data.sources`` (or the one ``data.source`` names), built by
+:mod:`data_pipelines.sources`, yield the canonical keys of :mod:`data_pipelines.base`; each
+modality's spec comes from the shapes its sources yield. A layout mixes every source that yields
+all of its modalities (or the sources it names), in proportion to the sources' weights.
 A config without ``layouts`` trains the single layout ``[image]`` on ``train.batch_size``.
 """
 
@@ -22,8 +22,8 @@ import numpy as np
 
 import modalities
 from data_pipelines import loader
+from data_pipelines import sources as sources_lib
 from modalities import action as action_mod
-from modalities import audio as audio_mod
 from modalities.action import ActionSpec
 from modalities.audio import AudioSpec
 from modalities.image import ImageSpec
@@ -42,6 +42,8 @@ class LayoutTask:
     batch_size: int
     weight: float
     positions: np.ndarray  # (N, 3) float32
+    sources: tuple[str, ...] = ()  # the data sources this layout mixes
+    keys: tuple[str, ...] = ()  # the example keys it reads
 
 
 def parse_segment(text: str) -> tuple[str, str]:
@@ -54,29 +56,13 @@ class Task:
     def __init__(self, cfg: Config):
         self.cfg = cfg
         d = cfg.data
-        if d.source == "shapes":
-            self.specs = {"image": ImageSpec(d.image_size, d.image_size, 3, cfg.model.resolved("patch_size"))}
-        else:
-            from data_pipelines.world import WorldConfig, WorldSource
-            self.world = WorldConfig(image_size=d.image_size, duration=d.clip_seconds, fps=int(d.fps))
-            self.source = WorldSource(d.num_examples, self.world, seed=cfg.seed)
-            frames = self.world.num_frames
-            audio = AudioSpec(frames=int(round(d.clip_seconds * 100)), n_mels=d.n_mels,
-                              patch_frames=d.audio_patch_frames, sample_rate=self.world.sample_rate,
-                              hop_length=self.world.sample_rate // 100, n_fft=4 * (self.world.sample_rate // 100),
-                              fmax=self.world.sample_rate / 2)
-            actions = ActionSpec(steps=self.world.num_actions, action_dim=2, proprio_dim=4, hz=d.fps)
-            self.specs = {
-                "image": ImageSpec(d.image_size, d.image_size, 3, d.video_patch),
-                "video": VideoSpec(frames, d.image_size, d.image_size, 3, d.video_patch,
-                                   d.video_tubelet, d.fps),
-                "audio": audio,
-                "action": actions.with_stats(*self._action_sample()),
-            }
+        self.source_configs = {sc.name: sc for sc in sources_lib.default_sources(d)}
+        self.sources = {name: sources_lib.build(sc, d, cfg.seed) for name, sc in self.source_configs.items()}
         layouts = cfg.layouts or (LayoutConfig("image", ("image",), 1.0, cfg.train.batch_size),)
+        used = {parse_segment(t)[0] for lc in layouts for t in lc.segments}
+        self.specs = {m: self._spec(m) for m in sorted(used)}
         self.layouts = [self._layout_task(lc) for lc in layouts]
         self.names = [lt.layout.name for lt in self.layouts]
-        used = {s.modality for lt in self.layouts for s in lt.layout.segments}
         settings = {m.name: m for m in cfg.modalities}
         self.token_dims = {m: self.specs[m].token_dim for m in sorted(used)}
         self.mask_ratios = {m: (settings[m].mask_ratio if m in settings and settings[m].mask_ratio is not None
@@ -84,21 +70,64 @@ class Task:
                                       else modalities.get(m).DEFAULT_MASK_RATIO)) for m in used}
         self.loss_weights = {m: settings[m].loss_weight if m in settings else 1.0 for m in used}
 
+    # ------------------------------------------------------------------ specs
+
+    def _providers(self, modality: str, names=()) -> list[str]:
+        """Sources (of ``names``, or all) that yield ``modality``."""
+        return [n for n in (names or self.sources) if sources_lib.provides(self.sources[n], modality)]
+
+    def _spec(self, modality: str):
+        """The modality's token geometry, from the shapes its sources yield."""
+        d, providers = self.cfg.data, self._providers(modality)
+        if not providers:
+            raise ConfigError(f"modality {modality!r} is used by a layout but no data source yields it "
+                              f"(sources: {', '.join(f'{n} ({self.source_configs[n].kind})' for n in self.sources)})")
+        schema = self.sources[providers[0]].schema
+        if modality == "image":
+            h, w, c = schema["image"].shape
+            patch = d.video_patch if self.cfg.layouts else self.cfg.model.resolved("patch_size")
+            return ImageSpec(h, w, c, patch)
+        if modality == "video":
+            t, h, w, c = schema["video"].shape
+            return VideoSpec(t, h, w, c, d.video_patch, d.video_tubelet, d.fps)
+        if modality == "audio":
+            spec = sources_lib.audio_spec(d)
+            if schema["audio"].shape != (spec.frames, spec.n_mels):
+                spec = dataclasses.replace(spec, frames=schema["audio"].shape[0], n_mels=schema["audio"].shape[1])
+            return spec
+        (steps, a_dim), p_dim = schema["actions"].shape, schema["proprio"].shape[1]
+        return ActionSpec(steps=steps, action_dim=a_dim, proprio_dim=p_dim, hz=d.fps).with_stats(
+            *self._action_sample(providers[0]))
+
+    def _action_sample(self, name: str):
+        source = self.sources[name].select(("actions", "proprio"))
+        clips = [source[i] for i in range(min(STATS_CLIPS, len(source)))]
+        return np.stack([c["actions"] for c in clips]), np.stack([c["proprio"] for c in clips])
+
     # ------------------------------------------------------------------ layouts
 
     def _layout_task(self, lc: LayoutConfig) -> LayoutTask:
-        segments, positions = [], []
+        segments, positions, keys = [], [], []
         for text in lc.segments:
             name, role = parse_segment(text)
-            if name not in self.specs:
-                raise ConfigError(f"layouts[{lc.name!r}]: segment {text!r} needs modality {name!r}, "
-                                  f"which data.source={self.cfg.data.source!r} does not provide "
-                                  f"(it has {', '.join(self.specs)})")
             spec = self.specs[name]
             segments.append(Segment(name, spec.num_tokens, role))
             positions.append(modalities.get(name).positions(spec))
+            keys += sources_lib.MODALITY_KEYS[name]
+        names = [n for n in (lc.sources or self.sources)
+                 if all(k in self.sources[n].schema for k in keys)]
+        if not names:
+            raise ConfigError(f"layouts[{lc.name!r}]: no data source yields all of {keys} "
+                              f"(sources: {', '.join(f'{n} {sorted(s.schema)}' for n, s in self.sources.items())})")
+        for n in names:
+            for k in keys:
+                first = self.sources[names[0]].schema[k]
+                if self.sources[n].schema[k].shape != first.shape:
+                    raise ConfigError(f"layouts[{lc.name!r}]: sources {names[0]!r} and {n!r} yield {k!r} of "
+                                      f"shapes {first.shape} and {self.sources[n].schema[k].shape}; "
+                                      "a layout's sources must agree")
         return LayoutTask(Layout(lc.name, tuple(segments)), lc.batch_size, lc.weight,
-                          np.concatenate(positions).astype(np.float32))
+                          np.concatenate(positions).astype(np.float32), tuple(names), tuple(keys))
 
     @property
     def weights(self) -> list[float]:
@@ -106,41 +135,38 @@ class Task:
 
     # ------------------------------------------------------------------ data
 
-    def _action_sample(self):
-        clips = [self.source[i] for i in range(min(STATS_CLIPS, len(self.source)))]
-        return np.stack([c["actions"] for c in clips]), np.stack([c["proprio"] for c in clips])
+    def _heldout_source(self, name: str):
+        """Examples never trained on: generated sources with another seed, Fashion-MNIST's test
+        split; for file folders (no held-out split) the training files themselves."""
+        sc = self.source_configs[name]
+        if sc.kind in ("shapes", "world"):
+            return sources_lib.build(sc, self.cfg.data, self.cfg.seed + HELDOUT_SEED_OFFSET)
+        if sc.kind == "fashion_mnist":
+            return sources_lib.build(dataclasses.replace(sc, split="test"), self.cfg.data, self.cfg.seed)
+        return self.sources[name]
 
-    def _world_features(self, clip: dict, used: frozenset) -> dict:
-        """The raw keys a layout reads (the log-mel only where audio is used: it is the slow part)."""
-        out = {"label": np.int32(clip["num_balls"] - 1)}
-        if "video" in used:
-            out["video"] = clip["video"]
-        if "image" in used:
-            out["first_frame"] = clip["video"][0]
-        if "audio" in used:
-            out["audio"] = audio_mod.waveform_to_logmel(clip["audio"], self.specs["audio"])[0]
-        if "action" in used:
-            out["actions"], out["proprio"] = clip["actions"], clip["proprio"]
-        return out
+    def dataset(self, index: int, heldout: bool = False, shard: tuple[int, int] | None = None
+                ) -> grain.MapDataset:
+        """Infinite MapDataset whose element k is this host's k-th batch of layout ``index``:
+        the layout's sources mixed by weight, each shuffled with its own seed.
 
-    def dataset(self, index: int, heldout: bool = False) -> grain.MapDataset:
-        """Infinite MapDataset whose element k is the k-th batch of layout ``index``.
-
-        ``heldout=True`` draws from examples generated with another seed (never trained on),
+        ``heldout=True`` draws from examples never trained on (see :meth:`_heldout_source`),
         tokenised with the same specs (e.g. the training action statistics).
         """
         lt = self.layouts[index]
-        seed = self.cfg.seed if len(self.layouts) == 1 else zlib.crc32(
-            f"{self.cfg.seed}/{lt.layout.name}".encode()) & 0x7FFFFFFF
-        data_seed = self.cfg.seed + (HELDOUT_SEED_OFFSET if heldout else 0)
-        if self.cfg.data.source == "shapes":
-            source, transform = loader.build_source(self.cfg.data, data_seed), None
-        else:
-            from data_pipelines.world import WorldSource
-            source = WorldSource(len(self.source), self.world, seed=data_seed) if heldout else self.source
-            used = frozenset(lt.layout.modalities)
-            transform = lambda clip: self._world_features(clip, used)  # noqa: E731
-        return loader.batched_dataset(source, lt.batch_size, seed, transform)
+        count = (shard or loader.host_shard())[1]
+        if lt.batch_size % count:
+            raise ConfigError(f"layouts[{lt.layout.name!r}]: batch size {lt.batch_size} is not divisible "
+                              f"by the {count} data-loading hosts")
+        streams = []
+        for name in lt.sources:
+            source = (self._heldout_source(name) if heldout else self.sources[name]).select(lt.keys)
+            seed = self.cfg.seed if len(self.layouts) == len(lt.sources) == 1 else zlib.crc32(
+                f"{self.cfg.seed}/{lt.layout.name}/{name}".encode()) & 0x7FFFFFFF
+            streams.append(loader.example_stream(source, seed, on_bad_sample=self.cfg.data.on_bad_sample,
+                                                 name=name, shard=shard))
+        weights = [self.source_configs[n].weight for n in lt.sources]
+        return loader.mixed_batches(streams, weights, lt.batch_size // count)
 
     # ------------------------------------------------------------------ inside jit
 
@@ -149,10 +175,7 @@ class Task:
         tokens = []
         for seg in lt.layout.segments:
             spec = self.specs[seg.modality]
-            if seg.modality == "image":
-                x = raw["image"] if self.cfg.data.source == "shapes" else raw["first_frame"]
-                tokens.append(modalities.get("image").tokenize(x, spec))
-            elif seg.modality == "action":
+            if seg.modality == "action":
                 tokens.append(action_mod.tokenize(raw["actions"], spec, raw["proprio"]))
             else:
                 tokens.append(modalities.get(seg.modality).tokenize(raw[seg.modality], spec))

@@ -28,6 +28,7 @@ import optax
 from flax import nnx
 
 from data_pipelines import loader
+from data_pipelines.base import BadSampleError
 from selfflow import config as config_lib
 from selfflow import objective
 from selfflow.checkpoint import RunCheckpoints
@@ -224,9 +225,11 @@ def _loop(cfg, state, start, datasets, graphdef, tx, task, ckpts, run_dir, progr
     tcfg = cfg.train
     step_fn = make_train_step(cfg, graphdef, tx, task)
     iterators = [
-        loader.batch_iterator(ds, start=k, read_threads=cfg.data.read_threads, prefetch=cfg.data.prefetch)
+        loader.BatchIterator(ds, start=k, read_threads=cfg.data.read_threads, prefetch=cfg.data.prefetch,
+                             worker_count=cfg.data.worker_count)
         if hasattr(ds, "to_iter_dataset") else _IndexIterator(ds, k)
         for ds, k in zip(datasets, layout_counts(cfg, task, start))]
+    skipped = 0  # bad examples replaced since the start of this process
     writer = MetricsWriter(run_dir, resume_step=start)
     n_params = count_params(nnx.merge(graphdef, state["params"]))
     bar = tqdm(total=tcfg.steps, initial=start, disable=not progress, dynamic_ncols=True,
@@ -239,7 +242,9 @@ def _loop(cfg, state, start, datasets, graphdef, tx, task, ckpts, run_dir, progr
         with _StopRequest() as stop:
             for step in range(start, tcfg.steps):
                 index = layout_schedule(cfg.seed, step, task.weights) if len(iterators) > 1 else 0
-                state, metrics = step_fn(state, next(iterators[index]), index)
+                batch = _next_batch(iterators[index], task.names[index], step)
+                skipped += int(np.sum(batch.pop("skipped", 0)))
+                state, metrics = step_fn(state, batch, index)
                 if pending is not None:  # check the previous step without stalling the pipeline
                     check_finite(*pending, last_good, ckpts.directory)
                 done = step + 1
@@ -251,6 +256,7 @@ def _loop(cfg, state, start, datasets, graphdef, tx, task, ckpts, run_dir, progr
                     host = {k: float(v) for k, v in jax.device_get(metrics).items()}
                     if len(iterators) > 1:
                         host["layout"] = index
+                    host["data/skipped"] = skipped
                     elapsed = time.perf_counter() - window_start
                     host["steps_per_sec"] = window_steps / elapsed if elapsed > 0 else 0.0
                     window_start, window_steps = time.perf_counter(), 0
@@ -276,7 +282,17 @@ def _loop(cfg, state, start, datasets, graphdef, tx, task, ckpts, run_dir, progr
     finally:
         bar.close()
         writer.close()
+        for it in iterators:
+            getattr(it, "close", lambda: None)()
     return TrainResult(state, int(state["step"]), stop_signal, run_dir)
+
+
+def _next_batch(iterator, layout: str, step: int) -> dict:
+    """The next batch; a bad example (``data.on_bad_sample=error``) stops the run naming its file."""
+    try:
+        return dict(next(iterator))
+    except BadSampleError as e:
+        raise TrainingError(f"bad data example at step {step} (layout {layout!r}): {e}") from None
 
 
 class _IndexIterator:

@@ -1,25 +1,64 @@
-"""Grain pipeline: batch n is a pure function of (seed, n); iterators resume at any batch."""
+"""Grain pipeline: batch n is a pure function of (seed, n); iterators resume at any batch, also
+with worker processes; hosts get disjoint shards; mixtures follow their weights; bad examples
+stop the pipeline naming the file, or are replaced and counted."""
 
 import numpy as np
 import pytest
 
 from data_pipelines import loader
-from selfflow.config import DataConfig
+from data_pipelines.base import BadSampleError, Field
+from data_pipelines.guard import GuardedSource
+from data_pipelines.shapes import ShapesSource
+
+
+class Numbered:
+    """Example i is {"x": [i, i], "label": i}; examples in ``bad`` raise BadSampleError."""
+
+    schema = {"x": Field((2,), "float32"), "label": Field((), "int32")}
+
+    def __init__(self, n, bad=(), offset=0):
+        self.n, self.bad, self.offset = n, set(bad), offset
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        if i in self.bad:
+            raise BadSampleError(self.where(i), "truncated file")
+        return {"x": np.full(2, self.offset + i, np.float32), "label": np.int32(self.offset + i)}
+
+    def where(self, i):
+        return f"/data/clip_{i}.mp4"
 
 
 def _dataset(seed=0, batch=8):
-    return loader.batched_dataset(loader.build_source(DataConfig(image_size=8, num_examples=20), seed),
-                                  batch, seed)
+    return loader.batched_dataset(ShapesSource(num_examples=20, image_size=8, seed=seed), batch, seed,
+                                  shard=(0, 1))
 
 
 def test_iterator_started_at_k_yields_batch_k_and_reports_its_position():
     ds = _dataset()
-    it = loader.batch_iterator(ds, start=5, read_threads=2, prefetch=2)
+    it = loader.BatchIterator(ds, start=5, read_threads=2, prefetch=2)
     for k in (5, 6, 7):
         batch = next(it)
         np.testing.assert_array_equal(batch["image"], ds[k]["image"])
         np.testing.assert_array_equal(batch["label"], ds[k]["label"])
     assert it.get_state()["next_index"] == 8
+
+
+def test_worker_processes_give_the_same_batches_and_resume():
+    ds = loader.batched_dataset(Numbered(30), 4, seed=3, shard=(0, 1))
+    it = loader.BatchIterator(ds, start=0, worker_count=2)
+    first = [next(it)["label"] for _ in range(6)]
+    state = it.get_state()
+    it.close()
+    resumed = loader.BatchIterator(ds, start=state["next_index"], worker_count=2)
+    nxt = next(resumed)["label"]
+    resumed.close()
+    for k, labels in enumerate(first):
+        np.testing.assert_array_equal(labels, ds[k]["label"])
+    assert state == {"next_index": 6}
+    np.testing.assert_array_equal(nxt, ds[6]["label"])
 
 
 def test_epochs_are_reshuffled_and_seed_changes_order():
@@ -33,8 +72,55 @@ def test_batch_has_the_schema_the_trainer_expects():
     batch = _dataset()[0]
     assert batch["image"].shape == (8, 8, 8, 3) and batch["image"].dtype == np.float32
     assert batch["label"].shape == (8,) and batch["label"].dtype == np.int32
+    np.testing.assert_array_equal(batch["skipped"], np.zeros(8))
 
 
-def test_unknown_source_is_rejected():
-    with pytest.raises(ValueError, match="data.source='nope'"):
-        loader.build_source(DataConfig(source="nope"), 0)  # type: ignore[arg-type]
+def test_two_hosts_see_disjoint_shards_that_cover_the_source():
+    n = 23
+    seen = []
+    for host in range(2):
+        stream = loader.example_stream(Numbered(n), seed=5, shard=(host, 2))
+        per_epoch = (n - host + 1) // 2  # host 0 gets 12 examples, host 1 gets 11
+        seen.append([int(stream[i]["label"]) for i in range(per_epoch)])
+        assert len(set(seen[-1])) == per_epoch
+    assert not set(seen[0]) & set(seen[1])
+    assert set(seen[0]) | set(seen[1]) == set(range(n))
+
+
+def test_mixture_follows_weights_and_is_deterministic():
+    streams = [loader.example_stream(Numbered(50), 0, shard=(0, 1)),
+               loader.example_stream(Numbered(50, offset=1000), 1, shard=(0, 1))]
+    ds = loader.mixed_batches(streams, [3.0, 1.0], batch_size=40)
+    labels = np.concatenate([ds[k]["label"] for k in range(10)])
+    share = np.mean(labels >= 1000)
+    assert share == pytest.approx(0.25, abs=0.03)
+    again = loader.mixed_batches(streams, [3.0, 1.0], batch_size=40)
+    np.testing.assert_array_equal(again[7]["label"], ds[7]["label"])
+
+
+def test_bad_example_raises_naming_the_file():
+    ds = loader.batched_dataset(Numbered(10, bad={4}), 10, 0, shard=(0, 1))
+    with pytest.raises(BadSampleError, match=r"/data/clip_4\.mp4: truncated file.*on_bad_sample=skip"):
+        ds[0]
+
+
+def test_skip_replaces_bad_examples_counts_and_logs_them(caplog):
+    src = GuardedSource(Numbered(10, bad={4, 5}), "skip", name="clips")
+    with caplog.at_level("WARNING"):
+        example = src[4]
+    assert int(example["label"]) == 6 and int(example["skipped"]) == 2  # 4 and 5 passed over
+    assert "/data/clip_4.mp4" in caplog.text and "/data/clip_5.mp4" in caplog.text
+    ds = loader.batched_dataset(Numbered(10, bad={4, 5}), 10, 0, on_bad_sample="skip", shard=(0, 1))
+    batch = ds[0]
+    assert int(batch["skipped"].sum()) == 3  # examples 4 (two bad files) and 5 (one)
+    assert 4 not in batch["label"] and 5 not in batch["label"]
+
+
+def test_skip_gives_up_when_everything_is_bad():
+    with pytest.raises(BadSampleError, match="all bad"):
+        GuardedSource(Numbered(5, bad=range(5)), "skip")[0]
+
+
+def test_bad_policy_name_is_rejected():
+    with pytest.raises(ValueError, match="on_bad_sample='ignore'"):
+        GuardedSource(Numbered(3), "ignore")

@@ -23,7 +23,7 @@ import jax
 import numpy as np
 import pytest
 
-from data_pipelines import loader
+from selfflow.tasks import Task
 from selfflow import train as train_lib
 from selfflow.checkpoint import RunCheckpoints
 from selfflow.config import (Config, DataConfig, ModelConfig, ObjectiveConfig, OptimConfig,
@@ -222,8 +222,7 @@ class NaNImagesAt:
     """The configured batches, except that batch ``bad`` (i.e. step bad + 1) is all NaN."""
 
     def __init__(self, cfg: Config, bad: int):
-        self.batches = loader.batched_dataset(loader.build_source(cfg.data, cfg.seed),
-                                              cfg.train.batch_size, cfg.seed)
+        self.batches = Task(cfg).dataset(0)
         self.bad = bad
 
     def __getitem__(self, n: int) -> dict:

@@ -1,0 +1,432 @@
+"""Pre-computed examples on disk: ArrayRecord shards plus a JSON manifest.
+
+Why: some examples are expensive to make (decoding video, running a VAE encoder over every
+image). :func:`prepare` does that work once and stores the results; :class:`LatentSource` then
+reads them back as an ordinary random-access source (``data_pipelines.base`` contract), so
+training pays only for a file read and a cheap decode.
+
+Layout of ``out_dir`` after ``prepare(source, out_dir, name="foo", ...)``::
+
+  foo-00000-of-00003.array_record   examples 0..shard_size-1 (one example per record)
+  foo-00001-of-00003.array_record   ...
+  foo-00002-of-00003.array_record
+  manifest.json                     written last, atomically (tmp file + os.replace)
+
+manifest.json (``FORMAT_VERSION`` 1)::
+
+  {"format": "selfflow-latents", "format_version": 1, "record_format": "selfflow-raw-1",
+   "name": "foo", "modality": "image", "count": 10,
+   "schema": {"image": {"shape": [4, 4, 3], "dtype": "float32"}, "label": {...}},
+   "shards": [{"file": "foo-00000-of-00003.array_record", "count": 4}, ...],
+   "source": "<repr of the source>", "encode": "<repr of encode or null>", "limit": null,
+   "created": "2025-01-01T00:00:00+00:00",
+   "num_skipped": 1, "skipped": [{"index": 3, "where": "f3.png", "reason": "..."}]}
+
+Record format ``selfflow-raw-1`` (no pickle anywhere)::
+
+  b"SFLR" | uint32 little-endian header length n | n bytes of JSON header, space-padded so the
+  payload starts at a multiple of 16 | payload
+
+  header = [[key, dtype.str, shape, offset], ...], offsets into the payload, each array's raw
+  C-order bytes starting at a multiple of 16; the record ends exactly after the last array.
+
+Measured against ``np.savez`` into a BytesIO (load with allow_pickle=False) on one
+{"image": (16, 16, 3) float32, "label": int32} example (1 CPU core, numpy 2.4): savez
+3582 bytes, encode 44 us, decode 115 us; this format 3140 bytes, encode 5 us, decode 12 us.
+
+Shards are written with ``group_size:1`` (what Grain needs for fast random access) and without
+compression: on 4000 random (32, 32, 4) float32 latents zstd saved 7% of the space but random
+read + decode took 53 us/example against 30 us uncompressed (write 105 vs 76 us/example).
+"""
+
+from __future__ import annotations
+
+import bisect
+import datetime
+import json
+import os
+import re
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from data_pipelines.base import BadSampleError, Field, Schema, SourceError, check_example, check_index
+
+FORMAT = "selfflow-latents"
+FORMAT_VERSION = 1
+RECORD_FORMAT = "selfflow-raw-1"
+MANIFEST = "manifest.json"
+SHARD_SUFFIX = ".array_record"
+WRITER_OPTIONS = "group_size:1,uncompressed"
+
+_MAGIC = b"SFLR"
+_ALIGN = 16
+_DTYPE_KINDS = "biufc"  # bool, signed/unsigned int, float, complex: plain fixed-size numbers
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_REQUIRED_KEYS = ("format_version", "name", "modality", "count", "schema", "shards")
+
+
+# ----------------------------------------------------------------------------- record format
+
+def encode_example(example: dict[str, np.ndarray]) -> bytes:
+    """One example (dict of str -> numpy array / scalar) as a ``selfflow-raw-1`` record.
+
+    Raises ValueError for a non-string key or an array that is not plain numbers (object,
+    string or structured dtypes)."""
+    entries, chunks, offset = [], [], 0
+    for key, value in example.items():
+        if not isinstance(key, str):
+            raise ValueError(f"keys must be strings, got {key!r}")
+        value = np.asarray(value)
+        if value.dtype.kind not in _DTYPE_KINDS or value.dtype.fields is not None:
+            raise ValueError(f"{key!r} has unsupported dtype {value.dtype} (expected numbers)")
+        pad = -offset % _ALIGN
+        if pad:
+            chunks.append(b"\0" * pad)
+            offset += pad
+        entries.append([key, value.dtype.str, list(value.shape), offset])
+        data = value.tobytes(order="C")
+        chunks.append(data)
+        offset += len(data)
+    header = json.dumps(entries, separators=(",", ":")).encode()
+    header += b" " * (-(len(header) + 8) % _ALIGN)
+    return _MAGIC + struct.pack("<I", len(header)) + header + b"".join(chunks)
+
+
+def decode_example(record: bytes) -> dict[str, np.ndarray]:
+    """Inverse of :func:`encode_example`; fresh writable arrays. Raises ValueError for any
+    malformed record (bad magic, header, dtype, shape, or a length that does not add up)."""
+    if len(record) < 8 or record[:4] != _MAGIC:
+        raise ValueError(f"not a {RECORD_FORMAT} record (starts with {bytes(record[:4])!r})")
+    (n,) = struct.unpack_from("<I", record, 4)
+    base = 8 + n
+    if base > len(record):
+        raise ValueError(f"header length {n} runs past the record's {len(record)} bytes")
+    try:
+        entries = json.loads(record[8:base])
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"header is not valid JSON ({e})") from None
+    if not isinstance(entries, list):
+        raise ValueError("header is not a list")
+    buffer = bytearray(record)  # one copy for all arrays, so they are writable
+    out, end = {}, base
+    for entry in entries:
+        try:
+            key, dtype_str, shape, offset = entry
+            dtype = np.dtype(dtype_str)
+            shape = tuple(int(s) for s in shape)
+            offset = int(offset)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"bad header entry {entry!r} ({e})") from None
+        if not isinstance(key, str) or key in out:
+            raise ValueError(f"bad or repeated key {key!r}")
+        if dtype.kind not in _DTYPE_KINDS or dtype.fields is not None or dtype.subdtype is not None:
+            raise ValueError(f"{key!r} has unsupported dtype {dtype_str!r}")
+        if any(s < 0 for s in shape) or offset < 0:
+            raise ValueError(f"{key!r} has negative shape {shape} or offset {offset}")
+        count = int(np.prod(shape, dtype=np.int64))
+        start = base + offset
+        stop = start + count * dtype.itemsize
+        if stop > len(record):
+            raise ValueError(f"{key!r} ({shape} {dtype}) runs past the end of the record "
+                             f"({stop} > {len(record)} bytes)")
+        out[key] = np.frombuffer(buffer, dtype, count, start).reshape(shape)
+        end = max(end, stop)
+    if end != len(record):
+        raise ValueError(f"record has {len(record)} bytes, its arrays end at byte {end}")
+    return out
+
+
+# ----------------------------------------------------------------------------- writing
+
+def _shard_name(name: str, index: int, total: int) -> str:
+    return f"{name}-{index:05d}-of-{total:05d}{SHARD_SUFFIX}"
+
+
+def _as_arrays(where: str, example) -> dict[str, np.ndarray]:
+    if not isinstance(example, dict) or not example:
+        raise BadSampleError(where, f"expected a non-empty dict of arrays, got {type(example).__name__}")
+    out = {}
+    for key, value in example.items():
+        if not isinstance(key, str):
+            raise BadSampleError(where, f"key {key!r} is not a string")
+        value = np.asarray(value)
+        if value.dtype.kind not in _DTYPE_KINDS or value.dtype.fields is not None:
+            raise BadSampleError(where, f"{key!r} has unsupported dtype {value.dtype}")
+        out[key] = value
+    return out
+
+
+def _check_like_first(where: str, example: dict[str, np.ndarray], schema: Schema) -> None:
+    """BadSampleError unless ``example`` has exactly ``schema``'s keys, shapes and dtypes."""
+    if set(example) != set(schema):
+        raise BadSampleError(where, f"keys {sorted(example)} differ from the first example's "
+                                    f"{sorted(schema)}")
+    for key, field in schema.items():
+        value = example[key]
+        if value.shape != field.shape or value.dtype.name != field.dtype:
+            raise BadSampleError(where, f"{key!r} is {value.shape} {value.dtype.name}, the first "
+                                        f"example's is {field.shape} {field.dtype}")
+    check_example(where, example, schema)  # non-finite floats
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def prepare(source, out_dir, *, name: str, modality: str, shard_size: int = 1024, encode=None,
+            limit: int | None = None, on_bad_sample: str = "error", progress: bool = False) -> dict:
+    """Writes examples ``0 .. min(limit, len(source)) - 1`` of ``source`` (each mapped by
+    ``encode(example) -> example`` if given), in index order, to ArrayRecord shards of
+    ``shard_size`` examples in ``out_dir``, then ``out_dir/manifest.json``; returns the manifest.
+
+    The first example written fixes the schema (keys, shapes, dtypes); a later example that
+    differs, has non-finite floats, or is raised as :class:`BadSampleError` by the source or
+    ``encode`` is a bad sample: ``on_bad_sample="error"`` raises it, ``"skip"`` leaves it out
+    and lists it (index, where, reason) in the manifest. Any other exception propagates.
+
+    An existing ``out_dir/manifest.json`` is removed first, shards are written under temporary
+    names and renamed once all are complete, and the manifest is written last and atomically,
+    so an interrupted prepare never leaves a manifest claiming incomplete shards. Shards of the
+    same ``name`` left over from an earlier prepare are deleted once the new ones are in place.
+    """
+    from array_record.python.array_record_module import ArrayRecordWriter
+    from tqdm import tqdm
+
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+        raise ValueError(f"name must match {_NAME_RE.pattern}, got {name!r}")
+    if not isinstance(modality, str) or not modality:
+        raise ValueError(f"modality must be a non-empty string, got {modality!r}")
+    if int(shard_size) != shard_size or shard_size < 1:
+        raise ValueError(f"shard_size must be an integer >= 1, got {shard_size!r}")
+    if on_bad_sample not in ("error", "skip"):
+        raise ValueError(f"on_bad_sample must be 'error' or 'skip', got {on_bad_sample!r}")
+    if limit is not None and (int(limit) != limit or limit < 0):
+        raise ValueError(f"limit must be None or an integer >= 0, got {limit!r}")
+    shard_size = int(shard_size)
+    total = len(source) if limit is None else min(int(limit), len(source))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest_path = out_dir / MANIFEST
+    manifest_path.unlink(missing_ok=True)  # it would describe shards we are about to replace
+
+    where_of = getattr(source, "where", None) or (lambda i: f"{type(source).__name__}[{i}]")
+    schema: Schema | None = None
+    skipped: list[dict] = []
+    partial: list[Path] = []  # temporary shard files, in order
+    counts: list[int] = []
+    writer = None
+
+    def close_writer():
+        nonlocal writer
+        if writer is not None:
+            ok = writer.ok()
+            writer.close()
+            writer = None
+            if not ok:
+                raise OSError(f"{partial[-1]}: ArrayRecord writer failed")
+            _fsync(partial[-1])
+
+    try:
+        for index in tqdm(range(total), desc=f"prepare {name}", disable=not progress):
+            where = str(where_of(index))
+            try:
+                example = source[index]
+                if encode is not None:
+                    example = encode(example)
+                example = _as_arrays(where, example)
+                if schema is None:
+                    schema = {k: Field(tuple(v.shape), v.dtype.name) for k, v in example.items()}
+                    try:
+                        check_example(where, example, schema)
+                    except BadSampleError:
+                        schema = None
+                        raise
+                else:
+                    _check_like_first(where, example, schema)
+            except BadSampleError as e:
+                if on_bad_sample == "error":
+                    raise
+                skipped.append({"index": index, "where": e.where, "reason": e.reason})
+                continue
+            if writer is None or counts[-1] == shard_size:
+                close_writer()
+                partial.append(out_dir / f".{name}-{len(partial):05d}{SHARD_SUFFIX}.partial")
+                writer = ArrayRecordWriter(os.fspath(partial[-1]), WRITER_OPTIONS)
+                counts.append(0)
+            writer.write(encode_example(example))
+            counts[-1] += 1
+        close_writer()
+        if schema is None:
+            raise SourceError(f"prepare {name!r}: no example of {source!r} to write "
+                              f"({total} read, {len(skipped)} skipped)")
+        files = [_shard_name(name, i, len(partial)) for i in range(len(partial))]
+        for tmp, file in zip(partial, files):
+            os.replace(tmp, out_dir / file)
+        partial = []
+    except BaseException:
+        if writer is not None:
+            writer.close()
+        for tmp in partial:
+            tmp.unlink(missing_ok=True)
+        raise
+
+    stale = re.compile(re.escape(name) + r"-\d{5}-of-\d{5}" + re.escape(SHARD_SUFFIX))
+    for path in out_dir.iterdir():
+        if stale.fullmatch(path.name) and path.name not in files:
+            path.unlink()
+
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "record_format": RECORD_FORMAT,
+        "name": name,
+        "modality": modality,
+        "count": sum(counts),
+        "schema": {k: f.to_json() for k, f in schema.items()},
+        "shards": [{"file": f, "count": c} for f, c in zip(files, counts)],
+        "source": repr(source),
+        "encode": None if encode is None else repr(encode),
+        "limit": None if limit is None else int(limit),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "num_skipped": len(skipped),
+        "skipped": skipped,
+    }
+    tmp = out_dir / f".{MANIFEST}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(manifest, f, indent=1)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, manifest_path)
+    return manifest
+
+
+# ----------------------------------------------------------------------------- reading
+
+def _read_manifest(path: Path) -> tuple[dict, Schema, list[tuple[str, int]], int]:
+    """(manifest, schema, [(shard file, count)], count), or SourceError naming ``path``."""
+    if not path.is_file():
+        raise SourceError(f"{path}: no manifest (write one with data_pipelines.latents.prepare)")
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise SourceError(f"{path}: unreadable manifest ({e})") from None
+    if not isinstance(manifest, dict):
+        raise SourceError(f"{path}: manifest is a {type(manifest).__name__}, expected an object")
+    missing = [k for k in _REQUIRED_KEYS if k not in manifest]
+    if missing:
+        raise SourceError(f"{path}: manifest lacks {missing}")
+    if manifest["format_version"] != FORMAT_VERSION:
+        raise SourceError(f"{path}: unknown format_version {manifest['format_version']!r} "
+                          f"(this reader knows {FORMAT_VERSION})")
+    if manifest.get("record_format", RECORD_FORMAT) != RECORD_FORMAT:
+        raise SourceError(f"{path}: unknown record_format {manifest['record_format']!r}")
+    try:
+        schema = {str(k): Field.from_json(v) for k, v in manifest["schema"].items()}
+        shards = [(str(s["file"]), int(s["count"])) for s in manifest["shards"]]
+        count = int(manifest["count"])
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        raise SourceError(f"{path}: malformed schema, shards or count ({e!r})") from None
+    if not schema or not shards:
+        raise SourceError(f"{path}: manifest has an empty schema or no shards")
+    for file, n in shards:
+        if Path(file).name != file or file in (".", ".."):
+            raise SourceError(f"{path}: shard {file!r} is not a file name in the manifest's directory")
+        if n < 1:
+            raise SourceError(f"{path}: shard {file!r} has count {n}")
+    if sum(n for _, n in shards) != count:
+        raise SourceError(f"{path}: shard counts add up to {sum(n for _, n in shards)}, "
+                          f"count says {count}")
+    return manifest, schema, shards, count
+
+
+def _check_shard(path: Path, expected: int, manifest_path: Path) -> None:
+    from array_record.python.array_record_module import ArrayRecordReader
+
+    if not path.is_file():
+        raise SourceError(f"{path}: shard listed in {manifest_path} is missing")
+    try:
+        reader = ArrayRecordReader(os.fspath(path))
+    except (RuntimeError, OSError, ValueError) as e:
+        raise SourceError(f"{path}: unreadable ArrayRecord shard ({e})") from None
+    # A truncated file opens with ok() False and 0 records; close() then raises its status.
+    ok, n, detail = reader.ok(), reader.num_records(), ""
+    try:
+        reader.close()
+    except RuntimeError as e:
+        ok, detail = False, f": {e}" if str(e) else ""
+    if not ok:
+        raise SourceError(f"{path}: truncated or corrupt ArrayRecord shard{detail}")
+    if n != expected:
+        raise SourceError(f"{path}: shard has {n} records, {manifest_path} says {expected} "
+                          f"(replaced or rewritten?)")
+
+
+class LatentSource:
+    """Random-access source over a directory written by :func:`prepare`.
+
+    ``source[i]`` -> the i-th example written (dict of numpy arrays matching ``schema``);
+    ``where(i)`` -> ``"<shard path>#<record>"``. Construction checks the manifest and that every
+    shard exists with the record count the manifest gives (:class:`SourceError` naming the file
+    otherwise); a record that cannot be read or decoded raises :class:`BadSampleError` naming
+    shard and record. Picklable (Grain worker processes): shard readers reopen lazily.
+    """
+
+    def __init__(self, directory):
+        import grain
+
+        self.directory = Path(directory).absolute()
+        manifest_path = self.directory / MANIFEST
+        manifest, schema, shards, count = _read_manifest(manifest_path)
+        self.manifest: dict = manifest
+        self.schema: Schema = schema
+        self.modality: str = str(manifest["modality"])
+        self.name: str = str(manifest["name"])
+        self._paths = [self.directory / file for file, _ in shards]
+        for path, (_, n) in zip(self._paths, shards):
+            _check_shard(path, n, manifest_path)
+        self._starts = [0]
+        for _, n in shards[:-1]:
+            self._starts.append(self._starts[-1] + n)
+        self._len = count
+        # "path[start:end]" tells Grain each shard's record range, so it need not open every
+        # file again to count records (they were just checked).
+        self._records = grain.sources.ArrayRecordDataSource(
+            [f"{path}[0:{n}]" for path, (_, n) in zip(self._paths, shards)])
+
+    def __len__(self) -> int:
+        return self._len
+
+    def _locate(self, index: int) -> tuple[Path, int]:
+        shard = bisect.bisect_right(self._starts, index) - 1
+        return self._paths[shard], index - self._starts[shard]
+
+    def where(self, index: int) -> str:
+        index = check_index(index, self._len, repr(self))
+        path, record = self._locate(index)
+        return f"{path}#{record}"
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        index = check_index(index, self._len, repr(self))
+        where = self.where(index)
+        try:
+            record = self._records[index]
+        except Exception as e:  # the reader raises RuntimeError (checksum) or OSError
+            raise BadSampleError(where, f"unreadable record ({type(e).__name__}: {e})") from None
+        try:
+            example = decode_example(record)
+        except ValueError as e:
+            raise BadSampleError(where, f"corrupt record ({e})") from None
+        if set(example) != set(self.schema):
+            raise BadSampleError(where, f"record has keys {sorted(example)}, the manifest's schema "
+                                        f"{sorted(self.schema)}")
+        return check_example(where, example, self.schema)
+
+    def __repr__(self) -> str:
+        return f"LatentSource({os.fspath(self.directory)!r}, name={self.name!r}, count={self._len})"
