@@ -74,13 +74,15 @@ def class_grid_samples(model, *, num_classes: int, per_class: int, token_shape: 
 
 
 def save_grid(images: np.ndarray, rows: int, path: str | Path, scale: int = 4) -> Path:
-    """images (R·C, H, W, 3) in [-1, 1] -> one PNG with R rows, each image upscaled ``scale``×."""
+    """images (R·C, H, W, 3 or 1) in [-1, 1] -> one PNG with R rows, each image upscaled ``scale``×."""
     images = np.asarray(images, np.float32)
     n, h, w, c = images.shape
     cols = n // rows
     pixels = np.clip((images + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
     grid = pixels[: rows * cols].reshape(rows, cols, h, w, c).transpose(0, 2, 1, 3, 4)
     grid = grid.reshape(rows * h, cols * w, c)
+    if c == 1:  # grayscale, e.g. Fashion-MNIST
+        grid = grid[..., 0]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(grid).resize((cols * w * scale, rows * h * scale), Image.NEAREST).save(path)

@@ -1,0 +1,110 @@
+"""Training on file sources: named sources mixed in a layout, a bad file stops the run naming it
+(on_bad_sample=error) or is replaced and counted in the metrics (skip), and configuration errors
+name the layout and the sources."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from selfflow.config import (Config, ConfigError, DataConfig, LayoutConfig, ModelConfig, ObjectiveConfig,
+                             OptimConfig, SampleConfig, SourceConfig, TrainConfig)
+from selfflow.metrics_writer import read_metrics
+from selfflow.tasks import Task
+from selfflow.train import TrainingError, train
+
+COLORS = {"red": (255, 0, 0), "blue": (0, 0, 255)}
+
+
+@pytest.fixture(scope="module")
+def png_folder(tmp_path_factory):
+    """8 flat-colour 16x16 PNGs per class in red/ and blue/."""
+    root = tmp_path_factory.mktemp("pngs")
+    for name, rgb in COLORS.items():
+        (root / name).mkdir()
+        for i in range(8):
+            Image.new("RGB", (16, 16), rgb).save(root / name / f"{i}.png")
+    return root
+
+
+def config(sources, steps=3, on_bad_sample="error", layouts=()) -> Config:
+    return Config(
+        model=ModelConfig(preset="tiny", depth=2, hidden_size=32, num_heads=2, patch_size=4),
+        data=DataConfig(image_size=16, num_classes=10, sources=tuple(sources), on_bad_sample=on_bad_sample),
+        objective=ObjectiveConfig(student_layer=1, teacher_layer=2, ema_decay=0.9),
+        optim=OptimConfig(learning_rate=1e-3),
+        train=TrainConfig(steps=steps, batch_size=8, log_every=1, checkpoint_every=10),
+        sample=SampleConfig(steps=2, per_class=1), layouts=tuple(layouts))
+
+
+def folder_with_bad_png(png_folder, tmp_path):
+    root = tmp_path / "pngs"
+    for name in COLORS:
+        (root / name).mkdir(parents=True)
+        for p in sorted((png_folder / name).iterdir()):
+            (root / name / p.name).write_bytes(p.read_bytes())
+    bad = root / "red" / "3.png"
+    bad.write_bytes(bad.read_bytes()[:40])  # truncated
+    return root, bad
+
+
+def test_mixture_of_sources_in_one_layout(png_folder):
+    cfg = config([SourceConfig("pngs", "image_folder", path=str(png_folder), weight=1.0),
+                  SourceConfig("shapes", "shapes", weight=1.0)])
+    task = Task(cfg)
+    assert task.layouts[0].sources == ("pngs", "shapes")
+    images = np.concatenate([task.dataset(0)[k]["image"] for k in range(8)])  # 64 examples
+    flat = np.all(images.std(axis=(1, 2)) < 1e-6, axis=-1)  # the PNGs are flat colours
+    assert 0.3 < flat.mean() < 0.7
+
+
+def test_bad_file_stops_training_naming_the_file(png_folder, tmp_path):
+    root, bad = folder_with_bad_png(png_folder, tmp_path)
+    cfg = config([SourceConfig("pngs", "image_folder", path=str(root))], steps=6)
+    with pytest.raises(TrainingError, match=rf"{bad}.*on_bad_sample=skip"):
+        train(cfg, tmp_path / "run", progress=False, write_samples=False)
+
+
+def test_skip_replaces_the_bad_file_and_counts_it(png_folder, tmp_path):
+    root, bad = folder_with_bad_png(png_folder, tmp_path)
+    cfg = config([SourceConfig("pngs", "image_folder", path=str(root))], steps=6, on_bad_sample="skip")
+    result = train(cfg, tmp_path / "run", progress=False, write_samples=False)
+    rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert result.final_step == 6
+    # 16 files, batch 8, 6 steps = 3 epochs: the bad file is met (and replaced) once per epoch
+    assert rows[-1]["data/skipped"] == 3
+    assert all(np.isfinite(r["loss"]) for r in rows)
+
+
+def test_layout_without_a_source_for_its_modality_is_rejected(png_folder):
+    cfg = config([SourceConfig("pngs", "image_folder", path=str(png_folder))],
+                 layouts=[LayoutConfig("v", ("video",), batch_size=4)])
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, positions="rope"))
+    with pytest.raises(ConfigError, match=r"modality 'video'.*pngs \(image_folder\)"):
+        Task(cfg)
+
+
+def test_sources_of_different_shapes_in_one_layout_are_rejected(png_folder, tmp_path):
+    gray = tmp_path / "gray" / "a"
+    gray.mkdir(parents=True)
+    Image.new("L", (16, 16)).save(gray / "0.png")
+    cfg = config([SourceConfig("pngs", "image_folder", path=str(png_folder)),
+                  SourceConfig("gray", "image_folder", path=str(gray.parent), channels=1)])
+    with pytest.raises(ConfigError, match=r"sources 'pngs' and 'gray' yield 'image' of shapes "
+                                          r"\(16, 16, 3\) and \(16, 16, 1\)"):
+        Task(cfg)
+
+
+def test_unknown_source_name_in_a_layout_is_rejected():
+    from selfflow.config import validate
+    cfg = config([SourceConfig("shapes", "shapes")], layouts=[LayoutConfig("i", ("image",), sources=("nope",))])
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, positions="rope"))
+    with pytest.raises(ConfigError, match=r"source 'nope' is not in data.sources \(it has shapes\)"):
+        validate(cfg)
+
+
+def test_file_source_without_a_path_is_rejected():
+    from selfflow.config import validate
+    with pytest.raises(ConfigError, match=r"data.sources\[0\] \('clips'\): kind 'video_files' reads files"):
+        validate(config([SourceConfig("clips", "video_files")]))
