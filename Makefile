@@ -1,5 +1,6 @@
 # Two entry points that work on a fresh machine with Python 3.11 and make:
-#   make run   - set up .venv, train experiments/quickstart.py, write samples/plot/checkpoints under runs/
+#   make run   - set up .venv, train experiments/world_mixed.py (image/video/audio/audio-video on the
+#                procedural world), write samples/plot/checkpoints under runs/world_mixed
 #   make test  - set up .venv and run the default (fast) test suite
 PYTHON ?= python3.11
 VENV   ?= .venv
@@ -17,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 run: setup
-	$(BIN)/selfflow train experiments/quickstart.py --run-dir runs/quickstart
+	$(BIN)/selfflow train experiments/world_mixed.py --run-dir runs/world_mixed
 
 test: setup
 	$(BIN)/python -m pytest -q

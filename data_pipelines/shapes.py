@@ -29,6 +29,8 @@ import math
 
 import numpy as np
 
+from data_pipelines.base import Field
+
 CLASS_NAMES: tuple[str, ...] = (
     "circle", "square", "triangle", "plus", "ring",
     "diamond", "horizontal_bars", "vertical_bars", "x", "two_dots",
@@ -151,9 +153,14 @@ class ShapesSource:
         if int(seed) != seed or seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
         self.num_examples, self.image_size, self.seed = int(num_examples), int(image_size), int(seed)
+        self.schema = {"image": Field((self.image_size, self.image_size, 3), "float32"),
+                       "label": Field((), "int32")}
 
     def __len__(self) -> int:
         return self.num_examples
+
+    def where(self, index: int) -> str:
+        return f"shapes[seed={self.seed}][{index}]"
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
         index = int(index)

@@ -17,7 +17,8 @@ Each layout compiles once (four compiles in all); the layout of step n is a pure
 
 Expected runtime: about 10 minutes on 2 CPU cores (1000 steps, tiny model with RoPE).
 Expected result: metrics.jsonl logs fm_loss/<modality> per step; every modality's loss falls
-well below its first logged value. (Sample files per layout - MP4, WAV - are not written yet.)
+well below its first logged value; samples/<layout>/ holds GIFs and WAVs (+ spectrograms)
+from the EMA weights. This is the README's main job (`make run`).
 Smoke test: add `--set train.steps=20`.
 """
 

@@ -108,3 +108,25 @@ def test_file_source_without_a_path_is_rejected():
     from selfflow.config import validate
     with pytest.raises(ConfigError, match=r"data.sources\[0\] \('clips'\): kind 'video_files' reads files"):
         validate(config([SourceConfig("clips", "video_files")]))
+
+
+def test_robot_episodes_train_a_video_action_layout(tmp_path):
+    from data_pipelines.trajectories import write_episode
+    rng = np.random.default_rng(0)
+    for e in range(2):
+        length = 12
+        write_episode(tmp_path / "eps" / f"episode_{e}.npz",
+                      frames=rng.integers(0, 256, (length, 8, 8, 3), dtype=np.uint8),
+                      proprio=rng.uniform(0, 512, (length, 2)), actions=rng.uniform(0, 512, (length, 2)))
+    cfg = config([SourceConfig("pusht", "trajectories", path=str(tmp_path / "eps"), stride=2)], steps=2,
+                 layouts=[LayoutConfig("inverse", ("video:condition", "action"), batch_size=4)])
+    cfg = dataclasses.replace(
+        cfg, model=dataclasses.replace(cfg.model, positions="rope"),
+        data=dataclasses.replace(cfg.data, image_size=8, clip_seconds=0.8, fps=10.0, num_classes=1))
+    task = Task(cfg)
+    spec = task.specs["action"]
+    assert (spec.steps, spec.action_dim, spec.proprio_dim) == (8, 2, 2)
+    assert task.specs["video"].frames == 8
+    train(cfg, tmp_path / "run", progress=False, write_samples=False)
+    rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2] and all(np.isfinite(r["fm_loss/action"]) for r in rows)
