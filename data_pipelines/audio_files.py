@@ -65,34 +65,12 @@ import os
 import numpy as np
 
 from data_pipelines.base import BadSampleError, Field, SourceError, check_example, check_index
+from data_pipelines.folders import scan_class_folders
 from modalities.audio import AudioSpec, waveform_to_logmel
 
 EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".mp3")
 CROPS = ("random", "start", "center")
 TRUNCATION_TOLERANCE = 0.01  # decoded length may fall this short of the header's frame count
-
-
-def _is_hidden(name: str) -> bool:
-    return name.startswith(".")
-
-
-def _is_audio_file(name: str) -> bool:
-    return not _is_hidden(name) and name.lower().endswith(EXTENSIONS)
-
-
-def _walk_audio(top: str) -> list[str]:
-    """Audio files under ``top`` (recursive, folder links followed once, hidden entries skipped),
-    sorted by their path relative to ``top``."""
-    found, seen = [], set()
-    for folder, dirs, files in os.walk(top, followlinks=True):
-        real = os.path.realpath(folder)
-        if real in seen:  # a link cycle, or the same folder linked twice: do not read it again
-            dirs[:] = []
-            continue
-        seen.add(real)
-        dirs[:] = [d for d in dirs if not _is_hidden(d)]
-        found += [os.path.join(folder, f) for f in files if _is_audio_file(f)]
-    return sorted(found, key=lambda p: os.path.relpath(p, top).split(os.sep))
 
 
 def _wav_truncation(path: str) -> str | None:
@@ -142,46 +120,10 @@ class AudioFileSource:
             raise SourceError(f"crop={crop!r}: expected one of {CROPS}")
         if isinstance(seed, bool) or int(seed) != seed or seed < 0:
             raise SourceError(f"seed must be a non-negative integer, got {seed!r}")
-        self.root = os.path.abspath(os.fspath(root))
-        if not os.path.isdir(self.root):
-            what = "does not exist" if not os.path.exists(self.root) else "is not a directory"
-            raise SourceError(f"audio root {self.root} {what}")
+        found = scan_class_folders(root, EXTENSIONS, "audio")
+        self.root, self.files, self.labels, self.classes = found.root, found.files, found.labels, found.classes
         self.spec, self.crop, self.seed = spec, crop, int(seed)
         self.return_waveform = bool(return_waveform)
-
-        entries = sorted(e for e in os.listdir(self.root) if not _is_hidden(e))
-        class_dirs = [e for e in entries if os.path.isdir(os.path.join(self.root, e))]
-        loose = [e for e in entries if e not in class_dirs and _is_audio_file(e)]
-        kinds = "/".join(EXTENSIONS)
-        if class_dirs and loose:
-            shown = ", ".join(os.path.join(self.root, e) for e in loose[:5])
-            more = f" and {len(loose) - 5} more" if len(loose) > 5 else ""
-            raise SourceError(
-                f"{len(loose)} audio file(s) directly under {self.root} are in no class folder: "
-                f"{shown}{more}; move them into {self.root}/<class_name>/ (files directly under "
-                "root are only accepted, as one class, when root has no sub-folders)")
-        files, labels = [], []
-        if class_dirs:
-            per_class = [_walk_audio(os.path.join(self.root, name)) for name in class_dirs]
-            for label, found in enumerate(per_class):
-                files += found
-                labels += [label] * len(found)
-            if not files:
-                raise SourceError(f"no {kinds} files under {self.root} "
-                                  f"(searched {len(class_dirs)} class folder(s))")
-            empty = [os.path.join(self.root, n) for n, found in zip(class_dirs, per_class) if not found]
-            if empty:
-                raise SourceError(f"class folder(s) with no {kinds} files: {', '.join(empty)} "
-                                  "(every sub-folder of root is a class)")
-            self.classes: tuple[str, ...] = tuple(class_dirs)
-        else:
-            files = [os.path.join(self.root, e) for e in loose]
-            if not files:
-                raise SourceError(f"no {kinds} files under {self.root}")
-            labels = [0] * len(files)
-            self.classes = (os.path.basename(self.root),)
-        self.files: tuple[str, ...] = tuple(files)
-        self.labels = np.asarray(labels, np.int32)
 
         self.schema = {"audio": Field((spec.frames, spec.n_mels), "float32"), "label": Field((), "int32")}
         if self.return_waveform:

@@ -27,28 +27,11 @@ import numpy as np
 from PIL import Image
 
 from data_pipelines.base import BadSampleError, Field, SourceError, check_index, to_unit_range
+from data_pipelines.folders import scan_class_folders
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg")
 _MODES = {1: "L", 3: "RGB"}  # the only Pillow mode accepted for each channel count
 
-
-def _is_image_file(name: str) -> bool:
-    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
-
-
-def _walk_images(top: str) -> list[str]:
-    """Image files under ``top`` (recursive, symlinks followed once, hidden entries skipped),
-    sorted by their path relative to ``top``."""
-    found, seen = [], set()
-    for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
-        real = os.path.realpath(dirpath)
-        if real in seen:  # a symlink loop, or the same directory linked twice
-            dirnames[:] = []
-            continue
-        seen.add(real)
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found.extend(os.path.join(dirpath, f) for f in filenames if _is_image_file(f))
-    return sorted(found, key=lambda p: os.path.relpath(p, top).split(os.sep))
 
 
 def _check_int(name: str, value, minimum: int) -> int:
@@ -103,46 +86,8 @@ class ImageFolderSource:
         if resize not in ("error", "resize"):
             raise SourceError(f"resize must be 'error' or 'resize', got {resize!r}")
         self.channels, self.resize, self.seed = int(channels), resize, _check_int("seed", seed, 0)
-        self.root = os.path.abspath(os.fspath(root))
-        if not os.path.isdir(self.root):
-            what = "does not exist" if not os.path.exists(self.root) else "is not a directory"
-            raise SourceError(f"image folder root {self.root} {what}")
-
-        entries = sorted(e for e in os.listdir(self.root) if not e.startswith("."))
-        class_dirs = [e for e in entries if os.path.isdir(os.path.join(self.root, e))]
-        loose = [e for e in entries if e not in class_dirs and _is_image_file(e)
-                 and os.path.isfile(os.path.join(self.root, e))]
-        if class_dirs and loose:
-            shown = ", ".join(os.path.join(self.root, e) for e in loose[:5])
-            more = f" and {len(loose) - 5} more" if len(loose) > 5 else ""
-            raise SourceError(
-                f"{len(loose)} image file(s) directly under {self.root} are in no class folder: "
-                f"{shown}{more}; move them into {self.root}/<class_name>/ (files directly under "
-                f"root are only accepted, as one class, when root has no sub-folders)")
-        files, labels = [], []
-        if class_dirs:
-            empty = []
-            for label, name in enumerate(class_dirs):
-                found = _walk_images(os.path.join(self.root, name))
-                if not found:
-                    empty.append(os.path.join(self.root, name))
-                files.extend(found)
-                labels.extend([label] * len(found))
-            if not files:
-                raise SourceError(f"no {'/'.join(IMAGE_EXTENSIONS)} files under {self.root} "
-                                  f"(searched {len(class_dirs)} class folder(s))")
-            if empty:
-                raise SourceError(f"class folder(s) with no {'/'.join(IMAGE_EXTENSIONS)} files: "
-                                  f"{', '.join(empty)}")
-            self.classes: tuple[str, ...] = tuple(class_dirs)
-        else:
-            files = [os.path.join(self.root, e) for e in loose]
-            if not files:
-                raise SourceError(f"no {'/'.join(IMAGE_EXTENSIONS)} files under {self.root}")
-            labels = [0] * len(files)
-            self.classes = (os.path.basename(self.root),)
-        self.files: tuple[str, ...] = tuple(files)
-        self.labels = np.asarray(labels, np.int32)
+        found = scan_class_folders(root, IMAGE_EXTENSIONS, "image")
+        self.root, self.files, self.labels, self.classes = found.root, found.files, found.labels, found.classes
         self.schema = {"image": Field((self.image_size, self.image_size, self.channels), "float32"),
                        "label": Field((), "int32")}
 

@@ -82,11 +82,11 @@ from __future__ import annotations
 
 import math
 import numbers
-import os
 
 import numpy as np
 
 from data_pipelines.base import BadSampleError, Field, SourceError, check_example, check_index
+from data_pipelines.folders import scan_class_folders
 from modalities.audio import AudioSpec, waveform_to_logmel
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov")
@@ -121,25 +121,6 @@ def _reason(error: BaseException) -> str:
     lines = [line for line in lines if not line.startswith("Stack trace")]
     text = lines[0] if lines else ""
     return f"{type(error).__name__}: {text[:300]}" if text else type(error).__name__
-
-
-def _is_video_file(name: str) -> bool:
-    return not name.startswith(".") and os.path.splitext(name)[1].lower() in VIDEO_EXTENSIONS
-
-
-def _walk_videos(top: str) -> list[str]:
-    """Video files under ``top`` (recursive, symlinks followed once, hidden entries skipped),
-    sorted by their path relative to ``top`` (path components compared in turn)."""
-    found, seen = [], set()
-    for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
-        real = os.path.realpath(dirpath)
-        if real in seen:  # a symlink loop, or the same directory linked twice
-            dirnames[:] = []
-            continue
-        seen.add(real)
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found.extend(os.path.join(dirpath, f) for f in filenames if _is_video_file(f))
-    return sorted(found, key=lambda p: os.path.relpath(p, top).split(os.sep))
 
 
 def _positive_int(name: str, value, minimum: int = 1) -> int:
@@ -240,46 +221,8 @@ class VideoFileSource:
                     f"({self.frames} frames at {self.fps:g} fps = {self.clip_seconds:.4f} s) to "
                     f"within half a hop ({tolerance:.4f} s)")
 
-        self.root = os.path.abspath(os.fspath(root))
-        if not os.path.isdir(self.root):
-            what = "does not exist" if not os.path.exists(self.root) else "is not a directory"
-            raise SourceError(f"video root {self.root} {what}")
-        # Layout rules of image_files.ImageFolderSource (see the module docstring).
-        kinds = "/".join(VIDEO_EXTENSIONS)
-        entries = sorted(e for e in os.listdir(self.root) if not e.startswith("."))
-        class_dirs = [e for e in entries if os.path.isdir(os.path.join(self.root, e))]
-        loose = [e for e in entries if e not in class_dirs and _is_video_file(e)
-                 and os.path.isfile(os.path.join(self.root, e))]
-        if class_dirs and loose:
-            shown = ", ".join(os.path.join(self.root, e) for e in loose[:5])
-            more = f" and {len(loose) - 5} more" if len(loose) > 5 else ""
-            raise SourceError(
-                f"{len(loose)} video file(s) directly under {self.root} are in no class folder: "
-                f"{shown}{more}; move them into {self.root}/<class_name>/ (files directly under "
-                f"root are only accepted, as one class, when root has no sub-folders)")
-        files, labels = [], []
-        if class_dirs:
-            per_class = [_walk_videos(os.path.join(self.root, name)) for name in class_dirs]
-            for label, found in enumerate(per_class):
-                files += found
-                labels += [label] * len(found)
-            if not files:
-                raise SourceError(f"no video files ({kinds}, any case) under {self.root} "
-                                  f"(searched {len(class_dirs)} class folder(s))")
-            empty = [os.path.join(self.root, n) for n, found in zip(class_dirs, per_class)
-                     if not found]
-            if empty:
-                raise SourceError(f"class folder(s) with no {kinds} files: {', '.join(empty)} "
-                                  f"(every sub-folder of root is a class)")
-            self.classes: tuple[str, ...] = tuple(class_dirs)
-        else:
-            files = [os.path.join(self.root, e) for e in loose]
-            if not files:
-                raise SourceError(f"no video files ({kinds}, any case) under {self.root}")
-            labels = [0] * len(files)
-            self.classes = (os.path.basename(self.root),)
-        self.files: tuple[str, ...] = tuple(files)
-        self.labels = np.asarray(labels, np.int32)
+        found = scan_class_folders(root, VIDEO_EXTENSIONS, "video")
+        self.root, self.files, self.labels, self.classes = found.root, found.files, found.labels, found.classes
 
         self.schema = {
             "video": Field((self.frames, self.image_size, self.image_size, 3), "float32"),
