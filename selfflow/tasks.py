@@ -59,9 +59,12 @@ class Task:
         self.source_configs = {sc.name: sc for sc in sources_lib.default_sources(d)}
         self.sources = {name: sources_lib.build(sc, d, cfg.seed) for name, sc in self.source_configs.items()}
         layouts = cfg.layouts or (LayoutConfig("image", ("image",), 1.0, cfg.train.batch_size),)
+        drawn = [self._layout_sources(lc) for lc in layouts]
         used = {parse_segment(t)[0] for lc in layouts for t in lc.segments}
-        self.specs = {m: self._spec(m) for m in sorted(used)}
-        self.layouts = [self._layout_task(lc) for lc in layouts]
+        self.specs = {m: self._spec(m, [n for lc, names in zip(layouts, drawn) for n in names
+                                        if m in {parse_segment(t)[0] for t in lc.segments}])
+                      for m in sorted(used)}
+        self.layouts = [self._layout_task(lc, names) for lc, names in zip(layouts, drawn)]
         self.names = [lt.layout.name for lt in self.layouts]
         settings = {m.name: m for m in cfg.modalities}
         self.token_dims = {m: self.specs[m].token_dim for m in sorted(used)}
@@ -72,17 +75,29 @@ class Task:
 
     # ------------------------------------------------------------------ specs
 
-    def _providers(self, modality: str, names=()) -> list[str]:
-        """Sources (of ``names``, or all) that yield ``modality``."""
-        return [n for n in (names or self.sources) if sources_lib.provides(self.sources[n], modality)]
+    def _layout_sources(self, lc: LayoutConfig) -> tuple[str, ...]:
+        """The sources a layout mixes: those it names, or all, that yield every key it reads."""
+        keys = [k for t in lc.segments for k in sources_lib.MODALITY_KEYS[parse_segment(t)[0]]]
+        names = tuple(n for n in (lc.sources or self.sources) if all(k in self.sources[n].schema for k in keys))
+        if not names:
+            listed = ", ".join(f"{n} ({self.source_configs[n].kind}: {', '.join(sorted(s.schema))})"
+                               for n, s in self.sources.items() if not lc.sources or n in lc.sources)
+            raise ConfigError(f"layouts[{lc.name!r}]: no data source yields all of {keys} "
+                              f"(sources: {listed})")
+        return names
 
-    def _spec(self, modality: str):
-        """The modality's token geometry, from the shapes its sources yield."""
-        d, providers = self.cfg.data, self._providers(modality)
-        if not providers:
-            raise ConfigError(f"modality {modality!r} is used by a layout but no data source yields it "
-                              f"(sources: {', '.join(f'{n} ({self.source_configs[n].kind})' for n in self.sources)})")
-        schema = self.sources[providers[0]].schema
+    def _spec(self, modality: str, names: list[str]):
+        """The modality's token geometry, from the shapes its sources yield (which must agree:
+        one spec per modality serves every layout of the run)."""
+        d, names = self.cfg.data, list(dict.fromkeys(names))
+        for key in sources_lib.MODALITY_KEYS[modality]:
+            for n in names[1:]:
+                first, other = self.sources[names[0]].schema[key].shape, self.sources[n].schema[key].shape
+                if first != other:
+                    raise ConfigError(f"sources {names[0]!r} and {n!r} yield {key!r} of shapes {first} and "
+                                      f"{other}; every source of a modality must agree (data.image_size, "
+                                      "clip_seconds, fps and n_mels set the sizes)")
+        schema = self.sources[names[0]].schema
         if modality == "image":
             h, w, c = schema["image"].shape
             patch = d.video_patch if self.cfg.layouts else self.cfg.model.resolved("patch_size")
@@ -96,8 +111,9 @@ class Task:
                 spec = dataclasses.replace(spec, frames=schema["audio"].shape[0], n_mels=schema["audio"].shape[1])
             return spec
         (steps, a_dim), p_dim = schema["actions"].shape, schema["proprio"].shape[1]
+        samples = [self._action_sample(n) for n in names]
         return ActionSpec(steps=steps, action_dim=a_dim, proprio_dim=p_dim, hz=d.fps).with_stats(
-            *self._action_sample(providers[0]))
+            np.concatenate([a for a, _ in samples]), np.concatenate([p for _, p in samples]))
 
     def _action_sample(self, name: str):
         source = self.sources[name].select(("actions", "proprio"))
@@ -106,7 +122,7 @@ class Task:
 
     # ------------------------------------------------------------------ layouts
 
-    def _layout_task(self, lc: LayoutConfig) -> LayoutTask:
+    def _layout_task(self, lc: LayoutConfig, names: tuple[str, ...]) -> LayoutTask:
         segments, positions, keys = [], [], []
         for text in lc.segments:
             name, role = parse_segment(text)
@@ -114,20 +130,8 @@ class Task:
             segments.append(Segment(name, spec.num_tokens, role))
             positions.append(modalities.get(name).positions(spec))
             keys += sources_lib.MODALITY_KEYS[name]
-        names = [n for n in (lc.sources or self.sources)
-                 if all(k in self.sources[n].schema for k in keys)]
-        if not names:
-            raise ConfigError(f"layouts[{lc.name!r}]: no data source yields all of {keys} "
-                              f"(sources: {', '.join(f'{n} {sorted(s.schema)}' for n, s in self.sources.items())})")
-        for n in names:
-            for k in keys:
-                first = self.sources[names[0]].schema[k]
-                if self.sources[n].schema[k].shape != first.shape:
-                    raise ConfigError(f"layouts[{lc.name!r}]: sources {names[0]!r} and {n!r} yield {k!r} of "
-                                      f"shapes {first.shape} and {self.sources[n].schema[k].shape}; "
-                                      "a layout's sources must agree")
         return LayoutTask(Layout(lc.name, tuple(segments)), lc.batch_size, lc.weight,
-                          np.concatenate(positions).astype(np.float32), tuple(names), tuple(keys))
+                          np.concatenate(positions).astype(np.float32), names, tuple(keys))
 
     @property
     def weights(self) -> list[float]:

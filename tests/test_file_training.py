@@ -81,7 +81,8 @@ def test_layout_without_a_source_for_its_modality_is_rejected(png_folder):
     cfg = config([SourceConfig("pngs", "image_folder", path=str(png_folder))],
                  layouts=[LayoutConfig("v", ("video",), batch_size=4)])
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, positions="rope"))
-    with pytest.raises(ConfigError, match=r"modality 'video'.*pngs \(image_folder\)"):
+    with pytest.raises(ConfigError, match=r"layouts\['v'\]: no data source yields all of \['video'\] "
+                                          r"\(sources: pngs \(image_folder: image, label\)\)"):
         Task(cfg)
 
 
@@ -147,3 +148,17 @@ def test_resumed_mixture_with_workers_continues_exactly(png_folder, tmp_path):
     resumed = train(cfg, tmp_path / "resumed", progress=False, write_samples=False).state
     for a, b in zip(jax.tree.leaves(straight["params"]), jax.tree.leaves(resumed["params"])):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_action_sources_of_different_dims_cannot_share_the_modality(tmp_path):
+    from data_pipelines.trajectories import write_episode
+    write_episode(tmp_path / "eps" / "e.npz", frames=np.zeros((20, 16, 16, 3), np.uint8),
+                  proprio=np.zeros((20, 2)), actions=np.zeros((20, 2)))
+    cfg = config([SourceConfig("world", "world"), SourceConfig("pusht", "trajectories", path=str(tmp_path / "eps"))],
+                 layouts=[LayoutConfig("world_actions", ("video:condition", "action"), sources=("world",)),
+                          LayoutConfig("pusht_actions", ("video:condition", "action"), sources=("pusht",))])
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, positions="rope"),
+                              data=dataclasses.replace(cfg.data, num_classes=3, num_examples=50))
+    with pytest.raises(ConfigError, match=r"sources 'world' and 'pusht' yield 'proprio' of shapes \(16, 4\) "
+                                          r"and \(16, 2\)"):
+        Task(cfg)
