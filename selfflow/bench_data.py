@@ -1,6 +1,7 @@
 """Data throughput beside training throughput, measured in one run (``selfflow bench-data``).
 
-For each source: examples/s read one at a time in this process (decode cost alone). For each
+For each source: examples/s read one at a time in this process, in index order after one
+warm-up read (decode cost alone; each file is met for the first time). For each
 layout: examples/s out of its full pipeline (mixture, shuffling, batching, with the configured
 threads or worker processes), and examples/s the jitted train step consumes (compiled first,
 then timed). ``pipeline_over_step`` > 1 means the data keeps up with training; the last line
@@ -36,6 +37,7 @@ def bench_data(cfg: Config, *, seconds: float = 2.0, steps: int = 3) -> dict:
     for name, source in task.sources.items():
         keys = {k for lt in task.layouts if name in lt.sources for k in lt.keys}
         selected = source.select(sorted(keys)) if keys else source
+        selected[len(selected) - 1]  # warm-up outside the timing: imports, numba's first mel
         counter = iter(range(10**12))
         sources[name] = _rate(lambda: selected[next(counter) % len(selected)], seconds, 4)
 
