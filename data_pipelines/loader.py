@@ -57,6 +57,14 @@ def batched_dataset(source, batch_size: int, seed: int, *, on_bad_sample: str = 
                          [1.0], batch_size)
 
 
+def _mark_flags_parsed() -> None:
+    """grain 0.2.18 reads absl flags in its worker processes and fails with
+    ``UnparsedFlagAccessError`` unless they were parsed (fixed upstream in google/grain#1361)."""
+    from absl import flags
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
 class BatchIterator:
     """Reads a batched MapDataset from batch ``start``: ``read_threads`` threads and ``prefetch``
     batches ahead, or ``worker_count`` worker processes. ``get_state()`` is the position of the
@@ -68,6 +76,7 @@ class BatchIterator:
         it = dataset[start:].to_iter_dataset(
             grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch))
         if worker_count > 0:
+            _mark_flags_parsed()
             it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
         self._it = iter(it)
 

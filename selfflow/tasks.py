@@ -25,11 +25,10 @@ from data_pipelines import loader
 from data_pipelines import sources as sources_lib
 from modalities import action as action_mod
 from modalities.action import ActionSpec
-from modalities.audio import AudioSpec
 from modalities.image import ImageSpec
 from modalities.video import VideoSpec
 from selfflow.config import Config, ConfigError, LayoutConfig
-from selfflow.layout import CONDITION, GENERATE, Layout, Segment
+from selfflow.layout import GENERATE, Layout, Segment
 from selfflow.objective import SegmentBatch
 
 STATS_CLIPS = 256  # world clips used to fit the action normalisation

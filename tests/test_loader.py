@@ -124,3 +124,17 @@ def test_skip_gives_up_when_everything_is_bad():
 def test_bad_policy_name_is_rejected():
     with pytest.raises(ValueError, match="on_bad_sample='ignore'"):
         GuardedSource(Numbered(3), "ignore")
+
+
+def test_worker_processes_work_without_parsed_absl_flags(tmp_path):
+    """The CLI does not parse absl flags; grain 0.2.18's workers need them marked parsed."""
+    import subprocess
+    import sys
+    code = ("from data_pipelines import loader\n"
+            "from data_pipelines.shapes import ShapesSource\n"
+            "ds = loader.batched_dataset(ShapesSource(16, 8), 4, 0, shard=(0, 1))\n"
+            "it = loader.BatchIterator(ds, worker_count=2)\n"
+            "print(sorted(next(it)['label'].tolist()) == sorted(ds[0]['label'].tolist()))\n"
+            "it.close()\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "True", out.stderr[-2000:]

@@ -25,7 +25,6 @@ import pytest
 
 from selfflow.tasks import Task
 from selfflow import train as train_lib
-from selfflow.checkpoint import RunCheckpoints
 from selfflow.config import (Config, DataConfig, ModelConfig, ObjectiveConfig, OptimConfig,
                              SampleConfig, TrainConfig)
 from selfflow.metrics_writer import read_metrics
