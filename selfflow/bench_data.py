@@ -49,7 +49,8 @@ def bench_data(cfg: Config, *, seconds: float = 2.0, steps: int = 3) -> dict:
     for i, lt in enumerate(task.layouts):
         it = loader.BatchIterator(task.dataset(i), read_threads=cfg.data.read_threads,
                                   prefetch=cfg.data.prefetch, worker_count=cfg.data.worker_count)
-        batch = dict(next(it))  # first batch: starts threads/workers
+        for _ in range(1 + 2 * cfg.data.worker_count):  # start threads/workers; every worker warm
+            batch = dict(next(it))
         pipeline = _rate(lambda: next(it), seconds, 4) * lt.batch_size
         it.close()
         batch.pop("skipped")
