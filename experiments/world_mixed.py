@@ -15,9 +15,11 @@ even out step time) plus a paired audio-video layout that trains joint generatio
 Each layout compiles once (four compiles in all); the layout of step n is a pure function of
 (seed, n), so a resumed run replays the same schedule.
 
-Expected runtime: about 10 minutes on 2 CPU cores (1000 steps, tiny model with RoPE).
+Expected runtime: about 4 minutes on 2 CPU cores (1000 steps, tiny model with RoPE; measured
+3 min 33 s for `make run` with the venv installed, 2026-11-23).
 Expected result: metrics.jsonl logs fm_loss/<modality> per step; every modality's loss falls
-well below its first logged value; samples/<layout>/ holds GIFs and WAVs (+ spectrograms)
+well below its first logged value (measured: image 1.42 -> 0.16, video 1.60 -> 0.19,
+audio 1.02 -> 0.36, first and last logged values); samples/<layout>/ holds GIFs and WAVs (+ spectrograms)
 from the EMA weights. This is the README's main job (`make run`).
 Smoke test: add `--set train.steps=20`.
 """
