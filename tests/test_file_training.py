@@ -162,3 +162,14 @@ def test_action_sources_of_different_dims_cannot_share_the_modality(tmp_path):
     with pytest.raises(ConfigError, match=r"sources 'world' and 'pusht' yield 'proprio' of shapes \(16, 4\) "
                                           r"and \(16, 2\)"):
         Task(cfg)
+
+
+def test_a_stopped_run_resumes_with_skip_and_workers(png_folder, tmp_path):
+    """The error message suggests on_bad_sample=skip: a resume with it (and with worker
+    processes) is accepted on the same run directory; a model change is not."""
+    from selfflow.train import _check_resumable
+    cfg = config([SourceConfig("pngs", "image_folder", path=str(png_folder))])
+    changed = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, on_bad_sample="skip", worker_count=2))
+    _check_resumable(cfg, changed, tmp_path)
+    with pytest.raises(ConfigError, match="model.depth"):
+        _check_resumable(cfg, dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, depth=3)), tmp_path)
