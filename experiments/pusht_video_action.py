@@ -13,8 +13,10 @@ the first 256 windows (modalities.action).
 Layouts:
   video_action    [video 128, action]           joint generation of the future and the actions
   inverse         [video:condition, action]     the actions that produced an observed clip
-Expected runtime: about 15 minutes on 2 CPU cores (1500 steps, tiny model with RoPE).
-Expected result: fm_loss/action and fm_loss/video fall well below their first logged values;
+Expected runtime: about 7 minutes on 2 CPU cores (1500 steps, tiny model with RoPE; measured
+6 min 44 s, plus 46 s to record the 100 episodes, 2026-11-23).
+Expected result: fm_loss/action and fm_loss/video fall well below their first logged values
+(measured: action 1.72 -> 0.34, video 1.67 -> 0.18, first and last logged values);
 samples/<layout>/ holds the generated clips (GIF) and action plots.
 Smoke test: add `--set train.steps=20`.
 """

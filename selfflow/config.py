@@ -123,6 +123,23 @@ class DataConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """Device mesh (see ``selfflow.sharding``): axis sizes, one may be -1 (the rest of the devices),
+    and logical-to-mesh rules over the defaults, e.g. ("embed=fsdp", "mlp=tensor", "vocab=")."""
+    data: int = -1
+    fsdp: int = 1
+    tensor: int = 1
+    rules: tuple[str, ...] = ()
+    # Multi-host: jax.distributed.initialize(coordinator_address, num_processes, process_id);
+    # "auto" initialises when these are set here or in the environment (JAX's own variables,
+    # or a cluster JAX detects: SLURM, Open MPI, TPU pods).
+    distributed: Literal["auto", "always", "never"] = "auto"
+    coordinator_address: str = ""
+    num_processes: int = 0
+    process_id: int = -1
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainConfig:
     steps: int = 1000
     batch_size: int = 64
@@ -171,6 +188,7 @@ class Config:
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
     sample: SampleConfig = SampleConfig()
+    mesh: MeshConfig = MeshConfig()
     # Multimodal runs: per-modality settings and the layouts to mix (empty = image-only, one layout).
     modalities: tuple[ModalityConfig, ...] = ()
     layouts: tuple[LayoutConfig, ...] = ()

@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from selfflow.sharding import constrain_batch
+
 xavier = nnx.initializers.xavier_uniform()
 normal02 = nnx.initializers.normal(0.02)
 zeros = nnx.initializers.zeros_init()
@@ -146,8 +148,10 @@ class Block(nnx.Module):
                  index: jax.Array | None = None) -> jax.Array:
         mod = per_token(self.adaLN_modulation(nnx.silu(c)), index)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = jnp.split(mod, 6, axis=-1)
-        x = x + gate_msa * self.attn(modulate(layer_norm(x), shift_msa, scale_msa), rope)
-        return x + gate_mlp * self.mlp(modulate(layer_norm(x), shift_mlp, scale_mlp))
+        h = constrain_batch(modulate(layer_norm(x), shift_msa, scale_msa))
+        x = constrain_batch(x + gate_msa * self.attn(h, rope))
+        h = constrain_batch(modulate(layer_norm(x), shift_mlp, scale_mlp))
+        return constrain_batch(x + gate_mlp * self.mlp(h))
 
 
 class FinalLayer(nnx.Module):

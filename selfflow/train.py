@@ -42,7 +42,7 @@ MONITORED = ("loss", "fm_loss", "rep_loss", "grad_norm")
 # Keys that may change when a run is resumed (how long and how often), everything else may not.
 RESUMABLE_CHANGES = ("train.steps", "train.log_every", "train.checkpoint_every",
                      "train.keep_checkpoints", "train.sample_every", "sample.", "data.read_threads",
-                     "data.prefetch", "data.worker_count", "data.on_bad_sample")
+                     "data.prefetch", "data.worker_count", "data.on_bad_sample", "mesh.")
 
 
 class TrainingError(RuntimeError):

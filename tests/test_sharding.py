@@ -1,0 +1,116 @@
+"""Meshes on 8 simulated CPU devices: axis sizes and their errors, logical axes on every
+parameter, parameters really split, and the same loss and gradients on every mesh."""
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from selfflow import objective, sharding
+from selfflow.config import (Config, ConfigError, DataConfig, MeshConfig, ModelConfig, ObjectiveConfig,
+                             TrainConfig)
+from selfflow.model import build_model
+from selfflow.tasks import Task
+from selfflow.train import init_state, make_optimizer
+
+CFG = Config(model=ModelConfig(preset="tiny", depth=2, hidden_size=64, num_heads=4, patch_size=4),
+             data=DataConfig(image_size=16), objective=ObjectiveConfig(student_layer=1, teacher_layer=2),
+             train=TrainConfig(batch_size=8))
+MESHES = {"1 device": (MeshConfig(data=1), 1), "data 8": (MeshConfig(data=8), 8),
+          "data 4 x fsdp 2": (MeshConfig(data=4, fsdp=2), 8),
+          "data 2 x fsdp 2 x tensor 2": (MeshConfig(data=2, fsdp=2, tensor=2), 8)}
+
+
+def test_mesh_fills_the_auto_axis():
+    assert sharding.mesh_shape(MeshConfig(data=-1, fsdp=2), 8) == {"data": 4, "fsdp": 2, "tensor": 1}
+    assert sharding.mesh_shape(MeshConfig(data=2, fsdp=-1, tensor=2), 8)["fsdp"] == 2
+    mesh = sharding.make_mesh(MeshConfig(data=2, fsdp=2, tensor=2))
+    assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
+
+
+@pytest.mark.parametrize("mesh, message", [
+    (MeshConfig(data=3), "has 3 devices but 8 are available"),
+    (MeshConfig(data=-1, fsdp=3), "does not divide the 8 devices"),
+    (MeshConfig(data=-1, fsdp=-1), "at most one may be -1"),
+    (MeshConfig(data=0), "mesh.data=0"),
+])
+def test_mesh_that_does_not_fit_the_devices_is_rejected(mesh, message):
+    with pytest.raises(ConfigError, match=message):
+        sharding.make_mesh(mesh)
+
+
+def test_rules_override_the_defaults_and_bad_rules_are_named():
+    rules = sharding.parse_rules(("embed=", "vocab=fsdp+tensor"))
+    assert rules["embed"] == () and rules["vocab"] == ("fsdp", "tensor") and rules["mlp"] == ("tensor",)
+    with pytest.raises(ConfigError, match="'embed=model'"):
+        sharding.parse_rules(("embed=model",))
+
+
+def test_every_parameter_has_logical_axes():
+    model = build_model(CFG, {"image": 48, "video": 96, "audio": 128, "action": 24})
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    for path, x in jax.tree_util.tree_flatten_with_path(params)[0]:
+        axes = sharding.logical_axes(sharding.param_path(path), x.ndim)
+        assert len(axes) == x.ndim, sharding.param_path(path)
+    with pytest.raises(ValueError, match="'new_head/kernel' has no logical axes"):
+        sharding.logical_axes("new_head/kernel", 2)
+
+
+def _state(cfg=CFG):
+    task = Task(cfg)
+    model = build_model(cfg, task.token_dims)
+    return task, model, init_state(cfg, model, make_optimizer(cfg.optim))
+
+
+def test_parameters_optimizer_state_and_teacher_are_really_split():
+    _, _, state = _state()
+    mesh = sharding.make_mesh(MeshConfig(data=2, fsdp=2, tensor=2))
+    placed = jax.device_put(state, sharding.state_shardings(state, mesh, sharding.parse_rules()))
+    block = placed["params"]["blocks"][0]
+    assert block["attn"]["qkv"]["kernel"].sharding.shard_shape((64, 192)) == (32, 96)  # embed/fsdp, heads/tensor
+    assert block["attn"]["proj"]["kernel"].sharding.shard_shape((64, 64)) == (32, 32)
+    assert block["mlp"]["fc2"]["kernel"].sharding.shard_shape((256, 64)) == (128, 32)
+    assert placed["params"]["y_embedder"]["embedding"].sharding.shard_shape((11, 64)) == (11, 32)
+    assert placed["ema"]["blocks"][0]["attn"]["qkv"]["kernel"].sharding == block["attn"]["qkv"]["kernel"].sharding
+    mu = placed["opt_state"][1][0].mu["blocks"][0]["mlp"]["fc1"]["kernel"]
+    assert mu.sharding == block["mlp"]["fc1"]["kernel"].sharding and mu.sharding.shard_shape(mu.shape) == (32, 128)
+    assert placed["step"].sharding.is_fully_replicated
+    # a 48-value token projection: fsdp divides the embed dim only
+    assert placed["params"]["x_embedders"]["image"]["kernel"].sharding.shard_shape((48, 64)) == (48, 32)
+
+
+def _loss_and_grads(mesh_cfg, n_devices):
+    task, model, state = _state()
+    graphdef = nnx.graphdef(model)
+    mesh = sharding.make_mesh(mesh_cfg, jax.devices()[:n_devices])
+    rules = sharding.parse_rules()
+    params = jax.device_put(state["params"], sharding.param_shardings(state["params"], mesh, rules))
+    raw = dict(task.dataset(0, shard=(0, 1))[0])
+    raw.pop("skipped")
+    batch = sharding.put_batch(raw, sharding.batch_sharding(mesh, rules))
+
+    @jax.jit
+    def loss_and_grads(params, raw):
+        seg = task.segment_batch(0, raw)
+        teacher = nnx.merge(graphdef, params)
+
+        def loss(p):
+            return objective.segment_loss_fn(nnx.merge(graphdef, p), teacher, seg, task.layouts[0].layout,
+                                             jax.random.key(3), CFG, task.mask_ratios, task.loss_weights)[0]
+        return jax.value_and_grad(loss)(params)
+
+    with jax.set_mesh(mesh):
+        value, grads = loss_and_grads(params, batch)
+    return float(value), jax.tree.map(np.asarray, grads), batch["image"].sharding
+
+
+def test_loss_and_gradients_agree_across_meshes():
+    ref_loss, ref_grads, _ = _loss_and_grads(*MESHES["1 device"])
+    for name in ("data 8", "data 4 x fsdp 2", "data 2 x fsdp 2 x tensor 2"):
+        loss, grads, batch_sharding = _loss_and_grads(*MESHES[name])
+        assert batch_sharding.shard_shape((8, 16, 16, 3))[0] < 8, name  # the batch is split
+        assert loss == pytest.approx(ref_loss, rel=1e-5), name
+        for (path, g), r in zip(jax.tree_util.tree_flatten_with_path(grads)[0], jax.tree.leaves(ref_grads)):
+            scale = float(np.abs(r).max()) or 1.0
+            np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5 * scale,
+                                       err_msg=f"{name}: {sharding.param_path(path)}")
