@@ -6,6 +6,7 @@
     selfflow plot --run-dir DIR [--out FILE.png]
     selfflow bench-data CONFIG.py [--set key=value ...] [--seconds S]
     selfflow prepare SOURCE --out DIR [--config CONFIG.py] [--set key=value ...] [--limit N]
+    selfflow compile CONFIG.py [--mesh data=2,fsdp=4] [--devices N] [--set key=value ...]
 
 Exit status: 0 for a finished run, 1 for a training error (non-finite loss, bad run directory),
 2 for a configuration or usage error, 130/143 when stopped by SIGINT/SIGTERM (checkpoint saved).
@@ -57,6 +58,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--limit", type=int, default=None, help="only the first N examples")
     p.add_argument("--shard-size", type=int, default=1024, help="examples per ArrayRecord shard")
+
+    p = sub.add_parser("compile", help="compile the train step for a mesh without running it; "
+                                       "print memory per device")
+    p.add_argument("config")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--mesh", default="", help="axis sizes, e.g. data=2,fsdp=4 (sets mesh.<axis>)")
+    p.add_argument("--devices", type=int, default=None,
+                   help="simulate this many CPU devices (sets XLA_FLAGS before JAX starts)")
 
     p = sub.add_parser("plot", help="plot a run's losses")
     p.add_argument("--run-dir", required=True)
@@ -150,6 +159,16 @@ def _prepare(args) -> int:
     return 0
 
 
+def _compile(args) -> int:
+    from selfflow.compile_check import compile_report, format_report
+    from selfflow.config import load_config_file
+
+    mesh = [f"mesh.{item.strip()}" for item in args.mesh.split(",") if item.strip()]
+    cfg = load_config_file(args.config, [*args.overrides, *mesh])
+    print(format_report(compile_report(cfg)))
+    return 0
+
+
 def _plot(args) -> int:
     from selfflow.metrics_writer import plot_losses
 
@@ -165,15 +184,33 @@ class _UsageError(ValueError):
     pass
 
 
+def _simulate_cpu_devices(n: int) -> None:
+    """N fake CPU devices; only possible before JAX has created its backends."""
+    import os
+    import sys as _sys
+
+    if n < 1:
+        raise SystemExit(f"selfflow: error: --devices={n}: expected a positive integer")
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
+             if not f.startswith("--xla_force_host_platform_device_count")]
+    os.environ["XLA_FLAGS"] = " ".join([*flags, f"--xla_force_host_platform_device_count={n}"])
+    if "jax" in _sys.modules:
+        import jax
+        if jax.device_count() != n and jax.devices()[0].platform == "cpu":
+            raise SystemExit(f"selfflow: error: --devices={n}: JAX already started with {jax.device_count()} devices")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if getattr(args, "devices", None):
+        _simulate_cpu_devices(args.devices)
     from data_pipelines.base import BadSampleError, SourceError
     from selfflow.config import ConfigError
     from selfflow.train import TrainingError
 
     try:
         return {"train": _train, "sample": _sample, "bench": _bench, "plot": _plot,
-                "bench-data": _bench_data, "prepare": _prepare}[args.command](args)
+                "bench-data": _bench_data, "prepare": _prepare, "compile": _compile}[args.command](args)
     except (ConfigError, _UsageError) as e:
         print(f"selfflow: error: {e}", file=sys.stderr)
         return 2

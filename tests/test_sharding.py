@@ -114,3 +114,41 @@ def test_loss_and_gradients_agree_across_meshes():
             scale = float(np.abs(r).max()) or 1.0
             np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5 * scale,
                                        err_msg=f"{name}: {sharding.param_path(path)}")
+
+
+def test_fsdp_holds_less_state_per_device_than_data_parallel():
+    from selfflow.compile_check import compile_report
+    import dataclasses
+    data8 = compile_report(dataclasses.replace(CFG, mesh=MeshConfig(data=8)))["layouts"]["image"]
+    fsdp8 = compile_report(dataclasses.replace(CFG, mesh=MeshConfig(data=1, fsdp=8)))["layouts"]["image"]
+    # arguments = the train state (+ batch): fsdp splits the parameters, AdamW moments and EMA
+    assert fsdp8["arguments"] < 0.3 * data8["arguments"]
+
+
+def test_compile_reports_memory_per_device_and_rejects_bad_meshes_before_compiling(tmp_path):
+    import contextlib
+    import io
+    import re
+
+    from selfflow import cli
+    experiment = tmp_path / "exp.py"
+    experiment.write_text(
+        "from selfflow.config import *\n"
+        "CONFIG = Config(model=ModelConfig(preset='tiny', depth=2, hidden_size=64, num_heads=4, patch_size=4),"
+        " objective=ObjectiveConfig(student_layer=1, teacher_layer=2), data=DataConfig(image_size=16),"
+        " train=TrainConfig(batch_size=8))\n")
+
+    def run(*argv):
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = cli.main(["compile", str(experiment), *argv])
+        return code, out.getvalue(), err.getvalue()
+
+    code, out, err = run("--mesh", "data=2,fsdp=2,tensor=2", "--devices", "8")
+    assert code == 0, err
+    assert "mesh data=2 x fsdp=2 x tensor=2 (8 cpu devices)" in out
+    assert re.search(r"peak_gib_per_device=\d+\.\d\d$", out.strip())
+    code, _, err = run("--mesh", "data=3")
+    assert code == 2 and "has 3 devices but 8 are available" in err
+    code, _, err = run("--mesh", "data=8", "--set", "train.batch_size=12")
+    assert code == 2 and "batch size 12 is not divisible by the 8 devices" in err
