@@ -14,8 +14,11 @@ as 1.6 s clips at 10 fps, resized to 16x16, audio as 32-band log-mel (decord, li
   audio_video  [video, audio]     MP4 clips with their audio track
   robotics     [image:condition, video, action]   generated world clips
   video_action [video, action]    npz episodes (weight 0: measured by bench-data, not trained)
-Expected runtime: about 12 minutes on 2 CPU cores (1000 steps, tiny model with RoPE).
-Expected result: every modality's fm_loss falls well below its first logged value.
+Expected runtime: about 7 minutes on 2 CPU cores (1000 steps, tiny model with RoPE; measured
+6 min 36 s on a busy machine, plus 12 s to write the files, 2026-11-23).
+Expected result: every modality's fm_loss falls below its first logged value (measured: video
+1.55 -> 0.22, audio 1.88 -> 0.29, action 2.28 -> 1.07; the world's actions are an exogenous random
+policy, so they stay partly unpredictable).
 Smoke test: add `--set train.steps=20`.
 """
 

@@ -14,7 +14,12 @@ import numpy as np
 
 
 class MetricsWriter:
-    def __init__(self, run_dir: str | Path, resume_step: int = 0):
+    """Writes on JAX process 0 only (``enabled=False`` elsewhere): one copy of the logs per run."""
+
+    def __init__(self, run_dir: str | Path, resume_step: int = 0, enabled: bool = True):
+        self.enabled = enabled
+        if not enabled:
+            return
         self.path = Path(run_dir) / "metrics.jsonl"
         kept = [r for r in read_metrics(self.path) if r["step"] <= resume_step] if resume_step else []
         with open(self.path, "w") as f:
@@ -23,6 +28,8 @@ class MetricsWriter:
         self.tensorboard = SummaryWriter(str(Path(run_dir) / "tensorboard"), purge_step=resume_step or None)
 
     def write(self, step: int, metrics: dict[str, float]) -> None:
+        if not self.enabled:
+            return
         record = {"step": int(step), **{k: float(v) for k, v in metrics.items()}}
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
@@ -30,7 +37,8 @@ class MetricsWriter:
             self.tensorboard.add_scalar(f"train/{key}", float(value), int(step))
 
     def close(self) -> None:
-        self.tensorboard.close()
+        if self.enabled:
+            self.tensorboard.close()
 
 
 def read_metrics(path: str | Path) -> list[dict]:

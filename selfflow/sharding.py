@@ -48,7 +48,9 @@ PARAM_AXES: tuple[tuple[str, tuple[str | None, ...]], ...] = (
 
 
 def mesh_shape(mesh_cfg, num_devices: int) -> dict[str, int]:
-    """Axis sizes with the one ``-1`` filled in; ConfigError if they do not fit the devices."""
+    """Axis sizes with the one ``-1`` filled in (it takes all the devices the others leave).
+    Without ``-1`` the mesh may use fewer devices than there are (the first ones), but its size
+    must divide the device count; anything else is a ConfigError."""
     sizes = {a: getattr(mesh_cfg, a) for a in MESH_AXES}
     auto = [a for a, s in sizes.items() if s == -1]
     bad = [f"mesh.{a}={s}" for a, s in sizes.items() if s == 0 or s < -1]
@@ -56,14 +58,11 @@ def mesh_shape(mesh_cfg, num_devices: int) -> dict[str, int]:
         raise ConfigError(f"{', '.join(bad) or ', '.join(f'mesh.{a}=-1' for a in auto)}: each mesh axis "
                           "must be a positive size, and at most one may be -1 (the rest of the devices)")
     fixed = math.prod(s for s in sizes.values() if s != -1)
+    if num_devices % fixed:
+        raise ConfigError(f"mesh {_describe(sizes)} needs {fixed} devices, which does not divide the "
+                          f"{num_devices} available")
     if auto:
-        if num_devices % fixed:
-            raise ConfigError(f"mesh {_describe(sizes)} does not divide the {num_devices} devices "
-                              f"({num_devices} is not a multiple of {fixed})")
         sizes[auto[0]] = num_devices // fixed
-    elif fixed != num_devices:
-        raise ConfigError(f"mesh {_describe(sizes)} has {fixed} devices but {num_devices} are "
-                          "available; set one axis to -1 or match the device count")
     return sizes
 
 
@@ -74,7 +73,8 @@ def _describe(sizes: dict) -> str:
 def make_mesh(mesh_cfg, devices=None) -> Mesh:
     devices = list(jax.devices() if devices is None else devices)
     sizes = mesh_shape(mesh_cfg, len(devices))
-    return Mesh(np.array(devices).reshape([sizes[a] for a in MESH_AXES]), MESH_AXES)
+    used = devices[:math.prod(sizes.values())]
+    return Mesh(np.array(used).reshape([sizes[a] for a in MESH_AXES]), MESH_AXES)
 
 
 # ---------------------------------------------------------------------------- rules

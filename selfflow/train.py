@@ -26,11 +26,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 
 from data_pipelines import loader
 from data_pipelines.base import BadSampleError
 from selfflow import config as config_lib
-from selfflow import objective
+from selfflow import objective, sharding
 from selfflow.checkpoint import RunCheckpoints
 from selfflow.config import Config, ConfigError
 from selfflow.layout import layout_schedule
@@ -68,10 +69,13 @@ def init_state(cfg: Config, model: SelfFlowTransformer, tx: optax.GradientTransf
     }
 
 
-def make_train_step(cfg: Config, graphdef, tx: optax.GradientTransformation, task: Task):
+def make_train_step(cfg: Config, graphdef, tx: optax.GradientTransformation, task: Task,
+                    shardings=None):
     """Returns step(state, raw_batch, layout_index) -> (state, metrics); state donated.
 
     ``layout_index`` is static: each layout compiles once, on its first occurrence.
+    ``shardings`` (a tree like the state, see ``sharding.state_shardings``) pins the new state to
+    the placement of the old one; metrics come back replicated.
     """
     decay = cfg.objective.ema_decay
 
@@ -93,7 +97,29 @@ def make_train_step(cfg: Config, graphdef, tx: optax.GradientTransformation, tas
                          ema=objective.ema_update(state["ema"], params, decay))
         return new_state, metrics
 
-    return jax.jit(step, static_argnums=2, donate_argnums=0)
+    if shardings is None:
+        return jax.jit(step, static_argnums=2, donate_argnums=0)
+    replicated = NamedSharding(jax.tree.leaves(shardings)[0].mesh, PartitionSpec())
+    return jax.jit(step, static_argnums=2, donate_argnums=0, out_shardings=(shardings, replicated))
+
+
+@dataclasses.dataclass(frozen=True)
+class Placement:
+    """Where a run lives: the mesh, the state's shardings and the batch's."""
+    mesh: Any
+    state: Any
+    batch: NamedSharding
+
+    @classmethod
+    def of(cls, cfg: Config, task: Task, state: dict) -> "Placement":
+        mesh, rules = sharding.make_mesh(cfg.mesh), sharding.parse_rules(cfg.mesh.rules)
+        divisor = sharding.batch_divisor(mesh, rules)
+        for lt in task.layouts:
+            if lt.batch_size % divisor:
+                raise ConfigError(f"layouts[{lt.layout.name!r}]: batch size {lt.batch_size} is not divisible "
+                                  f"by the {divisor} devices of the batch axes ({', '.join(rules['batch'])}); "
+                                  "change the batch size or the mesh")
+        return cls(mesh, sharding.state_shardings(state, mesh, rules), sharding.batch_sharding(mesh, rules))
 
 
 def layout_counts(cfg: Config, task: Task, steps: int) -> list[int]:
@@ -183,6 +209,8 @@ def train(cfg: Config, run_dir: str | Path, *, dataset=None, progress: bool = Tr
     graphdef = nnx.graphdef(model)
     tx = make_optimizer(cfg.optim)
     state = init_state(cfg, model, tx)
+    placement = Placement.of(cfg, task, state)
+    state = jax.device_put(state, placement.state)
     if dataset is not None and len(task.layouts) != 1:
         raise ValueError("a dataset override needs a single-layout config")
     datasets = [dataset] if dataset is not None else [task.dataset(i) for i in range(len(task.layouts))]
@@ -199,40 +227,49 @@ def train(cfg: Config, run_dir: str | Path, *, dataset=None, progress: bool = Tr
             if data_state.get("layout_batches", [data_state.get("next_index")]) != expected:
                 raise TrainingError(f"{ckpts.directory}/{last_good}: data iterators at "
                                     f"{data_state} but step {start} implies batches {expected}")
-        (run_dir / "config.json").write_text(config_lib.dumps(cfg))
+        if jax.process_index() == 0:
+            (run_dir / "config.json").write_text(config_lib.dumps(cfg))
         if start >= cfg.train.steps:
             print(f"{run_dir}: already trained for {start} steps (train.steps={cfg.train.steps})",
                   file=sys.stderr)
             return TrainResult(state, start, None, run_dir)
-        result = _loop(cfg, state, start, datasets, graphdef, tx, task, ckpts, run_dir, progress)
+        with jax.set_mesh(placement.mesh):
+            result = _loop(cfg, state, start, datasets, graphdef, tx, task, ckpts, run_dir, progress, placement)
     finally:
         ckpts.close()
     if write_samples and not result.interrupted:
+        if jax.process_count() > 1:  # the EMA is split over hosts: sample afterwards on one
+            print(f"multi-host run: write samples with `selfflow sample --run-dir {run_dir}` on one host",
+                  file=sys.stderr)
+            return result
+        ema = jax.device_get(result.state["ema"])  # sampling runs on one device, whatever the mesh
         if cfg.layouts:
             from selfflow.layout_samples import write_layout_samples
             plot_losses(run_dir / "metrics.jsonl", run_dir / "loss.png")
-            write_layout_samples(cfg, task, nnx.merge(graphdef, result.state["ema"]), run_dir / "samples",
+            write_layout_samples(cfg, task, nnx.merge(graphdef, ema), run_dir / "samples",
                                  steps=cfg.sample.steps, cfg_scale=cfg.sample.cfg_scale,
                                  seed=cfg.sample.seed, per_layout=cfg.sample.per_class)
         else:
-            write_outputs(cfg, result.state["ema"], graphdef, task, run_dir)
+            write_outputs(cfg, ema, graphdef, task, run_dir)
     return result
 
 
-def _loop(cfg, state, start, datasets, graphdef, tx, task, ckpts, run_dir, progress) -> TrainResult:
+def _loop(cfg, state, start, datasets, graphdef, tx, task, ckpts, run_dir, progress,
+          placement: Placement) -> TrainResult:
     from tqdm import tqdm
 
     tcfg = cfg.train
-    step_fn = make_train_step(cfg, graphdef, tx, task)
+    step_fn = make_train_step(cfg, graphdef, tx, task, placement.state)
     iterators = [
         loader.BatchIterator(ds, start=k, read_threads=cfg.data.read_threads, prefetch=cfg.data.prefetch,
                              worker_count=cfg.data.worker_count)
         if hasattr(ds, "to_iter_dataset") else _IndexIterator(ds, k)
         for ds, k in zip(datasets, layout_counts(cfg, task, start))]
     skipped = 0  # bad examples replaced since the start of this process
-    writer = MetricsWriter(run_dir, resume_step=start)
+    main = jax.process_index() == 0  # one process writes logs; all take part in every step
+    writer = MetricsWriter(run_dir, resume_step=start, enabled=main)
     n_params = count_params(nnx.merge(graphdef, state["params"]))
-    bar = tqdm(total=tcfg.steps, initial=start, disable=not progress, dynamic_ncols=True,
+    bar = tqdm(total=tcfg.steps, initial=start, disable=not (progress and main), dynamic_ncols=True,
                desc=f"{cfg.objective.kind} {n_params / 1e6:.2f}M params", file=sys.stderr)
     last_good = ckpts.latest_step()
     pending: tuple[int, dict] | None = None
@@ -244,7 +281,7 @@ def _loop(cfg, state, start, datasets, graphdef, tx, task, ckpts, run_dir, progr
                 index = layout_schedule(cfg.seed, step, task.weights) if len(iterators) > 1 else 0
                 batch = _next_batch(iterators[index], task.names[index], step)
                 skipped += int(np.sum(batch.pop("skipped", 0)))
-                state, metrics = step_fn(state, batch, index)
+                state, metrics = step_fn(state, sharding.put_batch(batch, placement.batch), index)
                 if pending is not None:  # check the previous step without stalling the pipeline
                     check_finite(*pending, last_good, ckpts.directory)
                 done = step + 1
@@ -266,8 +303,9 @@ def _loop(cfg, state, start, datasets, graphdef, tx, task, ckpts, run_dir, progr
                                     rep=f"{host['rep_loss']:.3f}",
                                     cos=f"{host['cos_sim']:.3f}",
                                     sps=f"{host['steps_per_sec']:.2f}")
-                if tcfg.sample_every and done % tcfg.sample_every == 0 and not final and not cfg.layouts:
-                    write_outputs(cfg, state["ema"], graphdef, task, run_dir,
+                if (tcfg.sample_every and done % tcfg.sample_every == 0 and not final and not cfg.layouts
+                        and jax.process_count() == 1):
+                    write_outputs(cfg, jax.device_get(state["ema"]), graphdef, task, run_dir,
                                   out=run_dir / "samples" / f"step_{done:07d}.png")
                 if done % tcfg.checkpoint_every == 0 or final:
                     check_finite(*pending, last_good, ckpts.directory)

@@ -20,7 +20,7 @@ from PIL import Image
 
 from selfflow import cli
 from selfflow import train as train_lib
-from selfflow.config import (Config, DataConfig, ModelConfig, ObjectiveConfig,
+from selfflow.config import (Config, DataConfig, MeshConfig, ModelConfig, ObjectiveConfig,
                              OptimConfig, SampleConfig, TrainConfig, from_dict, load_config_file)
 from selfflow.metrics_writer import read_metrics
 from selfflow.sample import save_grid
@@ -34,7 +34,7 @@ CONFIG = Config(
     objective=ObjectiveConfig(student_layer=1, teacher_layer=2, ema_decay=0.9),
     optim=OptimConfig(learning_rate=1e-3),
     train=TrainConfig(steps=STEPS, batch_size=8, log_every=1, checkpoint_every=2),
-    sample=SampleConfig(steps=2, per_class=PER_CLASS))
+    sample=SampleConfig(steps=2, per_class=PER_CLASS), mesh=MeshConfig(data=1))
 
 
 def write_experiment(directory: Path, cfg: Config = CONFIG) -> Path:

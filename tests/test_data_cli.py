@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from selfflow import cli
-from selfflow.config import (Config, DataConfig, LayoutConfig, ModelConfig, ObjectiveConfig, SourceConfig,
+from selfflow.config import (Config, DataConfig, LayoutConfig, MeshConfig, ModelConfig, ObjectiveConfig, SourceConfig,
                              TrainConfig)
 from selfflow.tasks import Task
 
@@ -30,7 +30,7 @@ def tiny(sources, layouts=(), **data) -> Config:
                                     positions="rope" if layouts else "sincos"),
                   objective=ObjectiveConfig(student_layer=1, teacher_layer=2),
                   data=DataConfig(sources=tuple(sources), **data),
-                  train=TrainConfig(steps=2, batch_size=4), layouts=tuple(layouts))
+                  train=TrainConfig(steps=2, batch_size=4), layouts=tuple(layouts), mesh=MeshConfig(data=1))
 
 
 @pytest.fixture(scope="module")

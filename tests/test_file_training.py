@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from selfflow.config import (Config, ConfigError, DataConfig, LayoutConfig, ModelConfig, ObjectiveConfig,
+from selfflow.config import (Config, ConfigError, DataConfig, LayoutConfig, MeshConfig, ModelConfig, ObjectiveConfig,
                              OptimConfig, SampleConfig, SourceConfig, TrainConfig)
 from selfflow.metrics_writer import read_metrics
 from selfflow.tasks import Task
@@ -35,7 +35,7 @@ def config(sources, steps=3, on_bad_sample="error", layouts=()) -> Config:
         objective=ObjectiveConfig(student_layer=1, teacher_layer=2, ema_decay=0.9),
         optim=OptimConfig(learning_rate=1e-3),
         train=TrainConfig(steps=steps, batch_size=8, log_every=1, checkpoint_every=10),
-        sample=SampleConfig(steps=2, per_class=1), layouts=tuple(layouts))
+        sample=SampleConfig(steps=2, per_class=1), layouts=tuple(layouts), mesh=MeshConfig(data=1))
 
 
 def folder_with_bad_png(png_folder, tmp_path):

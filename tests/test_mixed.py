@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from selfflow import train as train_lib
-from selfflow.config import (Config, DataConfig, LayoutConfig, ModelConfig, ObjectiveConfig,
+from selfflow.config import (Config, DataConfig, LayoutConfig, MeshConfig, ModelConfig, ObjectiveConfig,
                              OptimConfig, SampleConfig, TrainConfig, validate)
 from selfflow.layout import layout_schedule
 
@@ -26,7 +26,7 @@ def mixed_config(steps: int) -> Config:
         objective=ObjectiveConfig(student_layer=1, teacher_layer=2, ema_decay=0.9),
         optim=OptimConfig(learning_rate=3e-3),
         data=DataConfig(source="world", num_examples=64, num_classes=3, read_threads=1, prefetch=1),
-        train=TrainConfig(steps=steps, log_every=1, checkpoint_every=5),
+        train=TrainConfig(steps=steps, log_every=1, checkpoint_every=5), mesh=MeshConfig(data=1),
         sample=SampleConfig(steps=2, per_class=1), layouts=LAYOUTS))
 
 

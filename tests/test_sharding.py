@@ -26,11 +26,12 @@ def test_mesh_fills_the_auto_axis():
     assert sharding.mesh_shape(MeshConfig(data=2, fsdp=-1, tensor=2), 8)["fsdp"] == 2
     mesh = sharding.make_mesh(MeshConfig(data=2, fsdp=2, tensor=2))
     assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
+    assert sharding.make_mesh(MeshConfig(data=2, fsdp=2)).devices.size == 4  # the first 4 devices
 
 
 @pytest.mark.parametrize("mesh, message", [
-    (MeshConfig(data=3), "has 3 devices but 8 are available"),
-    (MeshConfig(data=-1, fsdp=3), "does not divide the 8 devices"),
+    (MeshConfig(data=3), "data=3 x fsdp=1 x tensor=1 needs 3 devices, which does not divide the 8"),
+    (MeshConfig(data=-1, fsdp=3), "needs 3 devices, which does not divide the 8 available"),
     (MeshConfig(data=-1, fsdp=-1), "at most one may be -1"),
     (MeshConfig(data=0), "mesh.data=0"),
 ])
@@ -149,6 +150,38 @@ def test_compile_reports_memory_per_device_and_rejects_bad_meshes_before_compili
     assert "mesh data=2 x fsdp=2 x tensor=2 (8 cpu devices)" in out
     assert re.search(r"peak_gib_per_device=\d+\.\d\d$", out.strip())
     code, _, err = run("--mesh", "data=3")
-    assert code == 2 and "has 3 devices but 8 are available" in err
+    assert code == 2 and "needs 3 devices, which does not divide the 8 available" in err
     code, _, err = run("--mesh", "data=8", "--set", "train.batch_size=12")
     assert code == 2 and "batch size 12 is not divisible by the 8 devices" in err
+
+
+def test_checkpoint_written_on_8_devices_resumes_on_4_then_on_1(tmp_path):
+    """8 -> 4 -> 1 devices: each resume restores the checkpoint onto the new mesh, and the losses
+    of the continued steps equal those of an uninterrupted run on 8 devices."""
+    import dataclasses
+
+    from selfflow.config import SampleConfig
+    from selfflow.metrics_writer import read_metrics
+    from selfflow.train import train
+
+    def cfg(mesh, steps):
+        return dataclasses.replace(CFG, mesh=mesh, sample=SampleConfig(steps=2, per_class=1),
+                                   train=TrainConfig(batch_size=8, steps=steps, checkpoint_every=1, log_every=1))
+
+    def losses(run_dir):
+        return {r["step"]: r["loss"] for r in read_metrics(run_dir / "metrics.jsonl")}
+
+    eight, four, one = MeshConfig(data=2, fsdp=4), MeshConfig(data=1, fsdp=4), MeshConfig(data=1)
+    straight = train(cfg(eight, 4), tmp_path / "straight", progress=False, write_samples=False)
+    run = tmp_path / "moved"
+    train(cfg(eight, 2), run, progress=False, write_samples=False)
+    on_four = train(cfg(four, 3), run, progress=False, write_samples=False)
+    assert on_four.state["params"]["blocks"][0]["mlp"]["fc1"]["kernel"].sharding.mesh.size == 4
+    on_one = train(cfg(one, 4), run, progress=False, write_samples=False)
+    assert len(on_one.state["params"]["blocks"][0]["mlp"]["fc1"]["kernel"].sharding.device_set) == 1
+    expected, got = losses(tmp_path / "straight"), losses(run)
+    assert sorted(got) == [1, 2, 3, 4]
+    for step in (3, 4):
+        assert got[step] == pytest.approx(expected[step], rel=1e-5), step
+    for a, b in zip(jax.tree.leaves(straight.state["params"]), jax.tree.leaves(on_one.state["params"])):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)

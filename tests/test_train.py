@@ -25,13 +25,14 @@ import pytest
 
 from selfflow.tasks import Task
 from selfflow import train as train_lib
-from selfflow.config import (Config, DataConfig, ModelConfig, ObjectiveConfig, OptimConfig,
+from selfflow.config import (Config, DataConfig, MeshConfig, ModelConfig, ObjectiveConfig, OptimConfig,
                              SampleConfig, TrainConfig)
 from selfflow.metrics_writer import read_metrics
 from selfflow.train import TrainingError, load_run, train
 
 REPO = Path(__file__).resolve().parents[1]
 REF_STEPS = 7
+ONE_DEVICE = MeshConfig(data=1)  # the 8 simulated devices are for the sharding tests
 
 
 def tiny_config(steps: int = REF_STEPS, checkpoint_every: int = 2, log_every: int = 1,
@@ -43,7 +44,7 @@ def tiny_config(steps: int = REF_STEPS, checkpoint_every: int = 2, log_every: in
         optim=OptimConfig(learning_rate=1e-3),
         train=TrainConfig(steps=steps, batch_size=8, log_every=log_every,
                           checkpoint_every=checkpoint_every, **train_kw),
-        sample=SampleConfig(steps=2, per_class=1))
+        sample=SampleConfig(steps=2, per_class=1), mesh=ONE_DEVICE)
 
 
 def with_steps(cfg: Config, steps: int) -> Config:
