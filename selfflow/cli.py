@@ -77,12 +77,18 @@ def _train(args) -> int:
     from selfflow.config import load_config_file
     from selfflow.train import train
 
+    from selfflow.sharding import initialize_distributed
+
     cfg = load_config_file(args.config, args.overrides)
+    initialize_distributed(cfg.mesh)  # before JAX starts its backends
     run_dir = Path(args.run_dir or Path("runs") / Path(args.config).stem)
     result = train(cfg, run_dir, progress=not args.no_progress)
     if result.interrupted:
         return 128 + result.stop_signal
-    samples = "samples/ (one folder per layout)" if cfg.layouts else "samples.png"
+    import jax
+
+    samples = ("no samples (multi-host)" if jax.process_count() > 1 else
+               "samples/ (one folder per layout)" if cfg.layouts else "samples.png")
     print(f"trained {result.final_step} steps; checkpoints, metrics.jsonl, loss.png and "
           f"{samples} are in {run_dir}")
     return 0

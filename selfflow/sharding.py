@@ -194,9 +194,9 @@ def initialize_distributed(mesh_cfg) -> bool:
     pid = mesh_cfg.process_id if mesh_cfg.process_id >= 0 else int(os.environ.get("JAX_PROCESS_ID", "-1"))
     if mesh_cfg.distributed == "auto" and not address:
         return False
-    kwargs = {k: v for k, v in (("coordinator_address", address), ("num_processes", count),
-                                ("process_id", pid)) if v not in ("", 0, -1)}
-    if count and pid < 0 or pid >= 0 and not count:
+    if bool(count) != (pid >= 0):
         raise ConfigError(f"multi-host: num_processes={count} and process_id={pid}: set both or neither")
+    kwargs = {"coordinator_address": address or None, "num_processes": count or None,
+              "process_id": pid if pid >= 0 else None}
     jax.distributed.initialize(**kwargs)
     return True

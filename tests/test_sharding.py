@@ -185,3 +185,54 @@ def test_checkpoint_written_on_8_devices_resumes_on_4_then_on_1(tmp_path):
         assert got[step] == pytest.approx(expected[step], rel=1e-5), step
     for a, b in zip(jax.tree.leaves(straight.state["params"]), jax.tree.leaves(on_one.state["params"])):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_joined_by_jax_distributed_train_like_one(tmp_path):
+    """Two `selfflow train` processes (2 CPU devices each) joined by jax.distributed: each loads
+    its half of every batch, and the logged losses equal a one-process run on 4 devices fed the
+    same global batches (host 0's half first)."""
+    import dataclasses
+    import os
+    import subprocess
+    import sys
+
+    from selfflow.config import SampleConfig
+    from selfflow.metrics_writer import read_metrics
+    from selfflow.train import train
+
+    cfg = dataclasses.replace(CFG, sample=SampleConfig(steps=2, per_class=1),
+                              train=TrainConfig(batch_size=8, steps=3, checkpoint_every=3, log_every=1))
+    experiment = tmp_path / "exp.py"
+    experiment.write_text(f"from selfflow.config import *\nCONFIG = {cfg!r}\n")
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    port = _free_port()
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "selfflow.cli", "train", str(experiment), "--run-dir", str(tmp_path / "two"),
+         "--no-progress", "--set", f"mesh.coordinator_address=localhost:{port}", "--set", "mesh.num_processes=2",
+         "--set", f"mesh.process_id={i}"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for i in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
+    two = {r["step"]: r["loss"] for r in read_metrics(tmp_path / "two" / "metrics.jsonl")}
+
+    task = Task(cfg)
+    halves = [task.dataset(0, shard=(h, 2)) for h in range(2)]
+
+    class GlobalBatches:
+        def __getitem__(self, n):
+            parts = [dict(h[n]) for h in halves]
+            return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    train(dataclasses.replace(cfg, mesh=MeshConfig(data=4)), tmp_path / "one", dataset=GlobalBatches(),
+          progress=False, write_samples=False)  # the first 4 of the 8 simulated devices
+    one = {r["step"]: r["loss"] for r in read_metrics(tmp_path / "one" / "metrics.jsonl")}
+    assert sorted(two) == [1, 2, 3]
+    for step in two:
+        assert two[step] == pytest.approx(one[step], rel=1e-5), step
