@@ -322,6 +322,9 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"sample.{key}={getattr(cfg.sample, key)}: expected a positive integer")
     _validate_multimodal(cfg)
     _validate_sources(cfg)
+    from selfflow.sharding import mesh_shape, parse_rules
+    parse_rules(cfg.mesh.rules)  # names the bad rule
+    mesh_shape(cfg.mesh, 0)  # axis sizes alone (the device count is checked when the mesh is built)
     if cfg.optim.learning_rate <= 0:
         raise ConfigError(f"optim.learning_rate={cfg.optim.learning_rate}: expected > 0")
     return cfg

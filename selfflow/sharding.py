@@ -98,7 +98,7 @@ def param_path(path) -> str:
     return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
 
 
-def logical_axes(path: str, ndim: int) -> tuple[str | None, ...]:
+def logical_axes(path: str) -> tuple[str | None, ...]:
     """Logical axis names of the parameter at ``path`` (e.g. "blocks/0/mlp/fc1/kernel")."""
     module, _, leaf = path.rpartition("/")
     for pattern, axes in PARAM_AXES:
@@ -123,7 +123,7 @@ def spec_for(shape, logical, rules: dict, mesh: Mesh) -> P:
 def param_shardings(params, mesh: Mesh, rules: dict):
     """NamedSharding for every leaf of a params pytree (pure dict of arrays or shape structs)."""
     return jax.tree_util.tree_map_with_path(
-        lambda path, x: NamedSharding(mesh, spec_for(x.shape, logical_axes(param_path(path), x.ndim),
+        lambda path, x: NamedSharding(mesh, spec_for(x.shape, logical_axes(param_path(path)),
                                                      rules, mesh)), params)
 
 

@@ -51,10 +51,10 @@ def test_every_parameter_has_logical_axes():
     model = build_model(CFG, {"image": 48, "video": 96, "audio": 128, "action": 24})
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     for path, x in jax.tree_util.tree_flatten_with_path(params)[0]:
-        axes = sharding.logical_axes(sharding.param_path(path), x.ndim)
+        axes = sharding.logical_axes(sharding.param_path(path))
         assert len(axes) == x.ndim, sharding.param_path(path)
     with pytest.raises(ValueError, match="'new_head/kernel' has no logical axes"):
-        sharding.logical_axes("new_head/kernel", 2)
+        sharding.logical_axes("new_head/kernel")
 
 
 def _state(cfg=CFG):
@@ -236,3 +236,11 @@ def test_two_processes_joined_by_jax_distributed_train_like_one(tmp_path):
     assert sorted(two) == [1, 2, 3]
     for step in two:
         assert two[step] == pytest.approx(one[step], rel=1e-5), step
+
+
+def test_config_validation_names_a_bad_mesh():
+    from selfflow.config import apply_overrides, validate
+    with pytest.raises(ConfigError, match="'embed=model'"):
+        validate(apply_overrides(Config(), ["mesh.rules=('embed=model',)"]))
+    with pytest.raises(ConfigError, match="at most one may be -1"):
+        validate(apply_overrides(Config(), ["mesh.fsdp=-1"]))
