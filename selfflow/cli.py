@@ -7,6 +7,7 @@
     selfflow bench-data CONFIG.py [--set key=value ...] [--seconds S]
     selfflow prepare SOURCE --out DIR [--config CONFIG.py] [--set key=value ...] [--limit N]
     selfflow compile CONFIG.py [--mesh data=2,fsdp=4] [--devices N] [--set key=value ...]
+    selfflow export --run-dir DIR --out FILE.safetensors [--weights ema|online] [--step K]
 
 Exit status: 0 for a finished run, 1 for a training error (non-finite loss, bad run directory),
 2 for a configuration or usage error, 130/143 when stopped by SIGINT/SIGTERM (checkpoint saved).
@@ -66,6 +67,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--mesh", default="", help="axis sizes, e.g. data=2,fsdp=4 (sets mesh.<axis>)")
     p.add_argument("--devices", type=int, default=None,
                    help="simulate this many CPU devices (sets XLA_FLAGS before JAX starts)")
+
+    p = sub.add_parser("export", help="write a run's weights as safetensors + a config JSON")
+    p.add_argument("--run-dir", required=True)
+    p.add_argument("--out", required=True, help="FILE.safetensors (FILE.json is written beside it)")
+    p.add_argument("--weights", choices=("ema", "online"), default="ema")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
 
     p = sub.add_parser("plot", help="plot a run's losses")
     p.add_argument("--run-dir", required=True)
@@ -175,6 +182,14 @@ def _compile(args) -> int:
     return 0
 
 
+def _export(args) -> int:
+    from selfflow.export import export_safetensors
+
+    path, meta = export_safetensors(args.run_dir, args.out, weights=args.weights, step=args.step)
+    print(f"wrote {path} ({args.weights} weights) and {meta}")
+    return 0
+
+
 def _plot(args) -> int:
     from selfflow.metrics_writer import plot_losses
 
@@ -212,15 +227,17 @@ def main(argv: list[str] | None = None) -> int:
         _simulate_cpu_devices(args.devices)
     from data_pipelines.base import BadSampleError, SourceError
     from selfflow.config import ConfigError
+    from selfflow.export import ExportError
     from selfflow.train import TrainingError
 
     try:
         return {"train": _train, "sample": _sample, "bench": _bench, "plot": _plot,
-                "bench-data": _bench_data, "prepare": _prepare, "compile": _compile}[args.command](args)
+                "bench-data": _bench_data, "prepare": _prepare, "compile": _compile,
+                "export": _export}[args.command](args)
     except (ConfigError, _UsageError) as e:
         print(f"selfflow: error: {e}", file=sys.stderr)
         return 2
-    except (TrainingError, FileNotFoundError, SourceError, BadSampleError) as e:
+    except (TrainingError, FileNotFoundError, SourceError, BadSampleError, ExportError) as e:
         print(f"selfflow: error: {e}", file=sys.stderr)
         return 1
 

@@ -1,0 +1,79 @@
+"""Export a run's weights for the next stage of a pipeline, and load them back.
+
+``selfflow export --run-dir DIR --out PATH --format safetensors [--weights ema|online]`` writes
+``PATH`` (a safetensors file; keys are parameter paths such as ``blocks.3.attn.qkv.kernel``,
+float32, kernels stored (in, out) as in Flax) and ``PATH`` with suffix ``.json``: the resolved
+config and the token dims, everything :func:`load_safetensors` needs to rebuild the model.
+Loading checks the tensors against the model: missing, unexpected and mis-shaped tensors are
+listed together in one error - never a partial load.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import numpy as np
+from flax import nnx
+
+from selfflow import config as config_lib
+from selfflow.model import SelfFlowTransformer, build_model
+
+
+class ExportError(ValueError):
+    """A checkpoint file that does not match the model (lists every problem)."""
+
+
+def flatten(params: dict) -> dict[str, np.ndarray]:
+    """Nested params -> {"blocks.0.attn.qkv.kernel": array}."""
+    return {".".join(str(getattr(k, "key", k)) for k in path): np.asarray(x)
+            for path, x in jax.tree_util.tree_flatten_with_path(params)[0]}
+
+
+def export_safetensors(run_dir, out, *, weights: str = "ema", step: int | None = None) -> tuple[Path, Path]:
+    """Writes the run's ``weights`` ("ema" = the sampling weights, or "online") to ``out``."""
+    from safetensors.numpy import save_file
+
+    from selfflow.train import load_run
+
+    if weights not in ("ema", "online"):
+        raise ExportError(f"weights={weights!r}: expected 'ema' or 'online'")
+    cfg, state, _, task, step = load_run(run_dir, step)
+    tensors = flatten(jax.device_get(state["ema" if weights == "ema" else "params"]))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out), metadata={"format": "selfflow", "weights": weights, "step": str(step)})
+    meta = out.with_suffix(".json")
+    meta.write_text(json.dumps({"config": config_lib.resolved_dict(cfg), "token_dims": task.token_dims,
+                                "weights": weights, "step": step}, indent=2, sort_keys=True))
+    return out, meta
+
+
+def load_safetensors(path) -> tuple[SelfFlowTransformer, config_lib.Config]:
+    """The model an export describes, with its weights (``path``.json beside it gives the config)."""
+    from safetensors.numpy import load_file
+
+    path = Path(path)
+    meta_path = path.with_suffix(".json")
+    for p in (path, meta_path):
+        if not p.is_file():
+            raise ExportError(f"{p} does not exist (an export is a .safetensors file and its .json)")
+    meta = json.loads(meta_path.read_text())
+    cfg = config_lib.from_dict(meta["config"], where=str(meta_path))
+    model = build_model(cfg, {k: int(v) for k, v in meta["token_dims"].items()})
+    expected = flatten(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+    tensors = load_file(str(path))
+    problems = [f"missing {k} {v.shape}" for k, v in expected.items() if k not in tensors]
+    problems += [f"unexpected {k} {tensors[k].shape}" for k in tensors if k not in expected]
+    problems += [f"{k}: shape {tensors[k].shape}, expected {v.shape}" for k, v in expected.items()
+                 if k in tensors and tensors[k].shape != v.shape]
+    if problems:
+        raise ExportError(f"{path} does not match the model of {meta_path}: " + "; ".join(problems))
+    state = nnx.state(model, nnx.Param)
+    pure = nnx.to_pure_dict(state)
+    restored = jax.tree_util.tree_map_with_path(
+        lambda p, x: tensors[".".join(str(getattr(k, "key", k)) for k in p)].astype(x.dtype), pure)
+    nnx.replace_by_pure_dict(state, restored)
+    nnx.update(model, state)
+    return model, cfg

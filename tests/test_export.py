@@ -1,0 +1,68 @@
+"""safetensors export of a run: reloads into the same model with identical outputs; a file that
+does not match the model is rejected with every problem listed."""
+
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+from selfflow import cli
+from selfflow.config import (Config, DataConfig, MeshConfig, ModelConfig, ObjectiveConfig, OptimConfig,
+                             SampleConfig, TrainConfig)
+from selfflow.export import ExportError, flatten, load_safetensors
+from selfflow.train import load_run, train
+
+CFG = Config(model=ModelConfig(preset="tiny", depth=2, hidden_size=32, num_heads=2, patch_size=4),
+             data=DataConfig(image_size=16), objective=ObjectiveConfig(student_layer=1, teacher_layer=2, ema_decay=0.5),
+             optim=OptimConfig(learning_rate=1e-2), train=TrainConfig(steps=3, batch_size=8, checkpoint_every=3),
+             sample=SampleConfig(steps=2, per_class=1), mesh=MeshConfig(data=1))
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    base = tmp_path_factory.mktemp("export")
+    train(CFG, base / "run", progress=False, write_samples=False)
+    code = cli.main(["export", "--run-dir", str(base / "run"), "--out", str(base / "model.safetensors")])
+    assert code == 0
+    return base
+
+
+def test_export_reloads_bit_identical_weights_and_outputs(exported):
+    from flax import nnx
+    _, state, graphdef, task, _ = load_run(exported / "run")
+    model, cfg = load_safetensors(exported / "model.safetensors")
+    assert cfg == CFG  # the config comes back from the JSON
+    ema = flatten(jax.device_get(state["ema"]))
+    reloaded = flatten(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+    assert ema.keys() == reloaded.keys()
+    for k in ema:
+        np.testing.assert_array_equal(ema[k], reloaded[k], err_msg=k)
+    online = flatten(jax.device_get(state["params"]))
+    assert any(not np.array_equal(online[k], ema[k]) for k in ema)  # EMA weights, not the online ones
+    x = jax.random.normal(jax.random.key(0), (2, 16, 48))
+    pos = jnp.asarray(task.layouts[0].positions)
+    ours = nnx.merge(graphdef, state["ema"])(x, jnp.array([0.3, 0.7]), jnp.array([1, 2]), pos)
+    np.testing.assert_array_equal(model(x, jnp.array([0.3, 0.7]), jnp.array([1, 2]), pos), ours)
+
+
+def test_file_that_does_not_match_the_model_lists_every_problem(exported, tmp_path):
+    tensors = load_file(str(exported / "model.safetensors"))
+    del tensors["projector.fc1.kernel"]
+    tensors["extra.weight"] = np.zeros(3, np.float32)
+    tensors["y_embedder.embedding"] = np.zeros((5, 32), np.float32)
+    bad = tmp_path / "bad.safetensors"
+    save_file(tensors, str(bad))
+    (tmp_path / "bad.json").write_text((exported / "model.json").read_text())
+    with pytest.raises(ExportError) as info:
+        load_safetensors(bad)
+    message = str(info.value)
+    assert "missing projector.fc1.kernel (32, 64)" in message
+    assert "unexpected extra.weight (3,)" in message
+    assert "y_embedder.embedding: shape (5, 32), expected (11, 32)" in message
+
+
+def test_export_of_a_directory_without_checkpoints_is_an_error(tmp_path):
+    code = cli.main(["export", "--run-dir", str(tmp_path), "--out", str(tmp_path / "m.safetensors")])
+    assert code == 1
