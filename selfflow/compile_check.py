@@ -13,41 +13,34 @@ import numpy as np
 from flax import nnx
 
 from selfflow import sharding
-from selfflow.config import Config, ConfigError
+from selfflow.config import Config
 from selfflow.model import build_model
 from selfflow.tasks import Task
-from selfflow.train import init_state, make_optimizer, make_train_step
+from selfflow.train import Placement, init_state, make_optimizer, make_train_step
 
 
-def compile_report(cfg: Config, devices=None) -> dict:
+def compile_report(cfg: Config) -> dict:
     task = Task(cfg)
-    mesh = sharding.make_mesh(cfg.mesh, devices)
-    rules = sharding.parse_rules(cfg.mesh.rules)
-    divisor = sharding.batch_divisor(mesh, rules)
-    for lt in task.layouts:
-        if lt.batch_size % divisor:
-            raise ConfigError(f"layouts[{lt.layout.name!r}]: batch size {lt.batch_size} is not divisible by the "
-                              f"{divisor} devices of the batch axes ({', '.join(rules['batch'])})")
     tx = make_optimizer(cfg.optim)
     abstract_model = nnx.eval_shape(lambda: build_model(cfg, task.token_dims))
     abstract = jax.eval_shape(lambda: init_state(cfg, build_model(cfg, task.token_dims), tx))
-    shardings = sharding.state_shardings(abstract, mesh, rules)
-    state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
+    placement = Placement.of(cfg, task, abstract)  # the mesh and batch checks of a real run
+    state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract,
+                         placement.state)
     step = make_train_step(cfg, nnx.graphdef(abstract_model), tx, task)
-    batch_axes = sharding.batch_sharding(mesh, rules).spec
     layouts = {}
-    with jax.set_mesh(mesh):
+    with jax.set_mesh(placement.mesh):
         for i, lt in enumerate(task.layouts):
-            example = {k: v for k, v in task.dataset(i, shard=(0, 1))[0].items() if k != "skipped"}
-            batch = {k: jax.ShapeDtypeStruct(np.shape(v), np.asarray(v).dtype, sharding=jax.sharding.NamedSharding(
-                mesh, jax.sharding.PartitionSpec(*batch_axes, *([None] * (np.ndim(v) - 1)))))
-                for k, v in example.items()}
+            example = {k: np.asarray(v) for k, v in task.dataset(i, shard=(0, 1))[0].items() if k != "skipped"}
+            batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding.leading_axis(placement.batch, v.ndim))
+                     for k, v in example.items()}
             compiled = step.lower(state, batch, i).compile()
             m = compiled.memory_analysis()
             layouts[lt.layout.name] = {
                 "arguments": m.argument_size_in_bytes, "outputs": m.output_size_in_bytes,
                 "temporaries": m.temp_size_in_bytes, "aliased": m.alias_size_in_bytes,
                 "batch": lt.batch_size, "tokens": lt.layout.num_tokens}
+    mesh = placement.mesh
     params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract["params"]))
     return {"mesh": dict(mesh.shape), "devices": mesh.size, "platform": mesh.devices.flat[0].platform,
             "params": params, "layouts": layouts}

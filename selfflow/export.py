@@ -25,10 +25,14 @@ class ExportError(ValueError):
     """A checkpoint file that does not match the model (lists every problem)."""
 
 
+def tensor_name(path) -> str:
+    """A pytree path -> "blocks.0.attn.qkv.kernel"."""
+    return ".".join(str(getattr(k, "key", k)) for k in path)
+
+
 def flatten(params: dict) -> dict[str, np.ndarray]:
     """Nested params -> {"blocks.0.attn.qkv.kernel": array}."""
-    return {".".join(str(getattr(k, "key", k)) for k in path): np.asarray(x)
-            for path, x in jax.tree_util.tree_flatten_with_path(params)[0]}
+    return {tensor_name(path): np.asarray(x) for path, x in jax.tree_util.tree_flatten_with_path(params)[0]}
 
 
 def export_safetensors(run_dir, out, *, weights: str = "ema", step: int | None = None) -> tuple[Path, Path]:
@@ -72,8 +76,7 @@ def load_safetensors(path) -> tuple[SelfFlowTransformer, config_lib.Config]:
         raise ExportError(f"{path} does not match the model of {meta_path}: " + "; ".join(problems))
     state = nnx.state(model, nnx.Param)
     pure = nnx.to_pure_dict(state)
-    restored = jax.tree_util.tree_map_with_path(
-        lambda p, x: tensors[".".join(str(getattr(k, "key", k)) for k in p)].astype(x.dtype), pure)
+    restored = jax.tree_util.tree_map_with_path(lambda p, x: tensors[tensor_name(p)].astype(x.dtype), pure)
     nnx.replace_by_pure_dict(state, restored)
     nnx.update(model, state)
     return model, cfg

@@ -158,12 +158,16 @@ def batch_divisor(mesh: Mesh, rules: dict) -> int:
     return math.prod(mesh.shape[a] for a in rules.get("batch", ()))
 
 
+def leading_axis(sharding: NamedSharding, ndim: int) -> NamedSharding:
+    """The batch sharding for an array of rank ``ndim`` (only its first axis is split)."""
+    return NamedSharding(sharding.mesh, P(*sharding.spec, *([None] * (ndim - 1))))
+
+
 def put_batch(batch: dict, sharding: NamedSharding) -> dict:
     """This host's part of a batch (numpy, leading batch axis) -> global arrays split over the
     batch axes, assembled without gathering on one host."""
-    return {k: jax.make_array_from_process_local_data(
-        NamedSharding(sharding.mesh, P(*sharding.spec, *([None] * (np.ndim(v) - 1)))), np.asarray(v))
-        for k, v in batch.items()}
+    return {k: jax.make_array_from_process_local_data(leading_axis(sharding, np.ndim(v)), np.asarray(v))
+            for k, v in batch.items()}
 
 
 def constrain_batch(x: jax.Array) -> jax.Array:
