@@ -66,17 +66,30 @@ def load_safetensors(path) -> tuple[SelfFlowTransformer, config_lib.Config]:
     meta = json.loads(meta_path.read_text())
     cfg = config_lib.from_dict(meta["config"], where=str(meta_path))
     model = build_model(cfg, {k: int(v) for k, v in meta["token_dims"].items()})
-    expected = flatten(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
-    tensors = load_file(str(path))
-    problems = [f"missing {k} {v.shape}" for k, v in expected.items() if k not in tensors]
-    problems += [f"unexpected {k} {tensors[k].shape}" for k in tensors if k not in expected]
-    problems += [f"{k}: shape {tensors[k].shape}, expected {v.shape}" for k, v in expected.items()
-                 if k in tensors and tensors[k].shape != v.shape]
+    return assign_params(model, load_file(str(path)), f"{path} (the model of {meta_path})"), cfg
+
+
+def assign_params(model: nnx.Module, tensors: dict[str, np.ndarray], where: str) -> nnx.Module:
+    """Puts flat ``tensors`` (names as :func:`tensor_name`) into ``model`` (also an abstract one from
+    ``nnx.eval_shape``), after checking that every name and shape matches: missing, unexpected and
+    mis-shaped tensors are listed together in one :class:`ExportError` - never a partial load."""
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    pure = nnx.to_pure_dict(params)
+    expected = {tensor_name(p): x.shape for p, x in jax.tree_util.tree_flatten_with_path(pure)[0]}
+    problems = [f"missing {k} {s}" for k, s in expected.items() if k not in tensors]
+    problems += [f"unexpected {k} {tuple(tensors[k].shape)}" for k in tensors if k not in expected]
+    problems += [f"{k}: shape {tuple(tensors[k].shape)}, expected {s}" for k, s in expected.items()
+                 if k in tensors and tuple(tensors[k].shape) != tuple(s)]
     if problems:
-        raise ExportError(f"{path} does not match the model of {meta_path}: " + "; ".join(problems))
-    state = nnx.state(model, nnx.Param)
-    pure = nnx.to_pure_dict(state)
-    restored = jax.tree_util.tree_map_with_path(lambda p, x: tensors[tensor_name(p)].astype(x.dtype), pure)
-    nnx.replace_by_pure_dict(state, restored)
-    nnx.update(model, state)
-    return model, cfg
+        raise ExportError(f"{where} does not match the model: " + "; ".join(problems))
+    nnx.replace_by_pure_dict(params, jax.tree_util.tree_map_with_path(
+        lambda p, x: jax.numpy.asarray(tensors[tensor_name(p)], x.dtype), pure))
+    return nnx.merge(graphdef, params, rest)
+
+
+def load_official(path, key: str | None = None, **architecture):
+    """An official Self-Flow ``.pt`` as our model with the official call interface; see
+    :func:`selfflow.official.load_official`."""
+    from selfflow.official import load_official as load
+
+    return load(path, key, **architecture)

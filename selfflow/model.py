@@ -3,7 +3,8 @@
 Inputs per call: ``tokens`` (B, N, token_dim) of one modality, ``timesteps`` (B,) or (B, N)
 with τ = 1 meaning noise (or :class:`FactoredTimesteps`, the fast form of the same thing), ``labels`` (B,) int class ids (``num_classes`` is the null class
 used for classifier-free guidance) and ``positions`` (N, 3) (t, h, w) token coordinates.
-Output: the velocity ε − x0, (B, N, token_dim).
+Output: the velocity ε − x0, (B, N, token_dim). The timestep MLP embeds s = 1 − τ by default, as
+the official model does (``model.time_embedding``), so official weights load unchanged.
 
 Per-modality input projections and final layers surround one shared trunk, so adding a
 modality adds a projection pair, not a model. The student reads its hidden state after block
@@ -46,9 +47,13 @@ class FactoredTimesteps(NamedTuple):
 class SelfFlowTransformer(nnx.Module):
     def __init__(self, *, depth: int, hidden_size: int, num_heads: int, mlp_ratio: float,
                  num_classes: int, token_dims: dict[str, int], positions: str = "sincos",
-                 rope_theta: float = 10_000.0, dtype=jnp.float32, rngs: nnx.Rngs):
+                 rope_theta: float = 10_000.0, time_embedding: str = "sit", dtype=jnp.float32,
+                 rngs: nnx.Rngs):
         if positions not in ("sincos", "rope"):
             raise ValueError(f"positions={positions!r}: expected 'sincos' or 'rope'")
+        if time_embedding not in ("sit", "tau"):
+            raise ValueError(f"time_embedding={time_embedding!r}: expected 'sit' or 'tau'")
+        self.time_embedding = time_embedding
         self.depth, self.hidden_size, self.num_heads = depth, hidden_size, num_heads
         self.num_classes, self.positions, self.rope_theta = num_classes, positions, rope_theta
         self.t_embedder = layers.TimestepEmbedder(hidden_size, rngs)
@@ -87,7 +92,8 @@ class SelfFlowTransformer(nnx.Module):
         timesteps = jnp.asarray(timesteps, jnp.float32)
         if timesteps.ndim == 1:  # one τ per sample: broadcast *before* embedding (exactly equal)
             timesteps = jnp.broadcast_to(timesteps[:, None], (b, n))
-        c = self.t_embedder(timesteps) + self.y_embedder(labels)[:, None, :]
+        embedded = 1.0 - timesteps if self.time_embedding == "sit" else timesteps  # see ModelConfig
+        c = self.t_embedder(embedded) + self.y_embedder(labels)[:, None, :]
         rope = None
         if self.positions == "sincos":
             x = x + layers.sincos_2d(positions, self.hidden_size)[None]
@@ -150,7 +156,7 @@ def build_model(cfg: Config, token_dims: dict[str, int], seed: int | None = None
     return SelfFlowTransformer(
         depth=cfg.depth, hidden_size=m.resolved("hidden_size"), num_heads=m.resolved("num_heads"),
         mlp_ratio=m.mlp_ratio, num_classes=cfg.data.num_classes, token_dims=token_dims,
-        positions=m.positions, rope_theta=m.rope_theta,
+        positions=m.positions, rope_theta=m.rope_theta, time_embedding=m.time_embedding,
         dtype=jnp.bfloat16 if m.dtype == "bfloat16" else jnp.float32,
         rngs=nnx.Rngs(cfg.seed if seed is None else seed))
 

@@ -50,3 +50,12 @@ def test_broken_experiment_file_names_file_and_line(tmp_path, body, expected):
     path.write_text(body)
     with pytest.raises(ConfigError, match=expected):
         config_lib.load_config_file(path)
+
+
+def test_configs_saved_before_time_embedding_existed_keep_embedding_tau():
+    from selfflow.config import from_dict, resolved_dict
+    saved = resolved_dict(Config())
+    assert saved["model"]["time_embedding"] == "sit"  # new runs embed 1 - tau, as the official model
+    del saved["model"]["time_embedding"]
+    assert from_dict(saved).model.time_embedding == "tau"
+    assert "time_embedding" not in saved["model"]  # the caller's dict is not modified

@@ -1,0 +1,173 @@
+"""Parity with the official Self-Flow PyTorch architecture, and the official .pt export/import.
+
+The reference (tests/official_reference.py) follows the official model; every tensor, the
+zero-initialised adaLN and final layers included, gets random non-zero values.
+"""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from official_reference import OfficialSelfFlow  # noqa: E402
+
+from selfflow import official  # noqa: E402
+from selfflow.export import load_official  # noqa: E402
+from selfflow.official import OfficialFormatError  # noqa: E402
+
+ARCH = dict(input_size=8, patch_size=2, in_channels=4, hidden_size=48, depth=4, num_heads=4,
+            mlp_ratio=4.0, num_classes=11, learn_sigma=True)
+B, N, C = 3, 16, 16
+
+
+def relative(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    torch.manual_seed(0)
+    module = OfficialSelfFlow(**ARCH).randomize(seed=1).eval()
+    path = tmp_path_factory.mktemp("official") / "model.pt"
+    torch.save(module.state_dict(), path)
+    return module, path
+
+
+@pytest.fixture(scope="module")
+def inputs():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(B, N, C)).astype(np.float32)
+    t_scalar = np.array([0.05, 0.5, 0.97], np.float32)
+    t_token = rng.uniform(size=(B, N)).astype(np.float32)
+    y = np.array([0, 7, ARCH["num_classes"] - 1])  # the last one is the null class
+    return x, t_scalar, t_token, y
+
+
+def torch_run(module, x, t, y, **kw):
+    with torch.no_grad():
+        out = module(torch.from_numpy(x), torch.from_numpy(t), torch.from_numpy(y), **kw)
+    return tuple(o.numpy() for o in out) if isinstance(out, tuple) else out.numpy()
+
+
+@pytest.mark.parametrize("per_token", [False, True])
+def test_velocity_matches_the_official_architecture(reference, inputs, per_token):
+    module, path = reference
+    x, t_scalar, t_token, y = inputs
+    t = t_token if per_token else t_scalar
+    ours = load_official(path, **ARCH)
+    expected = torch_run(module, x, t, y)
+    got = np.asarray(ours.velocity(x, t, y))
+    assert got.shape == expected.shape == (B, N, C)
+    assert np.abs(expected).mean() > 0.1  # a non-trivial output
+    assert relative(got, expected) < 1e-5
+
+
+@pytest.mark.parametrize("layer", [1, 2, 4])
+def test_projected_and_raw_features_match(reference, inputs, layer):
+    module, path = reference
+    x, _, t_token, y = inputs
+    ours = load_official(path, **ARCH)
+    for projected in (True, False):
+        key = "return_features" if projected else "return_raw_features"
+        _, expected = torch_run(module, x, t_token, y, **{key: layer})
+        got = np.asarray(ours.features(x, t_token, y, layer=layer, projected=projected))
+        assert relative(got, expected) < 1e-5, (layer, projected)
+
+
+def test_back_to_official_keeps_every_tensor(reference, inputs, tmp_path):
+    module, path = reference
+    ours = load_official(path, **ARCH)
+    original = {k: v.numpy() for k, v in module.state_dict().items()}
+    back = ours.state_dict()
+    assert back.keys() == original.keys()
+    p, c = ARCH["patch_size"], ARCH["in_channels"]
+    velocity_rows = (np.arange(p * p * 2 * c) % (2 * c)) < c  # (p q c'): the first C of c' are the velocity
+    for k, v in original.items():
+        if k == "final_layer.linear.weight" or k == "final_layer.linear.bias":
+            np.testing.assert_array_equal(back[k][velocity_rows], v[velocity_rows], err_msg=k)
+            assert not back[k][~velocity_rows].any()  # the unused variance channels are written as zeros
+        else:
+            np.testing.assert_array_equal(back[k], v, err_msg=k)
+    reloaded = OfficialSelfFlow(**ARCH).eval()
+    reloaded.load_state_dict({k: torch.tensor(v) for k, v in back.items()}, strict=True)
+    x, t_scalar, t_token, y = inputs
+    for t in (t_scalar, t_token):
+        assert relative(torch_run(reloaded, x, t, y), torch_run(module, x, t, y)) < 1e-6
+
+
+def test_wrapped_and_ddp_prefixed_checkpoints_load(reference, inputs, tmp_path):
+    module, path = reference
+    wrapped = tmp_path / "wrapped.pt"
+    torch.save({"ema": {f"module.{k}": v for k, v in module.state_dict().items()}, "step": 7}, wrapped)
+    x, t_scalar, _, y = inputs
+    plain = np.asarray(load_official(path, **ARCH).velocity(x, t_scalar, y))
+    np.testing.assert_array_equal(np.asarray(load_official(wrapped, key="ema", **ARCH).velocity(x, t_scalar, y)), plain)
+
+
+def test_malformed_checkpoint_lists_every_problem(reference, tmp_path):
+    module, _ = reference
+    sd = dict(module.state_dict())
+    del sd["blocks.2.mlp.fc1.bias"]
+    sd["blocks.9.attn.qkv.weight"] = torch.zeros(3, 3)
+    sd["y_embedder.embedding_table.weight"] = torch.zeros(5, 48)
+    bad = tmp_path / "bad.pt"
+    torch.save(sd, bad)
+    with pytest.raises(OfficialFormatError) as info:
+        load_official(bad, **ARCH)
+    message = str(info.value)
+    assert str(bad) in message and "3 problem(s)" in message
+    assert "missing blocks.2.mlp.fc1.bias (192,)" in message
+    assert "unexpected blocks.9.attn.qkv.weight (3, 3)" in message
+    assert "y_embedder.embedding_table.weight: shape (5, 48), expected (11, 48)" in message
+
+
+def test_wrong_architecture_and_learned_positions_are_rejected(reference, tmp_path):
+    module, path = reference
+    with pytest.raises(OfficialFormatError, match="expected some of"):
+        load_official(path, hidden=48)
+    with pytest.raises(OfficialFormatError, match="final_layer.linear.weight: shape"):
+        load_official(path, **{**ARCH, "learn_sigma": False})
+    sd = dict(module.state_dict())
+    sd["pos_embed"] = sd["pos_embed"] + 0.01
+    moved = tmp_path / "moved.pt"
+    torch.save(sd, moved)
+    with pytest.raises(OfficialFormatError, match="pos_embed differs from the fixed 2-D sin-cos table"):
+        load_official(moved, **ARCH)
+
+
+class NotWeights:
+    pass
+
+
+def test_pickled_objects_are_refused_not_executed(reference, tmp_path):
+    module, _ = reference
+    unsafe = tmp_path / "unsafe.pt"
+    torch.save({"model": module.state_dict(), "extra": NotWeights()}, unsafe)
+    with pytest.raises(OfficialFormatError, match="weights_only=True refused"):
+        load_official(unsafe, **ARCH)
+    numbers = tmp_path / "numbers.pt"
+    torch.save({**module.state_dict(), "epoch": 3}, numbers)
+    with pytest.raises(OfficialFormatError, match=r"not tensors: epoch \(int\)"):
+        load_official(numbers, **ARCH)
+
+
+def test_runs_that_embed_tau_export_the_same_velocity(reference, inputs):
+    """A legacy ``time_embedding="tau"`` model with the time map folded in gives the official output."""
+    import jax.numpy as jnp
+    from flax import nnx
+
+    module, path = reference
+    ours = load_official(path, **ARCH)
+    x, t_scalar, t_token, y = inputs
+    params = nnx.state(ours.model, nnx.Param)
+    fc1 = params["t_embedder"]["fc1"]["kernel"]
+    fc1[...] = jnp.asarray(official._flip_time(np.asarray(fc1[...])))
+    ours.model.time_embedding = "tau"
+    nnx.update(ours.model, params)
+    for t in (t_scalar, t_token):
+        assert relative(ours.velocity(x, t, y), torch_run(module, x, t, y)) < 1e-5
+    from selfflow.export import flatten
+    flat = flatten(nnx.to_pure_dict(nnx.state(ours.model, nnx.Param)))
+    back = official.to_official(flat, ARCH, time_embedding="tau")["t_embedder.mlp.0.weight"]
+    np.testing.assert_allclose(back, module.state_dict()["t_embedder.mlp.0.weight"].numpy(), rtol=0, atol=1e-6)
