@@ -47,6 +47,9 @@ class ModelConfig:
     mlp_ratio: float = 4.0
     positions: Literal["sincos", "rope"] = "sincos"
     rope_theta: float = 10000.0
+    # What the timestep MLP embeds: "sit" = s = 1 − τ, as the official Self-Flow/SiT model (its
+    # weights then map to ours bit for bit); "tau" = τ itself (runs saved before this option).
+    time_embedding: Literal["sit", "tau"] = "sit"
     dtype: Literal["float32", "bfloat16"] = "float32"
 
     def resolved(self, key: str) -> int:
@@ -475,8 +478,16 @@ def resolved_dict(cfg: Config) -> dict:
     return d
 
 
+# Keys added after runs were saved without them, and the value those runs used.
+LEGACY_VALUES = {("model", "time_embedding"): "tau"}
+
+
 def from_dict(data: dict, where: str = "config") -> Config:
     """Rebuilds a Config from ``to_dict``/``resolved_dict`` output (e.g. a run's config.json)."""
+    data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for (section, key), value in LEGACY_VALUES.items():
+        if isinstance(data.get(section), dict):
+            data[section].setdefault(key, value)
     def build(cls, values: dict, prefix: str):
         names = {f.name: f for f in dataclasses.fields(cls)}
         unknown = set(values) - set(names)
