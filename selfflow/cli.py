@@ -7,7 +7,8 @@
     selfflow bench-data CONFIG.py [--set key=value ...] [--seconds S]
     selfflow prepare SOURCE --out DIR [--config CONFIG.py] [--set key=value ...] [--limit N]
     selfflow compile CONFIG.py [--mesh data=2,fsdp=4] [--devices N] [--set key=value ...]
-    selfflow export --run-dir DIR --out FILE.safetensors [--weights ema|online] [--step K]
+    selfflow export --run-dir DIR --out FILE [--format safetensors|official] [--weights ema|online] [--step K]
+    selfflow import --official FILE.pt --config CONFIG.py --out DIR [--key ema] [--set key=value ...]
 
 Exit status: 0 for a finished run, 1 for a training error (non-finite loss, bad run directory),
 2 for a configuration or usage error, 130/143 when stopped by SIGINT/SIGTERM (checkpoint saved).
@@ -68,11 +69,24 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--devices", type=int, default=None,
                    help="simulate this many CPU devices (sets XLA_FLAGS before JAX starts)")
 
-    p = sub.add_parser("export", help="write a run's weights as safetensors + a config JSON")
+    p = sub.add_parser("export", help="write a run's weights as safetensors or an official Self-Flow .pt")
     p.add_argument("--run-dir", required=True)
-    p.add_argument("--out", required=True, help="FILE.safetensors (FILE.json is written beside it)")
+    p.add_argument("--out", required=True, help="FILE.safetensors or FILE.pt (FILE.json is written beside it)")
+    p.add_argument("--format", choices=("safetensors", "official"), default="safetensors",
+                   help="official: the PyTorch state dict of black-forest-labs/Self-Flow (image runs)")
     p.add_argument("--weights", choices=("ema", "online"), default="ema")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    p.add_argument("--no-learn-sigma", dest="learn_sigma", action="store_false",
+                   help="official: omit the unused variance channels (the released model has them)")
+
+    p = sub.add_parser("import", help="make a run (step 0) from an official Self-Flow .pt checkpoint")
+    p.add_argument("--official", required=True, metavar="FILE.pt", help="loaded with weights_only=True")
+    p.add_argument("--config", required=True, help="experiment file describing the same model (and the "
+                                                    "data to fine-tune on)")
+    p.add_argument("--out", required=True, help="new run directory")
+    p.add_argument("--key", default=None, help="entry of a wrapped checkpoint, e.g. ema "
+                                               "(default: 'model', 'state_dict' or the file itself)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
     p = sub.add_parser("plot", help="plot a run's losses")
     p.add_argument("--run-dir", required=True)
@@ -183,10 +197,25 @@ def _compile(args) -> int:
 
 
 def _export(args) -> int:
-    from selfflow.export import export_safetensors
+    from selfflow.export import export_official, export_safetensors
 
-    path, meta = export_safetensors(args.run_dir, args.out, weights=args.weights, step=args.step)
-    print(f"wrote {path} ({args.weights} weights) and {meta}")
+    if args.format == "official":
+        path, meta = export_official(args.run_dir, args.out, weights=args.weights, step=args.step,
+                                     learn_sigma=args.learn_sigma)
+    else:
+        path, meta = export_safetensors(args.run_dir, args.out, weights=args.weights, step=args.step)
+    print(f"wrote {path} ({args.weights} weights, {args.format}) and {meta}")
+    return 0
+
+
+def _import(args) -> int:
+    from selfflow.config import load_config_file
+    from selfflow.export import import_official
+
+    cfg = load_config_file(args.config, args.overrides)
+    out = import_official(args.official, cfg, args.out, key=args.key)
+    print(f"wrote {out} (step 0, weights of {args.official}); fine-tune with "
+          f"`selfflow train {args.config} --run-dir {out}`, sample with `selfflow sample --run-dir {out}`")
     return 0
 
 
@@ -228,16 +257,18 @@ def main(argv: list[str] | None = None) -> int:
     from data_pipelines.base import BadSampleError, SourceError
     from selfflow.config import ConfigError
     from selfflow.export import ExportError
+    from selfflow.official import OfficialFormatError
     from selfflow.train import TrainingError
 
     try:
         return {"train": _train, "sample": _sample, "bench": _bench, "plot": _plot,
                 "bench-data": _bench_data, "prepare": _prepare, "compile": _compile,
-                "export": _export}[args.command](args)
+                "export": _export, "import": _import}[args.command](args)
     except (ConfigError, _UsageError) as e:
         print(f"selfflow: error: {e}", file=sys.stderr)
         return 2
-    except (TrainingError, FileNotFoundError, SourceError, BadSampleError, ExportError) as e:
+    except (TrainingError, FileNotFoundError, SourceError, BadSampleError, ExportError,
+            OfficialFormatError) as e:
         print(f"selfflow: error: {e}", file=sys.stderr)
         return 1
 

@@ -105,7 +105,7 @@ def pos_embed_table(arch: dict) -> np.ndarray:
     return table[None].astype(np.float32)
 
 
-def _flip_time(kernel: np.ndarray, freq_dim: int = 256) -> np.ndarray:
+def flip_time(kernel: np.ndarray, freq_dim: int = 256) -> np.ndarray:
     """(256, D) first timestep kernel acting on features of τ <-> one acting on features of 1 − τ.
 
     Rows are [cos ω_i·, sin ω_i·]; the map is symmetric and its own inverse (see module docstring).
@@ -150,7 +150,7 @@ def to_official(params: dict[str, np.ndarray], arch: dict, time_embedding: str =
         sd[f"{off}.weight"] = np.ascontiguousarray(params[f"{ours}.kernel"].T)
         sd[f"{off}.bias"] = params[f"{ours}.bias"]
     fc1 = params["t_embedder.fc1.kernel"]
-    sd["t_embedder.mlp.0.weight"] = np.ascontiguousarray((_flip_time(fc1) if time_embedding == "tau" else fc1).T)
+    sd["t_embedder.mlp.0.weight"] = np.ascontiguousarray((flip_time(fc1) if time_embedding == "tau" else fc1).T)
     sd["t_embedder.mlp.0.bias"] = params["t_embedder.fc1.bias"]
     sd["y_embedder.embedding_table.weight"] = params["y_embedder.embedding"]
     sd["pos_embed"] = pos_embed_table(arch)

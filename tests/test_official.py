@@ -162,7 +162,7 @@ def test_runs_that_embed_tau_export_the_same_velocity(reference, inputs):
     x, t_scalar, t_token, y = inputs
     params = nnx.state(ours.model, nnx.Param)
     fc1 = params["t_embedder"]["fc1"]["kernel"]
-    fc1[...] = jnp.asarray(official._flip_time(np.asarray(fc1[...])))
+    fc1[...] = jnp.asarray(official.flip_time(np.asarray(fc1[...])))
     ours.model.time_embedding = "tau"
     nnx.update(ours.model, params)
     for t in (t_scalar, t_token):
@@ -171,3 +171,101 @@ def test_runs_that_embed_tau_export_the_same_velocity(reference, inputs):
     flat = flatten(nnx.to_pure_dict(nnx.state(ours.model, nnx.Param)))
     back = official.to_official(flat, ARCH, time_embedding="tau")["t_embedder.mlp.0.weight"]
     np.testing.assert_allclose(back, module.state_dict()["t_embedder.mlp.0.weight"].numpy(), rtol=0, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------- runs <-> official .pt
+
+RUN_CONFIG = '''
+from selfflow.config import *
+CONFIG = Config(model=ModelConfig(depth=2, hidden_size=32, num_heads=2, patch_size=4),
+                data=DataConfig(image_size=16), objective=ObjectiveConfig(student_layer=1, teacher_layer=2, ema_decay=0.5),
+                optim=OptimConfig(learning_rate=1e-2), train=TrainConfig(steps=3, batch_size=8, checkpoint_every=3),
+                sample=SampleConfig(steps=2, per_class=1), mesh=MeshConfig(data=1))
+'''
+
+
+@pytest.fixture(scope="module")
+def exported_run(tmp_path_factory):
+    from selfflow import cli
+    from selfflow.config import load_config_file
+    from selfflow.train import train
+
+    base = tmp_path_factory.mktemp("run")
+    (base / "tiny.py").write_text(RUN_CONFIG)
+    train(load_config_file(base / "tiny.py"), base / "run", progress=False, write_samples=False)
+    assert cli.main(["export", "--run-dir", str(base / "run"), "--format", "official",
+                     "--out", str(base / "model.pt")]) == 0
+    return base
+
+
+def test_exported_run_loads_in_the_official_model_and_matches_ours(exported_run):
+    import json
+
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from selfflow.train import load_run
+
+    arch = json.loads((exported_run / "model.json").read_text())["architecture"]
+    assert arch == dict(input_size=16, patch_size=4, in_channels=3, hidden_size=32, depth=2, num_heads=2,
+                        mlp_ratio=4.0, num_classes=11, learn_sigma=True)
+    module = OfficialSelfFlow(**arch).eval()
+    module.load_state_dict(torch.load(exported_run / "model.pt", weights_only=True), strict=True)
+    _, state, graphdef, task, _ = load_run(exported_run / "run")
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(2, 16, 48)).astype(np.float32)
+    t, y = np.array([0.2, 0.9], np.float32), np.array([3, 10])
+    ours = nnx.merge(graphdef, state["ema"])(jnp.asarray(x), jnp.asarray(t), jnp.asarray(y),
+                                             jnp.asarray(task.layouts[0].positions))
+    assert relative(torch_run(module, x, t, y), ours) < 1e-5
+
+
+def test_export_then_import_is_bit_identical_and_fine_tunes(exported_run):
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from selfflow import cli
+    from selfflow.export import flatten
+    from selfflow.train import load_run
+
+    config, imported = str(exported_run / "tiny.py"), exported_run / "imported"
+    assert cli.main(["import", "--official", str(exported_run / "model.pt"), "--config", config,
+                     "--out", str(imported)]) == 0
+    _, source, graphdef, task, _ = load_run(exported_run / "run")
+    _, state, _, _, step = load_run(imported)
+    assert step == 0
+    ema = flatten(jax.device_get(source["ema"]))
+    for weights in ("params", "ema"):
+        got = flatten(jax.device_get(state[weights]))
+        assert got.keys() == ema.keys()
+        for k in ema:
+            np.testing.assert_array_equal(got[k], ema[k], err_msg=f"{weights} {k}")
+    x, pos = jax.random.normal(jax.random.key(0), (2, 16, 48)), jnp.asarray(task.layouts[0].positions)
+    t, y = jnp.array([0.3, 0.6]), jnp.array([1, 2])
+    np.testing.assert_array_equal(nnx.merge(graphdef, state["ema"])(x, t, y, pos),
+                                  nnx.merge(graphdef, source["ema"])(x, t, y, pos))
+    assert cli.main(["sample", "--run-dir", str(imported), "--out", str(exported_run / "s.png")]) == 0
+    assert cli.main(["train", config, "--run-dir", str(imported), "--set", "train.steps=1", "--no-progress"]) == 0
+    _, tuned, _, _, step = load_run(imported)
+    assert step == 1 and int(tuned["step"]) == 1  # resumed from the imported step 0, one optimizer step
+    moved = flatten(jax.device_get(tuned["params"]))
+    assert any(not np.array_equal(moved[k], ema[k]) for k in ema)
+    assert cli.main(["import", "--official", str(exported_run / "model.pt"), "--config", config,
+                     "--out", str(imported)]) == 1  # never over an existing run
+
+
+def test_runs_without_an_official_counterpart_are_refused(exported_run, tmp_path, capsys):
+    from selfflow import cli
+
+    rope = tmp_path / "rope.py"
+    rope.write_text(RUN_CONFIG.replace("patch_size=4)", "patch_size=4, positions='rope')"))
+    code = cli.main(["import", "--official", str(exported_run / "model.pt"), "--config", str(rope),
+                     "--out", str(tmp_path / "x")])
+    assert code == 1 and "model.positions='rope'" in capsys.readouterr().err
+    wide = tmp_path / "wide.py"
+    wide.write_text(RUN_CONFIG.replace("hidden_size=32", "hidden_size=64"))
+    code = cli.main(["import", "--official", str(exported_run / "model.pt"), "--config", str(wide),
+                     "--out", str(tmp_path / "y")])
+    err = capsys.readouterr().err
+    assert code == 1 and "x_embedder.proj.weight: shape (32, 48), expected (64, 48)" in err
