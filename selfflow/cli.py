@@ -9,6 +9,7 @@
     selfflow compile CONFIG.py [--mesh data=2,fsdp=4] [--devices N] [--set key=value ...]
     selfflow export --run-dir DIR --out FILE [--format safetensors|official] [--weights ema|online] [--step K]
     selfflow import --official FILE.pt --config CONFIG.py --out DIR [--key ema] [--set key=value ...]
+    selfflow fid-samples (--run-dir DIR | --official FILE.pt) --out FILE.npz [--num 50000] [--vae DIR] ...
 
 Exit status: 0 for a finished run, 1 for a training error (non-finite loss, bad run directory),
 2 for a configuration or usage error, 130/143 when stopped by SIGINT/SIGTERM (checkpoint saved).
@@ -87,6 +88,27 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--key", default=None, help="entry of a wrapped checkpoint, e.g. ema "
                                                "(default: 'model', 'state_dict' or the file itself)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
+    p = sub.add_parser("fid-samples", help="SDE-sample images into an .npz for the ADM evaluator "
+                                           "(the official Self-Flow protocol; resumable)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run-dir", help="an image run (its EMA weights)")
+    src.add_argument("--official", metavar="FILE.pt", help="an official checkpoint (weights_only load)")
+    p.add_argument("--arch", action="append", default=[], metavar="KEY=VALUE",
+                   help="official constructor keyword (default: the released SiT-XL/2), repeatable")
+    p.add_argument("--key", default=None, help="--official: entry of a wrapped checkpoint, e.g. ema")
+    p.add_argument("--out", required=True, help="FILE.npz: arr_0 uint8 (num, H, W, 3), arr_1 labels")
+    p.add_argument("--num", type=int, default=50_000)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--steps", type=int, default=250, help="model evaluations (the last is the Mean step)")
+    p.add_argument("--last-step-size", type=float, default=0.04)
+    p.add_argument("--cfg", type=float, default=1.0, help="guidance scale (1 = none, as the paper's FID)")
+    p.add_argument("--guidance-low", type=float, default=0.0, help="guidance only for τ in [low, high]")
+    p.add_argument("--guidance-high", type=float, default=0.7)
+    p.add_argument("--seed", type=int, default=31)
+    p.add_argument("--vae", default=None, help="diffusers AutoencoderKL directory (latent models; needs "
+                                               "diffusers), e.g. a local copy of stabilityai/sd-vae-ft-ema")
+    p.add_argument("--step", type=int, default=None, help="--run-dir: checkpoint step (default: latest)")
 
     p = sub.add_parser("plot", help="plot a run's losses")
     p.add_argument("--run-dir", required=True)
@@ -219,6 +241,73 @@ def _import(args) -> int:
     return 0
 
 
+def _fid_samples(args) -> int:
+    from functools import partial
+
+    from tqdm import tqdm
+
+    from modalities import image as image_mod
+    from selfflow import fid_samples
+    from selfflow.sample import ModelVelocity
+
+    if args.run_dir:
+        from flax import nnx
+
+        from selfflow.train import load_run
+        cfg, state, graphdef, task, _ = load_run(args.run_dir, args.step)
+        if set(task.token_dims) != {"image"}:
+            raise _UsageError(f"{args.run_dir}: fid-samples needs an image-only run; it has {sorted(task.token_dims)}")
+        model, positions, num_classes = nnx.merge(graphdef, state["ema"]), task.layouts[0].positions, cfg.data.num_classes
+        spec = task.specs["image"]
+    else:
+        from selfflow.export import load_official
+
+        official = load_official(args.official, args.key, **_arch_overrides(args.arch))
+        model, positions = official.model, official.positions
+        num_classes = official.architecture["num_classes"] - 1
+        spec = image_mod.ImageSpec(official.architecture["input_size"], official.architecture["input_size"],
+                                   official.architecture["in_channels"], official.architecture["patch_size"])
+    detokenize = partial(image_mod.detokenize, spec=spec)
+    if args.vae:
+        decode = fid_samples.sd_vae_decoder(args.vae, detokenize, latent_shape=(spec.height, spec.width, spec.channels))
+    elif spec.channels in (1, 3):
+        decode = fid_samples.pixel_decoder(detokenize)
+    else:
+        raise _UsageError(f"the model makes {spec.channels}-channel latents: pass --vae DIR (a diffusers "
+                          "AutoencoderKL, e.g. stabilityai/sd-vae-ft-ema) to decode them")
+    bar = tqdm(total=args.num, desc="fid-samples", file=sys.stderr, dynamic_ncols=True)
+    try:
+        out = fid_samples.generate_npz(
+            ModelVelocity(model, positions), out=args.out, num=args.num, batch_size=args.batch_size,
+            token_shape=(spec.num_tokens, spec.token_dim), num_classes=num_classes, null_class=num_classes,
+            decode=decode, seed=args.seed, steps=args.steps, last_step_size=args.last_step_size,
+            cfg_scale=args.cfg, guidance_low=args.guidance_low, guidance_high=args.guidance_high,
+            progress=lambda done, total: bar.update(done - bar.n))
+    except ValueError as e:
+        raise _UsageError(str(e)) from None
+    finally:
+        bar.close()
+    print(f"wrote {out} ({args.num} samples, {args.steps} SDE steps, cfg {args.cfg})")
+    return 0
+
+
+def _arch_overrides(items: list[str]) -> dict:
+    """``["depth=4", "learn_sigma=false"]`` -> official constructor keywords, typed as the defaults."""
+    from selfflow.official import RELEASED_XL2
+
+    arch = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or key not in RELEASED_XL2:
+            raise _UsageError(f"--arch {item!r}: expected KEY=VALUE with KEY one of {list(RELEASED_XL2)}")
+        kind = type(RELEASED_XL2[key])
+        try:
+            arch[key] = {"true": True, "false": False}[text.lower()] if kind is bool else kind(text)
+        except (KeyError, ValueError):
+            raise _UsageError(f"--arch {item!r}: expected {kind.__name__} for {key}") from None
+    return arch
+
+
 def _plot(args) -> int:
     from selfflow.metrics_writer import plot_losses
 
@@ -263,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return {"train": _train, "sample": _sample, "bench": _bench, "plot": _plot,
                 "bench-data": _bench_data, "prepare": _prepare, "compile": _compile,
-                "export": _export, "import": _import}[args.command](args)
+                "export": _export, "import": _import, "fid-samples": _fid_samples}[args.command](args)
     except (ConfigError, _UsageError) as e:
         print(f"selfflow: error: {e}", file=sys.stderr)
         return 2

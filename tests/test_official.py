@@ -269,3 +269,21 @@ def test_runs_without_an_official_counterpart_are_refused(exported_run, tmp_path
                      "--out", str(tmp_path / "y")])
     err = capsys.readouterr().err
     assert code == 1 and "x_embedder.proj.weight: shape (32, 48), expected (64, 48)" in err
+
+
+def test_fid_samples_from_a_run_and_from_an_official_checkpoint(exported_run, reference, tmp_path, capsys):
+    from selfflow import cli
+
+    out = tmp_path / "run.npz"
+    assert cli.main(["fid-samples", "--run-dir", str(exported_run / "run"), "--out", str(out), "--num", "5",
+                     "--batch-size", "2", "--steps", "3", "--cfg", "2", "--seed", "4"]) == 0
+    with np.load(out) as npz:
+        images, labels = npz["arr_0"], npz["arr_1"]
+    assert images.shape == (5, 16, 16, 3) and images.dtype == np.uint8 and images.std() > 0
+    assert labels.shape == (5,) and set(labels) <= set(range(10))
+    _, path = reference  # 4-channel latents: decoding them needs the SD-VAE
+    arch = [f"--arch={k}={v}" for k, v in ARCH.items()]
+    code = cli.main(["fid-samples", "--official", str(path), *arch, "--out", str(tmp_path / "o.npz"), "--num", "2"])
+    assert code == 2 and "pass --vae DIR" in capsys.readouterr().err
+    code = cli.main(["fid-samples", "--official", str(path), "--arch", "depth=four", "--out", str(tmp_path / "o.npz")])
+    assert code == 2 and "expected int for depth" in capsys.readouterr().err
