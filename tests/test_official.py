@@ -287,3 +287,17 @@ def test_fid_samples_from_a_run_and_from_an_official_checkpoint(exported_run, re
     assert code == 2 and "pass --vae DIR" in capsys.readouterr().err
     code = cli.main(["fid-samples", "--official", str(path), "--arch", "depth=four", "--out", str(tmp_path / "o.npz")])
     assert code == 2 and "expected int for depth" in capsys.readouterr().err
+
+
+def test_imagenet_experiment_describes_the_released_checkpoint():
+    from selfflow.config import load_config_file
+    from selfflow.official import RELEASED_XL2
+
+    cfg = load_config_file("experiments/imagenet256_xl2.py")
+    m = cfg.model
+    assert (m.resolved("depth"), m.resolved("hidden_size"), m.resolved("num_heads"), m.resolved("patch_size"),
+            m.mlp_ratio, m.positions, m.time_embedding) == (
+        RELEASED_XL2["depth"], RELEASED_XL2["hidden_size"], RELEASED_XL2["num_heads"], RELEASED_XL2["patch_size"],
+        RELEASED_XL2["mlp_ratio"], "sincos", "sit")
+    assert cfg.data.num_classes + 1 == RELEASED_XL2["num_classes"]  # + the null class
+    assert (cfg.student_layer, cfg.teacher_layer) == (8, 20)  # the official README's blocks
