@@ -301,3 +301,25 @@ def test_imagenet_experiment_describes_the_released_checkpoint():
         RELEASED_XL2["mlp_ratio"], "sincos", "sit")
     assert cfg.data.num_classes + 1 == RELEASED_XL2["num_classes"]  # + the null class
     assert (cfg.student_layer, cfg.teacher_layer) == (8, 20)  # the official README's blocks
+
+
+@pytest.mark.slow
+def test_parity_at_the_released_size(tmp_path):
+    """SiT-XL/2 (675M parameters, 256 tokens), random weights: the same bound as the tiny model."""
+    torch.manual_seed(0)
+    module = OfficialSelfFlow(**official.RELEASED_XL2).randomize(seed=3, scale=0.02).eval()
+    path = tmp_path / "xl.pt"
+    torch.save(module.state_dict(), path)
+    ours = load_official(path)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 256, 16)).astype(np.float32)
+    y = np.array([3, 1000])
+    for t in (np.array([0.1, 0.8], np.float32), rng.uniform(size=(2, 256)).astype(np.float32)):
+        error = relative(ours.velocity(x, t, y), torch_run(module, x, t, y))
+        print(f"velocity relative error, t {t.shape}: {error:.2e}")
+        assert error < 1e-5
+    for layer in (8, 20):
+        _, expected = torch_run(module, x, t, y, return_features=layer)
+        error = relative(ours.features(x, t, y, layer=layer), expected)
+        print(f"projected features after block {layer}: relative error {error:.2e}")
+        assert error < 1e-5
