@@ -32,6 +32,10 @@ MODEL_PRESETS: dict[str, dict[str, int]] = {
 }
 
 
+# Training metrics the trainer logs at every logged step, whatever the layout (train.best_metric
+# may name them; per-modality fm_loss/<m> is absent at steps where no layout with m ran).
+TRAINING_METRICS = ("loss", "fm_loss", "rep_loss", "cos_sim", "grad_norm")
+
 # Number of classes each data source labels (the label table adds one null class).
 SOURCE_CLASSES = {"shapes": 10, "world": 3, "fashion_mnist": 10}  # world: label = number of balls - 1
 
@@ -148,7 +152,16 @@ class TrainConfig:
     batch_size: int = 64
     log_every: int = 10
     checkpoint_every: int = 200
-    keep_checkpoints: int = 3
+    # Retention: a checkpoint survives if any rule keeps it (see selfflow.checkpoint).
+    keep_checkpoints: int = 3  # the last N
+    keep_every: int = 0  # also, for good, every checkpoint whose step is a multiple of K (0 = off)
+    # Also the N best by best_metric (0 = off); each checkpoint step is then logged with the EMA
+    # model's held-out validation loss, which the checkpoint stores for ranking.
+    keep_best: int = 0
+    # "val/loss" (mean held-out velocity MSE), "val/<modality>" (one layout), "val/<layout>/<modality>"
+    # (several), or a training metric of TRAINING_METRICS.
+    best_metric: str = "val/loss"
+    best_mode: Literal["min", "max"] = "min"  # min: lower is better
     sample_every: int = 0  # 0 = only at the end
 
 
@@ -320,6 +333,12 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"train.{key}={getattr(t, key)}: expected a positive integer")
     if t.sample_every < 0:
         raise ConfigError(f"train.sample_every={t.sample_every}: expected >= 0 (0 = only at the end)")
+    for key in ("keep_every", "keep_best"):
+        if getattr(t, key) < 0:
+            raise ConfigError(f"train.{key}={getattr(t, key)}: expected >= 0 (0 = off)")
+    if not (t.best_metric.startswith("val/") or t.best_metric in TRAINING_METRICS):
+        raise ConfigError(f"train.best_metric={t.best_metric!r}: expected 'val/loss', 'val/<modality>', "
+                          f"'val/<layout>/<modality>' or a training metric ({', '.join(TRAINING_METRICS)})")
     for key in ("steps", "per_class"):
         if getattr(cfg.sample, key) < 1:
             raise ConfigError(f"sample.{key}={getattr(cfg.sample, key)}: expected a positive integer")

@@ -9,6 +9,11 @@ Train state (a plain pytree, what Orbax saves):
 
 Batch n is a pure function of (seed, n) (see ``data_pipelines.loader``) and the step's
 randomness is fold_in(rng, n), so a resumed run continues bit-identically on the same machine.
+
+With ``train.keep_best`` every checkpoint step is logged together with the EMA model's held-out
+validation loss (:func:`validation_metrics`): ``val/<modality>`` for a single-layout run,
+``val/<layout>/<modality>`` for a mixed one, and ``val/loss``, their mean. That record is also
+stored with the checkpoint, for the retention policy to rank.
 """
 
 from __future__ import annotations
@@ -34,15 +39,18 @@ from selfflow import config as config_lib
 from selfflow import objective, sharding
 from selfflow.checkpoint import RunCheckpoints
 from selfflow.config import Config, ConfigError
-from selfflow.layout import layout_schedule
+from selfflow.layout import CONDITION, layout_schedule
 from selfflow.metrics_writer import MetricsWriter, plot_losses
 from selfflow.model import SelfFlowTransformer, build_model, count_params
 from selfflow.tasks import Task
+from selfflow.validation import validation_losses
 
 MONITORED = ("loss", "fm_loss", "rep_loss", "grad_norm")
-# Keys that may change when a run is resumed (how long and how often), everything else may not.
+VALIDATION_BATCHES = 2  # held-out batches per layout at each checkpoint (with train.keep_best)
+# Keys that may change when a run is resumed (how long, how often, what is kept), everything else may not.
 RESUMABLE_CHANGES = ("train.steps", "train.log_every", "train.checkpoint_every",
-                     "train.keep_checkpoints", "train.sample_every", "sample.", "data.read_threads",
+                     "train.keep_checkpoints", "train.keep_every", "train.keep_best", "train.best_metric",
+                     "train.best_mode", "train.sample_every", "sample.", "data.read_threads",
                      "data.prefetch", "data.worker_count", "data.on_bad_sample", "mesh.")
 
 
@@ -130,6 +138,25 @@ def layout_counts(cfg: Config, task: Task, steps: int) -> list[int]:
     return counts
 
 
+def _val_prefix(task: Task, index: int) -> str:
+    return f"val/{task.names[index]}/" if len(task.names) > 1 else "val/"
+
+
+def validation_keys(task: Task) -> list[str]:
+    """The names :func:`validation_metrics` returns, known before anything runs."""
+    return ["val/loss"] + list(dict.fromkeys(
+        _val_prefix(task, i) + seg.modality for i, lt in enumerate(task.layouts)
+        for seg in lt.layout.segments if seg.role != CONDITION))
+
+
+def validation_metrics(task: Task, model) -> dict[str, float]:
+    """Held-out velocity MSE of every layout's generated modalities and their mean ``val/loss``:
+    a measure comparable across checkpoints (fixed data, noise and τ), unlike the training loss."""
+    out = {_val_prefix(task, i) + m: v for i in range(len(task.layouts))
+           for m, v in validation_losses(task, model, i, batches=VALIDATION_BATCHES).items()}
+    return {"val/loss": float(np.mean(list(out.values()))), **out}
+
+
 def check_finite(step: int, metrics: dict, last_good: int | None, ckpt_dir: Path) -> None:
     values = {k: float(v) for k, v in jax.device_get(metrics).items() if k in MONITORED}
     bad = {k: v for k, v in values.items() if not math.isfinite(v)}
@@ -205,6 +232,9 @@ def train(cfg: Config, run_dir: str | Path, *, dataset=None, progress: bool = Tr
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     task = Task(cfg)
+    if cfg.train.best_metric.startswith("val/") and cfg.train.best_metric not in validation_keys(task):
+        raise ConfigError(f"train.best_metric={cfg.train.best_metric!r}: expected one of the validation "
+                          f"metrics of this run's layouts ({', '.join(validation_keys(task))})")
     model = build_model(cfg, task.token_dims)
     graphdef = nnx.graphdef(model)
     tx = make_optimizer(cfg.optim)
@@ -215,7 +245,7 @@ def train(cfg: Config, run_dir: str | Path, *, dataset=None, progress: bool = Tr
         raise ValueError("a dataset override needs a single-layout config")
     datasets = [dataset] if dataset is not None else [task.dataset(i) for i in range(len(task.layouts))]
 
-    ckpts = RunCheckpoints(run_dir, keep=cfg.train.keep_checkpoints)
+    ckpts = RunCheckpoints(run_dir, retention=cfg.train)
     start = ckpts.latest_step() or 0
     last_good = ckpts.latest_step()
     try:
@@ -223,6 +253,7 @@ def train(cfg: Config, run_dir: str | Path, *, dataset=None, progress: bool = Tr
             _check_resumable(ckpts.saved_config(last_good), cfg, run_dir)
             state, data_state = ckpts.restore(last_good, state)
             start = int(state["step"])
+            print(f"{run_dir}: resuming from the checkpoint of step {start}", file=sys.stderr)
             expected = layout_counts(cfg, task, start)
             if data_state.get("layout_batches", [data_state.get("next_index")]) != expected:
                 raise TrainingError(f"{ckpts.directory}/{last_good}: data iterators at "
@@ -289,15 +320,19 @@ def _loop(cfg, state, start, datasets, graphdef, tx, task, ckpts, run_dir, progr
                 window_steps += 1
                 bar.update(1)
                 final = done == tcfg.steps or stop.signal is not None
-                if done % tcfg.log_every == 0 or final:
+                checkpoint = done % tcfg.checkpoint_every == 0 or final
+                ranked = checkpoint and tcfg.keep_best > 0  # the policy ranks this step's record
+                if done % tcfg.log_every == 0 or final or ranked:
                     host = {k: float(v) for k, v in jax.device_get(metrics).items()}
                     if len(iterators) > 1:
                         host["layout"] = index
                     host["data/skipped"] = skipped
                     elapsed = time.perf_counter() - window_start
                     host["steps_per_sec"] = window_steps / elapsed if elapsed > 0 else 0.0
-                    window_start, window_steps = time.perf_counter(), 0
                     check_finite(done, host, last_good, ckpts.directory)
+                    if ranked:
+                        host.update(validation_metrics(task, nnx.merge(graphdef, state["ema"])))
+                    window_start, window_steps = time.perf_counter(), 0
                     writer.write(done, host)
                     bar.set_postfix(layout=task.names[index], loss=f"{host['loss']:.4f}",
                                     rep=f"{host['rep_loss']:.3f}",
@@ -307,10 +342,11 @@ def _loop(cfg, state, start, datasets, graphdef, tx, task, ckpts, run_dir, progr
                         and jax.process_count() == 1):
                     write_outputs(cfg, jax.device_get(state["ema"]), graphdef, task, run_dir,
                                   out=run_dir / "samples" / f"step_{done:07d}.png")
-                if done % tcfg.checkpoint_every == 0 or final:
+                if checkpoint:
                     check_finite(*pending, last_good, ckpts.directory)
                     ckpts.save(done, state, {"next_index": done, "layout_batches":
-                                             [it.get_state()["next_index"] for it in iterators]}, cfg)
+                                             [it.get_state()["next_index"] for it in iterators]}, cfg,
+                               metrics=host if ranked else None)
                     last_good = done
                 if stop.signal is not None and done < tcfg.steps:
                     stop_signal = stop.signal

@@ -8,6 +8,8 @@ velocity per modality — lower is better, and it is what the sampler integrates
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -25,6 +27,21 @@ def validation_losses(task: Task, model, index: int, *, batches: int = 4, seed: 
     """Mean velocity MSE per generated modality of layout ``index`` on held-out batches."""
     lt = task.layouts[index]
     dataset = task.dataset(index, heldout=True)
+    batch_losses = _batch_losses(task, index, tuple(taus))
+    per_segment = np.mean([np.asarray(batch_losses(model, dataset[k], jax.random.key(seed + k)))
+                           for k in range(batches)], axis=0)
+    result: dict[str, list[float]] = {}
+    for seg, value in zip(lt.layout.segments, per_segment):
+        if seg.role != CONDITION:
+            result.setdefault(seg.modality, []).append(float(value))
+    return {m: float(np.mean(v)) for m, v in result.items()}
+
+
+@functools.lru_cache(maxsize=32)
+def _batch_losses(task: Task, index: int, taus: tuple):
+    """The jitted per-batch losses of one layout, built once (the trainer validates at every
+    checkpoint; rebuilding it would retrace each time)."""
+    lt = task.layouts[index]
 
     @nnx.jit
     def batch_losses(model, raw, key):
@@ -43,10 +60,4 @@ def validation_losses(task: Task, model, index: int, *, batches: int = 4, seed: 
                         for v, x, e, g in zip(vs, batch.tokens, noise, generate)])
         return jnp.mean(jnp.asarray(out), axis=0)  # (segments,)
 
-    per_segment = np.mean([np.asarray(batch_losses(model, dataset[k], jax.random.key(seed + k)))
-                           for k in range(batches)], axis=0)
-    result: dict[str, list[float]] = {}
-    for seg, value in zip(lt.layout.segments, per_segment):
-        if seg.role != CONDITION:
-            result.setdefault(seg.modality, []).append(float(value))
-    return {m: float(np.mean(v)) for m, v in result.items()}
+    return batch_losses
