@@ -10,6 +10,7 @@
     selfflow export --run-dir DIR --out FILE [--format safetensors|official] [--weights ema|online] [--step K]
     selfflow import --official FILE.pt --config CONFIG.py --out DIR [--key ema] [--set key=value ...]
     selfflow fid-samples (--run-dir DIR | --official FILE.pt) --out FILE.npz [--num 50000] [--vae DIR] ...
+    selfflow eval --run-dir DIR [--num N] [--steps S] [--cfg W] [--no-probe] [--inception FILE.pth]
 
 Exit status: 0 for a finished run, 1 for a training error (non-finite loss, bad run directory),
 2 for a configuration or usage error, 130/143 when stopped by SIGINT/SIGTERM (checkpoint saved).
@@ -109,6 +110,22 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--vae", default=None, help="diffusers AutoencoderKL directory (latent models; needs "
                                                "diffusers), e.g. a local copy of stabilityai/sd-vae-ft-ema")
     p.add_argument("--step", type=int, default=None, help="--run-dir: checkpoint step (default: latest)")
+
+    p = sub.add_parser("eval", help="the run's metrics (Fréchet proxies, synchrony, action error, "
+                                    "linear probes): DIR/eval/step_K.json and .md")
+    p.add_argument("--run-dir", required=True)
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    p.add_argument("--num", type=int, default=256, help="generated (and real) examples per layout")
+    p.add_argument("--steps", type=int, default=None, help="sampler steps (default: sample.steps)")
+    p.add_argument("--cfg", type=float, default=None, help="guidance scale (default: sample.cfg_scale)")
+    p.add_argument("--no-probe", dest="probe", action="store_false", help="skip the per-block linear probes")
+    p.add_argument("--probe-examples", type=int, nargs=2, default=(2048, 1024), metavar=("TRAIN", "TEST"))
+    p.add_argument("--classifier-steps", type=int, default=1000,
+                   help="training budget of the image-FD classifier (cached per dataset)")
+    p.add_argument("--inception", default=None, metavar="FILE.pth",
+                   help="pytorch-fid InceptionV3 weights: also report the Inception FID of image layouts")
+    p.add_argument("--out", default=None, help="output directory (default: RUN_DIR/eval)")
+    p.add_argument("--seed", type=int, default=0)
 
     p = sub.add_parser("plot", help="plot a run's losses")
     p.add_argument("--run-dir", required=True)
@@ -291,6 +308,22 @@ def _fid_samples(args) -> int:
     return 0
 
 
+def _eval(args) -> int:
+    from selfflow.eval.evaluate import EvalSettings, evaluate_run
+
+    try:
+        settings = EvalSettings(num=args.num, steps=args.steps, cfg_scale=args.cfg, seed=args.seed, probe=args.probe,
+                                probe_examples=tuple(args.probe_examples), classifier_steps=args.classifier_steps,
+                                inception=args.inception)
+    except ValueError as e:
+        raise _UsageError(str(e)) from None
+    _, json_path, md_path = evaluate_run(args.run_dir, settings, step=args.step, out_dir=args.out,
+                                         progress=lambda what: print(f"eval: {what}", file=sys.stderr))
+    print(md_path.read_text(), end="")
+    print(f"wrote {json_path} and {md_path}")
+    return 0
+
+
 def _arch_overrides(items: list[str]) -> dict:
     """``["depth=4", "learn_sigma=false"]`` -> official constructor keywords, typed as the defaults."""
     from selfflow.official import RELEASED_XL2
@@ -352,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return {"train": _train, "sample": _sample, "bench": _bench, "plot": _plot,
                 "bench-data": _bench_data, "prepare": _prepare, "compile": _compile,
-                "export": _export, "import": _import, "fid-samples": _fid_samples}[args.command](args)
+                "export": _export, "import": _import, "fid-samples": _fid_samples, "eval": _eval}[args.command](args)
     except (ConfigError, _UsageError) as e:
         print(f"selfflow: error: {e}", file=sys.stderr)
         return 2

@@ -163,6 +163,11 @@ class TrainConfig:
     best_metric: str = "val/loss"
     best_mode: Literal["min", "max"] = "min"  # min: lower is better
     sample_every: int = 0  # 0 = only at the end
+    # Every K steps (0 = off): the cheap proxies of selfflow.eval on eval_samples generated examples
+    # per layout (sampled with the `sample` settings), logged as eval/<layout>/<metric>.
+    eval_every: int = 0
+    eval_samples: int = 64
+    eval_classifier_steps: int = 1000  # training budget of the image-FD classifier (cached per dataset)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,6 +176,11 @@ class SampleConfig:
     cfg_scale: float = 1.0
     per_class: int = 8
     seed: int = 0
+    # euler / heun (ODE) or sde (SiT Euler–Maruyama, the official FID protocol); see selfflow.sample
+    method: Literal["euler", "heun", "sde"] = "euler"
+    # guidance (cfg_scale != 1) only for τ in [guidance_low, guidance_high]
+    guidance_low: float = 0.0
+    guidance_high: float = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -342,6 +352,16 @@ def validate(cfg: Config) -> Config:
     for key in ("steps", "per_class"):
         if getattr(cfg.sample, key) < 1:
             raise ConfigError(f"sample.{key}={getattr(cfg.sample, key)}: expected a positive integer")
+    sc = cfg.sample
+    if sc.method == "sde" and sc.steps < 2:
+        raise ConfigError(f"sample.steps={sc.steps}: the sde method needs >= 2 (the last is its mean step)")
+    if not 0.0 <= sc.guidance_low <= sc.guidance_high <= 1.0:
+        raise ConfigError(f"sample.guidance_low={sc.guidance_low}, sample.guidance_high={sc.guidance_high}: "
+                          "expected 0 <= guidance_low <= guidance_high <= 1 (a τ interval)")
+    if t.eval_every < 0 or t.eval_samples < 2 or t.eval_classifier_steps < 1:
+        raise ConfigError(f"train.eval_every={t.eval_every}, train.eval_samples={t.eval_samples}: expected "
+                          "eval_every >= 0 (0 = off) and eval_samples >= 2 (a Fréchet distance needs two); "
+                          f"train.eval_classifier_steps={t.eval_classifier_steps}: expected >= 1")
     _validate_multimodal(cfg)
     _validate_sources(cfg)
     from selfflow.sharding import mesh_shape, parse_rules

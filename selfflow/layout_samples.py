@@ -19,14 +19,33 @@ from flax import nnx
 import modalities
 from selfflow import outputs
 from selfflow.layout import CONDITION
-from selfflow.sample import euler_sample_segments, save_grid
+from selfflow.sample import sample_segments, save_grid
 from selfflow.tasks import Task
 
 
-@nnx.jit(static_argnames=("layout", "steps", "cfg_scale", "null_class"))
-def _sample(model, layout, start, labels, positions, steps, cfg_scale, null_class):
-    return euler_sample_segments(model, layout, start, labels, positions, steps=steps,
-                                 cfg_scale=cfg_scale, null_class=null_class)
+@nnx.jit(static_argnames=("layout", "method", "steps", "cfg_scale", "guidance_interval", "null_class"))
+def _sample(model, layout, start, labels, positions, key, method, steps, cfg_scale, guidance_interval,
+            null_class):
+    return sample_segments(model, layout, start, labels, positions, method=method, steps=steps,
+                           cfg_scale=cfg_scale, guidance_interval=guidance_interval, null_class=null_class,
+                           key=key)
+
+
+def generate(cfg, task: Task, model, index: int, raw: dict, key: jax.Array, *, steps: int | None = None,
+             cfg_scale: float | None = None) -> tuple:
+    """Every segment of layout ``index`` for the examples of ``raw`` (a batch dict as the layout's
+    dataset yields): condition segments are the batch's own tokens, generate segments are sampled
+    from noise (drawn from ``key``) with the run's ``sample`` settings (method, guidance interval;
+    ``steps``/``cfg_scale`` override). Returns per segment (B, n_i, d_i) float32 tokens."""
+    lt, sc = task.layouts[index], cfg.sample
+    given = task.segment_batch(index, raw)
+    start = tuple(t if seg.role == CONDITION else
+                  jax.random.normal(jax.random.fold_in(key, j), t.shape, jnp.float32)
+                  for j, (t, seg) in enumerate(zip(given.tokens, lt.layout.segments)))
+    return _sample(model, lt.layout, start, jnp.asarray(given.labels), jnp.asarray(lt.positions),
+                   jax.random.fold_in(key, len(start)), sc.method, steps or sc.steps,
+                   float(sc.cfg_scale if cfg_scale is None else cfg_scale),
+                   (float(sc.guidance_low), float(sc.guidance_high)), cfg.data.num_classes)
 
 
 def _write(name: str, tokens: np.ndarray, spec, directory: Path, stem: str) -> list[Path]:
@@ -50,13 +69,7 @@ def write_layout_samples(cfg, task: Task, model, out_dir: str | Path, *, steps: 
     for i, lt in enumerate(task.layouts):
         raw = task.dataset(i)[0]
         raw = {k: v[:per_layout] for k, v in raw.items()}
-        given = task.segment_batch(i, raw)
-        key = jax.random.key(seed + i)
-        start = tuple(t if seg.role == CONDITION else
-                      jax.random.normal(jax.random.fold_in(key, j), t.shape, jnp.float32)
-                      for j, (t, seg) in enumerate(zip(given.tokens, lt.layout.segments)))
-        result = _sample(model, lt.layout, start, jnp.asarray(given.labels), jnp.asarray(lt.positions),
-                         steps, float(cfg_scale), cfg.data.num_classes)
+        result = generate(cfg, task, model, i, raw, jax.random.key(seed + i), steps=steps, cfg_scale=cfg_scale)
         directory = out_dir / lt.layout.name
         directory.mkdir(parents=True, exist_ok=True)
         for j, (seg, tokens) in enumerate(zip(lt.layout.segments, result)):

@@ -50,7 +50,8 @@ VALIDATION_BATCHES = 2  # held-out batches per layout at each checkpoint (with t
 # Keys that may change when a run is resumed (how long, how often, what is kept), everything else may not.
 RESUMABLE_CHANGES = ("train.steps", "train.log_every", "train.checkpoint_every",
                      "train.keep_checkpoints", "train.keep_every", "train.keep_best", "train.best_metric",
-                     "train.best_mode", "train.sample_every", "sample.", "data.read_threads",
+                     "train.best_mode", "train.sample_every", "train.eval_every", "train.eval_samples",
+                     "train.eval_classifier_steps", "sample.", "data.read_threads",
                      "data.prefetch", "data.worker_count", "data.on_bad_sample", "mesh.")
 
 
@@ -322,7 +323,8 @@ def _loop(cfg, state, start, datasets, graphdef, tx, task, ckpts, run_dir, progr
                 final = done == tcfg.steps or stop.signal is not None
                 checkpoint = done % tcfg.checkpoint_every == 0 or final
                 ranked = checkpoint and tcfg.keep_best > 0  # the policy ranks this step's record
-                if done % tcfg.log_every == 0 or final or ranked:
+                evaluating = bool(tcfg.eval_every) and done % tcfg.eval_every == 0 and jax.process_count() == 1
+                if done % tcfg.log_every == 0 or final or ranked or evaluating:
                     host = {k: float(v) for k, v in jax.device_get(metrics).items()}
                     if len(iterators) > 1:
                         host["layout"] = index
@@ -332,6 +334,8 @@ def _loop(cfg, state, start, datasets, graphdef, tx, task, ckpts, run_dir, progr
                     check_finite(done, host, last_good, ckpts.directory)
                     if ranked:
                         host.update(validation_metrics(task, nnx.merge(graphdef, state["ema"])))
+                    if evaluating:
+                        host.update(_proxies(cfg, task, nnx.merge(graphdef, jax.device_get(state["ema"])), run_dir))
                     window_start, window_steps = time.perf_counter(), 0
                     writer.write(done, host)
                     bar.set_postfix(layout=task.names[index], loss=f"{host['loss']:.4f}",
@@ -359,6 +363,18 @@ def _loop(cfg, state, start, datasets, graphdef, tx, task, ckpts, run_dir, progr
         for it in iterators:
             getattr(it, "close", lambda: None)()
     return TrainResult(state, int(state["step"]), stop_signal, run_dir)
+
+
+def _proxies(cfg: Config, task: Task, ema_model, run_dir: Path) -> dict[str, float]:
+    """The cheap proxies of :mod:`selfflow.eval.evaluate` (no probes, no Inception) for the EMA
+    model: ``eval/<layout>/<metric>`` and the ``val/...`` losses."""
+    from selfflow.eval.classifier import default_cache_dir
+    from selfflow.eval.evaluate import EvalSettings, evaluate
+
+    settings = EvalSettings(num=cfg.train.eval_samples, probe=False,
+                            classifier_steps=cfg.train.eval_classifier_steps, seed=cfg.sample.seed)
+    results = evaluate(cfg, task, ema_model, settings, default_cache_dir(run_dir))
+    return {(k if k.startswith("val/") else f"eval/{k}"): v for k, v in results.items()}
 
 
 def _next_batch(iterator, layout: str, step: int) -> dict:
@@ -396,7 +412,8 @@ def write_outputs(cfg: Config, ema_params, graphdef, task: Task, run_dir: Path,
         nnx.merge(graphdef, ema_params), num_classes=cfg.data.num_classes,
         per_class=scfg.per_class, token_shape=(spec.num_tokens, spec.token_dim),
         positions=task.layouts[0].positions, steps=steps or scfg.steps,
-        cfg_scale=scfg.cfg_scale if cfg_scale is None else cfg_scale, seed=scfg.seed)
+        cfg_scale=scfg.cfg_scale if cfg_scale is None else cfg_scale, seed=scfg.seed, method=scfg.method,
+        guidance_interval=(scfg.guidance_low, scfg.guidance_high))
     images = detokenize(tokens, spec)
     path = save_grid(np.asarray(images), cfg.data.num_classes, out or run_dir / "samples.png")
     if (run_dir / "metrics.jsonl").exists() and out is None:

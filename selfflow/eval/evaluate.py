@@ -1,0 +1,214 @@
+"""A run's numbers: every proxy of :mod:`selfflow.eval` that applies to its layouts, in one table.
+
+For each layout, ``num`` held-out examples are read; their condition segments (and labels) condition
+the sampler, which generates the layout's other segments from noise with the run's ``sample``
+settings (method, steps, guidance), from the EMA weights. Each generated modality is compared with
+the real examples of the same held-out batches:
+
+=========  ==================================================================================
+image      ``image_fd``: Fréchet distance in the features of the run's cached classifier
+           (:mod:`~selfflow.eval.classifier`); ``inception_fid`` too with ``inception=PATH``
+           (the pytorch-fid weight file)
+video      ``video_frame_fd`` (per-frame features, :mod:`~selfflow.eval.media`),
+           ``video_motion_fd`` and ``video_temporal_ratio`` (1 = as smooth as real clips)
+audio      ``audio_fd`` (log-mel statistics)
+audio +    ``av_synchrony``: do the sounds coincide with the collisions (:mod:`~selfflow.eval.
+video      synchrony`; ``av_synchrony_real`` is the real clips' score)
+action     ``action_l2`` / ``action_mse`` against the held-out demonstrations, original units
+=========  ==================================================================================
+
+Fréchet distances of finite sets are biased upwards, so each comes with ``<name>_real``: the same
+distance between the real set and a second, disjoint real set of the same size — the floor a
+perfect model would reach at this ``num``. Also reported: ``val/...`` (held-out velocity MSE,
+:func:`selfflow.train.validation_metrics`) and, with ``probe=True``, ``probe/layer_<l>``: held-out
+linear-probe accuracy of the trunk's features after block l (:mod:`~selfflow.eval.probe`).
+
+``selfflow eval --run-dir DIR`` writes ``DIR/eval/step_<k>.json`` and ``.md``; the trainer runs the
+cheap part (no probe, no Inception) every ``train.eval_every`` steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Callable
+
+import jax
+import numpy as np
+from flax import nnx
+
+import modalities
+from data_pipelines.sources import MEL_HOP_SECONDS, MODALITY_KEYS
+from selfflow.layout import CONDITION, GENERATE
+from selfflow.tasks import Task
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSettings:
+    num: int = 256  # generated (and real) examples per layout
+    steps: int | None = None  # sampler steps (None: sample.steps)
+    cfg_scale: float | None = None  # None: sample.cfg_scale
+    seed: int = 0
+    probe: bool = True  # linear probes of every block (the slow part)
+    probe_examples: tuple[int, int] = (2048, 1024)  # (train, held-out) examples of the probe
+    classifier_steps: int = 1000  # training budget of the image classifier (cached per dataset)
+    inception: str | None = None  # pytorch-fid weight file: also the Inception FID of images
+
+    def __post_init__(self):
+        if self.num < 2:
+            raise ValueError(f"num={self.num}: expected >= 2 examples (a Fréchet distance needs two)")
+
+
+def heldout_examples(task: Task, index: int, num: int, *, skip: int = 0) -> dict:
+    """The first ``num`` held-out examples of layout ``index`` after ``skip`` (whole batches)."""
+    batch = task.layouts[index].batch_size
+    first = skip // batch
+    count = math.ceil((skip - first * batch + num) / batch)
+    dataset = task.dataset(index, heldout=True)
+    batches = [dataset[first + k] for k in range(count)]
+    start = skip - first * batch
+    return {k: np.concatenate([b[k] for b in batches])[start:start + num] for k in batches[0]}
+
+
+def _generated(cfg, task: Task, model, index: int, real: dict, settings: EvalSettings) -> dict:
+    """Detokenised generated segments of layout ``index`` conditioned on ``real``: {modality: array}
+    (action: actions only), in chunks of the layout's batch size."""
+    from selfflow.layout_samples import generate
+
+    lt = task.layouts[index]
+    chunks = []
+    for c, start in enumerate(range(0, len(real["label"]), lt.batch_size)):
+        raw = {k: v[start:start + lt.batch_size] for k, v in real.items()}
+        key = jax.random.fold_in(jax.random.key(settings.seed), 1000 * index + c)
+        chunks.append(generate(cfg, task, model, index, raw, key, steps=settings.steps,
+                               cfg_scale=settings.cfg_scale))
+    out = {}
+    for j, seg in enumerate(lt.layout.segments):
+        if seg.role != GENERATE:
+            continue
+        tokens = np.concatenate([np.asarray(ch[j]) for ch in chunks])
+        value = modalities.get(seg.modality).detokenize(tokens, task.specs[seg.modality])
+        out[seg.modality] = np.asarray(value[0] if seg.modality == "action" else value)
+    return out
+
+
+def _real(real: dict, modality: str) -> np.ndarray:
+    return np.asarray(real[MODALITY_KEYS[modality][0]])
+
+
+def layout_metrics(cfg, task: Task, model, index: int, settings: EvalSettings,
+                   image_features: Callable | None, inception=None) -> dict[str, float]:
+    """The proxies of one layout (see the module docstring), unprefixed."""
+    from selfflow.eval import actions, frechet, media, synchrony
+
+    real = heldout_examples(task, index, settings.num)
+    fake = _generated(cfg, task, model, index, real, settings)
+    generated = set(fake)
+    lt = task.layouts[index]
+    present = set(lt.layout.modalities)
+    other = None  # a second real set: the floor of every Fréchet distance
+    if generated & {"image", "video", "audio"}:
+        other = heldout_examples(task, index, settings.num, skip=settings.num)
+    out: dict[str, float] = {}
+    if "image" in generated and image_features is not None:
+        real_images = _real(real, "image")
+        out["image_fd"] = frechet.frechet_from_features(image_features(real_images), image_features(fake["image"]))
+        out["image_fd_real"] = frechet.frechet_from_features(image_features(real_images),
+                                                             image_features(_real(other, "image")))
+    if "image" in generated and inception is not None:
+        from selfflow.eval.inception import extract
+        from selfflow.sample import to_uint8
+
+        def pool3(images):
+            pixels = to_uint8(np.repeat(images, 3, -1) if images.shape[-1] == 1 else images)
+            return extract(inception, pixels)[0]
+
+        out["inception_fid"] = frechet.frechet_from_features(pool3(_real(real, "image")), pool3(fake["image"]))
+        out["inception_fid_real"] = frechet.frechet_from_features(pool3(_real(real, "image")),
+                                                                  pool3(_real(other, "image")))
+    if "video" in generated:
+        rv, ov, fv = _real(real, "video"), _real(other, "video"), fake["video"]
+        out["video_frame_fd"] = media.video_frame_fd(rv, fv)
+        out["video_frame_fd_real"] = media.video_frame_fd(rv, ov)
+        out["video_motion_fd"] = media.motion_fd(rv, fv)
+        out["video_motion_fd_real"] = media.motion_fd(rv, ov)
+        out["video_temporal_ratio"] = media.temporal_consistency_ratio(rv, fv)
+    if "audio" in generated:
+        out["audio_fd"] = media.audio_fd(_real(real, "audio"), fake["audio"])
+        out["audio_fd_real"] = media.audio_fd(_real(real, "audio"), _real(other, "audio"))
+    if {"audio", "video"} <= present and generated & {"audio", "video"}:
+        fps, rate = task.specs["video"].fps, 1.0 / MEL_HOP_SECONDS
+        pick = lambda m: fake[m] if m in fake else _real(real, m)
+        out["av_synchrony"] = synchrony.batch_av_synchrony(pick("video"), pick("audio"), fps, rate)
+        out["av_synchrony_real"] = synchrony.batch_av_synchrony(_real(real, "video"), _real(real, "audio"), fps, rate)
+    if "action" in generated:
+        err = actions.action_error(fake["action"], np.asarray(real["actions"]))
+        out["action_l2"], out["action_mse"] = float(err["l2"]), float(err["mse"])
+    return {k: float(v) for k, v in out.items()}
+
+
+def evaluate(cfg, task: Task, model, settings: EvalSettings, cache_dir: str | Path,
+             progress: Callable[[str], None] = lambda _: None) -> dict[str, float]:
+    """Every metric of the run for ``model`` (its EMA weights): {"<layout>/<metric>": value,
+    "val/...": ..., "probe/layer_<l>": ...}."""
+    from selfflow.train import validation_metrics
+
+    image_features = inception = None
+    if any(s.modality == "image" and s.role == GENERATE for lt in task.layouts for s in lt.layout.segments):
+        from selfflow.eval.classifier import image_feature_extractor
+
+        progress("image classifier (trained once per dataset, then cached)")
+        image_features, _ = image_feature_extractor(cfg, task, cache_dir, steps=settings.classifier_steps)
+        if settings.inception:
+            from selfflow.eval.inception import load_pytorch_fid_weights
+            inception = load_pytorch_fid_weights(settings.inception)
+    results = {}
+    for i, name in enumerate(task.names):
+        progress(f"layout {name}: sampling {settings.num} examples")
+        results.update({f"{name}/{k}": v for k, v in
+                        layout_metrics(cfg, task, model, i, settings, image_features, inception).items()})
+    results.update(validation_metrics(task, model))
+    if settings.probe:
+        from selfflow.eval.probe import PROBED_MODALITIES, layer_probe
+
+        modality = next((m for m in PROBED_MODALITIES if m in task.specs), None)
+        if modality is not None:
+            progress(f"linear probes of every block ({modality})")
+            n_train, n_test = settings.probe_examples
+            accuracy = layer_probe(model, task, range(1, model.depth + 1), n_train=n_train, n_test=n_test,
+                                   seed=settings.seed, modality=modality)
+            results.update({f"probe/layer_{layer}": acc for layer, acc in accuracy.items()})
+    return results
+
+
+def markdown(results: dict[str, float], title: str) -> str:
+    """A table: one row per metric, with the real-vs-real floor beside its Fréchet distance."""
+    rows = [f"# {title}", "", "| metric | value | real vs real |", "|---|---|---|"]
+    for key in sorted(results):
+        if key.endswith("_real") and key[: -len("_real")] in results:
+            continue
+        floor = results.get(f"{key}_real")
+        rows.append(f"| {key} | {results[key]:.4g} | {'' if floor is None else f'{floor:.4g}'} |")
+    return "\n".join(rows) + "\n"
+
+
+def evaluate_run(run_dir, settings: EvalSettings = EvalSettings(), *, step: int | None = None,
+                 out_dir=None, cache_dir=None, progress: Callable[[str], None] = lambda _: None
+                 ) -> tuple[dict, Path, Path]:
+    """Evaluates a run directory's EMA weights; writes ``step_<k>.json`` and ``.md`` into ``out_dir``
+    (default ``RUN_DIR/eval``). Returns (results, json path, markdown path)."""
+    from selfflow.eval.classifier import default_cache_dir
+    from selfflow.train import load_run
+
+    cfg, state, graphdef, task, step = load_run(run_dir, step)
+    model = nnx.merge(graphdef, jax.device_get(state["ema"]))
+    results = evaluate(cfg, task, model, settings, cache_dir or default_cache_dir(run_dir), progress)
+    out_dir = Path(out_dir or Path(run_dir) / "eval")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out_dir / f"step_{step}.json", out_dir / f"step_{step}.md"
+    json_path.write_text(json.dumps({"step": step, "settings": dataclasses.asdict(settings),
+                                     "metrics": results}, indent=2, sort_keys=True))
+    md_path.write_text(markdown(results, f"{run_dir} at step {step} (EMA weights, {settings.num} samples per layout)"))
+    return results, json_path, md_path
