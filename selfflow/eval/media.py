@@ -59,7 +59,8 @@ DEFAULT_BINS = 8
 # ----------------------------------------------------------------------------------- checks
 
 
-def _array(name: str, value, ndim: int, layout: str, min_len: int = 1) -> np.ndarray:
+def checked_array(name: str, value, ndim: int, layout: str, min_len: int = 1) -> np.ndarray:
+    """``value`` as float64 with ``ndim`` axes, at least ``min_len`` along the first, all finite."""
     value = np.asarray(value, np.float64)
     if value.ndim != ndim or value.shape[0] < min_len:
         raise ValueError(f"{name} has shape {value.shape}; expected {layout} with at least "
@@ -81,7 +82,7 @@ def _same_trailing(name_a: str, a: np.ndarray, name_b: str, b: np.ndarray, axes:
 def logmel_clip_features(logmels) -> np.ndarray:
     """(N, F, M) normalised log-mels -> (N, 3M) float64: per-band mean over time, std over time
     and RMS of the positive frame-to-frame differences (see module docstring). F >= 2."""
-    x = _array("logmels", logmels, 3, "(clips, frames, n_mels)")
+    x = checked_array("logmels", logmels, 3, "(clips, frames, n_mels)")
     if x.shape[1] < 2:
         raise ValueError(f"logmels has shape {x.shape}; need at least 2 frames per clip")
     onset = np.sqrt((np.maximum(np.diff(x, axis=1), 0.0) ** 2).mean(1))
@@ -91,8 +92,8 @@ def logmel_clip_features(logmels) -> np.ndarray:
 def audio_fd(real, generated) -> float:
     """Fréchet distance between two sets of log-mel clips ``real`` (N, F, M) and ``generated``
     (N', F, M) in :func:`logmel_clip_features` space (an FAD proxy; 0 for identical sets)."""
-    real = _array("real", real, 3, "(clips, frames, n_mels)", 2)
-    generated = _array("generated", generated, 3, "(clips, frames, n_mels)", 2)
+    real = checked_array("real", real, 3, "(clips, frames, n_mels)", 2)
+    generated = checked_array("generated", generated, 3, "(clips, frames, n_mels)", 2)
     _same_trailing("real", real, "generated", generated, "(frames, n_mels)")
     return float(frechet_from_features(logmel_clip_features(real), logmel_clip_features(generated)))
 
@@ -105,7 +106,7 @@ def frame_features(images, grid: int = DEFAULT_GRID, bins: int = DEFAULT_BINS) -
     average-pooled thumbnail (row-major, channels last) and per-channel histograms of ``bins``
     equal bins over [-1, 1] (fractions of the pixels; values outside are clipped, as writing
     to uint8 would). H and W must be divisible by ``grid``."""
-    x = _array("images", images, 4, "(n, H, W, C)")
+    x = checked_array("images", images, 4, "(n, H, W, C)")
     n, h, w, c = x.shape
     if grid < 1 or h % grid or w % grid:
         raise ValueError(f"images of {h}x{w} cannot be pooled to a {grid}x{grid} grid; "
@@ -147,7 +148,7 @@ def video_frame_fd(real, generated, extract: Callable[[np.ndarray], np.ndarray] 
 
 
 def _clips(name: str, videos) -> np.ndarray:
-    return _array(name, videos, 5, "(clips, T, H, W, C) with T >= 2")
+    return checked_array(name, videos, 5, "(clips, T, H, W, C) with T >= 2")
 
 
 def mean_frame_difference(videos) -> float:

@@ -57,6 +57,8 @@ import math
 
 import numpy as np
 
+from selfflow.eval.media import checked_array
+
 DEFAULT_BLUR = 0.125       # Gaussian sigma as a fraction of the frame height (2 px at 16 x 16)
 DEFAULT_MAX_LAG_S = 0.4    # window of lags of synchrony_profile, seconds either side
 
@@ -69,23 +71,11 @@ def _check_rate(name: str, value) -> float:
 
 
 def _check_video(video) -> np.ndarray:
-    video = np.asarray(video, np.float64)
-    if video.ndim != 4 or video.shape[0] < 3:
-        raise ValueError(f"video has shape {video.shape}; expected (T, H, W, C) with T >= 3 frames "
-                         "(a second difference needs three)")
-    if not np.isfinite(video).all():
-        raise ValueError("video contains NaN or infinite values")
-    return video
+    return checked_array("video", video, 4, "(T, H, W, C), T >= 3 (a second difference needs three frames),", 3)
 
 
 def _check_logmel(logmel) -> np.ndarray:
-    logmel = np.asarray(logmel, np.float64)
-    if logmel.ndim != 2 or logmel.shape[0] < 2:
-        raise ValueError(f"logmel has shape {logmel.shape}; expected (frames, n_mels) with at least "
-                         "2 frames")
-    if not np.isfinite(logmel).all():
-        raise ValueError("logmel contains NaN or infinite values")
-    return logmel
+    return checked_array("logmel", logmel, 2, "(frames, n_mels)", 2)
 
 
 def visual_event_strength(video, blur: float = DEFAULT_BLUR) -> np.ndarray:
