@@ -224,6 +224,17 @@ def _check_headers(arrays: dict[str, _Array]) -> tuple[int, str | None]:
 # ------------------------------------------------------------------------------------ source
 
 
+def resize_frames(frames: np.ndarray, size: int | None) -> np.ndarray:
+    """uint8 (T, H, W, 3) -> float32 (T, size, size, 3) in [-1, 1] (bilinear; None keeps H, W):
+    recorded frames, and a live observation given to a policy, go through this one function."""
+    if size is not None and frames.shape[1:3] != (size, size):
+        from PIL import Image
+
+        frames = np.stack([np.asarray(Image.fromarray(f).resize((size, size), Image.BILINEAR))
+                           for f in frames])
+    return to_unit_range(frames)
+
+
 class TrajectorySource:
     """Grain random-access source of episode windows (see module docstring)."""
 
@@ -284,6 +295,7 @@ class TrajectorySource:
         self.frame_size = (height, width)
         size = (self.image_size, self.image_size) if self.image_size is not None else (height, width)
         self.schema = {
+            "image": Field((*size, 3), "float32"),  # the window's first frame: a policy's observation
             "video": Field((self.window, *size, 3), "float32"),
             "proprio": Field((self.window, ref.arrays["proprio"].shape[1]), "float32"),
             "actions": Field((self.window, ref.arrays["actions"].shape[1]), "float32"),
@@ -346,17 +358,9 @@ class TrajectorySource:
             if value.dtype.kind == "f" and not np.isfinite(value).all():
                 bad = int((~np.isfinite(value)).sum())
                 raise BadSampleError(where, f"{name!r} has {bad} non-finite values (NaN or inf)")
-        return {"video": self._video(frames), "proprio": proprio.astype(np.float32),
+        video = resize_frames(frames, self.image_size)
+        return {"image": video[0], "video": video, "proprio": proprio.astype(np.float32),
                 "actions": actions.astype(np.float32), "label": np.int32(label)}
-
-    def _video(self, frames: np.ndarray) -> np.ndarray:
-        size = self.image_size
-        if size is not None and frames.shape[1:3] != (size, size):
-            from PIL import Image
-
-            frames = np.stack([np.asarray(Image.fromarray(f).resize((size, size), Image.BILINEAR))
-                               for f in frames])
-        return to_unit_range(frames)
 
     def _read_npz(self, ep: _Episode, start: int):
         stop = start + self.window

@@ -11,12 +11,16 @@ read by `data_pipelines.trajectories.TrajectorySource` as 1.6 s windows at the s
 (16 steps, frames resized to 16x16). Actions and proprioception are normalised with statistics of
 the first 256 windows (modalities.action).
 Layouts:
-  video_action    [video 128, action]           joint generation of the future and the actions
-  inverse         [video:condition, action]     the actions that produced an observed clip
+  video_action    [video 128, action]                        joint generation of the future and the actions
+  inverse         [video:condition, action]                  the actions that produced an observed clip
+  policy          [image:condition, video, action]           from the current frame: the future and the
+                                                             actions (selfflow.eval.policy.ModelPolicy
+                                                             rolls it out in the simulator)
 Expected runtime: about 7 minutes on 2 CPU cores (1500 steps, tiny model with RoPE; measured
-6 min 44 s, plus 46 s to record the 100 episodes, 2026-11-23).
+6 min 44 s, plus 46 s to record the 100 episodes, 2026-11-23, before the policy layout was added:
+not re-measured since).
 Expected result: fm_loss/action and fm_loss/video fall well below their first logged values
-(measured: action 1.72 -> 0.34, video 1.67 -> 0.18, first and last logged values);
+(measured before the policy layout: action 1.72 -> 0.34, video 1.67 -> 0.18, first and last logged values);
 samples/<layout>/ holds the generated clips (GIF) and action plots.
 Smoke test: add `--set train.steps=20`.
 """
@@ -34,7 +38,8 @@ CONFIG = Config(
     train=TrainConfig(steps=1500, log_every=10, checkpoint_every=250),
     modalities=(ModalityConfig("video"), ModalityConfig("action")),
     layouts=(
-        LayoutConfig("video_action", ("video", "action"), weight=0.5, batch_size=8),
-        LayoutConfig("inverse", ("video:condition", "action"), weight=0.5, batch_size=8),
+        LayoutConfig("video_action", ("video", "action"), weight=0.35, batch_size=8),
+        LayoutConfig("inverse", ("video:condition", "action"), weight=0.3, batch_size=8),
+        LayoutConfig("policy", ("image:condition", "video", "action"), weight=0.35, batch_size=8),
     ),
 )

@@ -120,7 +120,8 @@ def test_robot_episodes_train_a_video_action_layout(tmp_path):
                       frames=rng.integers(0, 256, (length, 8, 8, 3), dtype=np.uint8),
                       proprio=rng.uniform(0, 512, (length, 2)), actions=rng.uniform(0, 512, (length, 2)))
     cfg = config([SourceConfig("pusht", "trajectories", path=str(tmp_path / "eps"), stride=2)], steps=2,
-                 layouts=[LayoutConfig("inverse", ("video:condition", "action"), batch_size=4)])
+                 layouts=[LayoutConfig("inverse", ("video:condition", "action"), batch_size=4),
+                          LayoutConfig("policy", ("image:condition", "video", "action"), batch_size=4)])
     cfg = dataclasses.replace(
         cfg, model=dataclasses.replace(cfg.model, positions="rope"),
         data=dataclasses.replace(cfg.data, image_size=8, clip_seconds=0.8, fps=10.0, num_classes=1))
@@ -131,6 +132,7 @@ def test_robot_episodes_train_a_video_action_layout(tmp_path):
     train(cfg, tmp_path / "run", progress=False, write_samples=False)
     rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2] and all(np.isfinite(r["fm_loss/action"]) for r in rows)
+    assert task.specs["image"].height == 8  # the policy layout's observation: the window's first frame
 
 
 def test_resumed_mixture_with_workers_continues_exactly(png_folder, tmp_path):

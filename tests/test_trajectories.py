@@ -91,16 +91,17 @@ def test_windows_have_exact_values(mixed_root, caplog):
     assert src.table.tolist() == [[0, 0], [0, 2], [0, 4], [0, 6], [1, 0], [1, 2], [1, 4], [2, 0]]
     assert src.skipped_short == [] and src.bad_episodes == []
     assert {k: (f.shape, f.dtype) for k, f in src.schema.items()} == {
-        "video": ((3, 6, 5, 3), "float32"), "proprio": ((3, 3), "float32"),
+        "image": ((6, 5, 3), "float32"), "video": ((3, 6, 5, 3), "float32"), "proprio": ((3, 3), "float32"),
         "actions": ((3, 2), "float32"), "label": ((), "int32")}
     for i, (e, start) in enumerate(src.table):
         frames, proprio, actions = _episode((10, 7, 3)[e], offset=10 * e)
         sl = slice(start, start + window)
         x = src[i]
-        assert set(x) == {"video", "proprio", "actions", "label"}
+        assert set(x) == {"image", "video", "proprio", "actions", "label"}
         for k, f in src.schema.items():
             assert x[k].shape == f.shape and x[k].dtype == f.dtype, k
         np.testing.assert_array_equal(x["video"], frames[sl].astype(np.float32) / 127.5 - 1.0)
+        np.testing.assert_array_equal(x["image"], x["video"][0])  # the observation a policy sees
         np.testing.assert_array_equal(x["proprio"], proprio[sl])
         np.testing.assert_array_equal(x["actions"], actions[sl])
         assert int(x["label"]) == (4, 0, 1)[e]

@@ -25,15 +25,8 @@ Policy interface (what :func:`rollout_success` calls):
   (:class:`ExpertPolicy`, the scripted expert, which reads the block pose from ``env.unwrapped``).
 
 A generated-action model becomes a policy through a layout that conditions on the current
-observation and generates the action chunk, e.g. ``("image:condition", "video", "action")``
-trained on PushT episodes (the repository's ``experiments/pusht_video_action.py`` trains
-``[video, action]`` and ``[video:condition, action]``, neither of which conditions on the
-present frame alone, so no wrapper is provided here). Such a wrapper would: resize
-``observation["pixels"]`` to the run's image size and scale it with
-``data_pipelines.base.to_unit_range`` (exactly what ``TrajectorySource`` does to the recorded
-frames), tokenise it as the condition segment, draw noise for the generated segments, sample
-(``selfflow.sample.sample_segments``), and return the first clip's actions from
-``modalities.action.detokenize`` (already target positions in pixels).
+observation and generates the action chunk, ``("image:condition", "video", "action")`` (the
+``policy`` layout of ``experiments/pusht_video_action.py``): :class:`selfflow.eval.policy.ModelPolicy`.
 
 Success (gym-pusht 0.1.8): ``info["is_success"]``, i.e. coverage of the goal T by the block
 > ``env.success_threshold`` = 0.95 (the episode then terminates); ``info["coverage"]`` is that
