@@ -156,11 +156,14 @@ def evaluate(cfg, task: Task, model, settings: EvalSettings, cache_dir: str | Pa
     from selfflow.train import validation_metrics
 
     image_features = inception = None
-    if any(s.modality == "image" and s.role == GENERATE for lt in task.layouts for s in lt.layout.segments):
+    imaging = [lt for lt in task.layouts if any(s.modality == "image" and s.role == GENERATE
+                                                  for s in lt.layout.segments)]
+    if imaging:
         from selfflow.eval.classifier import image_feature_extractor
 
         progress("image classifier (trained once per dataset, then cached)")
-        image_features, _ = image_feature_extractor(cfg, task, cache_dir, steps=settings.classifier_steps)
+        image_features, _ = image_feature_extractor(cfg, task, cache_dir, source=imaging[0].sources[0],
+                                                    steps=settings.classifier_steps)
         if settings.inception:
             from selfflow.eval.inception import load_pytorch_fid_weights
             inception = load_pytorch_fid_weights(settings.inception)
