@@ -113,3 +113,20 @@ def test_bad_layouts_are_rejected(run, layout, match):
     cfg, task, model = run
     with pytest.raises(ValueError, match=match):
         ModelPolicy(cfg, task, model, layout)
+
+
+def test_command_reports_model_expert_and_random(run, tmp_path, capsys):
+    import json
+
+    pytest.importorskip("gym_pusht")
+    from selfflow.eval import policy as policy_mod
+    from selfflow.train import train
+
+    cfg, _, _ = run
+    train(cfg, tmp_path / "run", progress=False, write_samples=False)
+    assert policy_mod.main([str(tmp_path / "run"), "--episodes", "1", "--max-steps", "6", "--execute", "3"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["step"] == 1 and set(report) == {"step", "model", "expert", "random"}
+    for name in ("model", "expert", "random"):
+        assert 0.0 <= report[name]["success_rate"] <= 1.0
+        assert 0.0 <= report[name]["mean_final_coverage"] <= report[name]["mean_max_coverage"] <= 1.0

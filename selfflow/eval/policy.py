@@ -105,3 +105,40 @@ class ModelPolicy:
         actions, _ = action_mod.detokenize(np.asarray(tokens, np.float32), self.task.specs["action"])
         chunk = np.asarray(actions[0], np.float64)
         return chunk[: self.execute] if self.execute else chunk
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m selfflow.eval.policy RUN_DIR``: rolls the run's EMA policy layout out in gym-pusht
+    and prints its success rate and coverage as JSON, beside the scripted expert's and a random
+    policy's on the same initial states."""
+    import argparse
+    import json
+
+    from flax import nnx
+
+    from selfflow.eval.actions import ExpertPolicy, RandomPolicy, rollout_success
+    from selfflow.train import load_run
+
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("run_dir")
+    p.add_argument("--layout", default="policy")
+    p.add_argument("--episodes", type=int, default=20)
+    p.add_argument("--seed", type=int, default=10_000, help="episode seeds (not the recorded training ones)")
+    p.add_argument("--execute", type=int, default=8, help="actions of each chunk run before the next query")
+    p.add_argument("--max-steps", type=int, default=300)
+    p.add_argument("--image-size", type=int, default=32, help="rendered frame size (as recorded)")
+    args = p.parse_args(argv)
+    cfg, state, graphdef, task, step = load_run(args.run_dir)
+    policies = {"model": ModelPolicy(cfg, task, nnx.merge(graphdef, state["ema"]), args.layout, execute=args.execute),
+                "expert": ExpertPolicy(), "random": RandomPolicy(seed=args.seed)}
+    report = {"step": step}
+    for name, policy in policies.items():
+        result = rollout_success(policy, args.episodes, args.seed, args.max_steps, image_size=args.image_size,
+                                 execute=args.execute if name == "model" else None)
+        report[name] = {k: result[k] for k in ("success_rate", "mean_final_coverage", "mean_max_coverage")}
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
