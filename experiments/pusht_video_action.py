@@ -16,12 +16,14 @@ Layouts:
   policy          [image:condition, video, action]           from the current frame: the future and the
                                                              actions (selfflow.eval.policy.ModelPolicy
                                                              rolls it out in the simulator)
-Expected runtime: about 7 minutes on 2 CPU cores (1500 steps, tiny model with RoPE; measured
-6 min 44 s, plus 46 s to record the 100 episodes, 2026-11-23, before the policy layout was added:
-not re-measured since).
+Expected runtime: about 6 minutes on 2 CPU cores (1500 steps, tiny model with RoPE; measured
+5 min 26 s, plus 45 s to record the 100 episodes, 2026-11-23).
 Expected result: fm_loss/action and fm_loss/video fall well below their first logged values
-(measured before the policy layout: action 1.72 -> 0.34, video 1.67 -> 0.18, first and last logged values);
+(measured: action 2.36 -> 0.36, video 1.61 -> 0.078, first and last logged values);
 samples/<layout>/ holds the generated clips (GIF) and action plots.
+Policy in the simulator: `.venv/bin/python -m selfflow.eval.policy runs/pusht_video_action --episodes 20`
+(measured after this run, 20 held-out starts: success 0/20, mean max coverage 0.064, against
+0.043 for random targets and 20/20 for the scripted expert: a 6-minute tiny model does not solve PushT).
 Smoke test: add `--set train.steps=20`.
 """
 
