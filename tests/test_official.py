@@ -179,13 +179,11 @@ def test_runs_that_embed_tau_export_the_same_velocity(reference, inputs):
 
 # ---------------------------------------------------------------------------- runs <-> official .pt
 
-RUN_CONFIG = '''
-from selfflow.config import *
-CONFIG = Config(model=ModelConfig(depth=2, hidden_size=32, num_heads=2, patch_size=4),
-                data=DataConfig(image_size=16), objective=ObjectiveConfig(student_layer=1, teacher_layer=2, ema_decay=0.5),
-                optim=OptimConfig(learning_rate=1e-2), train=TrainConfig(steps=3, batch_size=8, checkpoint_every=3),
-                sample=SampleConfig(steps=2, per_class=1), mesh=MeshConfig(data=1))
-'''
+RUN_CONFIG = """
+import dataclasses
+from test_export import CFG
+CONFIG = dataclasses.replace(CFG, model=dataclasses.replace(CFG.model{model}))
+"""  # the CLI reads experiment files; this one is test_export's tiny run
 
 
 @pytest.fixture(scope="module")
@@ -195,7 +193,7 @@ def exported_run(tmp_path_factory):
     from selfflow.train import train
 
     base = tmp_path_factory.mktemp("run")
-    (base / "tiny.py").write_text(RUN_CONFIG)
+    (base / "tiny.py").write_text(RUN_CONFIG.format(model=""))
     train(load_config_file(base / "tiny.py"), base / "run", progress=False, write_samples=False)
     assert cli.main(["export", "--run-dir", str(base / "run"), "--format", "official",
                      "--out", str(base / "model.pt")]) == 0
@@ -263,12 +261,12 @@ def test_runs_without_an_official_counterpart_are_refused(exported_run, tmp_path
     from selfflow import cli
 
     rope = tmp_path / "rope.py"
-    rope.write_text(RUN_CONFIG.replace("patch_size=4)", "patch_size=4, positions='rope')"))
+    rope.write_text(RUN_CONFIG.format(model=", positions='rope'"))
     code = cli.main(["import", "--official", str(exported_run / "model.pt"), "--config", str(rope),
                      "--out", str(tmp_path / "x")])
     assert code == 1 and "model.positions='rope'" in capsys.readouterr().err
     wide = tmp_path / "wide.py"
-    wide.write_text(RUN_CONFIG.replace("hidden_size=32", "hidden_size=64"))
+    wide.write_text(RUN_CONFIG.format(model=", hidden_size=64"))
     code = cli.main(["import", "--official", str(exported_run / "model.pt"), "--config", str(wide),
                      "--out", str(tmp_path / "y")])
     err = capsys.readouterr().err
