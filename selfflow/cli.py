@@ -278,12 +278,12 @@ def _fid_samples(args) -> int:
         spec = task.specs["image"]
     else:
         from selfflow.export import load_official
+        from selfflow.official import image_spec
 
         official = load_official(args.official, args.key, **_arch_overrides(args.arch))
         model, positions = official.model, official.positions
         num_classes = official.architecture["num_classes"] - 1
-        spec = image_mod.ImageSpec(official.architecture["input_size"], official.architecture["input_size"],
-                                   official.architecture["in_channels"], official.architecture["patch_size"])
+        spec = image_spec(official.architecture)
     detokenize = partial(image_mod.detokenize, spec=spec)
     if args.vae:
         decode = fid_samples.sd_vae_decoder(args.vae, detokenize, latent_shape=(spec.height, spec.width, spec.channels))
