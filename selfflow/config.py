@@ -54,7 +54,15 @@ class ModelConfig:
     # What the timestep MLP embeds: "sit" = s = 1 − τ, as the official Self-Flow/SiT model (its
     # weights then map to ours bit for bit); "tau" = τ itself (runs saved before this option).
     time_embedding: Literal["sit", "tau"] = "sit"
+    # Matmul precision: "bfloat16" = bf16 matmuls with float32 accumulation, float32 weights,
+    # norms, timestep embeddings and losses.
     dtype: Literal["float32", "bfloat16"] = "float32"
+    # Speed/memory knobs that do not change the math: "factored" computes the conditioning and
+    # the adaLN modulations once per distinct timestep of a sample (t, s, 0) and gathers them per
+    # token; "per_token" computes them for every token (the official model's way). remat=True
+    # recomputes each block's activations in the backward pass (less memory, ~1/3 more compute).
+    conditioning: Literal["factored", "per_token"] = "factored"
+    remat: bool = False
 
     def resolved(self, key: str) -> int:
         value = getattr(self, key)

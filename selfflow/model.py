@@ -48,12 +48,14 @@ class SelfFlowTransformer(nnx.Module):
     def __init__(self, *, depth: int, hidden_size: int, num_heads: int, mlp_ratio: float,
                  num_classes: int, token_dims: dict[str, int], positions: str = "sincos",
                  rope_theta: float = 10_000.0, time_embedding: str = "sit", dtype=jnp.float32,
-                 rngs: nnx.Rngs):
+                 conditioning: str = "factored", remat: bool = False, rngs: nnx.Rngs):
         if positions not in ("sincos", "rope"):
             raise ValueError(f"positions={positions!r}: expected 'sincos' or 'rope'")
         if time_embedding not in ("sit", "tau"):
             raise ValueError(f"time_embedding={time_embedding!r}: expected 'sit' or 'tau'")
-        self.time_embedding = time_embedding
+        if conditioning not in ("factored", "per_token"):
+            raise ValueError(f"conditioning={conditioning!r}: expected 'factored' or 'per_token'")
+        self.time_embedding, self.conditioning, self.remat = time_embedding, conditioning, remat
         self.depth, self.hidden_size, self.num_heads = depth, hidden_size, num_heads
         self.num_classes, self.positions, self.rope_theta = num_classes, positions, rope_theta
         self.t_embedder = layers.TimestepEmbedder(hidden_size, rngs)
@@ -88,7 +90,8 @@ class SelfFlowTransformer(nnx.Module):
         b, n, _ = x.shape
         index = None
         if isinstance(timesteps, FactoredTimesteps):
-            timesteps, index = timesteps.values, timesteps.index
+            timesteps, index = ((timesteps.values, timesteps.index) if self.conditioning == "factored"
+                                else (timesteps.dense(), None))
         timesteps = jnp.asarray(timesteps, jnp.float32)
         if timesteps.ndim == 1:  # one τ per sample: broadcast *before* embedding (exactly equal)
             timesteps = jnp.broadcast_to(timesteps[:, None], (b, n))
@@ -100,6 +103,11 @@ class SelfFlowTransformer(nnx.Module):
         else:
             rope = layers.rope_angles(positions, self.hidden_size // self.num_heads, self.rope_theta)
         return x, c, index, rope
+
+    def _run_block(self, block, x, c, rope, index):
+        if self.remat:  # keep only the block's inputs; recompute its activations in the backward pass
+            return nnx.remat(lambda blk, *a: blk(*a))(block, x, c, rope, index)
+        return block(x, c, rope, index)
 
     def _check_layer(self, layer: int, name: str) -> None:
         if not 1 <= layer <= self.depth:
@@ -116,7 +124,7 @@ class SelfFlowTransformer(nnx.Module):
         x, c, index, rope = self._embed(tokens, timesteps, labels, positions, modality)
         hidden = None
         for i, block in enumerate(self.blocks):
-            x = block(x, c, rope, index)
+            x = self._run_block(block, x, c, rope, index)
             if i + 1 == return_layer:
                 hidden = x
         segments, names = _as_segments(tokens, modality)
@@ -136,7 +144,7 @@ class SelfFlowTransformer(nnx.Module):
         self._check_layer(layer, "layer")
         x, c, index, rope = self._embed(tokens, timesteps, labels, positions, modality)
         for block in self.blocks[:layer]:
-            x = block(x, c, rope, index)
+            x = self._run_block(block, x, c, rope, index)
         return x
 
     def project(self, hidden: jax.Array) -> jax.Array:
@@ -157,7 +165,8 @@ def build_model(cfg: Config, token_dims: dict[str, int], seed: int | None = None
         depth=cfg.depth, hidden_size=m.resolved("hidden_size"), num_heads=m.resolved("num_heads"),
         mlp_ratio=m.mlp_ratio, num_classes=cfg.data.num_classes, token_dims=token_dims,
         positions=m.positions, rope_theta=m.rope_theta, time_embedding=m.time_embedding,
-        dtype=jnp.bfloat16 if m.dtype == "bfloat16" else jnp.float32,
+        dtype=jnp.bfloat16 if m.dtype == "bfloat16" else jnp.float32, conditioning=m.conditioning,
+        remat=m.remat,
         rngs=nnx.Rngs(cfg.seed if seed is None else seed))
 
 

@@ -52,7 +52,8 @@ RESUMABLE_CHANGES = ("train.steps", "train.log_every", "train.checkpoint_every",
                      "train.keep_checkpoints", "train.keep_every", "train.keep_best", "train.best_metric",
                      "train.best_mode", "train.sample_every", "train.eval_every", "train.eval_samples",
                      "train.eval_classifier_steps", "sample.", "data.read_threads",
-                     "data.prefetch", "data.worker_count", "data.on_bad_sample", "mesh.")
+                     "data.prefetch", "data.worker_count", "data.on_bad_sample", "mesh.",
+                     "model.conditioning", "model.remat")
 
 
 class TrainingError(RuntimeError):

@@ -191,3 +191,35 @@ def test_factored_timesteps_match_per_token_timesteps():
     np.testing.assert_allclose(np.asarray(model(x, factored, y, POS)), ref, rtol=1e-5, atol=1e-5)
     one = np.asarray(model(x, FactoredTimesteps.per_sample(t, N), y, POS))
     np.testing.assert_allclose(one, np.asarray(model(x, t, y, POS)), rtol=1e-5, atol=1e-5)
+
+
+def _loss_and_grads(cfg_overrides):
+    cfg = Config(model=ModelConfig(depth=3, hidden_size=32, num_heads=2, patch_size=2, **cfg_overrides),
+                 data=DataConfig(image_size=8), objective=ObjectiveConfig(student_layer=1, teacher_layer=2))
+    task = Task(cfg)
+    model = build_model(cfg, task.token_dims)
+    state = nnx.state(model, nnx.Param)
+    keys = iter(jax.random.split(jax.random.key(7), len(jax.tree.leaves(state))))
+    nnx.update(model, jax.tree.map(lambda x: 0.2 * jax.random.normal(next(keys), x.shape), state))
+    graphdef, params = nnx.split(model, nnx.Param)
+    raw = dict(task.dataset(0)[0])
+    raw.pop("skipped")
+    batch, layout = task.segment_batch(0, raw), task.layouts[0].layout
+
+    def loss(p):
+        m = nnx.merge(graphdef, p)
+        return objective.segment_loss_fn(m, m, batch, layout, jax.random.key(1), cfg, task.mask_ratios,
+                                         task.loss_weights)[0]
+    value, grads = jax.jit(jax.value_and_grad(loss))(params)
+    remats = sum(e.primitive.name == "remat2" for e in jax.make_jaxpr(loss)(params).eqns)
+    assert remats == (cfg.depth + cfg.teacher_layer if cfg_overrides.get("remat") else 0)
+    return float(value), jax.tree.leaves(grads)
+
+
+@pytest.mark.parametrize("knob", [{"conditioning": "per_token"}, {"remat": True}])
+def test_speed_knobs_do_not_change_the_loss_or_its_gradient(knob):
+    ref_loss, ref_grads = _loss_and_grads({})
+    loss, grads = _loss_and_grads(knob)
+    assert abs(loss - ref_loss) < 1e-5 * abs(ref_loss)
+    for g, r in zip(grads, ref_grads, strict=True):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(r), rtol=1e-4, atol=1e-6)
