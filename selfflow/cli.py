@@ -2,7 +2,7 @@
 
     selfflow train CONFIG.py [--run-dir DIR] [--set key=value ...]
     selfflow sample --run-dir DIR --out FILE.png [--steps N] [--cfg S] [--step K]
-    selfflow bench CONFIG.py [--set key=value ...] [--rounds R] [--steps-per-round S]
+    selfflow bench [CONFIG.py] [--set key=value ...] [--rounds R] [--candidates] [--no-torch] [--json F]
     selfflow plot --run-dir DIR [--out FILE.png]
     selfflow bench-data CONFIG.py [--set key=value ...] [--seconds S]
     selfflow prepare SOURCE --out DIR [--config CONFIG.py] [--set key=value ...] [--limit N]
@@ -43,11 +43,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cfg", type=float, default=None, help="guidance scale (1 = none)")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
 
-    p = sub.add_parser("bench", help="time the Self-Flow step against the flow-matching step")
-    p.add_argument("config")
+    p = sub.add_parser("bench", help="Self-Flow vs flow-matching step, MFU, bf16, sampling, PyTorch")
+    p.add_argument("config", nargs="?", default=str(Path(__file__).parents[1] / "experiments" / "bench_s2.py"),
+                   help="experiment file (default: experiments/bench_s2.py, SiT-S/2 on 256 tokens)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--steps-per-round", type=int, default=3)
+    p.add_argument("--sample-steps", type=int, default=8, help="Euler steps per timed sampling call")
+    p.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
+    p.add_argument("--candidates", action="store_true",
+                   help="also time Self-Flow with each speed option switched off")
+    p.add_argument("--json", help="also write the full report as JSON to this file")
 
     p = sub.add_parser("bench-data", help="examples/s of each source and layout pipeline vs the train step")
     p.add_argument("config")
@@ -177,14 +183,19 @@ def _sample(args) -> int:
 
 
 def _bench(args) -> int:
-    from selfflow.bench import bench_step_ratio, format_report
+    import json
+
+    from selfflow.bench import bench, format_report
     from selfflow.config import load_config_file
 
-    if args.rounds < 1 or args.steps_per_round < 1:
-        raise _UsageError("--rounds and --steps-per-round must be positive")
+    if args.rounds < 1 or args.steps_per_round < 1 or args.sample_steps < 1:
+        raise _UsageError("--rounds, --steps-per-round and --sample-steps must be positive")
     cfg = load_config_file(args.config, args.overrides)
-    print(format_report(bench_step_ratio(cfg, rounds=args.rounds,
-                                         steps_per_round=args.steps_per_round)))
+    report = bench(cfg, rounds=args.rounds, steps_per_round=args.steps_per_round, torch=not args.no_torch,
+                   candidates=args.candidates, sample_steps=args.sample_steps)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1))
+    print(format_report(report))
     return 0
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 
 import jax
+import jax.numpy as jnp
 from jax.extend.core import jaxprs_in_params
 
 from selfflow.config import Config
@@ -76,6 +77,30 @@ def sampling_flops(cfg: Config, layout: Layout, token_dims: dict[str, int], batc
     (guidance doubles the rows of every call)."""
     rows = batch * (2 if cfg_scale != 1.0 else 1)
     return float(rows * evaluations * sum(forward_parts(cfg, layout, token_dims).values()))
+
+
+def peak_matmul_call(dtype=jnp.float32, n: int = 2048):
+    """(call, flops): ``call()`` runs a compiled n³ matmul in ``dtype`` with float32
+    accumulation on the default device (compiled and warmed up here)."""
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32).astype(dtype)
+    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32).astype(dtype)
+    f = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32))
+    f(a, b).block_until_ready()
+    return (lambda: f(a, b)), 2.0 * n ** 3
+
+
+def matmul_peak(dtype=jnp.float32, n: int = 1024, reps: int = 3) -> float:
+    """Best FLOP/s of :func:`peak_matmul_call` over ``reps`` calls: the MFU denominator
+    measured on this machine, not a datasheet figure."""
+    import time
+
+    call, count = peak_matmul_call(dtype, n)
+    best = math.inf
+    for _ in range(reps):
+        start = time.perf_counter()
+        call().block_until_ready()
+        best = min(best, time.perf_counter() - start)
+    return count / best
 
 
 # ---------------------------------------------------------------------------- what JAX traces

@@ -105,9 +105,12 @@ class SelfFlowTransformer(nnx.Module):
         return x, c, index, rope
 
     def _run_block(self, block, x, c, rope, index):
-        if self.remat:  # keep only the block's inputs; recompute its activations in the backward pass
-            return nnx.remat(lambda blk, *a: blk(*a))(block, x, c, rope, index)
-        return block(x, c, rope, index)
+        if not self.remat:
+            return block(x, c, rope, index)
+        # Keep only the block's inputs; recompute its activations in the backward pass. A pure
+        # function of the block's state, so it also works for a teacher merged outside the grad.
+        graphdef, state = nnx.split(block)
+        return jax.checkpoint(lambda s, *a: nnx.merge(graphdef, s)(*a))(state, x, c, rope, index)
 
     def _check_layer(self, layer: int, name: str) -> None:
         if not 1 <= layer <= self.depth:

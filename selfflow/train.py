@@ -36,7 +36,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from data_pipelines import loader
 from data_pipelines.base import BadSampleError
 from selfflow import config as config_lib
-from selfflow import objective, sharding
+from selfflow import flops, objective, sharding
 from selfflow.checkpoint import RunCheckpoints
 from selfflow.config import Config, ConfigError
 from selfflow.layout import CONDITION, layout_schedule
@@ -306,7 +306,10 @@ def _loop(cfg, state, start, datasets, graphdef, tx, task, ckpts, run_dir, progr
                desc=f"{cfg.objective.kind} {n_params / 1e6:.2f}M params", file=sys.stderr)
     last_good = ckpts.latest_step()
     pending: tuple[int, dict] | None = None
-    window_start, window_steps = time.perf_counter(), 0
+    # MFU: model FLOPs of the steps taken (selfflow.flops) over the matmul peak measured here.
+    step_flops = [flops.train_step_flops(cfg, lt.layout, task.token_dims, lt.batch_size) for lt in task.layouts]
+    peak = flops.matmul_peak(jnp.bfloat16 if cfg.model.dtype == "bfloat16" else jnp.float32) * jax.device_count()
+    window_start, window_steps, window_flops = time.perf_counter(), 0, 0.0
     stop_signal = None
     try:
         with _StopRequest() as stop:
@@ -320,6 +323,7 @@ def _loop(cfg, state, start, datasets, graphdef, tx, task, ckpts, run_dir, progr
                 done = step + 1
                 pending = (done, metrics)
                 window_steps += 1
+                window_flops += step_flops[index]
                 bar.update(1)
                 final = done == tcfg.steps or stop.signal is not None
                 checkpoint = done % tcfg.checkpoint_every == 0 or final
@@ -332,17 +336,20 @@ def _loop(cfg, state, start, datasets, graphdef, tx, task, ckpts, run_dir, progr
                     host["data/skipped"] = skipped
                     elapsed = time.perf_counter() - window_start
                     host["steps_per_sec"] = window_steps / elapsed if elapsed > 0 else 0.0
+                    host["perf/flops_per_step"] = window_flops / window_steps
+                    host["perf/mfu"] = window_flops / elapsed / peak if elapsed > 0 else 0.0
+                    host["perf/compiles"] = step_fn._cache_size()  # one per layout; more = recompiles
                     check_finite(done, host, last_good, ckpts.directory)
                     if ranked:
                         host.update(validation_metrics(task, nnx.merge(graphdef, state["ema"])))
                     if evaluating:
                         host.update(_proxies(cfg, task, nnx.merge(graphdef, jax.device_get(state["ema"])), run_dir))
-                    window_start, window_steps = time.perf_counter(), 0
+                    window_start, window_steps, window_flops = time.perf_counter(), 0, 0.0
                     writer.write(done, host)
                     bar.set_postfix(layout=task.names[index], loss=f"{host['loss']:.4f}",
                                     rep=f"{host['rep_loss']:.3f}",
                                     cos=f"{host['cos_sim']:.3f}",
-                                    sps=f"{host['steps_per_sec']:.2f}")
+                                    sps=f"{host['steps_per_sec']:.2f}", mfu=f"{host['perf/mfu']:.0%}")
                 if (tcfg.sample_every and done % tcfg.sample_every == 0 and not final and not cfg.layouts
                         and jax.process_count() == 1):
                     write_outputs(cfg, jax.device_get(state["ema"]), graphdef, task, run_dir,

@@ -1,19 +1,50 @@
-"""The bench report: both steps timed on the same model, last line machine-readable."""
+"""`selfflow bench`: every candidate timed in one run, figures consistent with each other."""
 
+import math
 import re
 
-from selfflow.bench import bench_step_ratio, format_report
+import pytest
+
+from selfflow import flops
+from selfflow.bench import bench, format_report
 from selfflow.config import Config, DataConfig, ModelConfig, ObjectiveConfig, TrainConfig
+from selfflow.tasks import Task
+
+CFG = Config(model=ModelConfig(depth=3, hidden_size=32, num_heads=2, patch_size=4),
+             data=DataConfig(image_size=8), objective=ObjectiveConfig(student_layer=1, teacher_layer=2),
+             train=TrainConfig(batch_size=4))
 
 
-def test_bench_times_both_objectives_and_reports_their_ratio():
-    cfg = Config(model=ModelConfig(depth=2, hidden_size=32, num_heads=2, patch_size=4),
-                 data=DataConfig(image_size=8), objective=ObjectiveConfig(student_layer=1, teacher_layer=2),
-                 train=TrainConfig(batch_size=4))
-    r = bench_step_ratio(cfg, rounds=2, steps_per_round=1)
-    assert r["fm_step_s"] > 0 and r["selfflow_step_s"] > 0
-    assert r["selfflow_over_fm"] == r["selfflow_step_s"] / r["fm_step_s"]
-    assert (r["tokens"], r["batch"], r["teacher_layer"]) == (4, 4, 2)
-    last = format_report(r).splitlines()[-1]
-    assert re.fullmatch(r"selfflow_over_fm=\d+\.\d{3}", last)
-    assert float(last.split("=")[1]) == round(r["selfflow_over_fm"], 3)
+@pytest.fixture(scope="module")
+def report():
+    return bench(CFG, rounds=2, steps_per_round=1, candidates=True, sample_steps=2)
+
+
+def test_bench_times_every_candidate_with_its_model_flops(report):
+    rows = report["rows"]
+    assert set(rows) >= {"fm", "selfflow", "selfflow_bf16", "per_token_conditioning", "untruncated_teacher",
+                         "remat", "sampling"}
+    lt = Task(CFG).layouts[0]
+    sf = flops.train_step_flops(CFG, lt.layout, Task(CFG).token_dims, 4)
+    assert rows["selfflow"]["flops"] == rows["selfflow_bf16"]["flops"] == sf
+    assert rows["fm"]["flops"] < sf < rows["untruncated_teacher"]["flops"]
+    for name, row in rows.items():
+        assert row["seconds"] > 0
+        assert math.isclose(row["mfu"], row["flops"] / row["seconds"] / report["peak_flops"][row["mfu_of"]])
+        if name not in ("sampling",) and not name.startswith("torch"):
+            assert row["recompiles"] == 0 and row["peak_bytes"] > 0
+    assert rows["selfflow_bf16"]["mfu_of"] == "bfloat16" and rows["selfflow"]["mfu_of"] == "float32"
+    assert report["selfflow_over_fm"] == rows["selfflow"]["seconds"] / rows["fm"]["seconds"]
+    assert report["mfu"] == rows["selfflow"]["mfu"]
+
+
+def test_report_ends_with_the_summary_line(report):
+    last = format_report(report).splitlines()[-1]
+    m = re.fullmatch(r"selfflow_over_fm=(\d+\.\d{3}) mfu=(\d+\.\d{3}) selfflow_over_torch=(\d+\.\d{3}|nan)", last)
+    assert m, last
+    assert float(m[1]) == round(report["selfflow_over_fm"], 3)
+    assert float(m[2]) == round(report["mfu"], 3)
+    torch = report["selfflow_over_torch"]
+    assert (m[3] == "nan") == math.isnan(torch)
+    if not math.isnan(torch):
+        assert float(m[3]) == round(torch, 3)

@@ -142,3 +142,19 @@ def test_heldout_validation_loss_is_lower_after_training(mixed_run):
     assert set(after) == {"video", "audio"}
     assert all(after[m] < before[m] for m in after), (before, after)
     assert validation_losses(task, trained, index, batches=2) == after  # fixed noise and data
+
+
+def test_log_shows_compiles_flops_and_mfu_per_step(mixed_run):
+    from selfflow import flops
+    from selfflow.tasks import Task
+
+    _, records, _ = mixed_run
+    cfg = mixed_config(60)
+    task = Task(cfg)
+    seen = set()
+    for r in records:
+        lt = task.layouts[int(r["layout"])]
+        seen.add(int(r["layout"]))
+        assert r["perf/compiles"] == len(seen)  # a new program only for a layout's first step
+        assert r["perf/flops_per_step"] == flops.train_step_flops(cfg, lt.layout, task.token_dims, lt.batch_size)
+        assert 0 < r["perf/mfu"] < 1
