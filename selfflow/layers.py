@@ -13,6 +13,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from selfflow.sharding import constrain_batch
@@ -144,10 +145,31 @@ def per_token(values: jax.Array, index: jax.Array | None) -> jax.Array:
     """
     if index is None:
         return values
-    out = values[:, :1]  # selects, not a gather: on CPU its backward (a scatter) is much slower
+    return _gather_rows(values, index)
+
+
+@jax.custom_vjp
+def _gather_rows(values: jax.Array, index: jax.Array) -> jax.Array:
+    """take_along_axis(values, index[..., None], 1) for small K, as K − 1 selects (fused into
+    their consumers); its gradient is a one-hot (B, N, K) x (B, N, F) contraction. Both are
+    faster here than a gather and its scatter-add transpose (4 % of the S/2 step on CPU)."""
+    out = values[:, :1]
     for k in range(1, values.shape[1]):
         out = jnp.where(index[..., None] == k, values[:, k:k + 1], out)
     return out
+
+
+def _gather_rows_fwd(values, index):
+    return _gather_rows(values, index), (index, values.shape[1])
+
+
+def _gather_rows_bwd(res, g):
+    index, k = res
+    onehot = jax.nn.one_hot(index, k, dtype=g.dtype)
+    return jnp.einsum("bnk,bnf->bkf", onehot, g), np.zeros(index.shape, jax.dtypes.float0)
+
+
+_gather_rows.defvjp(_gather_rows_fwd, _gather_rows_bwd)
 
 
 class TimestepEmbedder(nnx.Module):
