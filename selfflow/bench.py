@@ -87,7 +87,7 @@ def train_step(cfg: Config) -> Candidate:
         holder["state"], metrics = step(holder["state"], raw, 0)
         return metrics["loss"]
 
-    call(), call()  # compile + warm-up (the first run after compiling is slow too)
+    jax.block_until_ready((call(), call()))  # compile + warm-up
     compiled = step._cache_size()
     lt = task.layouts[0]
     info = {"params": count_params(model), "compiles_at_start": compiled, "step_fn": step,

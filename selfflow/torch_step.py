@@ -27,11 +27,11 @@ from selfflow.config import Config
 
 
 def _linear(p: dict) -> nn.Linear:
-    kernel = torch.from_numpy(np.asarray(p["kernel"], np.float32))
+    kernel = torch.tensor(np.asarray(p["kernel"], np.float32))
     layer = nn.Linear(*kernel.shape)
     with torch.no_grad():
         layer.weight.copy_(kernel.T)
-        layer.bias.copy_(torch.from_numpy(np.asarray(p["bias"], np.float32)))
+        layer.bias.copy_(torch.tensor(np.asarray(p["bias"], np.float32)))
     return layer
 
 
