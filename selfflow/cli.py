@@ -5,6 +5,8 @@
     selfflow bench [CONFIG.py] [--set key=value ...] [--rounds R] [--candidates] [--no-torch] [--json F]
     selfflow plot --run-dir DIR [--out FILE.png]
     selfflow bench-data CONFIG.py [--set key=value ...] [--seconds S]
+    selfflow sweep FILE.py [--out DIR] [--only NAME ...] [--dry-run]
+    selfflow compare RUN_DIR... --out FILE.png [--metric KEY ...] [--x step|compute] [--smooth W]
     selfflow prepare SOURCE --out DIR [--config CONFIG.py] [--set key=value ...] [--limit N]
     selfflow compile CONFIG.py [--mesh data=2,fsdp=4] [--devices N] [--set key=value ...]
     selfflow export --run-dir DIR --out FILE [--format safetensors|official] [--weights ema|online] [--step K]
@@ -54,6 +56,21 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--candidates", action="store_true",
                    help="also time Self-Flow with each speed option switched off")
     p.add_argument("--json", help="also write the full report as JSON to this file")
+
+    p = sub.add_parser("sweep", help="train a grid of runs (a SWEEP file) and tabulate their metrics")
+    p.add_argument("file", help="Python file defining SWEEP = selfflow.sweep.Sweep(...)")
+    p.add_argument("--out", help="output directory (default: the file's `out`, else runs/sweeps/<file stem>)")
+    p.add_argument("--only", action="append", default=[], metavar="NAME", help="run only this run (repeatable)")
+    p.add_argument("--dry-run", action="store_true", help="list the runs and their overrides, train nothing")
+
+    p = sub.add_parser("compare", help="curves of several runs in one PNG, plus last/best values")
+    p.add_argument("runs", nargs="+", help="run directories or sweep output directories")
+    p.add_argument("--out", required=True, help="PNG path")
+    p.add_argument("--metric", action="append", default=[], help="metric key (repeatable; default: losses)")
+    p.add_argument("--x", choices=("step", "compute"), default="step",
+                   help="x axis: step, or training FLOPs (equal-compute comparison)")
+    p.add_argument("--smooth", type=int, default=1, help="trailing mean over this many logged points")
+    p.add_argument("--labels", help="comma-separated labels, one per run")
 
     p = sub.add_parser("bench-data", help="examples/s of each source and layout pipeline vs the train step")
     p.add_argument("config")
@@ -196,6 +213,27 @@ def _bench(args) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))
     print(format_report(report))
+    return 0
+
+
+def _sweep(args) -> int:
+    from selfflow.sweep import run_sweep
+
+    run_sweep(args.file, out=args.out, only=tuple(args.only), dry_run=args.dry_run)
+    return 0
+
+
+def _compare(args) -> int:
+    from selfflow.compare import CompareError, compare
+
+    if args.smooth < 1:
+        raise _UsageError(f"--smooth={args.smooth}: expected >= 1")
+    try:
+        print(compare(args.runs, args.out, metrics=tuple(args.metric), x=args.x, smooth=args.smooth,
+                      labels=args.labels.split(",") if args.labels else None))
+    except CompareError as e:
+        raise _UsageError(str(e)) from None
+    print(f"wrote {args.out}")
     return 0
 
 
@@ -396,7 +434,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return {"train": _train, "sample": _sample, "bench": _bench, "plot": _plot,
                 "bench-data": _bench_data, "prepare": _prepare, "compile": _compile,
-                "export": _export, "import": _import, "fid-samples": _fid_samples, "eval": _eval}[args.command](args)
+                "export": _export, "import": _import, "fid-samples": _fid_samples, "eval": _eval,
+                "sweep": _sweep, "compare": _compare}[args.command](args)
     except (ConfigError, _UsageError) as e:
         print(f"selfflow: error: {e}", file=sys.stderr)
         return 2

@@ -493,9 +493,19 @@ def _replace_path(node: Any, path: list[str], key: str, text: str) -> Any:
 def load_config_file(path: str | Path, overrides: list[str] = ()) -> Config:
     """Imports ``CONFIG`` from an experiment file, applies overrides, validates."""
     path = Path(path)
+    module = exec_python_file(path, "config")
+    cfg = getattr(module, "CONFIG", None)
+    if not isinstance(cfg, Config):
+        raise ConfigError(f"{path}: expected a module-level CONFIG = selfflow.config.Config(...)")
+    return validate(apply_overrides(cfg, list(overrides)))
+
+
+def exec_python_file(path: Path, what: str) -> types.ModuleType:
+    """Runs a Python file as a module; a missing file or an error in it is a ConfigError naming
+    the file and line."""
     if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist")
-    spec = importlib.util.spec_from_file_location(f"selfflow_experiment_{path.stem}", path)
+        raise ConfigError(f"{what} file {str(path)!r} does not exist")
+    spec = importlib.util.spec_from_file_location(f"selfflow_{what}_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)
@@ -506,10 +516,7 @@ def load_config_file(path: str | Path, overrides: list[str] = ()) -> Config:
         if isinstance(e, SyntaxError):
             where = f"{path}:{e.lineno}"
         raise ConfigError(f"{where}: {type(e).__name__}: {e}") from e
-    cfg = getattr(module, "CONFIG", None)
-    if not isinstance(cfg, Config):
-        raise ConfigError(f"{path}: expected a module-level CONFIG = selfflow.config.Config(...)")
-    return validate(apply_overrides(cfg, list(overrides)))
+    return module
 
 
 def to_dict(cfg: Config) -> dict:

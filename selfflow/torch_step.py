@@ -81,7 +81,7 @@ class TorchSelfFlow(nn.Module):
         self.proj1, self.proj2 = _linear(params["projector"]["fc1"]), _linear(params["projector"]["fc2"])
         width = self.x_embed.out_features
         table = np.asarray(layers.sincos_2d(np.asarray(positions), width), np.float32)
-        self.register_buffer("pos", torch.from_numpy(table)[None])
+        self.register_buffer("pos", torch.tensor(table)[None])
         half = 128  # 256 sinusoid frequencies, as layers.TimestepEmbedder
         self.register_buffer("freqs", torch.exp(-math.log(10_000.0) * torch.arange(half, dtype=torch.float32) / half))
 
