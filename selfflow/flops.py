@@ -9,7 +9,8 @@ F = 256 sinusoid frequencies:
     condition  R·2·(F·D + D·D)                         timestep MLP
     block      N·2·(3D² + D² + 2·D·M) + 4·N²·D          qkv, out-proj, MLP; QKᵀ and AV
                + R·2·D·6D                               adaLN modulation
-    final      Σ_i (R·2·D·2D + 2·n_i·D·d_i)             per-segment adaLN and output layer
+    final      Σ_i (R·2·D·2D + 2·n_i·D·d_i)             per-segment adaLN and output layer,
+                                                        generated segments only
     projector  N·2·(D·2D + 2D·D)                        student head (Self-Flow only)
 
 A train step is the student's forward + backward (backward = 2× forward, except that the input
@@ -29,7 +30,8 @@ import jax.numpy as jnp
 from jax.extend.core import jaxprs_in_params
 
 from selfflow.config import Config
-from selfflow.layout import Layout
+from selfflow.layers import GATHER_GRADIENT
+from selfflow.layout import CONDITION, Layout
 
 FREQ_DIM = 256
 CONDITION_ROWS = 3  # factored timesteps: [t, s, 0] per sample
@@ -53,8 +55,9 @@ def forward_parts(cfg: Config, layout: Layout, token_dims: dict[str, int], *, bl
         "time_fc2": rows * 2 * d * d,
         "blocks": blocks * (n * 2 * (4 * d * d + 2 * d * m) + 4 * n * n * d + rows * 2 * d * 6 * d),
     }
-    if final:
-        parts["final"] = sum(rows * 2 * d * 2 * d + 2 * ni * d * di for ni, di in seg)
+    if final:  # condition segments' outputs are never used (and XLA removes them)
+        parts["final"] = sum(rows * 2 * d * 2 * d + 2 * s.num_tokens * d * token_dims[s.modality]
+                             for s in layout.segments if s.role != CONDITION)
     return parts
 
 
@@ -108,7 +111,9 @@ def matmul_peak(dtype=jnp.float32, n: int = 1024, reps: int = 3) -> float:
 
 def traced_matmul_flops(fn, *args, **kwargs) -> int:
     """FLOPs of every ``dot_general`` in ``fn``'s jaxpr after dead-code elimination (sub-jaxprs
-    included; a scan body counts once per iteration). An independent count for the tests."""
+    included; a scan body counts once per iteration). An independent count for the tests.
+    The one-hot contractions of the per-token gather's backward (``layers._gather_rows``) are
+    left out: they are a gather's gradient (< 2 % of the step), not model FLOPs."""
     from jax._src.interpreters import partial_eval as pe
 
     closed = jax.make_jaxpr(fn)(*args, **kwargs)
@@ -119,7 +124,7 @@ def traced_matmul_flops(fn, *args, **kwargs) -> int:
 def _count(jaxpr) -> int:
     total = 0
     for eqn in jaxpr.eqns:
-        if eqn.primitive.name == "dot_general":
+        if eqn.primitive.name == "dot_general" and GATHER_GRADIENT not in str(eqn.source_info.name_stack):
             (lc, _), _ = eqn.params["dimension_numbers"]
             lhs = eqn.invars[0].aval.shape
             out = eqn.outvars[0].aval.shape

@@ -148,6 +148,9 @@ def per_token(values: jax.Array, index: jax.Array | None) -> jax.Array:
     return _gather_rows(values, index)
 
 
+GATHER_GRADIENT = "conditioning_gather_gradient"
+
+
 @jax.custom_vjp
 def _gather_rows(values: jax.Array, index: jax.Array) -> jax.Array:
     """take_along_axis(values, index[..., None], 1) for small K, as K − 1 selects (fused into
@@ -165,8 +168,10 @@ def _gather_rows_fwd(values, index):
 
 def _gather_rows_bwd(res, g):
     index, k = res
-    onehot = jax.nn.one_hot(index, k, dtype=g.dtype)
-    return jnp.einsum("bnk,bnf->bkf", onehot, g), np.zeros(index.shape, jax.dtypes.float0)
+    with jax.named_scope(GATHER_GRADIENT):  # a gather's gradient, not model FLOPs (see flops.py)
+        onehot = jax.nn.one_hot(index, k, dtype=g.dtype)
+        grad = jnp.einsum("bnk,bnf->bkf", onehot, g)
+    return grad, np.zeros(index.shape, jax.dtypes.float0)
 
 
 _gather_rows.defvjp(_gather_rows_fwd, _gather_rows_bwd)

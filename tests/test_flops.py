@@ -24,8 +24,7 @@ def _traced_step_flops(cfg, task, index):
 
 
 @pytest.mark.parametrize("kind", ["flow_matching", "dts", "self_flow"])
-@pytest.mark.parametrize("config,layout", [("quickstart", "image"),
-                                           ("pusht_video_action", "video_action")])
+@pytest.mark.parametrize("config,layout", [("quickstart", "image"), ("world_paired", "robotics")])
 def test_train_step_formula_matches_traced_matmuls(kind, config, layout):
     cfg = load_config_file(f"experiments/{config}.py", [*TINY, f"objective.kind={kind}"])
     task = Task(cfg)
