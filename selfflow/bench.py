@@ -129,8 +129,8 @@ def torch_step(cfg: Config, kind: str) -> Candidate | None:
         return None
     task = Task(cfg)
     lt = task.layouts[0]
-    if len(lt.layout.segments) != 1:
-        return None  # the PyTorch model covers single-modality layouts
+    if len(lt.layout.segments) != 1 or cfg.objective.rep_distance != "cosine":
+        return None  # the PyTorch model covers single-modality layouts and the cosine L_rep
     params = nnx.to_pure_dict(nnx.state(build_model(cfg, task.token_dims), nnx.Param))
     step, inputs = ts.build_bench_step(cfg, kind, params, lt.batch_size, lt.layout.num_tokens,
                                        task.token_dims[lt.layout.segments[0].modality], lt.positions)

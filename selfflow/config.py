@@ -84,6 +84,12 @@ class ObjectiveConfig:
     time_shift: float = 1.0
     label_dropout: float = 0.1
     ema_decay: float = 0.9999
+    # > 0: the second timestep is s = max(t - U(0, time_gap), 0) instead of an independent draw,
+    # the SRA-style small gap (with mask_ratio=0 the teacher then sees t - U(0, gap), as SRA).
+    time_gap: float = 0.0
+    # Per-token distance of the representation loss: 1 - cosine (the paper), or the mean absolute
+    # difference over the feature axis (the paper's unstable l1 ablation).
+    rep_distance: Literal["cosine", "l1"] = "cosine"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -330,6 +336,11 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"objective.mask_ratio={o.mask_ratio}: expected a value in [0, 0.5]")
     if o.gamma < 0:
         raise ConfigError(f"objective.gamma={o.gamma}: expected >= 0")
+    if not 0.0 <= o.time_gap <= 1.0:
+        raise ConfigError(f"objective.time_gap={o.time_gap}: expected a value in [0, 1] (0 = s independent of t)")
+    if o.time_gap > 0 and not cfg.uses_dual_timesteps:
+        raise ConfigError(f"objective.time_gap={o.time_gap} needs a second timestep: objective.kind "
+                          f"is {o.kind!r}, expected 'dts' or 'self_flow'")
     if not 0.0 <= o.ema_decay < 1.0:
         raise ConfigError(f"objective.ema_decay={o.ema_decay}: expected a value in [0, 1)")
     if not 0.0 <= o.label_dropout < 1.0:

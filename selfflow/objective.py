@@ -8,6 +8,8 @@ masked tokens get s, the others t; condition tokens of a layout stay clean (τ =
 every token at min(t, s), built from the *same* ε. Representation loss: 1 − cosine similarity
 per token over the feature axis between the projected student hidden state (block l) and the
 stop-gradient teacher hidden state (block k), averaged over tokens and batch.
+Ablation keys: ``objective.time_gap`` (s within a small gap below t, SRA-style) and
+``objective.rep_distance`` (``l1`` instead of the cosine).
 
 ``objective.kind`` selects the baseline by configuration alone:
 ``flow_matching`` (one τ per sample, no teacher), ``dts`` (dual timesteps, γ = 0, no teacher
@@ -81,15 +83,25 @@ def cosine_per_token(a: jax.Array, b: jax.Array, eps: float = 1e-6) -> jax.Array
 
 
 def representation_loss(student_projected: jax.Array, teacher_hidden: jax.Array,
-                        token_mask: jax.Array | None = None) -> jax.Array:
-    """1 − mean of the per-token cosine over tokens and batch (teacher under stop-gradient).
+                        token_mask: jax.Array | None = None, distance: str = "cosine") -> jax.Array:
+    """Mean per-token distance over tokens and batch (teacher under stop-gradient).
 
-    ``token_mask`` (N,) bool restricts the mean to those tokens (the generate tokens).
+    ``distance``: ``"cosine"`` = 1 − cosine over the feature axis (the paper's L_rep), or ``"l1"``
+    = mean absolute difference over the feature axis (the ablation the paper found unstable, since
+    it rewards growing feature norms). ``token_mask`` (N,) bool restricts the mean to those tokens
+    (the generate tokens).
     """
-    cos = cosine_per_token(student_projected, jax.lax.stop_gradient(teacher_hidden))
+    teacher_hidden = jax.lax.stop_gradient(teacher_hidden)
+    if distance == "cosine":
+        per_token = 1.0 - cosine_per_token(student_projected, teacher_hidden)
+    elif distance == "l1":
+        diff = student_projected.astype(jnp.float32) - teacher_hidden.astype(jnp.float32)
+        per_token = jnp.mean(jnp.abs(diff), axis=-1)
+    else:
+        raise ValueError(f"distance={distance!r}: expected 'cosine' or 'l1'")
     if token_mask is None:
-        return 1.0 - jnp.mean(cos)
-    return 1.0 - jnp.sum(cos * token_mask) / (cos.shape[0] * jnp.sum(token_mask))
+        return jnp.mean(per_token)
+    return jnp.sum(per_token * token_mask) / (per_token.shape[0] * jnp.sum(token_mask))
 
 
 def drop_labels(key: jax.Array, labels: jax.Array, rate: float, null_class: int) -> jax.Array:
@@ -113,11 +125,18 @@ def layout_timesteps(key: jax.Array, batch: int, layout: Layout, ocfg: Objective
     Values are [t, s, 0]. Generate tokens use t, or s where masked (each generate segment masks
     round(ratio·n) of its own tokens, ratio = its modality's mask ratio); condition tokens are
     clean (τ = 0) and never masked. The teacher sees every generate token at min(t, s).
+    s is drawn from p(t) independently of t, or, with ``objective.time_gap`` g > 0, as
+    max(t − U(0, g), 0): the small-gap (SRA-style) variant of the paper's ablation.
     Returns (student, teacher, mask (B, N) bool).
     """
     k_t, k_s, k_mask = jax.random.split(key, 3)
     t = sample_time(k_t, (batch,), ocfg)
-    s = sample_time(k_s, (batch,), ocfg) if dual else t
+    if not dual:
+        s = t
+    elif ocfg.time_gap > 0:
+        s = jnp.maximum(t - ocfg.time_gap * jax.random.uniform(k_s, (batch,), jnp.float32), 0.0)
+    else:
+        s = sample_time(k_s, (batch,), ocfg)
     masks, indices = [], []
     for i, seg in enumerate(layout.segments):
         if seg.role == CONDITION:
@@ -175,11 +194,14 @@ def segment_loss_fn(student, teacher, batch: SegmentBatch, layout: Layout, key: 
                                    modality=names, return_layer=cfg.student_layer)
         target = teacher.forward_until(noised(teacher_times), teacher_times, labels,
                                        batch.positions, layer=cfg.teacher_layer, modality=names)
-        rep = representation_loss(student.project(hidden), target, jnp.asarray(layout.generate_mask()))
+        projected, generate = student.project(hidden), jnp.asarray(layout.generate_mask())
+        rep = representation_loss(projected, target, generate, ocfg.rep_distance)
+        cos = 1.0 - (rep if ocfg.rep_distance == "cosine" else representation_loss(projected, target, generate))
     else:
         velocity = student(noised(student_times), student_times, labels, batch.positions,
                            modality=names)
         rep = jnp.zeros((), jnp.float32)
+        cos = jnp.ones((), jnp.float32)
 
     metrics, fm = {}, jnp.zeros((), jnp.float32)
     for name in dict.fromkeys(names):  # each modality once, in layout order
@@ -192,7 +214,7 @@ def segment_loss_fn(student, teacher, batch: SegmentBatch, layout: Layout, key: 
         metrics[f"fm_loss/{name}"] = mse
         fm = fm + loss_weights.get(name, 1.0) * mse
     loss = fm + (ocfg.gamma * rep if cfg.uses_teacher else 0.0)
-    metrics.update(loss=loss, fm_loss=fm, rep_loss=rep, cos_sim=1.0 - rep)
+    metrics.update(loss=loss, fm_loss=fm, rep_loss=rep, cos_sim=cos)
     return loss, metrics
 
 

@@ -84,6 +84,27 @@ def test_t_and_s_are_unordered_and_independent():
     np.testing.assert_array_equal(times.teacher, np.broadcast_to(np.minimum(t, s)[:, None], times.teacher.shape))
 
 
+@pytest.mark.parametrize("gap", [0.2, 0.5])
+def test_time_gap_puts_s_within_the_gap_below_t(gap):
+    times = _dual(batch=20000, ocfg=dataclasses.replace(OCFG, time_gap=gap))
+    t, s = times.t, times.s
+    assert np.all(s <= t) and np.all(s >= np.maximum(t - gap, 0.0) - 1e-6)
+    # away from the clip at 0, t - s is uniform on [0, gap]
+    far = t > gap
+    assert stats.kstest((t - s)[far] / gap, "uniform").pvalue > 1e-3
+    # the teacher then sits at s on every token, the student at t except the masked tokens
+    np.testing.assert_array_equal(times.teacher, np.broadcast_to(s[:, None], times.teacher.shape))
+    np.testing.assert_array_equal(times.student, np.where(times.mask, s[:, None], t[:, None]))
+
+
+def test_time_gap_needs_a_second_timestep():
+    from selfflow.config import ConfigError, validate
+    with pytest.raises(ConfigError, match="objective.time_gap=0.2 needs a second timestep"):
+        validate(Config(objective=ObjectiveConfig(kind="flow_matching", time_gap=0.2)))
+    with pytest.raises(ConfigError, match=r"objective.time_gap=1.5: expected a value in \[0, 1\]"):
+        validate(Config(objective=ObjectiveConfig(time_gap=1.5)))
+
+
 # ---------------------------------------------------------------------------- teacher input
 
 
@@ -162,6 +183,33 @@ def test_representation_loss_is_per_token_cosine_over_features():
     assert abs(expected - wrong_axis) > 0.05  # the fixture separates the two definitions
     got = float(objective.representation_loss(jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)))
     assert got == pytest.approx(expected, rel=1e-5)
+
+
+def test_l1_representation_loss_is_mean_absolute_difference_per_token():
+    rng = np.random.default_rng(2)
+    a, b = rng.normal(size=(2, 6, 8)), rng.normal(size=(2, 6, 8))
+    mask = np.array([True, True, False, True, False, True])
+    expected = np.abs(a - b).mean(-1)[:, mask].mean()
+    got = float(objective.representation_loss(jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32),
+                                              jnp.asarray(mask), distance="l1"))
+    assert got == pytest.approx(expected, rel=1e-5)
+    # l1 is not scale-invariant: doubling both features doubles it (the cosine would not move)
+    got2 = float(objective.representation_loss(jnp.asarray(2 * a, jnp.float32), jnp.asarray(2 * b, jnp.float32),
+                                               jnp.asarray(mask), distance="l1"))
+    assert got2 == pytest.approx(2 * expected, rel=1e-5)
+
+
+def test_l1_objective_reports_its_loss_and_the_cosine():
+    b, n, c = 4, 8, 4
+    batch = objective.Batch(jax.random.normal(jax.random.key(2), (b, n, c)), jnp.zeros(b, jnp.int32),
+                            jnp.zeros((n, 3)))
+    cos_cfg = Config(model=ModelConfig(depth=4), objective=ObjectiveConfig(gamma=0.8))
+    l1_cfg = dataclasses.replace(cos_cfg, objective=dataclasses.replace(cos_cfg.objective, rep_distance="l1"))
+    _, mc = objective.loss_fn(_Recorder(8), _Recorder(8), batch, jax.random.key(3), cos_cfg)
+    loss, ml = objective.loss_fn(_Recorder(8), _Recorder(8), batch, jax.random.key(3), l1_cfg)
+    assert float(ml["cos_sim"]) == pytest.approx(float(mc["cos_sim"]), rel=1e-6)  # same draws, same views
+    assert abs(float(ml["rep_loss"]) - float(mc["rep_loss"])) > 1e-3
+    assert float(loss) == pytest.approx(float(ml["fm_loss"]) + 0.8 * float(ml["rep_loss"]), rel=1e-6)
 
 
 def test_total_loss_is_fm_plus_gamma_rep_and_kinds_switch_terms():
