@@ -182,6 +182,9 @@ class TrainConfig:
     eval_every: int = 0
     eval_samples: int = 64
     eval_classifier_steps: int = 1000  # training budget of the image-FD classifier (cached per dataset)
+    # > 0: each evaluation also runs the linear probe of every block (probe/layer_<l>) on this many
+    # training examples, scored on half as many held-out ones (0 = off: the probe is the slow part).
+    eval_probe: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -377,6 +380,8 @@ def validate(cfg: Config) -> Config:
     if not 0.0 <= sc.guidance_low <= sc.guidance_high <= 1.0:
         raise ConfigError(f"sample.guidance_low={sc.guidance_low}, sample.guidance_high={sc.guidance_high}: "
                           "expected 0 <= guidance_low <= guidance_high <= 1 (a τ interval)")
+    if t.eval_probe < 0 or t.eval_probe == 1:
+        raise ConfigError(f"train.eval_probe={t.eval_probe}: expected 0 (off) or >= 2 probe training examples")
     if t.eval_every < 0 or t.eval_samples < 2 or t.eval_classifier_steps < 1:
         raise ConfigError(f"train.eval_every={t.eval_every}, train.eval_samples={t.eval_samples}: expected "
                           "eval_every >= 0 (0 = off) and eval_samples >= 2 (a Fréchet distance needs two); "

@@ -51,7 +51,7 @@ VALIDATION_BATCHES = 2  # held-out batches per layout at each checkpoint (with t
 RESUMABLE_CHANGES = ("train.steps", "train.log_every", "train.checkpoint_every",
                      "train.keep_checkpoints", "train.keep_every", "train.keep_best", "train.best_metric",
                      "train.best_mode", "train.sample_every", "train.eval_every", "train.eval_samples",
-                     "train.eval_classifier_steps", "sample.", "data.read_threads",
+                     "train.eval_classifier_steps", "train.eval_probe", "sample.", "data.read_threads",
                      "data.prefetch", "data.worker_count", "data.on_bad_sample", "mesh.",
                      "model.conditioning", "model.remat")
 
@@ -374,12 +374,14 @@ def _loop(cfg, state, start, datasets, graphdef, tx, task, ckpts, run_dir, progr
 
 
 def _proxies(cfg: Config, task: Task, ema_model, run_dir: Path) -> dict[str, float]:
-    """The cheap proxies of :mod:`selfflow.eval.evaluate` (no probes, no Inception) for the EMA
-    model: ``eval/<layout>/<metric>`` and the ``val/...`` losses."""
+    """The cheap proxies of :mod:`selfflow.eval.evaluate` (no Inception; probes only with
+    ``train.eval_probe``) for the EMA model: ``eval/<layout>/<metric>``, ``eval/probe/layer_<l>``
+    and the ``val/...`` losses."""
     from selfflow.eval.classifier import default_cache_dir
     from selfflow.eval.evaluate import EvalSettings, evaluate
 
-    settings = EvalSettings(num=cfg.train.eval_samples, probe=False,
+    n = cfg.train.eval_probe
+    settings = EvalSettings(num=cfg.train.eval_samples, probe=n > 0, probe_examples=(n, max(n // 2, 1)),
                             classifier_steps=cfg.train.eval_classifier_steps, seed=cfg.sample.seed)
     results = evaluate(cfg, task, ema_model, settings, default_cache_dir(run_dir))
     return {(k if k.startswith("val/") else f"eval/{k}"): v for k, v in results.items()}

@@ -48,6 +48,19 @@ def test_trainer_logs_the_proxies_on_its_schedule(image_run):
         assert r["eval/image/image_fd"] > r["eval/image/image_fd_real"] >= 0  # 4 steps: far from the data
         assert np.isfinite(r["val/loss"])
     assert (image_run.parent / ".eval_cache").is_dir()  # the classifier is shared by sibling runs
+    assert not any(k.startswith("eval/probe/") for r in records for k in r)  # train.eval_probe=0: off
+
+
+def test_trainer_logs_probes_with_eval_probe(tmp_path):
+    cfg = dataclasses.replace(IMAGE, train=dataclasses.replace(IMAGE.train, steps=2, eval_probe=32))
+    train(cfg, tmp_path / "run", progress=False, write_samples=False)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    probed = [r for r in records if "eval/probe/layer_1" in r]
+    assert [r["step"] for r in probed] == [2]
+    # 4 shape classes, 16 held-out examples: an accuracy is a multiple of 1/16 in [0, 1]
+    for layer in (1, 2):
+        acc = probed[0][f"eval/probe/layer_{layer}"]
+        assert 0.0 <= acc <= 1.0 and (acc * 16) == pytest.approx(round(acc * 16))
 
 
 def test_eval_writes_json_and_markdown_with_probes(image_run, capsys):
