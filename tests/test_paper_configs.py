@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 REPRO = ROOT / "paper_repro"
 CONFIGS = sorted((REPRO / "configs").glob("*.py"))
 SWEEPS = sorted((REPRO / "sweeps").glob("*.py"))
+CPU_SWEEPS = [REPRO / "cpu/fashion_objectives.py", REPRO / "cpu/ablations.py"]
 README = REPRO / "README.md"
 
 compute = exec_python_file(REPRO / "compute.py", "paper_repro_compute")
@@ -63,7 +64,7 @@ def test_assumptions_give_a_reason(path):
         assert "because" in line.split("# assumption:", 1)[1], f"{path.name}: no reason given: {line.strip()}"
 
 
-@pytest.mark.parametrize("path", SWEEPS, ids=_name)
+@pytest.mark.parametrize("path", [*SWEEPS, *CPU_SWEEPS], ids=_name)
 def test_sweep_runs_validate(path):
     sweep, base = load_sweep(path)
     cfgs = sweep_configs(sweep, base)  # every run's overrides applied and validated
@@ -220,3 +221,48 @@ def test_readme_cpu_results_are_the_committed_runs():
         line = next(l for l in section.splitlines() if l.startswith(f"| {row['name']}"))
         assert f"{fd:.1f} ({row['step']}" in line, (row["name"], fd, line)
     assert "Assumptions" in _readme_sections()
+
+
+def test_cpu_ablations_change_one_thing_of_the_reference():
+    """Reproduction 2: every run differs from the reference Self-Flow run in exactly the objective
+    field it ablates (and nothing else), and the reference is reproduction 1's self_flow run."""
+    import dataclasses
+    sweep, base = load_sweep(REPRO / "cpu/ablations.py")
+    cfgs = sweep_configs(sweep, base)
+    ref = cfgs["reference"]
+    ablated = {"mask_0": "mask_ratio", "mask_0.1": "mask_ratio", "mask_0.5": "mask_ratio",
+               "gamma_0": "kind", "gamma_0.4": "gamma", "time_gap_0.2": "time_gap", "l1": "rep_distance",
+               "student_layer_1": "student_layer", "teacher_layer_6": "teacher_layer"}
+    assert set(cfgs) == {"reference", *ablated}
+    for name, field in ablated.items():
+        cfg = cfgs[name]
+        assert dataclasses.replace(cfg, objective=ref.objective) == ref, name
+        diff = {f.name for f in dataclasses.fields(ref.objective)
+                if getattr(cfg.objective, f.name) != getattr(ref.objective, f.name)}
+        assert diff == {field}, (name, diff)
+    o = ref.objective  # the reference the docstring states
+    assert (o.kind, o.mask_ratio, o.gamma, ref.student_layer, ref.teacher_layer, o.rep_distance, o.time_gap) == \
+        ("self_flow", 0.25, 0.8, 2, 4, "cosine", 0.0)
+    assert ref.model.resolved("depth") == 6 and cfgs["teacher_layer_6"].teacher_layer == 6
+    s1, base1 = load_sweep(REPRO / "cpu/fashion_objectives.py")
+    self_flow = sweep_configs(s1, base1)["self_flow"]
+    assert dataclasses.replace(self_flow, train=ref.train) == ref
+    assert ref.train.steps <= self_flow.train.steps
+
+
+def test_cpu_cross_modal_arms_differ_only_in_what_they_compare():
+    """Reproduction 3: video-only vs audio-video differ only in the layout's segments (same name, so
+    their curves share keys); Self-Flow vs flow matching only in the objective's kind."""
+    import dataclasses
+    cm = exec_python_file(REPRO / "cpu/cross_modal.py", "cross_modal")
+    world = cm.world_configs()
+    v, av = world["video_only"], world["audio_video"]
+    assert [l.segments for l in v.layouts] == [("video",)] and [l.segments for l in av.layouts] == [("video", "audio")]
+    assert v.layouts[0].name == av.layouts[0].name
+    assert dataclasses.replace(av, layouts=v.layouts, modalities=v.modalities) == v
+    assert v.objective.kind == "self_flow"
+    pusht = cm.pusht_configs()
+    sf, fm = pusht["self_flow"], pusht["flow_matching"]
+    assert (sf.objective.kind, fm.objective.kind) == ("self_flow", "flow_matching")
+    assert dataclasses.replace(fm, objective=sf.objective) == sf
+    assert ".venv/bin/python paper_repro/cpu/cross_modal.py" in cm.__doc__

@@ -1,9 +1,9 @@
 """CPU reproduction 1: Fashion-MNIST, class-conditional, four objectives at equal steps and at
 equal compute: vanilla flow matching, DTS only, Self-Flow, and an SRA-style teacher.
 
-Command (from the repository root; ~18 min on 2 CPU cores):
+Command (from the repository root; ~19 min on 2 CPU cores):
 
-    .venv/bin/python paper_repro/cpu/run.py fashion_objectives
+    .venv/bin/selfflow sweep paper_repro/cpu/fashion_objectives.py
 
 Runs (the tiny model of experiments/fashion_mnist.py: depth 6, width 128, 49 tokens; batch 64):
   self_flow      the paper's method: mask 0.25, teacher at min(t, s), gamma 0.8, blocks 2 -> 4
@@ -20,8 +20,8 @@ from selfflow.sweep import Sweep
 
 SF_STEPS = 500
 EVAL = 125
-# Self-Flow's step costs 1.25x flow matching's here (the teacher forward through block 4 of 6;
-# selfflow/flops.py): 625 steps of flow matching = 500 of Self-Flow.
+# Self-Flow's step costs 1.27x flow matching's here (3.11e10 vs 2.44e10 FLOPs from the log; the
+# teacher forward through block 4 of 6): 625 steps of flow matching ~ 500 of Self-Flow.
 NO_TEACHER_STEPS = 625
 
 COMMON = (

@@ -1,0 +1,45 @@
+"""CPU reproduction 2: the paper's ablations (Fig. 11 and §4.4) on Fashion-MNIST, at 250 steps.
+
+Command (from the repository root; ~25 min on 2 CPU cores):
+
+    .venv/bin/selfflow sweep paper_repro/cpu/ablations.py
+
+The settings of reproduction 1 (paper_repro/cpu/fashion_objectives.py: tiny model, batch 64, EMA
+0.995, evaluation of the EMA model every 125 steps with 256 samples and the per-block probes); each
+run changes one thing of the reference Self-Flow run (mask 0.25, gamma 0.8, teacher at min(t, s),
+cosine, student block 2, teacher block 4 of 6):
+  mask ratio     0 (one student timestep, L_rep kept), 0.1, 0.25 (reference), 0.5
+  gamma          0 (= DTS only, no teacher), 0.4, 0.8 (reference)
+  teacher time   min(t, s) (reference) vs an SRA-like gap: s = t - U(0, 0.2)
+  distance       cosine (reference) vs l1 (per-token mean absolute difference)
+  layers         student block 1 (teacher 4); teacher block 6 (the last; student 2)
+The learning rate is constant after warm-up, so step 250 here is step 250 of reproduction 1's runs.
+"""
+
+from pathlib import Path
+
+from selfflow.config import exec_python_file
+from selfflow.sweep import Sweep
+
+STEPS = 250
+COMMON = exec_python_file(Path(__file__).with_name("fashion_objectives.py"), "sweep").COMMON
+
+SWEEP = Sweep(
+    base="../../experiments/fashion_mnist.py",
+    common=COMMON + (f"train.steps={STEPS}",),
+    variants={
+        "reference": (),
+        "mask_0": ("objective.mask_ratio=0.0",),
+        "mask_0.1": ("objective.mask_ratio=0.1",),
+        "mask_0.5": ("objective.mask_ratio=0.5",),
+        "gamma_0": ("objective.kind=dts",),
+        "gamma_0.4": ("objective.gamma=0.4",),
+        "time_gap_0.2": ("objective.time_gap=0.2",),
+        "l1": ("objective.rep_distance=l1",),
+        "student_layer_1": ("objective.student_layer=1",),
+        "teacher_layer_6": ("objective.teacher_layer=6",),
+    },
+    metrics=("fm_loss", "rep_loss", "eval/image/image_fd", "val/loss", "eval/probe/layer_2",
+             "eval/probe/layer_4"),
+    out="runs/paper_repro/ablations",
+)
