@@ -9,8 +9,10 @@ Paper's numbers (../shared/reference/selfflow_paper.md §3.9; exact FIDs not rec
     mask ratio                                  image 0.25 chosen; no image table recovered -> mask_ratio_0.1 / _0.5
     gamma                                       0.8 chosen; no sweep recovered          -> gamma_0.5 / _1.2
     DTS alone vs vanilla flow matching          DTS alone slightly better                -> dts_only vs flow_matching
-Not expressible here (no config key): the SRA-like second timestep s in [t - 0.2, t], l1 instead of
-cosine, "full masking" (masked tokens at t = 1) and Diffusion-Forcing per-token timesteps (Fig. 2b).
+    second timestep s in [t - 0.2, t] (SRA-like) about as bad as no masking              -> time_gap_0.2
+    l1 instead of cosine for L_rep              unstable late in training                -> l1
+Not expressible here (no config key): "full masking" (masked tokens at t = 1) and Diffusion-Forcing
+per-token timesteps (Fig. 2b).
 
 Commands (from the repository root):
 
@@ -47,6 +49,8 @@ SWEEP = Sweep(
         "student_layer_12": ("objective.student_layer=12",),
         "teacher_layer_14": ("objective.teacher_layer=14",),  # assumption: 0.5·D and ~0.85·D, because the teacher grid is not recovered
         "teacher_layer_24": ("objective.teacher_layer=24",),
+        "time_gap_0.2": ("objective.time_gap=0.2",),  # masking kept: only s is restricted
+        "l1": ("objective.rep_distance=l1",),
     },
     seeds=(0,),
     metrics=("loss", "fm_loss", "rep_loss", "cos_sim"),
