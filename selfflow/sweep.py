@@ -12,7 +12,8 @@ FILE is a Python file defining ``SWEEP = Sweep(...)``::
     )
 
 Run names read as their settings: ``selfflow__objective.gamma=0.4__seed1`` (the seed suffix only
-with several seeds). Every run's config is loaded and validated before anything trains, so a
+with several seeds). A variant may set its own ``seed=N`` (with a single ``seeds`` entry): it
+runs once with that seed, e.g. ``"reference_seed1": ("seed=1",)`` for seed noise. Every run's config is loaded and validated before anything trains, so a
 typo in the last run fails at once. Runs train one after another into ``OUT/<name>`` and resume
 like any run: rerunning a sweep skips finished runs and continues an interrupted one.
 ``OUT/results.json`` and ``OUT/results.md`` hold one row per run (its overrides, steps, the
@@ -79,6 +80,14 @@ def expand(sweep: Sweep) -> list[Run]:
     for (vname, voverrides), point in itertools.product(variants, points):
         settings = [f"{k}={_fmt(v)}" for k, v in zip(keys, point)]
         group = "__".join([p for p in (vname, *settings) if p]) or "base"
+        own = [o for o in voverrides if o.split("=", 1)[0].strip() == "seed"]
+        if "seed" in sweep.grid or (own and len(sweep.seeds) > 1):
+            raise ConfigError(f"sweep: {'grid' if 'seed' in sweep.grid else f'variant {vname!r}'} sets seed; "
+                              f"use seeds=(...) for several seeds (got seeds={sweep.seeds})")
+        if own:  # a variant with its own seed (e.g. a second seed of one run): it runs once, with it
+            seed = int(own[-1].split("=", 1)[1])
+            runs.append(Run(group, group, (*sweep.common, *voverrides, *settings), seed))
+            continue
         for seed in sweep.seeds:
             name = group + (f"__seed{seed}" if len(sweep.seeds) > 1 else "")
             runs.append(Run(name, group, (*sweep.common, *voverrides, *settings, f"seed={seed}"), seed))

@@ -233,7 +233,9 @@ def test_cpu_ablations_change_one_thing_of_the_reference():
     ablated = {"mask_0": "mask_ratio", "mask_0.1": "mask_ratio", "mask_0.5": "mask_ratio",
                "gamma_0": "kind", "gamma_0.4": "gamma", "time_gap_0.2": "time_gap", "l1": "rep_distance",
                "student_layer_1": "student_layer", "teacher_layer_6": "teacher_layer"}
-    assert set(cfgs) == {"reference", *ablated}
+    assert set(cfgs) == {"reference", "reference_seed1", "reference_seed2", *ablated}
+    assert [cfgs[f"reference_seed{i}"].seed for i in (1, 2)] == [1, 2]
+    assert all(dataclasses.replace(cfgs[f"reference_seed{i}"], seed=0) == ref for i in (1, 2))
     for name, field in ablated.items():
         cfg = cfgs[name]
         assert dataclasses.replace(cfg, objective=ref.objective) == ref, name

@@ -2,6 +2,7 @@
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -9,7 +10,7 @@ from PIL import Image
 from selfflow.cli import main
 from selfflow.config import ConfigError
 from selfflow.metrics_writer import read_metrics
-from selfflow.sweep import Sweep, expand, run_sweep
+from selfflow.sweep import Sweep, configs, expand, run_sweep
 
 TINY = ("model.depth=2", "model.hidden_size=32", "model.num_heads=2", "train.steps=4", "train.batch_size=8",
         "train.log_every=2", "train.checkpoint_every=2", "train.eval_every=0")
@@ -31,6 +32,17 @@ def test_variants_grid_and_seeds_expand_to_named_runs():
     assert runs[0].overrides == ("train.steps=3", "objective.kind=flow_matching", "objective.gamma=0.4", "seed=0")
     assert runs[0].group == "fm__objective.gamma=0.4"
     assert [r.name for r in expand(Sweep(base="b.py"))] == ["base"]
+
+
+def test_a_variant_may_set_its_own_seed_but_not_beside_several():
+    runs = expand(Sweep(base="b.py", variants={"ref": (), "ref_seed1": ("objective.gamma=0.4", "seed=1")}))
+    assert [(r.name, r.seed, r.overrides[-1]) for r in runs] == [("ref", 0, "seed=0"), ("ref_seed1", 1, "seed=1")]
+    cfgs = configs(Sweep(base="b.py", variants={"s": ("seed=3",)}), Path(REPO, "experiments/quickstart.py"))
+    assert cfgs["s"].seed == 3
+    with pytest.raises(ConfigError, match=r"variant 'ref_seed1' sets seed; use seeds"):
+        expand(Sweep(base="b.py", variants={"ref_seed1": ("seed=1",)}, seeds=(0, 1)))
+    with pytest.raises(ConfigError, match=r"grid sets seed"):
+        expand(Sweep(base="b.py", grid={"seed": (1, 2)}))
 
 
 def test_a_bad_override_in_any_run_fails_before_training(tmp_path):

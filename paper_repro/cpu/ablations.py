@@ -1,6 +1,6 @@
 """CPU reproduction 2: the paper's ablations (Fig. 11 and §4.4) on Fashion-MNIST, at 250 steps.
 
-Command (from the repository root; ~25 min on 2 CPU cores):
+Command (from the repository root; ~40 min on 2 CPU cores):
 
     .venv/bin/selfflow sweep paper_repro/cpu/ablations.py
 
@@ -13,6 +13,7 @@ cosine, student block 2, teacher block 4 of 6):
   teacher time   min(t, s) (reference) vs an SRA-like gap: s = t - U(0, 0.2)
   distance       cosine (reference) vs l1 (per-token mean absolute difference)
   layers         student block 1 (teacher 4); teacher block 6 (the last; student 2)
+  seed           the reference with seeds 1 and 2: the run-to-run spread the effects must exceed
 The learning rate is constant after warm-up, so step 250 here is step 250 of reproduction 1's runs.
 """
 
@@ -29,6 +30,8 @@ SWEEP = Sweep(
     common=COMMON + (f"train.steps={STEPS}",),
     variants={
         "reference": (),
+        "reference_seed1": ("seed=1",),  # seed noise of the reference: differences below it are not effects
+        "reference_seed2": ("seed=2",),
         "mask_0": ("objective.mask_ratio=0.0",),
         "mask_0.1": ("objective.mask_ratio=0.1",),
         "mask_0.5": ("objective.mask_ratio=0.5",),
