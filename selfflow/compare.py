@@ -16,6 +16,15 @@ import numpy as np
 from selfflow.metrics_writer import read_metrics
 
 DEFAULT_METRICS = ("loss", "fm_loss", "rep_loss")
+# Metrics whose best value is the largest (accuracies, similarities, rates); every other is a loss
+# or a distance, best when smallest.
+HIGHER_IS_BETTER = ("probe", "cos_sim", "accuracy", "success", "coverage", "synchrony", "steps_per_sec", "mfu")
+
+
+def best(metric: str, values) -> float:
+    """The best of a metric's logged values: max for HIGHER_IS_BETTER names, else min (NaNs ignored)."""
+    higher = any(word in metric for word in HIGHER_IS_BETTER)
+    return float((np.nanmax if higher else np.nanmin)(values))
 
 
 class CompareError(ValueError):
@@ -59,7 +68,7 @@ def _smooth(y: np.ndarray, w: int) -> np.ndarray:
 
 def compare(paths: list[str | Path], out: str | Path, *, metrics: tuple[str, ...] = (), x: str = "step",
             smooth: int = 1, labels: list[str] | None = None) -> str:
-    """Writes the PNG and returns the text table (last and best value of each metric per run)."""
+    """Writes the PNG and returns the text table (last and best value of each metric per run; see ``best``)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -89,7 +98,7 @@ def compare(paths: list[str | Path], out: str | Path, *, metrics: tuple[str, ...
                 continue
             ax.plot(xs, _smooth(ys, smooth), label=label)
             last_step = max(r["step"] for r in records[d] if metric in r)
-            table.append(f"{label:30s} {metric:28s} {last_step:9d} {ys[-1]:10.4g} {np.nanmin(ys):10.4g}")
+            table.append(f"{label:30s} {metric:28s} {last_step:9d} {ys[-1]:10.4g} {best(metric, ys):10.4g}")
         ax.set_title(metric)
         ax.set_xlabel("step" if x == "step" else "training FLOPs")
         ax.grid(alpha=0.3)

@@ -269,3 +269,22 @@ def test_cpu_cross_modal_arms_differ_only_in_what_they_compare():
     assert (sf.objective.kind, fm.objective.kind) == ("self_flow", "flow_matching")
     assert dataclasses.replace(fm, objective=sf.objective) == sf
     assert ".venv/bin/python paper_repro/cpu/cross_modal.py" in cm.__doc__
+
+
+def test_readme_ablation_results_are_the_committed_runs():
+    """Reproduction 2: each README row's FD, probe and val/loss are its results.json values, and the
+    stated seed spread is the reference seeds'."""
+    import json
+    import statistics
+    section = _readme_sections()["CPU-scale reproductions (measured here)"]
+    rows = json.loads((README.parent / "results/ablations/results.json").read_text())["rows"]
+    assert len(rows) == 12
+    for row in rows:
+        m = row["metrics"]
+        line = next(l for l in section.splitlines() if l.startswith(f"| {row['name']} |"))
+        probe = max(m["eval/probe/layer_2"], m["eval/probe/layer_4"])
+        for figure in (f"{m['eval/image/image_fd']:.1f}", f"{probe:.3f}", f"{m['val/loss']:.3f}"):
+            assert f"| {figure} |" in line, (row["name"], figure, line)
+        assert row["step"] == 250
+    seeds = [r["metrics"]["eval/image/image_fd"] for r in rows if r["group"].startswith("reference")]
+    assert f"mean {statistics.mean(seeds):.1f}, standard deviation {statistics.stdev(seeds):.1f}" in section

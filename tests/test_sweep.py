@@ -114,3 +114,11 @@ def test_compute_axis_is_the_cumulative_flops(tmp_path):
                {"step": 6, "loss": 0.5, "perf/flops_per_step": 20.0}]
     xs, ys = _series(records, "loss", "compute", tmp_path)
     assert xs.tolist() == [20.0, 100.0] and ys.tolist() == [1.0, 0.5]
+
+
+def test_best_is_the_max_of_accuracies_and_the_min_of_losses():
+    from selfflow.compare import best
+    values = [0.5, float("nan"), 0.9, 0.7]
+    assert best("eval/probe/layer_2", values) == 0.9 and best("cos_sim", values) == 0.9
+    assert best("eval/policy/success_rate", values) == 0.9
+    assert best("fm_loss", values) == 0.5 and best("eval/image/image_fd", values) == 0.5
