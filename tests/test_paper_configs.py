@@ -288,3 +288,25 @@ def test_readme_ablation_results_are_the_committed_runs():
         assert row["step"] == 250
     seeds = [r["metrics"]["eval/image/image_fd"] for r in rows if r["group"].startswith("reference")]
     assert f"mean {statistics.mean(seeds):.1f}, standard deviation {statistics.stdev(seeds):.1f}" in section
+
+
+def test_readme_cross_modal_results_are_the_committed_runs():
+    """Reproduction 3: the README's world and PushT figures are the committed results.json's."""
+    import json
+    section = _readme_sections()["CPU-scale reproductions (measured here)"]
+    results = json.loads((README.parent / "results/cross_modal/results.json").read_text())
+    lines = section.splitlines()
+
+    def row(name):
+        return next(l for l in lines if l.startswith(f"| {name} |"))
+    for name, r in results["world"].items():
+        for key in ("world/video_frame_fd", "world/video_motion_fd", "val/video"):
+            assert f"| {r[key]:.3g} |" in row(name), (name, key)
+    assert f"| {results['world']['audio_video']['world/av_synchrony']:.3g} |" in row("audio_video")
+    for name, r in results["pusht"].items():
+        sim = r["simulator"]["model"]
+        for figure in (f"{r['policy/action_l2']:.1f}", f"{r['val/policy/action']:.3f}",
+                       f"{sim['success_rate']:.2f}", f"{sim['mean_max_coverage']:.3f}"):
+            assert f"| {figure} |" in row(name), (name, figure)
+    expert = results["pusht"]["self_flow"]["simulator"]["expert"]
+    assert f"| {expert['mean_max_coverage']:.3f} |" in row("scripted expert (same starts)")
