@@ -276,7 +276,7 @@ def test_readme_ablation_results_are_the_committed_runs():
     stated seed spread is the reference seeds'."""
     import json
     import statistics
-    section = _readme_sections()["CPU-scale reproductions (measured here)"]
+    section = _readme_sections()["CPU-scale reproductions (measured here)"].split("\n### 2. ")[1]
     rows = json.loads((README.parent / "results/ablations/results.json").read_text())["rows"]
     assert len(rows) == 12
     for row in rows:
@@ -293,7 +293,7 @@ def test_readme_ablation_results_are_the_committed_runs():
 def test_readme_cross_modal_results_are_the_committed_runs():
     """Reproduction 3: the README's world and PushT figures are the committed results.json's."""
     import json
-    section = _readme_sections()["CPU-scale reproductions (measured here)"]
+    section = _readme_sections()["CPU-scale reproductions (measured here)"].split("\n### 3. ")[1]
     results = json.loads((README.parent / "results/cross_modal/results.json").read_text())
     lines = section.splitlines()
 
