@@ -13,9 +13,10 @@ FILE is a Python file defining ``SWEEP = Sweep(...)``::
 
 Run names read as their settings: ``selfflow__objective.gamma=0.4__seed1`` (the seed suffix only
 with several seeds). A variant may set its own ``seed=N`` (with a single ``seeds`` entry): it
-runs once with that seed, e.g. ``"reference_seed1": ("seed=1",)`` for seed noise. Every run's config is loaded and validated before anything trains, so a
-typo in the last run fails at once. Runs train one after another into ``OUT/<name>`` and resume
-like any run: rerunning a sweep skips finished runs and continues an interrupted one.
+runs once with that seed, e.g. ``"reference_seed1": ("seed=1",)`` for seed noise. Every run's
+config is loaded and validated before anything trains, so a typo in the last run fails at once.
+Runs train one after another into ``OUT/<name>`` and resume like any run: rerunning a sweep skips
+finished runs and continues an interrupted one.
 ``OUT/results.json`` and ``OUT/results.md`` hold one row per run (its overrides, steps, the
 training seconds summed over invocations, the metrics) and, with several seeds, mean ± std.
 """
@@ -85,7 +86,10 @@ def expand(sweep: Sweep) -> list[Run]:
             raise ConfigError(f"sweep: {'grid' if 'seed' in sweep.grid else f'variant {vname!r}'} sets seed; "
                               f"use seeds=(...) for several seeds (got seeds={sweep.seeds})")
         if own:  # a variant with its own seed (e.g. a second seed of one run): it runs once, with it
-            seed = int(own[-1].split("=", 1)[1])
+            try:
+                seed = int(own[-1].split("=", 1)[1])
+            except ValueError:
+                raise ConfigError(f"sweep: variant {vname!r}: {own[-1]!r} is not an integer seed") from None
             runs.append(Run(group, group, (*sweep.common, *voverrides, *settings), seed))
             continue
         for seed in sweep.seeds:

@@ -41,6 +41,8 @@ def test_a_variant_may_set_its_own_seed_but_not_beside_several():
     assert cfgs["s"].seed == 3
     with pytest.raises(ConfigError, match=r"variant 'ref_seed1' sets seed; use seeds"):
         expand(Sweep(base="b.py", variants={"ref_seed1": ("seed=1",)}, seeds=(0, 1)))
+    with pytest.raises(ConfigError, match=r"'seed=x' is not an integer seed"):
+        expand(Sweep(base="b.py", variants={"bad": ("seed=x",)}))
     with pytest.raises(ConfigError, match=r"grid sets seed"):
         expand(Sweep(base="b.py", grid={"seed": (1, 2)}))
 
