@@ -77,14 +77,16 @@ def expand(sweep: Sweep) -> list[Run]:
     points = list(itertools.product(*(sweep.grid[k] for k in keys)))
     if not sweep.seeds:
         raise ConfigError("sweep: seeds is empty")
+    if "seed" in sweep.grid:
+        raise ConfigError(f"sweep: grid sets seed; use seeds=(...) for several seeds (got seeds={sweep.seeds})")
     runs = []
     for (vname, voverrides), point in itertools.product(variants, points):
         settings = [f"{k}={_fmt(v)}" for k, v in zip(keys, point)]
         group = "__".join([p for p in (vname, *settings) if p]) or "base"
         own = [o for o in voverrides if o.split("=", 1)[0].strip() == "seed"]
-        if "seed" in sweep.grid or (own and len(sweep.seeds) > 1):
-            raise ConfigError(f"sweep: {'grid' if 'seed' in sweep.grid else f'variant {vname!r}'} sets seed; "
-                              f"use seeds=(...) for several seeds (got seeds={sweep.seeds})")
+        if own and len(sweep.seeds) > 1:
+            raise ConfigError(f"sweep: variant {vname!r} sets seed; use seeds=(...) for several seeds "
+                              f"(got seeds={sweep.seeds})")
         if own:  # a variant with its own seed (e.g. a second seed of one run): it runs once, with it
             try:
                 seed = int(own[-1].split("=", 1)[1])

@@ -310,3 +310,16 @@ def test_readme_cross_modal_results_are_the_committed_runs():
             assert f"| {figure} |" in row(name), (name, figure)
     expert = results["pusht"]["self_flow"]["simulator"]["expert"]
     assert f"| {expert['mean_max_coverage']:.3f} |" in row("scripted expert (same starts)")
+
+
+def test_readme_cpu_tables_are_the_scripts_output():
+    """The README's reproduction 2 and 3 tables are what their scripts print from the committed results."""
+    import json
+    text = README.read_text()
+    abl = exec_python_file(REPRO / "cpu/ablations.py", "ablations")
+    rows = json.loads((REPRO / "results/ablations/results.json").read_text())["rows"]
+    assert abl.readme_table(rows) in text, "rerun `.venv/bin/python paper_repro/cpu/ablations.py` into the README"
+    cm = exec_python_file(REPRO / "cpu/cross_modal.py", "cross_modal")
+    results = json.loads((REPRO / "results/cross_modal/results.json").read_text())
+    assert cm.world_table(results["world"]) in text and cm.pusht_table(results["pusht"]) in text
+    assert (REPRO / "results/cross_modal/results.md").read_text() == cm.markdown(results)

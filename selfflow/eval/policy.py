@@ -107,17 +107,33 @@ class ModelPolicy:
         return chunk[: self.execute] if self.execute else chunk
 
 
+def simulator_report(run_dir, layout: str = "policy", *, episodes: int = 20, seed: int = 10_000,
+                     execute: int = 8, max_steps: int = 300, image_size: int = 32) -> tuple[int, dict]:
+    """(checkpoint step, {model | expert | random: success_rate, mean_final_coverage,
+    mean_max_coverage}): the run's EMA ``layout`` rolled out in gym-pusht beside the scripted expert
+    and a random policy on the same ``episodes`` initial states (``seed``: not the training ones)."""
+    from flax import nnx
+
+    from selfflow.eval.actions import ExpertPolicy, RandomPolicy, rollout_success
+    from selfflow.train import load_run
+
+    cfg, state, graphdef, task, step = load_run(run_dir)
+    policies = {"model": ModelPolicy(cfg, task, nnx.merge(graphdef, state["ema"]), layout, execute=execute),
+                "expert": ExpertPolicy(), "random": RandomPolicy(seed=seed)}
+    report = {}
+    for name, policy in policies.items():
+        result = rollout_success(policy, episodes, seed, max_steps, image_size=image_size,
+                                 execute=execute if name == "model" else None)
+        report[name] = {k: result[k] for k in ("success_rate", "mean_final_coverage", "mean_max_coverage")}
+    return step, report
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m selfflow.eval.policy RUN_DIR``: rolls the run's EMA policy layout out in gym-pusht
     and prints its success rate and coverage as JSON, beside the scripted expert's and a random
     policy's on the same initial states."""
     import argparse
     import json
-
-    from flax import nnx
-
-    from selfflow.eval.actions import ExpertPolicy, RandomPolicy, rollout_success
-    from selfflow.train import load_run
 
     p = argparse.ArgumentParser(description=main.__doc__)
     p.add_argument("run_dir")
@@ -128,17 +144,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-steps", type=int, default=300)
     p.add_argument("--image-size", type=int, default=32, help="rendered frame size (as recorded)")
     args = p.parse_args(argv)
-    cfg, state, graphdef, task, step = load_run(args.run_dir)
-    policies = {"model": ModelPolicy(cfg, task, nnx.merge(graphdef, state["ema"]), args.layout, execute=args.execute),
-                "expert": ExpertPolicy(), "random": RandomPolicy(seed=args.seed)}
-    report = {"step": step}
-    for name, policy in policies.items():
-        result = rollout_success(policy, args.episodes, args.seed, args.max_steps, image_size=args.image_size,
-                                 execute=args.execute if name == "model" else None)
-        report[name] = {k: result[k] for k in ("success_rate", "mean_final_coverage", "mean_max_coverage")}
-    print(json.dumps(report, indent=2))
+    step, report = simulator_report(args.run_dir, args.layout, episodes=args.episodes, seed=args.seed,
+                                    execute=args.execute, max_steps=args.max_steps, image_size=args.image_size)
+    print(json.dumps({"step": step, **report}, indent=2))
     return 0
-
 
 if __name__ == "__main__":
     raise SystemExit(main())
