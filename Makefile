@@ -2,11 +2,12 @@
 #   make run   - set up .venv, train experiments/world_mixed.py (image/video/audio/audio-video on the
 #                procedural world), write samples/plot/checkpoints under runs/world_mixed
 #   make test  - set up .venv and run the default (fast) test suite
+#   make lint  - set up .venv, lint (ruff check) and check formatting (ruff format --check)
 PYTHON ?= python3.11
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: setup run test test-slow clean
+.PHONY: setup run test test-slow lint clean
 
 setup: $(VENV)/.installed
 
@@ -19,6 +20,9 @@ $(VENV)/.installed: pyproject.toml
 
 run: setup
 	$(BIN)/selfflow train experiments/world_mixed.py --run-dir runs/world_mixed
+
+lint: setup
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -13,22 +13,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from data_pipelines.base import Field, Schema, SourceError
+import modalities
+from data_pipelines.base import Field, SourceError
 from modalities import audio as audio_mod
-from modalities.audio import AudioSpec
+from modalities.audio import MEL_HOP_SECONDS, AudioSpec  # noqa: F401  (re-exported)
+from modalities.audio import data_spec as audio_spec
 
-MODALITY_KEYS = {"image": ("image",), "video": ("video",), "audio": ("audio",),
-                 "action": ("actions", "proprio")}
-MEL_HOP_SECONDS = 0.01  # 10 ms log-mel frames: one tick of the shared time axis
-
-
-def audio_spec(data_cfg) -> AudioSpec:
-    """The log-mel analysis of a run: 10 ms hops, 40 ms windows, ``n_mels`` bands to Nyquist."""
-    sr = data_cfg.sample_rate
-    hop = int(round(sr * MEL_HOP_SECONDS))
-    return AudioSpec(frames=int(round(data_cfg.clip_seconds / MEL_HOP_SECONDS)), n_mels=data_cfg.n_mels,
-                     patch_frames=data_cfg.audio_patch_frames, sample_rate=sr, hop_length=hop,
-                     n_fft=4 * hop, fmax=sr / 2)
 
 
 def clip_frames(data_cfg) -> int:
@@ -152,4 +142,4 @@ def default_sources(data_cfg) -> tuple:
 
 
 def provides(source, modality: str) -> bool:
-    return all(k in source.schema for k in MODALITY_KEYS[modality])
+    return all(k in source.schema for k in modalities.keys_of(modality))

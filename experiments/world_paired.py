@@ -23,7 +23,7 @@ from selfflow.config import (Config, DataConfig, LayoutConfig, ModalityConfig, M
 
 CONFIG = Config(
     seed=0,
-    model=ModelConfig(preset="tiny", positions="rope"),
+    model=ModelConfig(preset="tiny", positions="rope", patch_size=4),  # image patches = data.video_patch
     objective=ObjectiveConfig(kind="self_flow", gamma=0.8, ema_decay=0.99),
     optim=OptimConfig(learning_rate=2e-3, warmup_steps=100),
     data=DataConfig(source="world", image_size=16, num_examples=20_000, num_classes=3),

@@ -24,6 +24,8 @@ from modalities.base import (TICKS_PER_SECOND, ModalitySpec, check_divisible, ch
 NAME = "action"
 DEFAULT_MASK_RATIO = 0.5  # measured: experiments/sweeps/action_mask_ratio.md (0.5 <= 0.25 < 0.1 < 0)
 DEFAULT_TIME_SHIFT = 1.0
+KEYS = ("actions", "proprio")  # (B, T, A) and (B, T, P)
+STATS_EXAMPLES = 256  # examples the normalisation statistics are fitted on
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,3 +137,18 @@ def positions(spec: ActionSpec, time_offset: float = 0.0) -> np.ndarray:
     """(N, 3) float32 (t, 0, 0), t = time_offset + index · chunk · 100/hz ticks."""
     times = time_offset + np.arange(spec.num_tokens) * spec.chunk * spec.step_ticks
     return grid_positions(times, 1, 1)
+
+
+def spec_for(shapes: dict[str, tuple], cfg, examples) -> ActionSpec:
+    """The run's spec: the sources' (T, A) actions and (T, P) proprio at ``data.fps``, normalised
+    with statistics fitted on the first ``STATS_EXAMPLES`` examples (``examples(n)`` -> a dict of
+    stacked arrays; stored with the run, so a loaded run never needs its data again)."""
+    (steps, action_dim), proprio_dim = shapes["actions"], shapes["proprio"][1]
+    sample = examples(STATS_EXAMPLES)
+    spec = ActionSpec(steps=steps, action_dim=action_dim, proprio_dim=proprio_dim, hz=cfg.data.fps)
+    return spec.with_stats(sample["actions"], sample["proprio"])
+
+
+def tokenize_batch(raw: dict, spec: ActionSpec):
+    """A batch dict with ``KEYS`` -> (B, N, token_dim) (actions and proprio, normalised)."""
+    return tokenize(raw["actions"], spec, raw["proprio"])

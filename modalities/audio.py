@@ -26,6 +26,8 @@ from modalities.base import TICKS_PER_SECOND, ModalitySpec, check_divisible, che
 NAME = "audio"
 DEFAULT_MASK_RATIO = 0.5
 DEFAULT_TIME_SHIFT = 1.0
+KEYS = ("audio",)  # normalised log-mel (B, frames, n_mels)
+MEL_HOP_SECONDS = 0.01  # 10 ms log-mel frames: one tick of the shared time axis
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +74,31 @@ class AudioSpec(ModalitySpec):
 
 
 Spec = AudioSpec
+
+
+def data_spec(data_cfg) -> AudioSpec:
+    """The log-mel analysis of a run's ``data`` section: 10 ms hops, 40 ms windows, ``n_mels``
+    bands to Nyquist, ``clip_seconds`` long."""
+    sr = data_cfg.sample_rate
+    hop = int(round(sr * MEL_HOP_SECONDS))
+    return AudioSpec(frames=int(round(data_cfg.clip_seconds / MEL_HOP_SECONDS)), n_mels=data_cfg.n_mels,
+                     patch_frames=data_cfg.audio_patch_frames, sample_rate=sr, hop_length=hop,
+                     n_fft=4 * hop, fmax=sr / 2)
+
+
+def spec_for(shapes: dict[str, tuple], cfg, examples) -> AudioSpec:
+    """:func:`data_spec` with the frame and band counts the sources actually yield (latent
+    sequences may differ from the log-mel analysis)."""
+    spec = data_spec(cfg.data)
+    frames, bands = shapes["audio"]
+    if (frames, bands) != (spec.frames, spec.n_mels):
+        spec = dataclasses.replace(spec, frames=frames, n_mels=bands)
+    return spec
+
+
+def tokenize_batch(raw: dict, spec: AudioSpec):
+    """A batch dict with ``KEYS`` -> (B, N, token_dim)."""
+    return tokenize(raw["audio"], spec)
 
 
 def tokenize(mel, spec: AudioSpec):

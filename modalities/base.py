@@ -47,12 +47,21 @@ class ModalitySpec:
 
 @runtime_checkable
 class Modality(Protocol):
-    """The interface of a modality *module* (``isinstance(modalities.video, Modality)`` holds)."""
+    """The interface of a modality *module* (``isinstance(modalities.video, Modality)`` holds).
+
+    ``spec_for(shapes, cfg, examples)``: the run's spec, from ``shapes`` ({key: per-example shape}
+    for each of ``KEYS``, as the sources yield them), the run's Config and ``examples(n)`` (a dict of
+    the first n examples' arrays stacked, for specs with fitted statistics). The trainer stores the
+    spec with the run. ``tokenize_batch(raw, spec)``: a batch dict holding ``KEYS`` -> tokens.
+    """
     NAME: str
+    KEYS: tuple
     DEFAULT_MASK_RATIO: float
     DEFAULT_TIME_SHIFT: float
     Spec: type
 
+    def spec_for(self, shapes: dict, cfg: Any, examples: Any) -> Any: ...
+    def tokenize_batch(self, raw: dict, spec: Any) -> Any: ...  # -> (B, N, token_dim)
     def tokenize(self, x: Any, spec: Any) -> Any: ...          # -> (B, N, token_dim)
     def detokenize(self, tokens: Any, spec: Any) -> Any: ...   # exact inverse of tokenize
     def positions(self, spec: Any, time_offset: float = 0.0) -> np.ndarray: ...  # (N, 3) f32

@@ -22,6 +22,7 @@ from modalities.base import ModalitySpec, check_divisible, check_shape, grid_pos
 NAME = "image"
 DEFAULT_MASK_RATIO = 0.25
 DEFAULT_TIME_SHIFT = 1.0
+KEYS = ("image",)  # what a data source yields for this modality: (B, H, W, C) float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,3 +106,14 @@ def positions(spec: ImageSpec | int, time_offset: float = 0.0,
         return grid_positions([time_offset], gh, gw)
     height, width = int(spec), int(time_offset)
     return grid_positions([0.0], height // patch_size, width // patch_size)
+
+
+def spec_for(shapes: dict[str, tuple], cfg, examples) -> ImageSpec:
+    """The run's spec: the sources' (H, W, C) cut into ``model.patch_size`` patches."""
+    h, w, c = shapes["image"]
+    return ImageSpec(h, w, c, cfg.model.resolved("patch_size"))
+
+
+def tokenize_batch(raw: dict, spec: ImageSpec):
+    """A batch dict with ``KEYS`` -> (B, N, token_dim)."""
+    return tokenize(raw["image"], spec)

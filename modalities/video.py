@@ -22,6 +22,7 @@ from modalities.base import (TICKS_PER_SECOND, ModalitySpec, check_divisible, ch
 NAME = "video"
 DEFAULT_MASK_RATIO = 0.1
 DEFAULT_TIME_SHIFT = 1.0
+KEYS = ("video",)  # (B, T, H, W, C) float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,3 +96,16 @@ def positions(spec: VideoSpec, time_offset: float = 0.0) -> np.ndarray:
     gt, gh, gw = spec.grid
     times = time_offset + np.arange(gt) * spec.tubelet * spec.frame_ticks
     return grid_positions(times, gh, gw)
+
+
+def spec_for(shapes: dict[str, tuple], cfg, examples) -> VideoSpec:
+    """The run's spec: the sources' (T, H, W, C) clips in ``data.video_patch`` × ``video_tubelet``
+    tubelets at ``data.fps``."""
+    t, h, w, c = shapes["video"]
+    d = cfg.data
+    return VideoSpec(t, h, w, c, d.video_patch, d.video_tubelet, d.fps)
+
+
+def tokenize_batch(raw: dict, spec: VideoSpec):
+    """A batch dict with ``KEYS`` -> (B, N, token_dim)."""
+    return tokenize(raw["video"], spec)

@@ -30,13 +30,13 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
-from modalities.action import ActionSpec  # noqa: E402
-from modalities.audio import AudioSpec  # noqa: E402
-from modalities.image import ImageSpec  # noqa: E402
-from modalities.video import VideoSpec  # noqa: E402
+import numpy as np  # noqa: E402
+
+import modalities  # noqa: E402
 from selfflow import flops  # noqa: E402
-from selfflow.config import Config, LayoutConfig, apply_overrides, exec_python_file, validate  # noqa: E402
-from selfflow.layout import CONDITION, GENERATE, Layout, Segment  # noqa: E402
+from selfflow.config import Config, apply_overrides, exec_python_file, resolve  # noqa: E402
+from selfflow.layout import Layout, Segment  # noqa: E402
+from selfflow.tasks import parse_segment  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 CONFIGS = HERE / "configs"
@@ -61,41 +61,29 @@ def load(path: str | Path, overrides: tuple[str, ...] = ()) -> tuple[Config, dic
     shapes = getattr(module, "DATA_SHAPES", None)
     if not isinstance(shapes, dict):
         raise ValueError(f"{path}: expected a module-level DATA_SHAPES = {{key: shape}}")
-    return validate(apply_overrides(module.CONFIG, list(overrides))), shapes
-
-
-def layout_configs(cfg: Config) -> tuple[LayoutConfig, ...]:
-    """The run's layouts; a config without layouts trains ``[image]`` on ``train.batch_size``."""
-    return cfg.layouts or (LayoutConfig("image", ("image",), 1.0, cfg.train.batch_size),)
-
-
-def parse_segment(text: str) -> tuple[str, str]:
-    name, _, role = text.partition(":")
-    return name, role or GENERATE
+    return resolve(apply_overrides(module.CONFIG, list(overrides))), shapes
 
 
 def specs(cfg: Config, shapes: dict) -> dict:
-    """Modality specs of the run, as ``selfflow.tasks.Task._spec`` builds them from the data's
-    shapes (image patch: ``data.video_patch`` when the run has layouts, else the model's)."""
-    d = cfg.data
-    used = sorted({parse_segment(t)[0] for lc in layout_configs(cfg) for t in lc.segments})
+    """Modality specs of the run, as ``selfflow.tasks.Task`` builds them (each modality's
+    ``spec_for``) from the data's shapes; fitted statistics (actions) come from zeros, which
+    changes no token count."""
+    cfg = resolve(cfg)
+    used = sorted({parse_segment(t)[0] for lc in cfg.layouts for t in lc.segments})
+
+    def zeros(keys):
+        return lambda n: {k: np.zeros((1, *shapes[k]), np.float32) for k in keys}
+
     out = {}
     for m in used:
-        if m == "image":
-            h, w, c = shapes["image"]
-            patch = d.video_patch if cfg.layouts else cfg.model.resolved("patch_size")
-            out[m] = ImageSpec(h, w, c, patch)
-        elif m == "video":
-            t, h, w, c = shapes["video"]
-            out[m] = VideoSpec(t, h, w, c, d.video_patch, d.video_tubelet, d.fps)
-        elif m == "audio":
-            frames, channels = shapes["audio"]
-            out[m] = AudioSpec(frames=frames, n_mels=channels, patch_frames=d.audio_patch_frames)
-        else:
-            (steps, a_dim), (p_steps, p_dim) = shapes["actions"], shapes["proprio"]
-            assert steps == p_steps, (shapes["actions"], shapes["proprio"])
-            out[m] = ActionSpec(steps=steps, action_dim=a_dim, proprio_dim=p_dim, hz=d.fps)
+        keys = modalities.keys_of(m)
+        out[m] = modalities.get(m).spec_for({k: tuple(shapes[k]) for k in keys}, cfg, zeros(keys))
     return out
+
+
+def class_conditional_images(cfg: Config) -> bool:
+    """Whether the run is the one layout [image] (the FID protocol's models)."""
+    return [lc.segments for lc in cfg.layouts] == [("image",)]
 
 
 def token_dims(cfg: Config, shapes: dict) -> dict[str, int]:
@@ -106,9 +94,8 @@ def layouts(cfg: Config, shapes: dict) -> list[tuple[Layout, int, float]]:
     """(layout, batch size, sampling weight) of every layout of the run."""
     sp = specs(cfg, shapes)
     out = []
-    for lc in layout_configs(cfg):
-        segments = tuple(Segment(m, sp[m].num_tokens, CONDITION if r == CONDITION else GENERATE)
-                         for m, r in map(parse_segment, lc.segments))
+    for lc in resolve(cfg).layouts:
+        segments = tuple(Segment(m, sp[m].num_tokens, r) for m, r in map(parse_segment, lc.segments))
         out.append((Layout(lc.name, segments), lc.batch_size, lc.weight))
     return out
 
@@ -220,7 +207,7 @@ def days_by_file() -> dict[str, set[str]]:
         out[name].add(fmt_days(days))
     for path in sorted(CONFIGS.glob("*.py")):
         cfg, shapes = load(path)
-        if not cfg.layouts:
+        if class_conditional_images(cfg):
             for scale in (1.0, 2.0):
                 out[str(path.relative_to(ROOT))].add(fmt_days(h100_days(fid_sampling_flops(cfg, shapes, scale))))
     return out
@@ -244,7 +231,7 @@ def table() -> str:
               "|---|---|---|---|"]
     for path in sorted(CONFIGS.glob("*.py")):
         cfg, shapes = load(path)
-        if cfg.layouts:
+        if not class_conditional_images(cfg):
             continue
         for scale in (1.0, 2.0):
             f = fid_sampling_flops(cfg, shapes, scale)

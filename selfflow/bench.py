@@ -40,7 +40,8 @@ from selfflow import flops
 from selfflow.config import Config
 from selfflow.model import build_model, count_params
 from selfflow.tasks import Task
-from selfflow.train import init_state, make_optimizer, make_train_step
+from selfflow.run import init_state, make_optimizer
+from selfflow.step import make_train_step
 
 
 class Candidate(NamedTuple):

@@ -19,7 +19,8 @@ from data_pipelines import loader
 from selfflow.config import Config
 from selfflow.model import build_model
 from selfflow.tasks import Task
-from selfflow.train import init_state, make_optimizer, make_train_step
+from selfflow.run import init_state, make_optimizer
+from selfflow.step import make_train_step
 
 
 def _rate(fn, min_seconds: float, min_calls: int) -> float:
@@ -35,7 +36,7 @@ def bench_data(cfg: Config, *, seconds: float = 2.0, steps: int = 3) -> dict:
     task = Task(cfg)
     sources = {}
     for name, source in task.sources.items():
-        keys = {k for lt in task.layouts if name in lt.sources for k in lt.keys}
+        keys = {k for i, lt in enumerate(task.layouts) if name in task.layout_sources(i) for k in lt.keys}
         selected = source.select(sorted(keys)) if keys else source
         selected[len(selected) - 1]  # warm-up outside the timing: imports, numba's first mel
         counter = iter(range(10**12))
@@ -62,7 +63,7 @@ def bench_data(cfg: Config, *, seconds: float = 2.0, steps: int = 3) -> dict:
 
         one_step()  # compile
         consumed = _rate(one_step, 0.0, steps) * lt.batch_size
-        layouts[lt.layout.name] = {"batch": lt.batch_size, "sources": list(lt.sources),
+        layouts[lt.layout.name] = {"batch": lt.batch_size, "sources": list(task.layout_sources(i)),
                                    "pipeline": pipeline, "step": consumed, "ratio": pipeline / consumed}
     return {"sources": sources, "layouts": layouts, "worker_count": cfg.data.worker_count,
             "read_threads": cfg.data.read_threads,

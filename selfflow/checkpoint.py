@@ -1,6 +1,7 @@
-"""Orbax checkpoints of a run: train state + data-iterator state + resolved config.
+"""Orbax checkpoints of a run: train state + data-iterator state + resolved config + modality specs.
 
-Layout: ``RUN_DIR/checkpoints/<step>/{state,data,config}``. Saves are asynchronous; every
+Layout: ``RUN_DIR/checkpoints/<step>/{state,data,config,specs}`` (``specs``: each modality's token
+geometry and fitted statistics, so a run loads without its data). Saves are asynchronous; every
 path that exits (normal end, error, interrupt) calls :meth:`RunCheckpoints.close`, which waits
 for the save in flight. Orbax writes each step to a temporary directory and renames it only
 when complete (``<step>.orbax-checkpoint-tmp`` -> ``<step>``), so a kill during a save never damages
@@ -71,13 +72,18 @@ class RunCheckpoints:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
-    def save(self, step: int, state: Any, data_state: dict, cfg: config_lib.Config,
+    def all_steps(self) -> list[int]:
+        return list(self.manager.all_steps())
+
+    def save(self, step: int, state: Any, data_state: dict, cfg: config_lib.Config, specs: dict,
              metrics: dict[str, float] | None = None) -> None:
-        """``metrics`` ({name: value}) are stored with the checkpoint when the policy ranks by them."""
+        """``specs``: {modality: spec fields} (``Task.specs_dict``); ``metrics`` ({name: value}) are
+        stored with the checkpoint when the policy ranks by them."""
         self.manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state),
             data=ocp.args.JsonSave(data_state),
-            config=ocp.args.JsonSave(config_lib.resolved_dict(cfg))), metrics=metrics)
+            config=ocp.args.JsonSave(config_lib.resolved_dict(cfg)),
+            specs=ocp.args.JsonSave(specs)), metrics=metrics)
 
     def metrics(self, step: int) -> dict | None:
         """The metrics stored with checkpoint ``step`` (None if it has none)."""
@@ -93,6 +99,12 @@ class RunCheckpoints:
     def saved_config(self, step: int) -> config_lib.Config:
         out = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
         return config_lib.from_dict(out["config"], where=f"{self.directory}/{step}/config")
+
+    def saved_specs(self, step: int) -> dict | None:
+        """The modality specs stored with ``step``; None for checkpoints saved before they were."""
+        if not (self.directory / str(step) / "specs").exists():
+            return None
+        return self.manager.restore(step, args=ocp.args.Composite(specs=ocp.args.JsonRestore()))["specs"]
 
     def close(self) -> None:
         self.manager.wait_until_finished()

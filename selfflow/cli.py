@@ -26,6 +26,10 @@ import sys
 from pathlib import Path
 
 
+SET_HELP = ("override config values, e.g. --set objective.gamma=0.5 train.steps=100 (several pairs "
+            "after one --set, or --set repeated)")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="selfflow", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -33,14 +37,13 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train an experiment config (resumes if RUN_DIR has checkpoints)")
     p.add_argument("config", help="experiment file defining CONFIG, e.g. experiments/quickstart.py")
     p.add_argument("--run-dir", help="output directory (default: runs/<config name>)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set objective.gamma=0.5 (repeatable)")
+    p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                   help=SET_HELP)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    p = sub.add_parser("sample", help="write a class-grid PNG from a run's EMA weights")
+    p = sub.add_parser("sample", help="write samples of every layout of a run from its EMA weights")
     p.add_argument("--run-dir", required=True)
-    p.add_argument("--out", required=True,
-                   help="PNG path (image runs) or a directory (multimodal runs: one folder per layout)")
+    p.add_argument("--out", required=True, help="a directory: one folder of files per layout")
     p.add_argument("--steps", type=int, default=None, help="Euler steps (default: sample.steps)")
     p.add_argument("--cfg", type=float, default=None, help="guidance scale (1 = none)")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
@@ -48,7 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="Self-Flow vs flow-matching step, MFU, bf16, sampling, PyTorch")
     p.add_argument("config", nargs="?", default=str(Path(__file__).parents[1] / "experiments" / "bench_s2.py"),
                    help="experiment file (default: experiments/bench_s2.py, SiT-S/2 on 256 tokens)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                   help=SET_HELP)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--steps-per-round", type=int, default=3)
     p.add_argument("--sample-steps", type=int, default=8, help="Euler steps per timed sampling call")
@@ -74,7 +78,8 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench-data", help="examples/s of each source and layout pipeline vs the train step")
     p.add_argument("config")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                   help=SET_HELP)
     p.add_argument("--seconds", type=float, default=2.0, help="time per measurement")
 
     p = sub.add_parser("prepare", help="write a source's examples as ArrayRecord shards + manifest.json")
@@ -82,14 +87,16 @@ def _parser() -> argparse.ArgumentParser:
                                   "(e.g. fashion_mnist, image_folder:data/flowers, world)")
     p.add_argument("--out", required=True, help="output directory (read back with kind 'latents')")
     p.add_argument("--config", default=None, help="experiment file giving data sizes and sources")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                   help=SET_HELP)
     p.add_argument("--limit", type=int, default=None, help="only the first N examples")
     p.add_argument("--shard-size", type=int, default=1024, help="examples per ArrayRecord shard")
 
     p = sub.add_parser("compile", help="compile the train step for a mesh without running it; "
                                        "print memory per device")
     p.add_argument("config")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                   help=SET_HELP)
     p.add_argument("--mesh", default="", help="axis sizes, e.g. data=2,fsdp=4 (sets mesh.<axis>)")
     p.add_argument("--devices", type=int, default=None,
                    help="simulate this many CPU devices (sets XLA_FLAGS before JAX starts)")
@@ -111,7 +118,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="new run directory")
     p.add_argument("--key", default=None, help="entry of a wrapped checkpoint, e.g. ema "
                                                "(default: 'model', 'state_dict' or the file itself)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                   help=SET_HELP)
 
     p = sub.add_parser("fid-samples", help="SDE-sample images into an .npz for the ADM evaluator "
                                            "(the official Self-Flow protocol; resumable)")
@@ -158,9 +166,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def _train(args) -> int:
     from selfflow.config import load_config_file
-    from selfflow.train import train
-
     from selfflow.sharding import initialize_distributed
+    from selfflow.train import train
 
     cfg = load_config_file(args.config, args.overrides)
     initialize_distributed(cfg.mesh)  # before JAX starts its backends
@@ -170,32 +177,24 @@ def _train(args) -> int:
         return 128 + result.stop_signal
     import jax
 
-    samples = ("no samples (multi-host)" if jax.process_count() > 1 else
-               "samples/ (one folder per layout)" if cfg.layouts else "samples.png")
+    samples = "no samples (multi-host)" if jax.process_count() > 1 else "samples/ (one folder per layout)"
     print(f"trained {result.final_step} steps; checkpoints, metrics.jsonl, loss.png and "
           f"{samples} are in {run_dir}")
     return 0
 
 
 def _sample(args) -> int:
-    from selfflow.train import load_run, write_outputs
+    from flax import nnx
+
+    from selfflow.layout_samples import write_run_samples
+    from selfflow.run import load_run
 
     if args.steps is not None and args.steps < 1:
         raise _UsageError(f"--steps={args.steps}: expected a positive integer")
     cfg, state, graphdef, task, step = load_run(args.run_dir, args.step)
-    if cfg.layouts:  # multimodal: a directory with one folder of files per layout
-        from flax import nnx
-        from selfflow.layout_samples import write_layout_samples
-        paths = write_layout_samples(
-            cfg, task, nnx.merge(graphdef, state["ema"]), Path(args.out),
-            steps=args.steps or cfg.sample.steps,
-            cfg_scale=cfg.sample.cfg_scale if args.cfg is None else args.cfg,
-            seed=cfg.sample.seed, per_layout=cfg.sample.per_class)
-        print(f"wrote {len(paths)} files under {args.out} (EMA weights of step {step}, one folder per layout)")
-        return 0
-    path = write_outputs(cfg, state["ema"], graphdef, task, Path(args.run_dir), out=Path(args.out),
-                         steps=args.steps, cfg_scale=args.cfg)
-    print(f"wrote {path} (EMA weights of step {step}, one row per class)")
+    paths = write_run_samples(cfg, task, nnx.merge(graphdef, state["ema"]), Path(args.out), steps=args.steps,
+                           cfg_scale=args.cfg)
+    print(f"wrote {len(paths)} files under {args.out} (EMA weights of step {step}, one folder per layout)")
     return 0
 
 
@@ -251,6 +250,7 @@ def _bench_data(args) -> int:
 def _prepare(args) -> int:
     import dataclasses
 
+    import modalities
     from data_pipelines import latents, sources
     from selfflow.config import Config, ConfigError, SourceConfig, apply_overrides, load_config_file, validate
 
@@ -262,11 +262,12 @@ def _prepare(args) -> int:
     else:
         kind, _, path = args.source.partition(":")
         sc = SourceConfig(name=kind, kind=kind, path=path)
-        validate(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, sources=(sc,)), layouts=()))
+        validate(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, sources=(sc,)), layouts=(),
+                                     modalities=()))
     if args.limit is not None and args.limit < 1:
         raise ConfigError(f"--limit={args.limit}: expected a positive integer")
     source = sources.build(sc, cfg.data, cfg.seed)
-    modality = "+".join(m for m in sources.MODALITY_KEYS if sources.provides(source, m))
+    modality = "+".join(m for m in modalities.MODALITIES if sources.provides(source, m))
     manifest = latents.prepare(source, args.out, name=sc.name, modality=modality, shard_size=args.shard_size,
                                limit=args.limit, on_bad_sample=cfg.data.on_bad_sample, progress=True)
     print(f"wrote {manifest['count']} examples of {sc.name!r} ({modality}) to {args.out}; "
@@ -319,7 +320,7 @@ def _fid_samples(args) -> int:
     if args.run_dir:
         from flax import nnx
 
-        from selfflow.train import load_run
+        from selfflow.run import load_run
         cfg, state, graphdef, task, _ = load_run(args.run_dir, args.step)
         if set(task.token_dims) != {"image"}:
             raise _UsageError(f"{args.run_dir}: fid-samples needs an image-only run; it has {sorted(task.token_dims)}")
@@ -426,10 +427,8 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "devices", None):
         _simulate_cpu_devices(args.devices)
     from data_pipelines.base import BadSampleError, SourceError
-    from selfflow.config import ConfigError
-    from selfflow.export import ExportError
+    from selfflow.errors import ConfigError, ParamsError, TrainingError
     from selfflow.official import OfficialFormatError
-    from selfflow.train import TrainingError
 
     try:
         return {"train": _train, "sample": _sample, "bench": _bench, "plot": _plot,
@@ -439,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, _UsageError) as e:
         print(f"selfflow: error: {e}", file=sys.stderr)
         return 2
-    except (TrainingError, FileNotFoundError, SourceError, BadSampleError, ExportError,
+    except (TrainingError, FileNotFoundError, SourceError, BadSampleError, ParamsError,
             OfficialFormatError) as e:
         print(f"selfflow: error: {e}", file=sys.stderr)
         return 1

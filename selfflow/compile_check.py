@@ -16,7 +16,8 @@ from selfflow import sharding
 from selfflow.config import Config
 from selfflow.model import build_model
 from selfflow.tasks import Task
-from selfflow.train import Placement, init_state, make_optimizer, make_train_step
+from selfflow.run import Placement, init_state, make_optimizer
+from selfflow.step import make_train_step
 
 
 def compile_report(cfg: Config) -> dict:
@@ -24,12 +25,12 @@ def compile_report(cfg: Config) -> dict:
     tx = make_optimizer(cfg.optim)
     abstract_model = nnx.eval_shape(lambda: build_model(cfg, task.token_dims))
     abstract = jax.eval_shape(lambda: init_state(cfg, build_model(cfg, task.token_dims), tx))
-    placement = Placement.of(cfg, task, abstract)  # the mesh and batch checks of a real run
+    placement = Placement.of(cfg, task, abstract, abstract_model)  # the mesh and batch checks of a real run
     state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract,
                          placement.state)
     step = make_train_step(cfg, nnx.graphdef(abstract_model), tx, task)
     layouts = {}
-    with jax.set_mesh(placement.mesh):
+    with sharding.use_mesh(placement.mesh, placement.rules):
         for i, lt in enumerate(task.layouts):
             example = {k: np.asarray(v) for k, v in task.dataset(i, shard=(0, 1))[0].items() if k != "skipped"}
             batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding.leading_axis(placement.batch, v.ndim))

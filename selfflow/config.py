@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 
-class ConfigError(ValueError):
-    """A bad configuration value; the message names the key and what was expected."""
+from selfflow.errors import ConfigError  # noqa: F401  (re-exported: callers import it from here)
 
 
 # SiT sizes (depth, width, heads), patch 2, MLP ratio 4; "tiny" is for tests and the CPU demo.
@@ -35,6 +34,8 @@ MODEL_PRESETS: dict[str, dict[str, int]] = {
 # Training metrics the trainer logs at every logged step, whatever the layout (train.best_metric
 # may name them; per-modality fm_loss/<m> is absent at steps where no layout with m ran).
 TRAINING_METRICS = ("loss", "fm_loss", "rep_loss", "cos_sim", "grad_norm")
+DEFAULT_BATCH_SIZE = 64
+IMAGE_LAYOUT = "image"  # the name of the implicit layout of a config without layouts
 
 # Number of classes each data source labels (the label table adds one null class).
 SOURCE_CLASSES = {"shapes": 10, "world": 3, "fashion_mnist": 10}  # world: label = number of balls - 1
@@ -71,9 +72,13 @@ class ModelConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ObjectiveConfig:
-    kind: Literal["flow_matching", "dts", "self_flow"] = "self_flow"
+    # A registered objective (selfflow.objectives.OBJECTIVES): flow_matching, dts, self_flow, ...
+    kind: str = "self_flow"
     gamma: float = 0.8
-    mask_ratio: float = 0.25
+    # Share of each generate segment's tokens at the second timestep s: None = each modality's
+    # DEFAULT_MASK_RATIO (image 0.25, video 0.1, audio 0.5, action 0.5); a value applies to every
+    # modality without its own `modalities[...].mask_ratio`.
+    mask_ratio: Optional[float] = None
     # 1-indexed block outputs; None = round(0.3 * depth) and round(0.7 * depth).
     student_layer: Optional[int] = None
     teacher_layer: Optional[int] = None
@@ -163,7 +168,9 @@ class MeshConfig:
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     steps: int = 1000
-    batch_size: int = 64
+    # Batch of the implicit image layout of a config without `layouts` (None = 64); with layouts,
+    # each layout has its own batch_size and setting this is an error.
+    batch_size: Optional[int] = None
     log_every: int = 10
     checkpoint_every: int = 200
     # Retention: a checkpoint survives if any rule keeps it (see selfflow.checkpoint).
@@ -191,6 +198,7 @@ class TrainConfig:
 class SampleConfig:
     steps: int = 50
     cfg_scale: float = 1.0
+    # examples per class of a layout without condition segments; per layout with them (data-driven)
     per_class: int = 8
     seed: int = 0
     # euler / heun (ODE) or sde (SiT Euler–Maruyama, the official FID protocol); see selfflow.sample
@@ -198,6 +206,8 @@ class SampleConfig:
     # guidance (cfg_scale != 1) only for τ in [guidance_low, guidance_high]
     guidance_low: float = 0.0
     guidance_high: float = 1.0
+    # how layout samples write video: H.264 MP4 (audio muxed in where the layout has audio) or GIF
+    video_format: Literal["mp4", "gif"] = "mp4"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -232,7 +242,8 @@ class Config:
     train: TrainConfig = TrainConfig()
     sample: SampleConfig = SampleConfig()
     mesh: MeshConfig = MeshConfig()
-    # Multimodal runs: per-modality settings and the layouts to mix (empty = image-only, one layout).
+    # Per-modality settings and the layouts to mix. A config without layouts is resolved
+    # (selfflow.config.resolve) to the one layout "image" = [image] of train.batch_size.
     modalities: tuple[ModalityConfig, ...] = ()
     layouts: tuple[LayoutConfig, ...] = ()
 
@@ -256,11 +267,21 @@ class Config:
 
     @property
     def uses_teacher(self) -> bool:
-        return self.objective.kind == "self_flow" and self.objective.gamma > 0
+        """Whether the objective runs the EMA teacher (Self-Flow with γ > 0)."""
+        from selfflow.objectives import make_objective
+
+        return make_objective(self, {}, {}).uses_teacher
 
     @property
     def uses_dual_timesteps(self) -> bool:
-        return self.objective.kind in ("dts", "self_flow")
+        from selfflow.objectives import OBJECTIVES
+
+        return OBJECTIVES[self.objective.kind].dual_timesteps
+
+    @property
+    def batch_size(self) -> int:
+        """train.batch_size with its default filled in."""
+        return DEFAULT_BATCH_SIZE if self.train.batch_size is None else self.train.batch_size
 
 
 # ---------------------------------------------------------------------------- type checking
@@ -320,7 +341,12 @@ def _check_section(prefix: str, section: Any) -> None:
 def validate(cfg: Config) -> Config:
     """Checks types and cross-field rules; returns ``cfg`` or raises ConfigError."""
     _check_section("", cfg)
+    from selfflow.objectives import OBJECTIVES
+
     m, o, t = cfg.model, cfg.objective, cfg.train
+    if o.kind not in OBJECTIVES:
+        raise ConfigError(f"objective.kind={o.kind!r}: expected one of {', '.join(map(repr, OBJECTIVES))} "
+                          "(selfflow.objectives.register_objective adds more)")
     if m.preset not in MODEL_PRESETS:
         raise ConfigError(f"model.preset={m.preset!r}: expected one of {', '.join(MODEL_PRESETS)}")
     depth, width, heads = cfg.depth, m.resolved("hidden_size"), m.resolved("num_heads")
@@ -335,7 +361,7 @@ def validate(cfg: Config) -> Config:
     if cfg.data.image_size % m.resolved("patch_size"):
         raise ConfigError(f"data.image_size={cfg.data.image_size} is not divisible by "
                           f"model.patch_size={m.resolved('patch_size')}")
-    if not 0.0 <= o.mask_ratio <= 0.5:
+    if o.mask_ratio is not None and not 0.0 <= o.mask_ratio <= 0.5:
         raise ConfigError(f"objective.mask_ratio={o.mask_ratio}: expected a value in [0, 0.5]")
     if o.gamma < 0:
         raise ConfigError(f"objective.gamma={o.gamma}: expected >= 0")
@@ -361,7 +387,7 @@ def validate(cfg: Config) -> Config:
                               f"student_layer < teacher_layer={cfg.teacher_layer}"
                               + (" (self_flow needs depth >= 2)" if depth < 2 else ""))
     for key in ("steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints"):
-        if getattr(t, key) < 1:
+        if getattr(t, key) is not None and getattr(t, key) < 1:
             raise ConfigError(f"train.{key}={getattr(t, key)}: expected a positive integer")
     if t.sample_every < 0:
         raise ConfigError(f"train.sample_every={t.sample_every}: expected >= 0 (0 = only at the end)")
@@ -388,6 +414,7 @@ def validate(cfg: Config) -> Config:
                           f"train.eval_classifier_steps={t.eval_classifier_steps}: expected >= 1")
     _validate_multimodal(cfg)
     _validate_sources(cfg)
+    _validate_unused(cfg)
     from selfflow.sharding import mesh_shape, parse_rules
     parse_rules(cfg.mesh.rules)  # names the bad rule
     mesh_shape(cfg.mesh, 0)  # axis sizes alone (the device count is checked when the mesh is built)
@@ -427,9 +454,10 @@ def _validate_multimodal(cfg: Config) -> None:
             raise ConfigError(f"{where}: every segment is a condition; nothing to generate")
     if cfg.layouts and sum(lc.weight for lc in cfg.layouts) <= 0:
         raise ConfigError("layouts: the weights sum to 0; at least one layout needs weight > 0")
-    if cfg.layouts and cfg.model.positions != "rope":
-        raise ConfigError("model.positions='sincos' encodes only (h, w); multimodal layouts need "
-                          "model.positions='rope' to place tokens in time")
+    if cfg.model.positions != "rope" and any(
+            len(lc.segments) > 1 or lc.segments[0].partition(":")[0] != "image" for lc in cfg.layouts):
+        raise ConfigError("model.positions='sincos' encodes only (h, w); layouts with other segments than "
+                          "one image need model.positions='rope' to place tokens in time")
 
 
 def _validate_sources(cfg: Config) -> None:
@@ -457,6 +485,51 @@ def _validate_sources(cfg: Config) -> None:
         if d.num_classes != SOURCE_CLASSES[kind]:
             raise ConfigError(f"data.num_classes={d.num_classes}: data source {kind!r} has "
                               f"{SOURCE_CLASSES[kind]} classes")
+
+
+def _validate_unused(cfg: Config) -> None:
+    """A setting given (not None) that this run would ignore is an error naming it."""
+    segment_modalities = {text.partition(":")[0] for lc in cfg.layouts for text in lc.segments}
+    if cfg.layouts and cfg.train.batch_size is not None:
+        raise ConfigError(f"train.batch_size={cfg.train.batch_size} is unused: this config has layouts, "
+                          "each with its own batch_size (set layouts[i].batch_size instead)")
+    if (cfg.layouts or cfg.modalities) and cfg.model.patch_size is not None and "image" not in segment_modalities:
+        raise ConfigError(f"model.patch_size={cfg.model.patch_size} is unused: it is the image patch size and "
+                          "no layout has an image segment (video patches are data.video_patch)")
+    unused = [f"modalities[{i}] ({m.name!r})" for i, m in enumerate(cfg.modalities)
+              if cfg.layouts and m.name not in segment_modalities]
+    if unused:
+        raise ConfigError(f"{', '.join(unused)}: no layout has a segment of this modality")
+
+
+def resolve(cfg: Config) -> Config:
+    """Validates ``cfg`` and makes it explicit, so the rest of the code knows one kind of run:
+
+    - a config without layouts becomes the one layout ``image`` = [image] of ``train.batch_size``;
+    - every modality of the layouts gets its ``modalities`` entry with its resolved mask ratio (its
+      own, else ``objective.mask_ratio``, else the modality's ``DEFAULT_MASK_RATIO``), after which
+      ``objective.mask_ratio`` and ``train.batch_size`` are None (their values live in the entries).
+
+    Idempotent: a resolved config resolves to itself (run directories store resolved configs).
+    """
+    import modalities
+
+    validate(cfg)
+    layouts = cfg.layouts or (LayoutConfig(IMAGE_LAYOUT, ("image",), 1.0, cfg.batch_size),)
+    given = {m.name: m for m in cfg.modalities}
+    default_ratio = cfg.objective.mask_ratio
+
+    def entry(name: str) -> ModalityConfig:
+        own = given.get(name, ModalityConfig(name))
+        ratio = (own.mask_ratio if own.mask_ratio is not None else default_ratio if default_ratio is not None
+                 else modalities.get(name).DEFAULT_MASK_RATIO)
+        return ModalityConfig(name, mask_ratio=float(ratio), loss_weight=own.loss_weight)
+
+    used = dict.fromkeys(text.partition(":")[0] for lc in layouts for text in lc.segments)
+    return dataclasses.replace(
+        cfg, layouts=layouts, modalities=tuple(entry(name) for name in used),
+        objective=dataclasses.replace(cfg.objective, mask_ratio=None),
+        train=dataclasses.replace(cfg.train, batch_size=None))
 
 
 # ---------------------------------------------------------------------------- overrides
@@ -513,7 +586,7 @@ def load_config_file(path: str | Path, overrides: list[str] = ()) -> Config:
     cfg = getattr(module, "CONFIG", None)
     if not isinstance(cfg, Config):
         raise ConfigError(f"{path}: expected a module-level CONFIG = selfflow.config.Config(...)")
-    return validate(apply_overrides(cfg, list(overrides)))
+    return resolve(apply_overrides(cfg, list(overrides)))
 
 
 def exec_python_file(path: Path, what: str) -> types.ModuleType:
@@ -540,7 +613,9 @@ def to_dict(cfg: Config) -> dict:
 
 
 def resolved_dict(cfg: Config) -> dict:
-    """``to_dict`` with preset sizes and default layers replaced by the values actually used."""
+    """``to_dict`` of :func:`resolve` with preset sizes and default layers replaced by the values
+    actually used."""
+    cfg = resolve(cfg)
     d = to_dict(cfg)
     for key in ("depth", "hidden_size", "num_heads", "patch_size"):
         d["model"][key] = cfg.model.resolved(key)
@@ -552,12 +627,21 @@ def resolved_dict(cfg: Config) -> dict:
 LEGACY_VALUES = {("model", "time_embedding"): "tau"}
 
 
-def from_dict(data: dict, where: str = "config") -> Config:
-    """Rebuilds a Config from ``to_dict``/``resolved_dict`` output (e.g. a run's config.json)."""
-    data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+def _legacy(data: dict) -> dict:
+    """A run saved before configs were resolved (:func:`resolve`): its multimodal layouts ignored
+    ``objective.mask_ratio`` and ``train.batch_size``, so they are dropped, not applied."""
     for (section, key), value in LEGACY_VALUES.items():
         if isinstance(data.get(section), dict):
             data[section].setdefault(key, value)
+    if data.get("layouts") and isinstance(data.get("objective"), dict) and isinstance(data.get("train"), dict):
+        data["objective"]["mask_ratio"] = None
+        data["train"]["batch_size"] = None
+    return data
+
+
+def from_dict(data: dict, where: str = "config") -> Config:
+    """Rebuilds a Config from ``to_dict``/``resolved_dict`` output (e.g. a run's config.json)."""
+    data = _legacy({k: dict(v) if isinstance(v, dict) else v for k, v in data.items()})
     def build(cls, values: dict, prefix: str):
         names = {f.name: f for f in dataclasses.fields(cls)}
         unknown = set(values) - set(names)
@@ -568,13 +652,13 @@ def from_dict(data: dict, where: str = "config") -> Config:
             sub = _hints(cls)[name]
             if dataclasses.is_dataclass(sub):
                 value = build(sub, value, f"{prefix}{name}.")
-            elif typing.get_origin(sub) is tuple and isinstance(value, list):  # JSON arrays
+            elif typing.get_origin(sub) is tuple and isinstance(value, (list, tuple)):  # JSON arrays, asdict tuples
                 inner = typing.get_args(sub)[0]
                 value = tuple(build(inner, v, f"{prefix}{name}[{i}].") if dataclasses.is_dataclass(inner)
                               else v for i, v in enumerate(value))
             kwargs[name] = value
         return cls(**kwargs)
-    return validate(build(Config, data, ""))
+    return resolve(build(Config, data, ""))
 
 
 def dumps(cfg: Config) -> str:

@@ -18,28 +18,20 @@ import numpy as np
 from flax import nnx
 
 from selfflow import config as config_lib
+from selfflow.errors import ParamsError
 from selfflow.model import SelfFlowTransformer, build_model
+from selfflow.params import assign_params, flatten, tensor_name  # noqa: F401  (re-exported)
 
 
-class ExportError(ValueError):
-    """A checkpoint file that does not match the model (lists every problem)."""
-
-
-def tensor_name(path) -> str:
-    """A pytree path -> "blocks.0.attn.qkv.kernel"."""
-    return ".".join(str(getattr(k, "key", k)) for k in path)
-
-
-def flatten(params: dict) -> dict[str, np.ndarray]:
-    """Nested params -> {"blocks.0.attn.qkv.kernel": array}."""
-    return {tensor_name(path): np.asarray(x) for path, x in jax.tree_util.tree_flatten_with_path(params)[0]}
+# Kept under its old name: the export and import commands raise it for files that do not fit.
+ExportError = ParamsError
 
 
 def export_safetensors(run_dir, out, *, weights: str = "ema", step: int | None = None) -> tuple[Path, Path]:
     """Writes the run's ``weights`` ("ema" = the sampling weights, or "online") to ``out``."""
     from safetensors.numpy import save_file
 
-    from selfflow.train import load_run
+    from selfflow.run import load_run
 
     if weights not in ("ema", "online"):
         raise ExportError(f"weights={weights!r}: expected 'ema' or 'online'")
@@ -67,24 +59,6 @@ def load_safetensors(path) -> tuple[SelfFlowTransformer, config_lib.Config]:
     cfg = config_lib.from_dict(meta["config"], where=str(meta_path))
     model = build_model(cfg, {k: int(v) for k, v in meta["token_dims"].items()})
     return assign_params(model, load_file(str(path)), f"{path} (the model of {meta_path})"), cfg
-
-
-def assign_params(model: nnx.Module, tensors: dict[str, np.ndarray], where: str) -> nnx.Module:
-    """Puts flat ``tensors`` (names as :func:`tensor_name`) into ``model`` (also an abstract one from
-    ``nnx.eval_shape``), after checking that every name and shape matches: missing, unexpected and
-    mis-shaped tensors are listed together in one :class:`ExportError` - never a partial load."""
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    pure = nnx.to_pure_dict(params)
-    expected = {tensor_name(p): x.shape for p, x in jax.tree_util.tree_flatten_with_path(pure)[0]}
-    problems = [f"missing {k} {s}" for k, s in expected.items() if k not in tensors]
-    problems += [f"unexpected {k} {tuple(tensors[k].shape)}" for k in tensors if k not in expected]
-    problems += [f"{k}: shape {tuple(tensors[k].shape)}, expected {s}" for k, s in expected.items()
-                 if k in tensors and tuple(tensors[k].shape) != tuple(s)]
-    if problems:
-        raise ExportError(f"{where} does not match the model: " + "; ".join(problems))
-    nnx.replace_by_pure_dict(params, jax.tree_util.tree_map_with_path(
-        lambda p, x: jax.numpy.asarray(tensors[tensor_name(p)], x.dtype), pure))
-    return nnx.merge(graphdef, params, rest)
 
 
 def load_official(path, key: str | None = None, **architecture):
@@ -127,7 +101,7 @@ def export_official(run_dir, out, *, weights: str = "ema", step: int | None = No
     variance channels, as the released checkpoint and the official sampler expect) and ``out``.json
     with the official constructor keywords."""
     from selfflow.official import to_official, write_pt
-    from selfflow.train import load_run
+    from selfflow.run import load_run
 
     if weights not in ("ema", "online"):
         raise ExportError(f"weights={weights!r}: expected 'ema' or 'online'")
@@ -151,7 +125,7 @@ def import_official(path, cfg: config_lib.Config, out_dir, *, key: str | None = 
     from selfflow import official
     from selfflow.checkpoint import RunCheckpoints
     from selfflow.tasks import Task
-    from selfflow.train import init_state, make_optimizer
+    from selfflow.run import init_state, make_optimizer
 
     out_dir = Path(out_dir)
     if (out_dir / "checkpoints").exists() and any((out_dir / "checkpoints").iterdir()):
@@ -169,7 +143,8 @@ def import_official(path, cfg: config_lib.Config, out_dir, *, key: str | None = 
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpts = RunCheckpoints(out_dir, keep=cfg.train.keep_checkpoints)
     try:
-        ckpts.save(0, state, {"next_index": 0, "layout_batches": [0] * len(task.layouts)}, cfg)
+        ckpts.save(0, state, {"next_index": 0, "layout_batches": [0] * len(task.layouts)}, cfg,
+                   task.specs_dict())
     finally:
         ckpts.close()
     (out_dir / "config.json").write_text(config_lib.dumps(cfg))

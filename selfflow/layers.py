@@ -68,10 +68,20 @@ _DOT_GENERALS = {jnp.dtype(d): functools.partial(_linear_dot_general, jnp.dtype(
                  for d in (jnp.float32, jnp.bfloat16)}
 
 
-def dense(din: int, dout: int, rngs: nnx.Rngs, *, init=xavier, dtype=jnp.float32) -> nnx.Linear:
-    """Linear layer with float32 weights, input and output; its matmul runs in ``dtype``."""
-    return nnx.Linear(din, dout, kernel_init=init, bias_init=zeros, dtype=None, param_dtype=jnp.float32,
-                      dot_general=_DOT_GENERALS[jnp.dtype(dtype)], rngs=rngs)
+def named(init, axes: tuple[str | None, ...]):
+    """``init`` whose parameter carries the logical axis names ``axes`` (one per dimension) as
+    its ``out_sharding`` metadata; :func:`selfflow.sharding.param_axes` reads them back and
+    ``mesh.rules`` maps them to mesh axes. Never placed at creation (``eager_sharding=False``):
+    a model is built the same way with or without a mesh, and placed afterwards."""
+    return nnx.with_partitioning(init, tuple(axes), eager_sharding=False)
+
+
+def dense(din: int, dout: int, rngs: nnx.Rngs, axes: tuple[str | None, str | None], *, init=xavier,
+          dtype=jnp.float32) -> nnx.Linear:
+    """Linear layer with float32 weights, input and output; its matmul runs in ``dtype``.
+    ``axes``: logical names of the kernel's (in, out) dimensions; the bias takes the out name."""
+    return nnx.Linear(din, dout, kernel_init=named(init, axes), bias_init=named(zeros, axes[-1:]), dtype=None,
+                      param_dtype=jnp.float32, dot_general=_DOT_GENERALS[jnp.dtype(dtype)], rngs=rngs)
 
 
 def layer_norm(x: jax.Array) -> jax.Array:
@@ -182,8 +192,8 @@ class TimestepEmbedder(nnx.Module):
 
     def __init__(self, hidden: int, rngs: nnx.Rngs, freq_dim: int = 256):
         self.freq_dim = freq_dim
-        self.fc1 = dense(freq_dim, hidden, rngs, init=normal02)
-        self.fc2 = dense(hidden, hidden, rngs, init=normal02)
+        self.fc1 = dense(freq_dim, hidden, rngs, ("freq", "embed"), init=normal02)
+        self.fc2 = dense(hidden, hidden, rngs, ("embed", None), init=normal02)
 
     def __call__(self, t: jax.Array) -> jax.Array:
         return self.fc2(nnx.silu(self.fc1(timestep_sinusoid(t, self.freq_dim))))
@@ -192,8 +202,8 @@ class TimestepEmbedder(nnx.Module):
 class Attention(nnx.Module):
     def __init__(self, hidden: int, heads: int, rngs: nnx.Rngs, dtype=jnp.float32):
         self.heads, self.dtype = heads, dtype
-        self.qkv = dense(hidden, 3 * hidden, rngs, dtype=dtype)
-        self.proj = dense(hidden, hidden, rngs, dtype=dtype)
+        self.qkv = dense(hidden, 3 * hidden, rngs, ("embed", "heads"), dtype=dtype)
+        self.proj = dense(hidden, hidden, rngs, ("heads", "embed"), dtype=dtype)
 
     def __call__(self, x: jax.Array, rope: jax.Array | None) -> jax.Array:
         b, n, d = x.shape
@@ -207,8 +217,8 @@ class Attention(nnx.Module):
 
 class Mlp(nnx.Module):
     def __init__(self, hidden: int, mlp_hidden: int, rngs: nnx.Rngs, dtype=jnp.float32):
-        self.fc1 = dense(hidden, mlp_hidden, rngs, dtype=dtype)
-        self.fc2 = dense(mlp_hidden, hidden, rngs, dtype=dtype)
+        self.fc1 = dense(hidden, mlp_hidden, rngs, ("embed", "mlp"), dtype=dtype)
+        self.fc2 = dense(mlp_hidden, hidden, rngs, ("mlp", "embed"), dtype=dtype)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.fc2(nnx.gelu(self.fc1(x), approximate=True))
@@ -220,7 +230,7 @@ class Block(nnx.Module):
     def __init__(self, hidden: int, heads: int, mlp_ratio: float, rngs: nnx.Rngs, dtype=jnp.float32):
         self.attn = Attention(hidden, heads, rngs, dtype)
         self.mlp = Mlp(hidden, int(hidden * mlp_ratio), rngs, dtype)
-        self.adaLN_modulation = dense(hidden, 6 * hidden, rngs, init=zeros)
+        self.adaLN_modulation = dense(hidden, 6 * hidden, rngs, ("embed", "adaln"), init=zeros)
 
     def __call__(self, x: jax.Array, c: jax.Array, rope: jax.Array | None,
                  index: jax.Array | None = None) -> jax.Array:
@@ -236,8 +246,8 @@ class FinalLayer(nnx.Module):
     """Per-token adaLN (shift, scale) then a zero-initialised linear to the token dim."""
 
     def __init__(self, hidden: int, out_dim: int, rngs: nnx.Rngs):
-        self.adaLN_modulation = dense(hidden, 2 * hidden, rngs, init=zeros)
-        self.linear = dense(hidden, out_dim, rngs, init=zeros)
+        self.adaLN_modulation = dense(hidden, 2 * hidden, rngs, ("embed", "adaln"), init=zeros)
+        self.linear = dense(hidden, out_dim, rngs, ("embed", "token"), init=zeros)
 
     def __call__(self, x: jax.Array, c: jax.Array, index: jax.Array | None = None) -> jax.Array:
         shift, scale = jnp.split(per_token(self.adaLN_modulation(nnx.silu(c)), index), 2, axis=-1)
@@ -248,8 +258,8 @@ class Projector(nnx.Module):
     """Student-feature head: Linear D -> 2D, SiLU, Linear 2D -> D (the official SimpleHead)."""
 
     def __init__(self, hidden: int, rngs: nnx.Rngs):
-        self.fc1 = dense(hidden, 2 * hidden, rngs)
-        self.fc2 = dense(2 * hidden, hidden, rngs)
+        self.fc1 = dense(hidden, 2 * hidden, rngs, ("embed", "mlp"))
+        self.fc2 = dense(2 * hidden, hidden, rngs, ("mlp", "embed"))
 
     def __call__(self, h: jax.Array) -> jax.Array:
         return self.fc2(nnx.silu(self.fc1(h)))

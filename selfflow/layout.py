@@ -12,8 +12,10 @@ Examples: ``image [image 64]``; ``audio-video [video 128, audio 40]``;
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal, Sequence
+from typing import Literal, NamedTuple, Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 GENERATE, CONDITION = "generate", "condition"
@@ -65,6 +67,26 @@ class Layout:
     def generate_mask(self) -> np.ndarray:
         """(N,) bool: True on tokens that are noised and carry the loss."""
         return np.concatenate([np.full(s.num_tokens, s.role == GENERATE) for s in self.segments])
+
+
+class FactoredTimesteps(NamedTuple):
+    """Per-token timesteps given as K distinct values per sample and each token's choice.
+
+    values (B, K) float32; index (B, N) int32 in [0, K). Equivalent to the per-token array
+    ``take_along_axis(values, index)`` (B, N) up to float rounding, but the conditioning and the
+    adaLN modulations are computed K times per sample instead of N times.
+    """
+    values: jax.Array
+    index: jax.Array
+
+    def dense(self) -> jax.Array:
+        """The per-token (B, N) timesteps this stands for."""
+        return jnp.take_along_axis(self.values, self.index, axis=1)
+
+    @classmethod
+    def per_sample(cls, tau: jax.Array, num_tokens: int) -> "FactoredTimesteps":
+        """One timestep per sample: values (B, 1), every token uses it."""
+        return cls(tau[:, None], jnp.zeros((tau.shape[0], num_tokens), jnp.int32))
 
 
 def single(modality: str, num_tokens: int) -> Layout:

@@ -1,12 +1,23 @@
-"""Samples of every layout of a multimodal run, written as files a person can look at or hear.
+"""Samples of every layout of a run, written as files a person can look at or hear.
 
-For each layout: condition segments come from the layout's first data batch (so "audio for
-this video" or "future frames and actions after this frame" are generated for real inputs),
-generate segments start from noise; the result is detokenised and written per modality:
-image -> PNG grid, video -> animated GIF, audio -> WAV (+ spectrogram PNG), action -> PNG plot.
-Condition inputs are written beside them (``*_given``) so a sample can be compared with its cue.
+For each layout with condition segments: they come from the layout's first data batch (so
+"audio for this video" or "future frames and actions after this frame" are generated for real
+inputs), ``per_layout`` examples. A layout without condition segments needs no data: it samples
+``per_layout`` examples of every class, class by class (an image is then a grid with one row per
+class). Generate segments start from noise; the result is detokenised and written per modality into
+``<out_dir>/<layout>/`` with the stem ``{j}_{modality}`` (j = segment index in the layout):
+image -> PNG grid, video -> MP4 (H.264; ``sample.video_format="gif"``: animated GIF), the
+batch's clips side by side, audio -> one WAV per sample (``{stem}_{i:02d}.wav``) + spectrogram
+PNG (``{stem}_mel.png``), action -> PNG plot. Condition inputs are written beside them with
+``_given`` in the stem (``0_video_given.mp4``) so a sample can be compared with its cue.
+
+A layout with a video and an audio segment (either role) also gets, for every sample i and
+every such pair, ``{video stem}_with_{audio stem}_{i:02d}.mp4``: that sample's video with its
+own audio muxed in as the soundtrack (e.g. ``0_video_with_1_audio_00.mp4``, or
+``0_video_given_with_1_audio_00.mp4`` for sound generated for a given video). These are MP4
+whatever ``sample.video_format`` says (a GIF has no sound); the soundtrack is the very waveform
+of the sample's WAV (Griffin-Lim runs once per audio segment).
 """
-
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,6 +28,7 @@ import numpy as np
 from flax import nnx
 
 import modalities
+from modalities.audio import logmel_to_waveform
 from selfflow import outputs
 from selfflow.layout import CONDITION
 from selfflow.sample import sample_segments, save_grid
@@ -33,46 +45,91 @@ def _sample(model, layout, start, labels, positions, key, method, steps, cfg_sca
 
 def generate(cfg, task: Task, model, index: int, raw: dict, key: jax.Array, *, steps: int | None = None,
              cfg_scale: float | None = None) -> tuple:
-    """Every segment of layout ``index`` for the examples of ``raw`` (a batch dict as the layout's
-    dataset yields): condition segments are the batch's own tokens, generate segments are sampled
-    from noise (drawn from ``key``) with the run's ``sample`` settings (method, guidance interval;
-    ``steps``/``cfg_scale`` override). Returns per segment (B, n_i, d_i) float32 tokens."""
+    """Every segment of layout ``index`` for the examples of ``raw``: a batch dict as the layout's
+    dataset yields (condition segments are the batch's own tokens), or just ``{"label": (B,)}`` for
+    a layout without condition segments. Generate segments are sampled from noise (drawn from
+    ``key``) with the run's ``sample`` settings (method, guidance interval; ``steps``/``cfg_scale``
+    override). Returns per segment (B, n_i, d_i) float32 tokens."""
     lt, sc = task.layouts[index], cfg.sample
-    given = task.segment_batch(index, raw)
-    start = tuple(t if seg.role == CONDITION else
-                  jax.random.normal(jax.random.fold_in(key, j), t.shape, jnp.float32)
-                  for j, (t, seg) in enumerate(zip(given.tokens, lt.layout.segments)))
-    return _sample(model, lt.layout, start, jnp.asarray(given.labels), jnp.asarray(lt.positions),
+    labels = jnp.asarray(raw["label"])
+    start = tuple(
+        jnp.asarray(modalities.get(seg.modality).tokenize_batch(raw, task.specs[seg.modality]), jnp.float32)
+        if seg.role == CONDITION else
+        jax.random.normal(jax.random.fold_in(key, j), (labels.shape[0], seg.num_tokens,
+                                                       task.token_dims[seg.modality]), jnp.float32)
+        for j, seg in enumerate(lt.layout.segments))
+    return _sample(model, lt.layout, start, labels, jnp.asarray(lt.positions),
                    jax.random.fold_in(key, len(start)), sc.method, steps or sc.steps,
                    float(sc.cfg_scale if cfg_scale is None else cfg_scale),
                    (float(sc.guidance_low), float(sc.guidance_high)), cfg.data.num_classes)
 
 
-def _write(name: str, tokens: np.ndarray, spec, directory: Path, stem: str) -> list[Path]:
-    raw = modalities.get(name).detokenize(np.asarray(tokens, np.float32), spec)
+def _write(name: str, raw, spec, directory: Path, stem: str, video_format: str,
+           waveforms=None, rows: int = 1) -> list[Path]:
+    """Files of one segment from its detokenised ``raw`` (audio: with its ``waveforms``; an image
+    grid has ``rows`` rows)."""
     if name == "image":
-        return [save_grid(np.asarray(raw), 1, directory / f"{stem}.png")]
+        return [save_grid(np.asarray(raw), rows, directory / f"{stem}.png")]
     if name == "video":
-        return [outputs.save_video_gif(np.asarray(raw), directory / f"{stem}.gif", fps=spec.fps)]
+        if video_format == "gif":
+            return [outputs.save_video_gif(np.asarray(raw), directory / f"{stem}.gif", fps=spec.fps)]
+        return [outputs.save_video_mp4(np.asarray(raw), directory / f"{stem}.mp4", fps=spec.fps)]
     if name == "audio":
-        return outputs.save_audio_wavs(np.asarray(raw), spec, directory, prefix=stem)
+        return outputs.save_audio_wavs(np.asarray(raw), spec, directory, prefix=stem, waveforms=waveforms)
     actions, proprio = raw
     return [outputs.save_action_plot(np.asarray(actions), directory / f"{stem}.png",
                                      proprio=None if proprio is None else np.asarray(proprio),
                                      hz=spec.hz)]
 
 
+def _examples(cfg, task: Task, index: int, per_layout: int) -> tuple[dict, int]:
+    """(raw batch, image grid rows): the first data batch's ``per_layout`` examples for a layout with
+    condition segments; else ``per_layout`` labels of every class, one grid row per class."""
+    if any(seg.role == CONDITION for seg in task.layouts[index].layout.segments):
+        raw = task.dataset(index)[0]
+        return {k: v[:per_layout] for k, v in raw.items()}, 1
+    classes = cfg.data.num_classes
+    return {"label": np.repeat(np.arange(classes, dtype=np.int32), per_layout)}, classes
+
+
 def write_layout_samples(cfg, task: Task, model, out_dir: str | Path, *, steps: int,
                          cfg_scale: float, seed: int, per_layout: int = 4) -> list[Path]:
-    """Samples ``per_layout`` examples of each layout into ``out_dir/<layout>/``; returns the files."""
+    """Samples ``per_layout`` examples of each layout into ``out_dir/<layout>/``; returns the files
+    (named as the module docstring says)."""
     out_dir, paths = Path(out_dir), []
+    video_format = cfg.sample.video_format
     for i, lt in enumerate(task.layouts):
-        raw = task.dataset(i)[0]
-        raw = {k: v[:per_layout] for k, v in raw.items()}
+        raw, rows = _examples(cfg, task, i, per_layout)
         result = generate(cfg, task, model, i, raw, jax.random.key(seed + i), steps=steps, cfg_scale=cfg_scale)
         directory = out_dir / lt.layout.name
         directory.mkdir(parents=True, exist_ok=True)
+        videos, sounds = [], []  # (stem, (B, T, H, W, 3)) / (stem, (B, S) waveforms)
         for j, (seg, tokens) in enumerate(zip(lt.layout.segments, result)):
             stem = f"{j}_{seg.modality}" + ("_given" if seg.role == CONDITION else "")
-            paths += _write(seg.modality, tokens, task.specs[seg.modality], directory, stem)
+            spec = task.specs[seg.modality]
+            decoded = modalities.get(seg.modality).detokenize(np.asarray(tokens, np.float32), spec)
+            waves = None
+            if seg.modality == "video":
+                videos.append((stem, np.asarray(decoded)))
+            elif seg.modality == "audio":
+                waves = logmel_to_waveform(np.asarray(decoded, np.float32), spec)
+                sounds.append((stem, waves))
+            paths += _write(seg.modality, decoded, spec, directory, stem, video_format, waves, rows)
+        for video_stem, video in videos:  # every (video, audio) pair: one MP4 per sample
+            for audio_stem, waves in sounds:
+                for k in range(video.shape[0]):
+                    paths.append(outputs.save_video_mp4(
+                        video[k:k + 1], directory / f"{video_stem}_with_{audio_stem}_{k:02d}.mp4",
+                        fps=task.specs["video"].fps, audio=waves[k],
+                        sample_rate=task.specs["audio"].sample_rate))
     return paths
+
+
+def write_run_samples(cfg, task: Task, model, out_dir: str | Path, *, steps: int | None = None,
+                      cfg_scale: float | None = None) -> list[Path]:
+    """:func:`write_layout_samples` with the run's ``sample`` settings (``steps``/``cfg_scale``
+    override them): what training writes at its end and ``selfflow sample`` writes."""
+    s = cfg.sample
+    return write_layout_samples(cfg, task, model, out_dir, steps=steps or s.steps,
+                                cfg_scale=s.cfg_scale if cfg_scale is None else cfg_scale, seed=s.seed,
+                                per_layout=s.per_class)

@@ -1,14 +1,18 @@
 """The Self-Flow transformer: a SiT/DiT trunk in which every token carries its own timestep.
 
-Inputs per call: ``tokens`` (B, N, token_dim) of one modality, ``timesteps`` (B,) or (B, N)
-with τ = 1 meaning noise (or :class:`FactoredTimesteps`, the fast form of the same thing), ``labels`` (B,) int class ids (``num_classes`` is the null class
-used for classifier-free guidance) and ``positions`` (N, 3) (t, h, w) token coordinates.
-Output: the velocity ε − x0, (B, N, token_dim). The timestep MLP embeds s = 1 − τ by default, as
-the official model does (``model.time_embedding``), so official weights load unchanged.
+One call form: ``model(segments, timesteps, labels, positions, modalities=names)``.
+``segments`` is a tuple of per-segment token arrays (B, n_i, d_i) in sequence order and
+``modalities`` their modality names (a one-array input is a one-segment tuple); ``timesteps``
+is (B,) or (B, N) with τ = 1 meaning noise (or :class:`FactoredTimesteps`, the fast form of the
+same thing), N = Σ n_i; ``labels`` (B,) int class ids (``num_classes`` is the null class used for
+classifier-free guidance); ``positions`` (N, 3) (t, h, w) token coordinates. The output is always
+a :class:`ModelOutput`: the per-segment velocities ε − x0 and, with ``hidden_layer=l``, the
+hidden state after block l (the student's features, from the same forward pass). The timestep
+MLP embeds s = 1 − τ by default, as the official model does (``model.time_embedding``), so
+official weights load unchanged.
 
 Per-modality input projections and final layers surround one shared trunk, so adding a
-modality adds a projection pair, not a model. The student reads its hidden state after block
-``return_layer`` (1-indexed) from the same forward pass; the teacher calls
+modality adds a projection pair, not a model. The teacher calls
 :meth:`SelfFlowTransformer.forward_until`, which never runs the blocks after ``layer``.
 """
 
@@ -21,27 +25,14 @@ import jax.numpy as jnp
 from flax import nnx
 
 from selfflow import layers
-from selfflow.config import Config
+from selfflow.layout import FactoredTimesteps
 
 
-class FactoredTimesteps(NamedTuple):
-    """Per-token timesteps given as K distinct values per sample and each token's choice.
-
-    values (B, K) float32; index (B, N) int32 in [0, K). Equivalent to the per-token array
-    ``take_along_axis(values, index)`` (B, N) up to float rounding, but the conditioning and the
-    adaLN modulations are computed K times per sample instead of N times.
-    """
-    values: jax.Array
-    index: jax.Array
-
-    def dense(self) -> jax.Array:
-        """The per-token (B, N) timesteps this stands for."""
-        return jnp.take_along_axis(self.values, self.index, axis=1)
-
-    @classmethod
-    def per_sample(cls, tau: jax.Array, num_tokens: int) -> "FactoredTimesteps":
-        """One timestep per sample: values (B, 1), every token uses it."""
-        return cls(tau[:, None], jnp.zeros((tau.shape[0], num_tokens), jnp.int32))
+class ModelOutput(NamedTuple):
+    """velocity: per segment (B, n_i, d_i), in the input's segment order; hidden: (B, N, D) after
+    block ``hidden_layer`` when it was asked for, else None."""
+    velocity: tuple
+    hidden: jax.Array | None = None
 
 
 class SelfFlowTransformer(nnx.Module):
@@ -59,9 +50,9 @@ class SelfFlowTransformer(nnx.Module):
         self.depth, self.hidden_size, self.num_heads = depth, hidden_size, num_heads
         self.num_classes, self.positions, self.rope_theta = num_classes, positions, rope_theta
         self.t_embedder = layers.TimestepEmbedder(hidden_size, rngs)
-        self.y_embedder = nnx.Embed(num_classes + 1, hidden_size, embedding_init=layers.normal02,
-                                    rngs=rngs)
-        self.x_embedders = nnx.Dict({m: layers.dense(d, hidden_size, rngs)
+        self.y_embedder = nnx.Embed(num_classes + 1, hidden_size, rngs=rngs,
+                                    embedding_init=layers.named(layers.normal02, ("vocab", "embed")))
+        self.x_embedders = nnx.Dict({m: layers.dense(d, hidden_size, rngs, ("token", "embed"))
                                      for m, d in token_dims.items()})
         self.final_layers = nnx.Dict({m: layers.FinalLayer(hidden_size, d, rngs)
                                       for m, d in token_dims.items()})
@@ -71,16 +62,15 @@ class SelfFlowTransformer(nnx.Module):
 
     # ------------------------------------------------------------------ pieces
 
-    def _embed(self, tokens, timesteps, labels, positions, modality):
+    def _embed(self, segments, timesteps, labels, positions, modalities):
         """Returns trunk input x (B, N, D), conditioning c (B, K, D), its token index, rope angles.
 
-        ``tokens``/``modality``: one array and its modality name, or a tuple of segment arrays
-        (B, n_i, d_i) and a tuple of names; segments are embedded by their own modality's
-        projection and concatenated along the token axis (N = Σ n_i).
-        ``timesteps``: (B,) or (B, N) (then K = N and index is None: one row per token), or
-        :class:`FactoredTimesteps` (K values per sample, gathered per token by ``index``).
+        Segments (B, n_i, d_i) are embedded by their own modality's projection and concatenated
+        along the token axis (N = Σ n_i). ``timesteps``: (B,) or (B, N) (then K = N and index is
+        None: one row per token), or :class:`FactoredTimesteps` (K values per sample, gathered
+        per token by ``index``).
         """
-        segments, names = _as_segments(tokens, modality)
+        segments, names = _check_segments(segments, modalities)
         for name in names:
             if name not in self.x_embedders:
                 raise ValueError(f"modality {name!r} has no projection; the model has "
@@ -118,34 +108,31 @@ class SelfFlowTransformer(nnx.Module):
 
     # ------------------------------------------------------------------ public
 
-    def __call__(self, tokens, timesteps, labels, positions, *, modality: str | tuple[str, ...] = "image",
-                 return_layer: int | None = None):
-        """Velocity (B, N, token_dim) (a tuple of per-segment velocities for segment input);
-        with ``return_layer=l`` also the hidden state (B, N, D) after block l."""
-        if return_layer is not None:
-            self._check_layer(return_layer, "return_layer")
-        x, c, index, rope = self._embed(tokens, timesteps, labels, positions, modality)
+    def __call__(self, segments: tuple, timesteps, labels, positions, *, modalities: tuple[str, ...],
+                 hidden_layer: int | None = None) -> ModelOutput:
+        """Velocity of every segment; with ``hidden_layer=l`` also the hidden state after block l."""
+        if hidden_layer is not None:
+            self._check_layer(hidden_layer, "hidden_layer")
+        x, c, index, rope = self._embed(segments, timesteps, labels, positions, modalities)
         hidden = None
         for i, block in enumerate(self.blocks):
             x = self._run_block(block, x, c, rope, index)
-            if i + 1 == return_layer:
+            if i + 1 == hidden_layer:
                 hidden = x
-        segments, names = _as_segments(tokens, modality)
         outs, start = [], 0
-        for seg, name in zip(segments, names):
+        for seg, name in zip(segments, modalities):
             stop = start + seg.shape[1]
             seg_index = None if index is None else index[:, start:stop]
             seg_c = c[:, start:stop] if index is None else c
             outs.append(self.final_layers[name](x[:, start:stop], seg_c, seg_index))
             start = stop
-        out = outs[0] if isinstance(modality, str) else tuple(outs)
-        return out if return_layer is None else (out, hidden)
+        return ModelOutput(tuple(outs), hidden)
 
-    def forward_until(self, tokens, timesteps, labels, positions, *, layer: int,
-                      modality: str | tuple[str, ...] = "image") -> jax.Array:
+    def forward_until(self, segments: tuple, timesteps, labels, positions, *, layer: int,
+                      modalities: tuple[str, ...]) -> jax.Array:
         """Hidden state (B, N, D) after block ``layer``; blocks after it are never computed."""
         self._check_layer(layer, "layer")
-        x, c, index, rope = self._embed(tokens, timesteps, labels, positions, modality)
+        x, c, index, rope = self._embed(segments, timesteps, labels, positions, modalities)
         for block in self.blocks[:layer]:
             x = self._run_block(block, x, c, rope, index)
         return x
@@ -154,15 +141,18 @@ class SelfFlowTransformer(nnx.Module):
         return self.projector(hidden)
 
 
-def _as_segments(tokens, modality) -> tuple[tuple, tuple[str, ...]]:
-    if isinstance(modality, str):
-        return (tokens,), (modality,)
-    if len(tokens) != len(modality):
-        raise ValueError(f"{len(tokens)} token segments but {len(modality)} modality names")
-    return tuple(tokens), tuple(modality)
+def _check_segments(segments, modalities) -> tuple[tuple, tuple[str, ...]]:
+    if not isinstance(segments, (tuple, list)) or isinstance(modalities, str):
+        raise TypeError("the model takes a tuple of segment arrays and a tuple of modality names, "
+                        f"got {type(segments).__name__} and {modalities!r}; wrap one array as (x,), ('image',)")
+    if len(segments) != len(modalities):
+        raise ValueError(f"{len(segments)} token segments but {len(modalities)} modality names")
+    return tuple(segments), tuple(modalities)
 
 
-def build_model(cfg: Config, token_dims: dict[str, int], seed: int | None = None) -> SelfFlowTransformer:
+def build_model(cfg, token_dims: dict[str, int], seed: int | None = None) -> SelfFlowTransformer:
+    """The model a :class:`~selfflow.config.Config` describes, with one projection pair per
+    modality of ``token_dims`` ({modality: features per token})."""
     m = cfg.model
     return SelfFlowTransformer(
         depth=cfg.depth, hidden_size=m.resolved("hidden_size"), num_heads=m.resolved("num_heads"),

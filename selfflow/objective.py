@@ -1,19 +1,18 @@
-"""The Self-Flow objective as pure functions (paper convention: τ = 1 is noise, τ = 0 is data).
+"""The pieces every objective shares (paper convention: τ = 1 is noise, τ = 0 is data).
 
     x_τ = (1 − τ)·x0 + τ·ε,   target v = ε − x0 for every token, whatever its τ.
 
 Dual-timestep scheduling (DTS): per sample draw t, s i.i.d. from p(t) (unordered), mask a
 fraction ``mask_ratio`` of the generate tokens (per modality, within each segment of a layout);
-masked tokens get s, the others t; condition tokens of a layout stay clean (τ = 0). The EMA teacher sees
-every token at min(t, s), built from the *same* ε. Representation loss: 1 − cosine similarity
+masked tokens get s, the others t; condition tokens of a layout stay clean (τ = 0). The EMA teacher
+sees every token at min(t, s), built from the *same* ε. Representation loss: 1 − cosine similarity
 per token over the feature axis between the projected student hidden state (block l) and the
 stop-gradient teacher hidden state (block k), averaged over tokens and batch.
-Ablation keys: ``objective.time_gap`` (s within a small gap below t, SRA-style) and
-``objective.rep_distance`` (``l1`` instead of the cosine).
 
-``objective.kind`` selects the baseline by configuration alone:
-``flow_matching`` (one τ per sample, no teacher), ``dts`` (dual timesteps, γ = 0, no teacher
-forward), ``self_flow`` (dual timesteps + γ·L_rep).
+Here: timestep sampling (:func:`layout_timesteps`), the ONE noising function
+(:func:`noised_segments`), the ONE velocity-MSE function (:func:`velocity_mse`), the
+representation distance and the EMA update. The objectives themselves — flow matching, DTS,
+Self-Flow, chosen by ``objective.kind`` — are small classes in :mod:`selfflow.objectives`.
 """
 
 from __future__ import annotations
@@ -23,16 +22,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from selfflow.config import Config, ObjectiveConfig
-from selfflow.layout import CLEAN_INDEX, CONDITION, S_INDEX, T_INDEX, Layout, single
-from selfflow.model import FactoredTimesteps
-
-
-class Batch(NamedTuple):
-    """Clean tokens x0 (B, N, C), class ids (B,), token positions (N, 3)."""
-    tokens: jax.Array
-    labels: jax.Array
-    positions: jax.Array
+from selfflow.layout import CLEAN_INDEX, CONDITION, S_INDEX, T_INDEX, FactoredTimesteps, Layout
 
 
 # ---------------------------------------------------------------------------- timesteps
@@ -43,8 +33,8 @@ def shift_time(t: jax.Array, shift: float) -> jax.Array:
     return t if shift == 1.0 else shift * t / (1.0 + (shift - 1.0) * t)
 
 
-def sample_time(key: jax.Array, shape: tuple[int, ...], ocfg: ObjectiveConfig) -> jax.Array:
-    """Draws τ ~ p(t) in [0, 1], float32."""
+def sample_time(key: jax.Array, shape: tuple[int, ...], ocfg) -> jax.Array:
+    """Draws τ ~ p(t) in [0, 1], float32 (``ocfg``: the ``objective`` config section)."""
     if ocfg.time_distribution == "uniform":
         t = jax.random.uniform(key, shape, jnp.float32)
     else:
@@ -69,9 +59,32 @@ def interpolate(x0: jax.Array, noise: jax.Array, tau: jax.Array) -> jax.Array:
 # ---------------------------------------------------------------------------- losses
 
 
-def flow_matching_loss(velocity: jax.Array, x0: jax.Array, noise: jax.Array) -> jax.Array:
-    """Mean squared error against ε − x0 over every element, in float32."""
-    return jnp.mean(jnp.square(velocity.astype(jnp.float32) - (noise - x0)))
+def noise_like(key: jax.Array, segments: tuple) -> tuple:
+    """A standard normal ε per segment (float32), segment i from ``fold_in(key, i)``."""
+    return tuple(jax.random.normal(jax.random.fold_in(key, i), x.shape, jnp.float32)
+                 for i, x in enumerate(segments))
+
+
+def noised_segments(x0: tuple, noise: tuple, tau: jax.Array, layout: Layout) -> tuple:
+    """x_τ per segment; ``tau`` (B,) (one τ per sample) or (B, N) per token. Condition segments
+    are returned clean: the one noising function of training, validation and diagnostics."""
+    if tau.ndim == 1:
+        tau = jnp.broadcast_to(tau[:, None], (tau.shape[0], layout.num_tokens))
+    return tuple(x if seg.role == CONDITION else interpolate(x, e, tau[:, sl])
+                 for x, e, seg, sl in zip(x0, noise, layout.segments, layout.slices()))
+
+
+def velocity_mse(velocity: tuple, x0: tuple, noise: tuple, layout: Layout) -> dict[str, jax.Array]:
+    """{modality: mean squared error of v against ε − x0} over the generate segments of each
+    modality (segments of one modality pooled by element count), float32."""
+    out = {}
+    for name in dict.fromkeys(layout.modalities):  # each modality once, in layout order
+        parts = [(v, x, e) for v, x, e, seg in zip(velocity, x0, noise, layout.segments)
+                 if seg.modality == name and seg.role != CONDITION]
+        if parts:
+            sq = sum(jnp.sum(jnp.square(v.astype(jnp.float32) - (e - x))) for v, x, e in parts)
+            out[name] = sq / sum(x.size for _, x, _ in parts)
+    return out
 
 
 def cosine_per_token(a: jax.Array, b: jax.Array, eps: float = 1e-6) -> jax.Array:
@@ -118,7 +131,7 @@ class SegmentBatch(NamedTuple):
     positions: jax.Array
 
 
-def layout_timesteps(key: jax.Array, batch: int, layout: Layout, ocfg: ObjectiveConfig,
+def layout_timesteps(key: jax.Array, batch: int, layout: Layout, ocfg,
                      mask_ratios: dict[str, float], dual: bool):
     """Student and teacher timesteps for a layout, in factored form (values (B, 3), index (B, N)).
 
@@ -162,67 +175,6 @@ def inference_timesteps(layout: Layout, tau: jax.Array) -> FactoredTimesteps:
     b = tau.shape[0]
     values = jnp.stack([tau, tau, jnp.zeros_like(tau)], axis=1).astype(jnp.float32)
     return FactoredTimesteps(values, jnp.broadcast_to(jnp.asarray(layout.base_index()), (b, layout.num_tokens)))
-
-
-def segment_loss_fn(student, teacher, batch: SegmentBatch, layout: Layout, key: jax.Array,
-                    cfg: Config, mask_ratios: dict[str, float], loss_weights: dict[str, float]):
-    """Total loss and metrics for one batch of ``layout``; gradients flow through ``student`` only.
-
-    L_gen = Σ_m w_m · MSE over the generate tokens of modality m; L_rep = 1 − mean per-token
-    cosine over generate tokens; condition tokens are clean inputs with no loss.
-    ``student``/``teacher`` are SelfFlowTransformer instances (the teacher holds EMA weights).
-    All randomness comes from ``key``: the noise ε, t, s, the masks and the label dropout.
-    """
-    ocfg = cfg.objective
-    x0 = tuple(t.astype(jnp.float32) for t in batch.tokens)
-    b = x0[0].shape[0]
-    k_noise, k_time, k_label = jax.random.split(key, 3)
-    noise = tuple(jax.random.normal(jax.random.fold_in(k_noise, i), x.shape, jnp.float32)
-                  for i, x in enumerate(x0))
-    labels = drop_labels(k_label, batch.labels, ocfg.label_dropout, cfg.data.num_classes)
-    student_times, teacher_times, _ = layout_timesteps(
-        k_time, b, layout, ocfg, mask_ratios, dual=cfg.uses_dual_timesteps)
-
-    def noised(times):
-        tau = times.dense()
-        return tuple(x if seg.role == CONDITION else interpolate(x, e, tau[:, sl])
-                     for x, e, seg, sl in zip(x0, noise, layout.segments, layout.slices()))
-
-    names = layout.modalities
-    if cfg.uses_teacher:
-        velocity, hidden = student(noised(student_times), student_times, labels, batch.positions,
-                                   modality=names, return_layer=cfg.student_layer)
-        target = teacher.forward_until(noised(teacher_times), teacher_times, labels,
-                                       batch.positions, layer=cfg.teacher_layer, modality=names)
-        projected, generate = student.project(hidden), jnp.asarray(layout.generate_mask())
-        rep = representation_loss(projected, target, generate, ocfg.rep_distance)
-        cos = 1.0 - (rep if ocfg.rep_distance == "cosine" else representation_loss(projected, target, generate))
-    else:
-        velocity = student(noised(student_times), student_times, labels, batch.positions,
-                           modality=names)
-        rep = jnp.zeros((), jnp.float32)
-        cos = jnp.ones((), jnp.float32)
-
-    metrics, fm = {}, jnp.zeros((), jnp.float32)
-    for name in dict.fromkeys(names):  # each modality once, in layout order
-        parts = [(v, x, e) for v, x, e, seg in zip(velocity, x0, noise, layout.segments)
-                 if seg.modality == name and seg.role != CONDITION]
-        if not parts:
-            continue
-        sq = sum(jnp.sum(jnp.square(v.astype(jnp.float32) - (e - x))) for v, x, e in parts)
-        mse = sq / sum(x.size for _, x, _ in parts)
-        metrics[f"fm_loss/{name}"] = mse
-        fm = fm + loss_weights.get(name, 1.0) * mse
-    loss = fm + (ocfg.gamma * rep if cfg.uses_teacher else 0.0)
-    metrics.update(loss=loss, fm_loss=fm, rep_loss=rep, cos_sim=cos)
-    return loss, metrics
-
-
-def loss_fn(student, teacher, batch: Batch, key: jax.Array, cfg: Config, modality: str = "image"):
-    """:func:`segment_loss_fn` for a batch of one generate segment (e.g. class-conditional images)."""
-    layout = single(modality, batch.tokens.shape[1])
-    return segment_loss_fn(student, teacher, SegmentBatch((batch.tokens,), batch.labels, batch.positions),
-                           layout, key, cfg, {modality: cfg.objective.mask_ratio}, {modality: 1.0})
 
 
 def ema_update(ema, params, decay: float):

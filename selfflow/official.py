@@ -275,19 +275,19 @@ def build_from_params(params: dict[str, np.ndarray], arch: dict) -> SelfFlowTran
         depth=arch["depth"], hidden_size=arch["hidden_size"], num_heads=arch["num_heads"],
         mlp_ratio=arch["mlp_ratio"], num_classes=arch["num_classes"] - 1,
         token_dims={"image": spec.token_dim}, positions="sincos", time_embedding="sit", rngs=nnx.Rngs(0)))
-    from selfflow.export import assign_params
+    from selfflow.params import assign_params
 
     return assign_params(abstract, params, "the converted official parameters")
 
 
 @nnx.jit
 def _velocity(model, x, t, y, positions):
-    return model(x, t, y, positions)
+    return model((x,), t, y, positions, modalities=("image",)).velocity[0]
 
 
 @nnx.jit(static_argnames=("layer", "projected"))
 def _features(model, x, t, y, positions, layer, projected):
-    hidden = model.forward_until(x, t, y, positions, layer=layer)
+    hidden = model.forward_until((x,), t, y, positions, layer=layer, modalities=("image",))
     return model.project(hidden) if projected else hidden
 
 
@@ -316,7 +316,7 @@ class OfficialModel:
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """The official state dict of these weights."""
-        from selfflow.export import flatten
+        from selfflow.params import flatten
 
         return to_official(flatten(nnx.to_pure_dict(nnx.state(self.model, nnx.Param))), self.architecture)
 

@@ -1,14 +1,25 @@
 """Files a person can look at or listen to, made from generated samples (numpy, raw value ranges).
 
-- :func:`save_video_gif`: videos (B, T, H, W, 3) in [-1, 1] -> ONE looping animated GIF, the B
-  clips side by side in a row, each frame upscaled ``scale``× (nearest neighbour). GIF rather
-  than MP4 because pillow writes it with no encoder binary (ffmpeg) installed; the cost is a
+- :func:`save_video_mp4`: videos (B, T, H, W, 3) in [-1, 1] -> ONE MP4, the B clips side by side
+  in a row, each frame upscaled ``scale``× (nearest neighbour), optionally with a mono soundtrack
+  muxed in (``audio=`` waveform, ``sample_rate=``). Written with PyAV (bundled FFmpeg, no binary
+  needed): H.264 (``libx264``, yuv420p, CRF ``MP4_CRF``) where the PyAV build has it (the
+  av==18.1.0 wheels do), else MPEG-4 Part 2 (``mpeg4``); :func:`video_codec` says which. Full
+  colour, and frame i is at exactly i/fps s for any fps that is a fraction with denominator at
+  most 1001 (the time base is the Fraction 1/fps: 12.5 fps is exactly 80 ms a frame, 29.97 and
+  30000/1001 are kept exact). yuv420p needs even sizes: an odd height/width gets one extra row/column
+  (a copy of the last) at the bottom/right. The soundtrack is AAC (``aac``, else MP3 via
+  ``libmp3lame``; :func:`audio_codec`), resampled by FFmpeg if the encoder lacks ``sample_rate``;
+  its decoded length is the waveform's to within one codec frame (1024 samples for AAC).
+- :func:`save_video_gif`: the same row of clips as ONE looping animated GIF (pillow). Kept as an
+  option (``sample.video_format="gif"``) for places that show GIFs inline; the cost is a
   256-colour palette per frame and a 10 ms timing resolution (GIF durations are centiseconds).
   Pillow merges consecutive *identical* frames into one longer frame, so a static clip reads
   back with fewer than T frames (same total duration).
 - :func:`save_audio_wavs`: normalised log-mels (B, frames, n_mels) -> one 16-bit WAV per sample
-  (``{prefix}_{i:02d}.wav``, Griffin-Lim via :func:`modalities.audio.logmel_to_waveform`) plus
-  ``{prefix}_mel.png``, the B spectrograms stacked (time across, mel bins up).
+  (``{prefix}_{i:02d}.wav``, Griffin-Lim via :func:`modalities.audio.logmel_to_waveform`, or the
+  caller's ``waveforms``) plus ``{prefix}_mel.png``, the B spectrograms stacked (time across, mel
+  bins up).
 - :func:`save_action_plot`: denormalised actions (B, T, A) -> a PNG with one panel per sample
   (at most ``MAX_ACTION_PANELS``), each action dimension a line over time in seconds; with
   proprio (B, T, P ≥ 2) a second row shows the x-y trajectory of proprio[..., :2].
@@ -16,9 +27,11 @@
 Figures are drawn with matplotlib's Agg backend (no display needed) at a fixed size:
 ``PANEL_INCHES`` per panel at ``DPI``, no tight bounding box, so the pixel size is predictable.
 """
-
 from __future__ import annotations
 
+import math
+import numbers
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +42,10 @@ from modalities.audio import AudioSpec, logmel_to_waveform, write_wav
 PANEL_INCHES = (4.0, 3.0)  # (width, height) of one subplot panel
 DPI = 100
 MAX_ACTION_PANELS = 8
+VIDEO_CODECS = ("libx264", "mpeg4")  # MP4 video encoders, in order of preference
+AUDIO_CODECS = ("aac", "libmp3lame")  # MP4 soundtrack encoders, in order of preference
+MP4_CRF = 18  # libx264 constant rate factor: visually near-lossless (mpeg4 uses MPEG4_QSCALE)
+MPEG4_QSCALE = 3  # fixed quantiser of the mpeg4 fallback (2 = best .. 31 = worst)
 
 
 def _to_uint8(x: np.ndarray) -> np.ndarray:
@@ -49,16 +66,119 @@ def _check_ndim(name: str, x: np.ndarray, ndim: int, expected: str) -> np.ndarra
     return x
 
 
-def save_video_gif(videos, path, fps: float = 10.0, scale: int = 4) -> Path:
-    """videos (B, T, H, W, 3) in [-1, 1] -> one looping GIF, B clips side by side, ``scale``×."""
+def _pick_codec(preferred: tuple[str, ...], kind: str) -> str:
+    import av
+    for name in preferred:
+        if name in av.codecs_available:
+            return name
+    raise RuntimeError(f"this PyAV build ({av.__version__}) has none of the {kind} encoders "
+                       f"{', '.join(preferred)}")
+
+
+def video_codec() -> str:
+    """The encoder :func:`save_video_mp4` uses: the first of ``VIDEO_CODECS`` this PyAV has."""
+    return _pick_codec(VIDEO_CODECS, "video")
+
+
+def audio_codec() -> str:
+    """The soundtrack encoder: the first of ``AUDIO_CODECS`` this PyAV has."""
+    return _pick_codec(AUDIO_CODECS, "audio")
+
+
+def _video_row(videos) -> np.ndarray:
+    """(B, T, H, W, 3) in [-1, 1] -> (T, H, B·W, 3) uint8: the clips side by side."""
     videos = _check_ndim("videos", videos, 5, "(batch, frames, height, width, 3)")
     b, t, h, w, c = videos.shape
-    if c != 3:
+    if c != 3 or min(b, t, h, w) < 1:
         raise ValueError(f"videos has shape {videos.shape}; expected (batch, frames, height, width, 3)")
-    if fps <= 0 or scale < 1:
-        raise ValueError(f"fps={fps} must be positive and scale={scale} at least 1")
-    pixels = _to_uint8(videos).transpose(1, 2, 0, 3, 4).reshape(t, h, b * w, 3)  # row of clips
-    size = (b * w * scale, h * scale)
+    return _to_uint8(videos).transpose(1, 2, 0, 3, 4).reshape(t, h, b * w, 3)
+
+
+def _check_rate(fps, scale) -> None:
+    if isinstance(fps, bool) or not (isinstance(fps, numbers.Real) and math.isfinite(fps) and fps > 0):
+        raise ValueError(f"fps={fps!r} must be a positive finite number")
+    if isinstance(scale, bool) or not (isinstance(scale, numbers.Integral) and scale >= 1):
+        raise ValueError(f"scale={scale!r} must be an integer of at least 1")
+
+
+def save_video_mp4(videos, path, fps: float = 10.0, scale: int = 4, audio=None,
+                   sample_rate: int | None = None) -> Path:
+    """videos (B, T, H, W, 3) in [-1, 1] -> one MP4 at ``fps``, B clips side by side, ``scale``×.
+
+    Video: H.264 (``libx264``, yuv420p, CRF ``MP4_CRF``) because every browser and player opens
+    it; ``mpeg4`` only if this PyAV build lacks libx264 (see :func:`video_codec`). Frame i is
+    shown at exactly i/fps s (time base 1/fps as a Fraction, fps rounded to the nearest fraction
+    with denominator ≤ 1001), the file lasts T/fps s. Frames are
+    (H·scale, B·W·scale), plus one repeated row/column where that is odd (yuv420p).
+
+    ``audio``: optional mono waveform (S,) in [-1, 1] (clipped) at ``sample_rate`` Hz, muxed as a
+    second stream (AAC, else MP3; see :func:`audio_codec`); it keeps its own length S/sample_rate
+    (not cut or padded to the video's).
+    """
+    import av
+
+    pixels = _video_row(videos)
+    _check_rate(fps, scale)
+    wave = None
+    if audio is not None:
+        wave = np.asarray(audio, np.float32)
+        if wave.ndim != 1 or wave.size == 0:
+            raise ValueError(f"audio has shape {wave.shape}; expected a mono waveform (samples,)")
+        if not np.all(np.isfinite(wave)):
+            raise ValueError("audio has non-finite samples")
+        if (isinstance(sample_rate, bool) or not isinstance(sample_rate, numbers.Integral)
+                or sample_rate <= 0):
+            raise ValueError(f"sample_rate={sample_rate!r}: a positive integer (Hz) is required "
+                             f"with audio")
+        wave = np.clip(wave, -1.0, 1.0)
+
+    pixels = pixels.repeat(scale, axis=1).repeat(scale, axis=2)
+    t, height, width, _ = pixels.shape
+    pad = ((0, 0), (0, height % 2), (0, width % 2), (0, 0))
+    if height % 2 or width % 2:
+        pixels = np.pad(pixels, pad, mode="edge")
+    rate = (Fraction(fps) if isinstance(fps, numbers.Rational) else Fraction(float(fps))
+            ).limit_denominator(1001)  # 12.5 -> 25/2, 29.97 -> 2997/100, 30000/1001 stays
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    codec = video_codec()
+    with av.open(str(path), mode="w", format="mp4", options={"movflags": "+faststart"}) as out:
+        video = out.add_stream(codec, rate=rate)
+        video.width, video.height = pixels.shape[2], pixels.shape[1]
+        video.pix_fmt = "yuv420p"
+        video.time_base = video.codec_context.time_base = 1 / rate
+        if codec == "libx264":
+            video.options = {"crf": str(MP4_CRF)}
+        else:
+            video.codec_context.qscale = MPEG4_QSCALE
+        sound = None
+        if wave is not None:
+            acodec = audio_codec()
+            rates = av.codec.Codec(acodec, "w").audio_rates
+            arate = int(sample_rate)
+            if rates and arate not in rates:  # the encoder resamples to the nearest supported
+                arate = min((r for r in rates if r >= arate), default=max(rates))
+            sound = out.add_stream(acodec, rate=arate, layout="mono")
+        for i, image in enumerate(pixels):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+            frame.pts, frame.time_base = i, 1 / rate
+            out.mux(video.encode(frame))
+        out.mux(video.encode(None))
+        if sound is not None:
+            frame = av.AudioFrame.from_ndarray(wave[None], format="flt", layout="mono")
+            frame.sample_rate, frame.pts, frame.time_base = int(sample_rate), 0, Fraction(1, int(sample_rate))
+            out.mux(sound.encode(frame))
+            out.mux(sound.encode(None))
+    return path
+
+
+def save_video_gif(videos, path, fps: float = 10.0, scale: int = 4) -> Path:
+    """videos (B, T, H, W, 3) in [-1, 1] -> one looping GIF, B clips side by side, ``scale``×."""
+    pixels = _video_row(videos)  # (T, H, B·W, 3)
+    _check_rate(fps, scale)
+    _, h, bw, _ = pixels.shape
+    size = (bw * scale, h * scale)
     frames = [Image.fromarray(f).resize(size, Image.NEAREST) for f in pixels]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -67,12 +187,22 @@ def save_video_gif(videos, path, fps: float = 10.0, scale: int = 4) -> Path:
     return path
 
 
-def save_audio_wavs(logmels, spec: AudioSpec, directory, prefix: str = "audio") -> list[Path]:
-    """logmels (B, frames, n_mels) -> ``{prefix}_{i:02d}.wav`` per sample + ``{prefix}_mel.png``."""
+def save_audio_wavs(logmels, spec: AudioSpec, directory, prefix: str = "audio",
+                    waveforms=None) -> list[Path]:
+    """logmels (B, frames, n_mels) -> ``{prefix}_{i:02d}.wav`` per sample + ``{prefix}_mel.png``.
+
+    ``waveforms`` (B, S) at spec.sample_rate: written instead of running Griffin-Lim again (pass
+    :func:`modalities.audio.logmel_to_waveform`'s result when it is also needed elsewhere)."""
     logmels = _check_ndim("logmels", logmels, 3, "(batch, frames, n_mels)").astype(np.float32)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    waves = logmel_to_waveform(logmels, spec)  # (B, frames·hop_length)
+    if waveforms is None:
+        waves = logmel_to_waveform(logmels, spec)  # (B, frames·hop_length)
+    else:
+        waves = _check_ndim("waveforms", waveforms, 2, "(batch, samples)")
+        if waves.shape[0] != logmels.shape[0]:
+            raise ValueError(f"waveforms has shape {waves.shape}; expected ({logmels.shape[0]}, "
+                             f"samples) matching logmels {logmels.shape}")
     paths = []
     for i, wave in enumerate(waves):
         p = directory / f"{prefix}_{i:02d}.wav"

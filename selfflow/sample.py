@@ -219,8 +219,9 @@ def sample_segments(model, layout: Layout, start: tuple, labels: jax.Array, posi
                     key: jax.Array | None = None, last_step_size: float = 0.04) -> tuple:
     """Generates every ``generate`` segment of ``layout``; ``condition`` segments stay as given.
 
-    ``model(tokens tuple, FactoredTimesteps, labels (R,), positions, modality=names) -> tuple``
-    (the EMA :class:`~selfflow.model.SelfFlowTransformer`, or any callable alike).
+    ``model(tokens tuple, FactoredTimesteps, labels (R,), positions, modalities=names)`` ->
+    :class:`~selfflow.model.ModelOutput` (the EMA :class:`~selfflow.model.SelfFlowTransformer`,
+    or any callable alike).
     ``start``: per segment (B, n_i, d_i) — standard normal noise at τ = 1 for generate segments,
     the clean conditioning tokens for condition segments. ``labels`` (B,) int.
     ``method``: "euler" / "heun" (ODE, ``steps`` uniform τ intervals; Heun's last interval is
@@ -236,28 +237,12 @@ def sample_segments(model, layout: Layout, start: tuple, labels: jax.Array, posi
 
     def velocity(xs, tau, labels):
         return model(xs, inference_timesteps(layout, tau), labels, positions,
-                     modality=layout.modalities)
+                     modalities=layout.modalities).velocity
 
     return _integrate(velocity, tuple(start), labels,
                       tuple(seg.role == GENERATE for seg in layout.segments), method=method,
                       steps=steps, cfg_scale=cfg_scale, guidance_interval=tuple(guidance_interval),
                       null_class=null_class, key=key, last_step_size=last_step_size)
-
-
-def euler_sample_segments(model, layout: Layout, start: tuple, labels: jax.Array,
-                          positions: jax.Array, *, steps: int, cfg_scale: float,
-                          null_class: int) -> tuple:
-    """:func:`sample_segments` with Euler, guidance at every step (the original entry point)."""
-    return sample_segments(model, layout, start, labels, positions, method="euler", steps=steps,
-                           cfg_scale=cfg_scale, null_class=null_class)
-
-
-def euler_sample(model, noise: jax.Array, labels: jax.Array, positions: jax.Array, *,
-                 steps: int, cfg_scale: float, null_class: int, modality: str = "image") -> jax.Array:
-    """noise (B, N, C) at τ = 1 -> samples (B, N, C) at τ = 0 for a one-segment layout."""
-    (out,) = euler_sample_segments(model, single(modality, noise.shape[1]), (noise,), labels,
-                                   positions, steps=steps, cfg_scale=cfg_scale, null_class=null_class)
-    return out
 
 
 @nnx.jit(static_argnames=("method", "steps", "cfg_scale", "guidance_interval", "null_class"))
@@ -340,7 +325,7 @@ class ModelVelocity(nnx.Module):
     def __call__(self, x, tau, labels):
         layout = single(self.modality, x.shape[1])
         (v,) = self.model((x,), inference_timesteps(layout, tau), labels, self.positions,
-                          modality=layout.modalities)
+                          modalities=layout.modalities).velocity
         return v.astype(jnp.float32)
 
 

@@ -4,24 +4,29 @@ The mesh has three named axes: ``data`` (batch split, parameters replicated), ``
 split *and* parameters split along their ``embed`` dimension) and ``tensor`` (attention heads,
 MLP and adaLN widths split). ``mesh.data = -1`` takes the devices the other axes leave.
 
-Every parameter gets logical axis names from :data:`PARAM_AXES` (regex on its path, e.g.
-``blocks/3/attn/qkv/kernel`` -> ("embed", "heads")); ``mesh.rules`` maps logical names to mesh
-axes over :data:`DEFAULT_RULES` (``"embed=fsdp"``, ``"batch=data+fsdp"``, ``"vocab="`` = replicated). A dimension that the
-mapped mesh axes do not divide stays replicated (e.g. a 12-value token projection). The AdamW
-moments and the EMA teacher take the sharding of the parameter they belong to; the batch is split
-over data × fsdp along its first axis.
+Every parameter carries logical axis names from where it is made (``selfflow.layers.named``:
+``nnx.with_partitioning`` metadata, e.g. an attention ``qkv`` kernel is ("embed", "heads"));
+:func:`param_axes` reads them off a model. ``mesh.rules`` maps logical names to mesh axes over
+:data:`DEFAULT_RULES` (``"embed=fsdp"``, ``"batch=data+fsdp"``, ``"vocab="`` = replicated). A
+dimension that the mapped mesh axes do not divide stays replicated (e.g. a 12-value token
+projection). The AdamW moments and the EMA teacher take the sharding of the parameter they belong
+to; the batch is split over the ``batch`` rule's axes along its first axis, and so are the
+activations that :func:`constrain_batch` pins inside a step run under :func:`use_mesh`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
-import re
+from collections.abc import Mapping
 
 import jax
 import numpy as np
+from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from selfflow.config import ConfigError
+from selfflow.errors import ConfigError
 
 MESH_AXES = ("data", "fsdp", "tensor")
 # adaLN widths stay whole on the tensor axis: with adaln=tensor together with fsdp, jax 0.10.2's
@@ -29,19 +34,9 @@ MESH_AXES = ("data", "fsdp", "tensor")
 # combination agreed to 1e-7), so by default they are split by fsdp (their embed dim) only.
 DEFAULT_RULES = ("batch=data+fsdp", "embed=fsdp", "heads=tensor", "mlp=tensor")
 
-# (path regex, logical axes of the kernel / embedding table); a bias takes the last axis.
-PARAM_AXES: tuple[tuple[str, tuple[str | None, ...]], ...] = (
-    (r"blocks/\d+/attn/qkv", ("embed", "heads")),
-    (r"blocks/\d+/attn/proj", ("heads", "embed")),
-    (r"(blocks/\d+/mlp|projector)/fc1", ("embed", "mlp")),
-    (r"(blocks/\d+/mlp|projector)/fc2", ("mlp", "embed")),
-    (r"(blocks/\d+|final_layers/[^/]+)/adaLN_modulation", ("embed", "adaln")),
-    (r"final_layers/[^/]+/linear", ("embed", "token")),
-    (r"x_embedders/[^/]+", ("token", "embed")),
-    (r"t_embedder/fc1", ("freq", "embed")),
-    (r"t_embedder/fc2", ("embed", None)),
-    (r"y_embedder", ("vocab", "embed")),
-)
+# The parsed rules of the innermost ``use_mesh`` (None outside one: DEFAULT_RULES).
+_ACTIVE_RULES: contextvars.ContextVar[dict | None] = contextvars.ContextVar("selfflow_sharding_rules",
+                                                                           default=None)
 
 
 # ---------------------------------------------------------------------------- mesh
@@ -98,13 +93,29 @@ def param_path(path) -> str:
     return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
 
 
-def logical_axes(path: str) -> tuple[str | None, ...]:
-    """Logical axis names of the parameter at ``path`` (e.g. "blocks/0/mlp/fc1/kernel")."""
-    module, _, leaf = path.rpartition("/")
-    for pattern, axes in PARAM_AXES:
-        if re.fullmatch(pattern, module):
-            return axes[-1:] if leaf == "bias" else axes
-    raise ValueError(f"parameter {path!r} has no logical axes: add a rule to selfflow.sharding.PARAM_AXES")
+def param_axes(model) -> dict:
+    """Logical axis names of every parameter of ``model`` (a Module, abstract or not), read from
+    the ``out_sharding`` metadata it was created with (``selfflow.layers.named``): a pure dict
+    shaped like ``nnx.to_pure_dict(nnx.state(model, nnx.Param))`` with a tuple of names (one per
+    dimension, None = never split) at each leaf. A parameter without names is a ValueError that
+    names its path."""
+    params = nnx.state(model, nnx.Param)
+    for path, var in nnx.to_flat_state(params):
+        names = var.get_metadata().get("out_sharding")
+        where = "/".join(map(str, path))
+        if names is None:
+            raise ValueError(f"parameter {where!r} has no logical axis names: create it with "
+                             "selfflow.layers.named(init, names) (nnx.with_partitioning)")
+        names = tuple(names)
+        if len(names) != len(var.shape) or not all(n is None or isinstance(n, str) for n in names):
+            raise ValueError(f"parameter {where!r} of shape {tuple(var.shape)} has logical axis names "
+                             f"{names!r}: expected one name (or None) per dimension")
+    return nnx.to_pure_dict(params, lambda var: tuple(var.get_metadata()["out_sharding"]))
+
+
+def _axes_by_path(axes) -> dict[str, tuple]:
+    leaves = jax.tree_util.tree_flatten_with_path(axes, is_leaf=lambda x: isinstance(x, tuple))[0]
+    return {param_path(p): names for p, names in leaves}
 
 
 def spec_for(shape, logical, rules: dict, mesh: Mesh) -> P:
@@ -120,18 +131,26 @@ def spec_for(shape, logical, rules: dict, mesh: Mesh) -> P:
     return P(*parts)
 
 
-def param_shardings(params, mesh: Mesh, rules: dict):
-    """NamedSharding for every leaf of a params pytree (pure dict of arrays or shape structs)."""
-    return jax.tree_util.tree_map_with_path(
-        lambda path, x: NamedSharding(mesh, spec_for(x.shape, logical_axes(param_path(path)),
-                                                     rules, mesh)), params)
+def param_shardings(params, mesh: Mesh, rules: dict, axes):
+    """NamedSharding for every leaf of a params pytree (pure dict of arrays or shape structs);
+    ``axes`` is :func:`param_axes` of the model (the same tree, logical names at the leaves)."""
+    by_path = _axes_by_path(axes)
+
+    def one(path, x):
+        where = param_path(path)
+        if where not in by_path:
+            raise ValueError(f"parameter {where!r} has no logical axis names in the axes tree "
+                             "(build it with sharding.param_axes(model) of the same model)")
+        return NamedSharding(mesh, spec_for(x.shape, by_path[where], rules, mesh))
+
+    return jax.tree_util.tree_map_with_path(one, params)
 
 
-def state_shardings(state, mesh: Mesh, rules: dict):
+def state_shardings(state, mesh: Mesh, rules: dict, axes):
     """Shardings of a train state {step, params, ema, opt_state, rng}: params and EMA by their
-    logical axes; an optimizer leaf whose path ends with a parameter's path (AdamW's mu, nu) as
-    that parameter; everything else replicated."""
-    params = param_shardings(state["params"], mesh, rules)
+    logical axes (``axes`` = :func:`param_axes` of the model); an optimizer leaf whose path ends
+    with a parameter's path (AdamW's mu, nu) as that parameter; everything else replicated."""
+    params = param_shardings(state["params"], mesh, rules, axes)
     by_path = {param_path(p): s for p, s in jax.tree_util.tree_flatten_with_path(params)[0]}
     replicated = NamedSharding(mesh, P())
 
@@ -144,7 +163,7 @@ def state_shardings(state, mesh: Mesh, rules: dict):
         return by_path.get("/".join(tail), replicated)
 
     out = {k: jax.tree.map(lambda _: replicated, v) for k, v in state.items()}
-    out["params"], out["ema"] = params, param_shardings(state["ema"], mesh, rules)
+    out["params"], out["ema"] = params, param_shardings(state["ema"], mesh, rules, axes)
     out["opt_state"] = jax.tree_util.tree_map_with_path(opt_leaf, state["opt_state"])
     return out
 
@@ -170,14 +189,36 @@ def put_batch(batch: dict, sharding: NamedSharding) -> dict:
             for k, v in batch.items()}
 
 
+@contextlib.contextmanager
+def use_mesh(mesh: Mesh, rules=None):
+    """``with use_mesh(mesh, rules):`` runs the block under ``jax.set_mesh(mesh)`` with ``rules``
+    (parsed, as from :func:`parse_rules`, or rule strings; None = DEFAULT_RULES) visible to
+    :func:`constrain_batch`. The rules are read when a step is traced: jit caches a trace by
+    mesh, not by these rules, so a function jitted under one set of rules keeps them."""
+    parsed = parse_rules() if rules is None else dict(rules) if isinstance(rules, Mapping) else parse_rules(rules)
+    token = _ACTIVE_RULES.set(parsed)
+    try:
+        with jax.set_mesh(mesh):
+            yield mesh
+    finally:
+        _ACTIVE_RULES.reset(token)
+
+
+def active_rules() -> dict[str, tuple[str, ...]]:
+    """The rules of the innermost :func:`use_mesh`; DEFAULT_RULES outside one."""
+    rules = _ACTIVE_RULES.get()
+    return parse_rules() if rules is None else rules
+
+
 def constrain_batch(x: jax.Array) -> jax.Array:
-    """Inside a step run under ``jax.set_mesh``: keeps activations (B, ...) split over the batch
-    axes (data, fsdp) so XLA does not replicate them after a parameter all-gather; a no-op
-    without a mesh, or when the batch does not divide."""
+    """Inside a step run under :func:`use_mesh` (or ``jax.set_mesh``, with DEFAULT_RULES): keeps
+    activations (B, ...) split over the ``batch`` rule's mesh axes (of size > 1) so XLA does not
+    replicate them after a parameter all-gather; a no-op without a mesh, or when the batch does
+    not divide."""
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or not set(MESH_AXES) <= set(mesh.axis_names):
         return x
-    axes = tuple(a for a in ("data", "fsdp") if mesh.shape[a] > 1)
+    axes = tuple(a for a in active_rules().get("batch", ()) if mesh.shape[a] > 1)
     if not axes or x.shape[0] % math.prod(mesh.shape[a] for a in axes):
         return x
     return jax.lax.with_sharding_constraint(x, P(axes, *([None] * (x.ndim - 1))))

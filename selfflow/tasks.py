@@ -5,16 +5,22 @@ of every named layout with its batch size and sampling weight, each layout's tok
 (segments placed on the shared (t, h, w) axes) and its Grain pipeline, and turns a raw batch
 into a :class:`~selfflow.objective.SegmentBatch` inside the jitted step.
 
+Every run has layouts (:func:`selfflow.config.resolve` turns a config without them into the one
+layout ``image``), and every modality is a plug-in of :mod:`modalities`: the task loops over the
+registry, never over modality names.
+
 Data: the named sources of ``data.sources`` (or the one ``data.source`` names), built by
-:mod:`data_pipelines.sources`, yield the canonical keys of :mod:`data_pipelines.base`; each
-modality's spec comes from the shapes its sources yield. A layout mixes every source that yields
+:mod:`data_pipelines.sources`, yield the keys each modality declares (``KEYS``). A modality's spec
+comes from the shapes its sources yield (``spec_for``). A layout mixes every source that yields
 all of its modalities (or the sources it names), in proportion to the sources' weights.
-A config without ``layouts`` trains the single layout ``[image]`` on ``train.batch_size``.
+Sources are built only when needed: a task made with the ``specs`` a run stored (see
+:func:`selfflow.run.load_run`) samples, exports and evaluates without the training data on disk.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import zlib
 
 import grain
@@ -23,15 +29,10 @@ import numpy as np
 import modalities
 from data_pipelines import loader
 from data_pipelines import sources as sources_lib
-from modalities import action as action_mod
-from modalities.action import ActionSpec
-from modalities.image import ImageSpec
-from modalities.video import VideoSpec
-from selfflow.config import Config, ConfigError, LayoutConfig
+from selfflow.config import Config, ConfigError, LayoutConfig, resolve
 from selfflow.layout import GENERATE, Layout, Segment
 from selfflow.objective import SegmentBatch
 
-STATS_CLIPS = 256  # world clips used to fit the action normalisation
 HELDOUT_SEED_OFFSET = 1_000_003  # held-out examples: the data seed shifted by this
 
 
@@ -41,7 +42,6 @@ class LayoutTask:
     batch_size: int
     weight: float
     positions: np.ndarray  # (N, 3) float32
-    sources: tuple[str, ...] = ()  # the data sources this layout mixes
     keys: tuple[str, ...] = ()  # the example keys it reads
 
 
@@ -51,86 +51,102 @@ def parse_segment(text: str) -> tuple[str, str]:
     return name, role or GENERATE
 
 
+def _segment_modalities(lc: LayoutConfig) -> list[str]:
+    return [parse_segment(t)[0] for t in lc.segments]
+
+
 class Task:
-    def __init__(self, cfg: Config):
-        self.cfg = cfg
-        d = cfg.data
-        self.source_configs = {sc.name: sc for sc in sources_lib.default_sources(d)}
-        self.sources = {name: sources_lib.build(sc, d, cfg.seed) for name, sc in self.source_configs.items()}
-        layouts = cfg.layouts or (LayoutConfig("image", ("image",), 1.0, cfg.train.batch_size),)
-        drawn = [self._layout_sources(lc) for lc in layouts]
-        used = {parse_segment(t)[0] for lc in layouts for t in lc.segments}
-        self.specs = {m: self._spec(m, [n for lc, names in zip(layouts, drawn) for n in names
-                                        if m in {parse_segment(t)[0] for t in lc.segments}])
-                      for m in sorted(used)}
-        self.layouts = [self._layout_task(lc, names) for lc, names in zip(layouts, drawn)]
+    def __init__(self, cfg: Config, specs: dict | None = None):
+        """``specs`` ({modality: Spec}, e.g. stored with a run) skips building them from the data."""
+        self.cfg = cfg = resolve(cfg)
+        used = sorted({m for lc in cfg.layouts for m in _segment_modalities(lc)})
+        if specs is None:
+            specs = {m: self._spec_from_sources(m) for m in used}
+        missing = [m for m in used if m not in specs]
+        if missing:
+            raise ConfigError(f"no stored spec for modalities {missing} (the run has {sorted(specs)})")
+        self.specs = {m: specs[m] for m in used}
+        self.layouts = [self._layout_task(lc) for lc in cfg.layouts]
         self.names = [lt.layout.name for lt in self.layouts]
-        settings = {m.name: m for m in cfg.modalities}
-        self.token_dims = {m: self.specs[m].token_dim for m in sorted(used)}
-        self.mask_ratios = {m: (settings[m].mask_ratio if m in settings and settings[m].mask_ratio is not None
-                                else (cfg.objective.mask_ratio if not cfg.layouts
-                                      else modalities.get(m).DEFAULT_MASK_RATIO)) for m in used}
-        self.loss_weights = {m: settings[m].loss_weight if m in settings else 1.0 for m in used}
+        self.token_dims = {m: self.specs[m].token_dim for m in used}
+        settings = {m.name: m for m in cfg.modalities}  # resolved: one entry per used modality
+        self.mask_ratios = {m: settings[m].mask_ratio for m in used}
+        self.loss_weights = {m: settings[m].loss_weight for m in used}
+        self._layout_sources: dict[int, tuple[str, ...]] = {}
 
-    # ------------------------------------------------------------------ specs
+    # ------------------------------------------------------------------ sources (lazy)
 
-    def _layout_sources(self, lc: LayoutConfig) -> tuple[str, ...]:
-        """The sources a layout mixes: those it names, or all, that yield every key it reads."""
-        keys = [k for t in lc.segments for k in sources_lib.MODALITY_KEYS[parse_segment(t)[0]]]
+    @functools.cached_property
+    def source_configs(self) -> dict:
+        return {sc.name: sc for sc in sources_lib.default_sources(self.cfg.data)}
+
+    @functools.cached_property
+    def sources(self) -> dict:
+        return {name: sources_lib.build(sc, self.cfg.data, self.cfg.seed) for name, sc in self.source_configs.items()}
+
+    def layout_sources(self, index: int) -> tuple[str, ...]:
+        """The sources layout ``index`` mixes: those it names, or all, that yield every key it reads."""
+        if index not in self._layout_sources:
+            self._layout_sources[index] = self._find_layout_sources(index)
+        return self._layout_sources[index]
+
+    def _find_layout_sources(self, index: int) -> tuple[str, ...]:
+        lc, keys = self.cfg.layouts[index], self.layouts[index].keys
         names = tuple(n for n in (lc.sources or self.sources) if all(k in self.sources[n].schema for k in keys))
         if not names:
             listed = ", ".join(f"{n} ({self.source_configs[n].kind}: {', '.join(sorted(s.schema))})"
                                for n, s in self.sources.items() if not lc.sources or n in lc.sources)
-            raise ConfigError(f"layouts[{lc.name!r}]: no data source yields all of {keys} "
+            raise ConfigError(f"layouts[{lc.name!r}]: no data source yields all of {list(keys)} "
                               f"(sources: {listed})")
         return names
 
-    def _spec(self, modality: str, names: list[str]):
-        """The modality's token geometry, from the shapes its sources yield (which must agree:
-        one spec per modality serves every layout of the run)."""
-        d, names = self.cfg.data, list(dict.fromkeys(names))
-        for key in sources_lib.MODALITY_KEYS[modality]:
+    # ------------------------------------------------------------------ specs
+
+    def _spec_from_sources(self, modality: str):
+        """The modality's spec, from the shapes its sources yield (which must agree: one spec per
+        modality serves every layout of the run)."""
+        module, keys = modalities.get(modality), modalities.keys_of(modality)
+        names = []
+        for lc in self.cfg.layouts:
+            if modality in _segment_modalities(lc):
+                layout_keys = [k for m in _segment_modalities(lc) for k in modalities.keys_of(m)]
+                names += [n for n in (lc.sources or self.sources)
+                          if all(k in self.sources[n].schema for k in layout_keys)]
+        names = list(dict.fromkeys(names))
+        if not names:
+            raise ConfigError(f"no data source yields {list(keys)} for modality {modality!r} (sources: "
+                              f"{', '.join(f'{n}: {sorted(s.schema)}' for n, s in self.sources.items())})")
+        for key in keys:
             for n in names[1:]:
                 first, other = self.sources[names[0]].schema[key].shape, self.sources[n].schema[key].shape
                 if first != other:
                     raise ConfigError(f"sources {names[0]!r} and {n!r} yield {key!r} of shapes {first} and "
                                       f"{other}; every source of a modality must agree (data.image_size, "
                                       "clip_seconds, fps and n_mels set the sizes)")
-        schema = self.sources[names[0]].schema
-        if modality == "image":
-            h, w, c = schema["image"].shape
-            patch = d.video_patch if self.cfg.layouts else self.cfg.model.resolved("patch_size")
-            return ImageSpec(h, w, c, patch)
-        if modality == "video":
-            t, h, w, c = schema["video"].shape
-            return VideoSpec(t, h, w, c, d.video_patch, d.video_tubelet, d.fps)
-        if modality == "audio":
-            spec = sources_lib.audio_spec(d)
-            if schema["audio"].shape != (spec.frames, spec.n_mels):
-                spec = dataclasses.replace(spec, frames=schema["audio"].shape[0], n_mels=schema["audio"].shape[1])
-            return spec
-        (steps, a_dim), p_dim = schema["actions"].shape, schema["proprio"].shape[1]
-        samples = [self._action_sample(n) for n in names]
-        return ActionSpec(steps=steps, action_dim=a_dim, proprio_dim=p_dim, hz=d.fps).with_stats(
-            np.concatenate([a for a, _ in samples]), np.concatenate([p for _, p in samples]))
+        shapes = {k: tuple(self.sources[names[0]].schema[k].shape) for k in keys}
 
-    def _action_sample(self, name: str):
-        source = self.sources[name].select(("actions", "proprio"))
-        clips = [source[i] for i in range(min(STATS_CLIPS, len(source)))]
-        return np.stack([c["actions"] for c in clips]), np.stack([c["proprio"] for c in clips])
+        def examples(count: int) -> dict:
+            """The first ``count`` examples of each source of the modality, stacked per key."""
+            rows = []
+            for n in names:
+                source = self.sources[n].select(keys)
+                rows += [source[i] for i in range(min(count, len(source)))]
+            return {k: np.stack([r[k] for r in rows]) for k in keys}
+
+        return module.spec_for(shapes, self.cfg, examples)
 
     # ------------------------------------------------------------------ layouts
 
-    def _layout_task(self, lc: LayoutConfig, names: tuple[str, ...]) -> LayoutTask:
+    def _layout_task(self, lc: LayoutConfig) -> LayoutTask:
         segments, positions, keys = [], [], []
         for text in lc.segments:
             name, role = parse_segment(text)
             spec = self.specs[name]
             segments.append(Segment(name, spec.num_tokens, role))
             positions.append(modalities.get(name).positions(spec))
-            keys += sources_lib.MODALITY_KEYS[name]
+            keys += modalities.keys_of(name)
         return LayoutTask(Layout(lc.name, tuple(segments)), lc.batch_size, lc.weight,
-                          np.concatenate(positions).astype(np.float32), names, tuple(keys))
+                          np.concatenate(positions).astype(np.float32), tuple(dict.fromkeys(keys)))
 
     @property
     def weights(self) -> list[float]:
@@ -156,30 +172,37 @@ class Task:
         ``heldout=True`` draws from examples never trained on (see :meth:`_heldout_source`),
         tokenised with the same specs (e.g. the training action statistics).
         """
-        lt = self.layouts[index]
+        lt, names = self.layouts[index], self.layout_sources(index)
         count = (shard or loader.host_shard())[1]
         if lt.batch_size % count:
             raise ConfigError(f"layouts[{lt.layout.name!r}]: batch size {lt.batch_size} is not divisible "
                               f"by the {count} data-loading hosts")
         streams = []
-        for name in lt.sources:
+        for name in names:
             source = (self._heldout_source(name) if heldout else self.sources[name]).select(lt.keys)
-            seed = self.cfg.seed if len(self.layouts) == len(lt.sources) == 1 else zlib.crc32(
+            seed = self.cfg.seed if len(self.layouts) == len(names) == 1 else zlib.crc32(
                 f"{self.cfg.seed}/{lt.layout.name}/{name}".encode()) & 0x7FFFFFFF
             streams.append(loader.example_stream(source, seed, on_bad_sample=self.cfg.data.on_bad_sample,
                                                  name=name, shard=shard))
-        weights = [self.source_configs[n].weight for n in lt.sources]
+        weights = [self.source_configs[n].weight for n in names]
         return loader.mixed_batches(streams, weights, lt.batch_size // count)
 
     # ------------------------------------------------------------------ inside jit
 
     def segment_batch(self, index: int, raw: dict) -> SegmentBatch:
         lt = self.layouts[index]
-        tokens = []
-        for seg in lt.layout.segments:
-            spec = self.specs[seg.modality]
-            if seg.modality == "action":
-                tokens.append(action_mod.tokenize(raw["actions"], spec, raw["proprio"]))
-            else:
-                tokens.append(modalities.get(seg.modality).tokenize(raw[seg.modality], spec))
-        return SegmentBatch(tuple(tokens), raw["label"], lt.positions)
+        tokens = tuple(modalities.get(seg.modality).tokenize_batch(raw, self.specs[seg.modality])
+                       for seg in lt.layout.segments)
+        return SegmentBatch(tokens, raw["label"], lt.positions)
+
+    # ------------------------------------------------------------------ stored specs
+
+    def specs_dict(self) -> dict:
+        """{modality: spec fields} as JSON-able values (what a checkpoint stores)."""
+        return {m: dataclasses.asdict(spec) for m, spec in self.specs.items()}
+
+
+def specs_from_dict(data: dict) -> dict:
+    """Inverse of :meth:`Task.specs_dict` (lists back to tuples, each through its modality's Spec)."""
+    return {m: modalities.get(m).Spec(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+            for m, fields in data.items()}

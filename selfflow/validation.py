@@ -4,6 +4,9 @@ Training losses are not comparable across objectives or mask ratios (dual timest
 inputs the loss is measured on). This measures every run the same way: on held-out examples,
 for a fixed grid of τ and fixed noise, condition segments clean, the MSE of the predicted
 velocity per modality — lower is better, and it is what the sampler integrates.
+
+Names: ``val/<modality>`` for a one-layout run, ``val/<layout>/<modality>`` for several, and
+``val/loss``, their mean (what ``train.best_metric`` ranks checkpoints by).
 """
 
 from __future__ import annotations
@@ -16,25 +19,20 @@ import numpy as np
 from flax import nnx
 
 from selfflow.layout import CONDITION
-from selfflow.objective import inference_timesteps, interpolate
+from selfflow.objective import inference_timesteps, noise_like, noised_segments, velocity_mse
 from selfflow.tasks import Task
 
 TAU_GRID = (0.1, 0.3, 0.5, 0.7, 0.9)
+VALIDATION_BATCHES = 2  # held-out batches per layout at each checkpoint (with train.keep_best)
 
 
 def validation_losses(task: Task, model, index: int, *, batches: int = 4, seed: int = 0,
                       taus=TAU_GRID) -> dict[str, float]:
     """Mean velocity MSE per generated modality of layout ``index`` on held-out batches."""
-    lt = task.layouts[index]
     dataset = task.dataset(index, heldout=True)
     batch_losses = _batch_losses(task, index, tuple(taus))
-    per_segment = np.mean([np.asarray(batch_losses(model, dataset[k], jax.random.key(seed + k)))
-                           for k in range(batches)], axis=0)
-    result: dict[str, list[float]] = {}
-    for seg, value in zip(lt.layout.segments, per_segment):
-        if seg.role != CONDITION:
-            result.setdefault(seg.modality, []).append(float(value))
-    return {m: float(np.mean(v)) for m, v in result.items()}
+    per_batch = [jax.device_get(batch_losses(model, dataset[k], jax.random.key(seed + k))) for k in range(batches)]
+    return {m: float(np.mean([b[m] for b in per_batch])) for m in per_batch[0]}
 
 
 @functools.lru_cache(maxsize=32)
@@ -46,18 +44,34 @@ def _batch_losses(task: Task, index: int, taus: tuple):
     @nnx.jit
     def batch_losses(model, raw, key):
         batch = task.segment_batch(index, raw)
+        x0 = tuple(t.astype(jnp.float32) for t in batch.tokens)
         b = batch.labels.shape[0]
-        generate = [seg.role != CONDITION for seg in lt.layout.segments]
-        out = []
+        per_tau = []
         for ti, tau in enumerate(taus):
-            noise = [jax.random.normal(jax.random.fold_in(key, 100 * ti + j), x.shape)
-                     for j, x in enumerate(batch.tokens)]
-            xs = tuple(interpolate(x, e, jnp.full((b,), tau)) if g else x
-                       for x, e, g in zip(batch.tokens, noise, generate))
-            times = inference_timesteps(lt.layout, jnp.full((b,), tau, jnp.float32))
-            vs = model(xs, times, batch.labels, jnp.asarray(lt.positions), modality=lt.layout.modalities)
-            out.append([jnp.mean(jnp.square(v - (e - x))) if g else jnp.zeros(())
-                        for v, x, e, g in zip(vs, batch.tokens, noise, generate)])
-        return jnp.mean(jnp.asarray(out), axis=0)  # (segments,)
+            noise = noise_like(jax.random.fold_in(key, ti), x0)
+            taus_b = jnp.full((b,), tau, jnp.float32)
+            out = model(noised_segments(x0, noise, taus_b, lt.layout), inference_timesteps(lt.layout, taus_b),
+                        batch.labels, jnp.asarray(lt.positions), modalities=lt.layout.modalities)
+            per_tau.append(velocity_mse(out.velocity, x0, noise, lt.layout))
+        return {m: jnp.mean(jnp.stack([d[m] for d in per_tau])) for m in per_tau[0]}
 
     return batch_losses
+
+
+def _prefix(task: Task, index: int) -> str:
+    return f"val/{task.names[index]}/" if len(task.names) > 1 else "val/"
+
+
+def validation_keys(task: Task) -> list[str]:
+    """The names :func:`validation_metrics` returns, known before anything runs."""
+    return ["val/loss"] + list(dict.fromkeys(
+        _prefix(task, i) + seg.modality for i, lt in enumerate(task.layouts)
+        for seg in lt.layout.segments if seg.role != CONDITION))
+
+
+def validation_metrics(task: Task, model) -> dict[str, float]:
+    """Held-out velocity MSE of every layout's generated modalities and their mean ``val/loss``:
+    a measure comparable across checkpoints (fixed data, noise and τ), unlike the training loss."""
+    out = {_prefix(task, i) + m: v for i in range(len(task.layouts))
+           for m, v in validation_losses(task, model, i, batches=VALIDATION_BATCHES).items()}
+    return {"val/loss": float(np.mean(list(out.values()))), **out}

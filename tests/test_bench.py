@@ -7,12 +7,13 @@ import pytest
 
 from selfflow import flops
 from selfflow.bench import bench, format_report
-from selfflow.config import Config, DataConfig, ModelConfig, ObjectiveConfig, TrainConfig
+from selfflow.config import Config, DataConfig, ObjectiveConfig, TrainConfig
 from selfflow.tasks import Task
 
-CFG = Config(model=ModelConfig(depth=3, hidden_size=32, num_heads=2, patch_size=4),
-             data=DataConfig(image_size=8), objective=ObjectiveConfig(student_layer=1, teacher_layer=2),
-             train=TrainConfig(batch_size=4))
+from helpers_config import tiny_model
+
+CFG = Config(model=tiny_model(depth=3), data=DataConfig(image_size=8),
+             objective=ObjectiveConfig(student_layer=1, teacher_layer=2), train=TrainConfig(batch_size=4))
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@ preservation policy) and for a crash in the middle of an asynchronous checkpoint
 
 The policy is tested as a pure function of (steps, metrics), then end to end: a tiny run whose
 surviving step directories must be exactly those the rules select, also after a resume (Orbax
-re-reads the metrics stored with each checkpoint). Runs use the tiny model of test_train.
+re-reads the metrics stored with each checkpoint). Runs use the tiny run of tests/helpers_train.py.
 """
 
 from __future__ import annotations
@@ -28,8 +28,10 @@ from selfflow.config import ConfigError, OptimConfig, TrainConfig
 from selfflow.metrics_writer import read_metrics
 from selfflow.tasks import Task
 from selfflow.train import load_run
-from tests.test_train import (_output, _start_cli_train, assert_bit_identical, checkpoint_steps, host,
-                              logged_steps, run, tiny_config, with_steps)
+
+from helpers_config import mixed_config
+from helpers_train import (assert_bit_identical, checkpoint_steps, cli_output, host, logged_steps, run,
+                           start_cli_train, tiny_config, with_steps)
 
 # ------------------------------------------------------------------------------- the policy alone
 
@@ -106,8 +108,6 @@ def test_retention_settings_may_change_on_resume(tmp_path):
 def test_validation_metric_names_of_a_mixed_run(monkeypatch):
     """Several layouts: val/<layout>/<modality> for every generated (not condition) segment, and
     val/loss their mean; validation_keys (checked before training) names exactly those."""
-    from tests.test_mixed import mixed_config
-
     fake = {"image": {"image": 1.0}, "video": {"video": 2.0}, "audio": {"audio": 3.0},
             "audio_video": {"video": 4.0, "audio": 5.0}, "video_to_audio": {"audio": 6.0},
             "robot": {"video": 7.0, "action": 8.0}}
@@ -185,7 +185,7 @@ def kill_during_save(tmp_path: Path, cache_dir, overrides, attempts: int = 3) ->
     run directory and the unfinished steps left in it."""
     for attempt in range(attempts):
         run_dir = tmp_path / f"run{attempt}"
-        proc = _start_cli_train(tmp_path, run_dir, cache_dir, *overrides)
+        proc = start_cli_train(tmp_path, run_dir, cache_dir, *overrides)
         deadline = time.monotonic() + 120
         while proc.poll() is None and max(left := unfinished_steps(run_dir), default=0) < 2:
             if time.monotonic() > deadline:
@@ -198,7 +198,7 @@ def kill_during_save(tmp_path: Path, cache_dir, overrides, attempts: int = 3) ->
         proc.wait()
         if proc.returncode != -signal.SIGKILL:
             pytest.fail(f"selfflow train exited with {proc.returncode} before a save could be "
-                        f"interrupted:\n{_output(tmp_path)[1]}")
+                        f"interrupted:\n{cli_output(tmp_path)[1]}")
         if left := unfinished_steps(run_dir):
             return run_dir, left
     pytest.fail(f"in {attempts} attempts every save seen in flight completed before SIGKILL landed")
@@ -217,14 +217,14 @@ def test_sigkill_during_async_save_resumes_bit_identically(tmp_path, compilation
     assert complete and max(complete) < STEPS and all(s > max(complete) for s in left), (complete, left)
 
     # The same command again: it resumes from the last complete checkpoint and finishes.
-    proc = _start_cli_train(tmp_path, run_dir, compilation_cache, *overrides)
+    proc = start_cli_train(tmp_path, run_dir, compilation_cache, *overrides)
     try:
-        assert proc.wait(timeout=300) == 0, _output(tmp_path)
+        assert proc.wait(timeout=300) == 0, cli_output(tmp_path)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
-        pytest.fail(f"the resumed selfflow train did not finish within 300 s:\n{_output(tmp_path)[1]}")
-    assert f"resuming from the checkpoint of step {max(complete)}" in _output(tmp_path)[1]
+        pytest.fail(f"the resumed selfflow train did not finish within 300 s:\n{cli_output(tmp_path)[1]}")
+    assert f"resuming from the checkpoint of step {max(complete)}" in cli_output(tmp_path)[1]
     assert logged_steps(run_dir) == list(range(1, STEPS + 1))
     # Saving the interrupted step again replaced its leftover temporary directory.
     assert unfinished_steps(run_dir) == []

@@ -20,28 +20,23 @@ from PIL import Image
 
 from selfflow import cli
 from selfflow import train as train_lib
-from selfflow.config import (Config, DataConfig, MeshConfig, ModelConfig, ObjectiveConfig,
-                             OptimConfig, SampleConfig, TrainConfig, from_dict, load_config_file)
+from selfflow.config import Config, from_dict, load_config_file
 from selfflow.metrics_writer import read_metrics
 from selfflow.sample import save_grid
+
+import helpers_train
+from helpers_config import tiny_image_config
 
 STEPS = 3
 PER_CLASS = 2  # != 1 so that rows (classes) and columns (samples per class) are told apart
 
-CONFIG = Config(
-    model=ModelConfig(preset="tiny", depth=2, hidden_size=32, num_heads=2, patch_size=4),
-    data=DataConfig(image_size=16),
-    objective=ObjectiveConfig(student_layer=1, teacher_layer=2, ema_decay=0.9),
-    optim=OptimConfig(learning_rate=1e-3),
-    train=TrainConfig(steps=STEPS, batch_size=8, log_every=1, checkpoint_every=2),
-    sample=SampleConfig(steps=2, per_class=PER_CLASS), mesh=MeshConfig(data=1))
+CONFIG = tiny_image_config(train=dict(steps=STEPS, log_every=1, checkpoint_every=2),
+                           sample=dict(per_class=PER_CLASS))
 
 
 def write_experiment(directory: Path, cfg: Config = CONFIG) -> Path:
-    """An experiment file defining CONFIG = cfg (dataclass reprs are valid Python)."""
-    path = Path(directory) / "tiny_experiment.py"
-    path.write_text(f"from selfflow.config import *\n\nCONFIG = {cfg!r}\n")
-    return path
+    """An experiment file defining CONFIG = cfg."""
+    return helpers_train.write_experiment(directory, cfg)
 
 
 def call(argv: list[str]) -> tuple[int, str, str]:

@@ -13,9 +13,12 @@ import pytest
 from PIL import Image
 
 from selfflow import cli
-from selfflow.config import (Config, DataConfig, LayoutConfig, MeshConfig, ModelConfig, ObjectiveConfig, SourceConfig,
+from selfflow.config import (Config, DataConfig, LayoutConfig, MeshConfig, ObjectiveConfig, SourceConfig,
                              TrainConfig)
 from selfflow.tasks import Task
+
+from helpers_config import tiny_model
+from helpers_video import write_video
 
 
 def run_cli(*argv) -> tuple[int, str, str]:
@@ -26,8 +29,7 @@ def run_cli(*argv) -> tuple[int, str, str]:
 
 
 def tiny(sources, layouts=(), **data) -> Config:
-    return Config(model=ModelConfig(preset="tiny", depth=2, hidden_size=32, num_heads=2, patch_size=4,
-                                    positions="rope" if layouts else "sincos"),
+    return Config(model=tiny_model(positions="rope" if layouts else "sincos"),
                   objective=ObjectiveConfig(student_layer=1, teacher_layer=2),
                   data=DataConfig(sources=tuple(sources), **data),
                   train=TrainConfig(steps=2, batch_size=4), layouts=tuple(layouts), mesh=MeshConfig(data=1))
@@ -92,7 +94,6 @@ def test_bench_data_reports_sources_layouts_and_the_ratio(pngs, tmp_path):
 
 
 def test_video_files_with_audio_feed_an_audio_video_layout(tmp_path):
-    from tests.test_video_source import write_video
     (tmp_path / "clips").mkdir()
     for i in range(2):
         write_video(tmp_path / "clips" / f"{i}.mp4", n_frames=24, fps=12, audio_codec="aac")

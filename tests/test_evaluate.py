@@ -9,28 +9,21 @@ import numpy as np
 import pytest
 
 from selfflow import cli
-from selfflow.config import (Config, DataConfig, LayoutConfig, MeshConfig, ModelConfig, ObjectiveConfig,
-                             OptimConfig, SampleConfig, TrainConfig, validate)
+from selfflow.config import LayoutConfig
 from selfflow.eval.evaluate import EvalSettings, heldout_examples, markdown
 from selfflow.tasks import Task
 from selfflow.train import train
 
-IMAGE = Config(model=ModelConfig(depth=2, hidden_size=32, num_heads=2, patch_size=4),
-               data=DataConfig(image_size=16, num_examples=512),
-               objective=ObjectiveConfig(student_layer=1, teacher_layer=2, ema_decay=0.5),
-               optim=OptimConfig(learning_rate=1e-2),
-               train=TrainConfig(steps=4, batch_size=8, checkpoint_every=4, log_every=4, eval_every=2,
-                                 eval_samples=16, eval_classifier_steps=5),
-               sample=SampleConfig(steps=2, per_class=1), mesh=MeshConfig(data=1))
+from helpers_config import tiny_image_config, tiny_world_config
 
-WORLD = validate(Config(
-    model=ModelConfig(depth=2, hidden_size=32, num_heads=2, positions="rope"),
-    objective=ObjectiveConfig(student_layer=1, teacher_layer=2, ema_decay=0.5),
-    data=DataConfig(source="world", num_examples=64, num_classes=3, read_threads=1, prefetch=1),
-    train=TrainConfig(steps=1, checkpoint_every=1), mesh=MeshConfig(data=1),
-    sample=SampleConfig(steps=2, per_class=1, method="heun"),
-    layouts=(LayoutConfig("audio_video", ("video", "audio"), 0.5, 4),
-             LayoutConfig("robot", ("image:condition", "video", "action"), 0.5, 4))))
+IMAGE = tiny_image_config(data=dict(num_examples=512), objective=dict(ema_decay=0.5), optim=dict(learning_rate=1e-2),
+                          train=dict(steps=4, checkpoint_every=4, log_every=4, eval_every=2, eval_samples=16,
+                                     eval_classifier_steps=5))
+
+WORLD = tiny_world_config((LayoutConfig("audio_video", ("video", "audio"), 0.5, 4),
+                           LayoutConfig("robot", ("image:condition", "video", "action"), 0.5, 4)),
+                          objective=dict(ema_decay=0.5), train=dict(steps=1, checkpoint_every=1),
+                          sample=dict(per_class=1, method="heun"))
 
 
 @pytest.fixture(scope="module")

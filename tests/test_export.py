@@ -9,15 +9,10 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from selfflow import cli
-from selfflow.config import (Config, DataConfig, MeshConfig, ModelConfig, ObjectiveConfig, OptimConfig,
-                             SampleConfig, TrainConfig)
 from selfflow.export import ExportError, flatten, load_safetensors
 from selfflow.train import load_run, train
 
-CFG = Config(model=ModelConfig(preset="tiny", depth=2, hidden_size=32, num_heads=2, patch_size=4),
-             data=DataConfig(image_size=16), objective=ObjectiveConfig(student_layer=1, teacher_layer=2, ema_decay=0.5),
-             optim=OptimConfig(learning_rate=1e-2), train=TrainConfig(steps=3, batch_size=8, checkpoint_every=3),
-             sample=SampleConfig(steps=2, per_class=1), mesh=MeshConfig(data=1))
+from helpers_config import EXPORT_RUN as CFG
 
 
 @pytest.fixture(scope="module")

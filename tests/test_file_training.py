@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from selfflow.config import (Config, ConfigError, DataConfig, LayoutConfig, MeshConfig, ModelConfig, ObjectiveConfig,
-                             OptimConfig, SampleConfig, SourceConfig, TrainConfig)
+from selfflow.config import Config, ConfigError, LayoutConfig, SourceConfig
 from selfflow.metrics_writer import read_metrics
 from selfflow.tasks import Task
 from selfflow.train import TrainingError, train
+
+from helpers_config import tiny_image_config
 
 COLORS = {"red": (255, 0, 0), "blue": (0, 0, 255)}
 
@@ -29,13 +30,8 @@ def png_folder(tmp_path_factory):
 
 
 def config(sources, steps=3, on_bad_sample="error", layouts=()) -> Config:
-    return Config(
-        model=ModelConfig(preset="tiny", depth=2, hidden_size=32, num_heads=2, patch_size=4),
-        data=DataConfig(image_size=16, num_classes=10, sources=tuple(sources), on_bad_sample=on_bad_sample),
-        objective=ObjectiveConfig(student_layer=1, teacher_layer=2, ema_decay=0.9),
-        optim=OptimConfig(learning_rate=1e-3),
-        train=TrainConfig(steps=steps, batch_size=8, log_every=1, checkpoint_every=10),
-        sample=SampleConfig(steps=2, per_class=1), layouts=tuple(layouts), mesh=MeshConfig(data=1))
+    return tiny_image_config(data=dict(num_classes=10, sources=tuple(sources), on_bad_sample=on_bad_sample),
+                             train=dict(steps=steps, log_every=1, checkpoint_every=10), layouts=tuple(layouts))
 
 
 def folder_with_bad_png(png_folder, tmp_path):

@@ -10,7 +10,8 @@ from scipy import stats
 from selfflow import objective
 from selfflow.config import Config, ModelConfig, ObjectiveConfig
 from selfflow.layout import CLEAN_INDEX, Layout, Segment, layout_schedule
-from selfflow.model import SelfFlowTransformer
+from selfflow.model import ModelOutput, SelfFlowTransformer
+from selfflow.objectives import make_objective
 
 ROBOT = Layout("robotics", (Segment("image", 4, "condition"), Segment("video", 8),
                             Segment("action", 6)))
@@ -66,10 +67,19 @@ CFG = Config(model=ModelConfig(depth=2),
              objective=ObjectiveConfig(student_layer=1, teacher_layer=2))
 
 
+def _loss(student, teacher, batch, key, loss_weights=None):
+    obj = make_objective(CFG, RATIOS, loss_weights or {})
+    return obj.loss(student=student, teacher=teacher, batch=batch, layout=ROBOT, key=key)
+
+
 def test_model_returns_one_velocity_per_segment():
     model, batch = _model(), _batch()
-    out = model(batch.tokens, jnp.full((3,), 0.5), batch.labels, batch.positions, modality=ROBOT.modalities)
-    assert [o.shape for o in out] == [(3, 4, 4), (3, 8, 8), (3, 6, 2)]
+    out = model(batch.tokens, jnp.full((3,), 0.5), batch.labels, batch.positions, modalities=ROBOT.modalities)
+    assert isinstance(out, ModelOutput) and out.hidden is None
+    assert [o.shape for o in out.velocity] == [(3, 4, 4), (3, 8, 8), (3, 6, 2)]
+    with_hidden = model(batch.tokens, jnp.full((3,), 0.5), batch.labels, batch.positions,
+                        modalities=ROBOT.modalities, hidden_layer=1)
+    assert with_hidden.hidden.shape == (3, ROBOT.num_tokens, 16)
 
 
 def test_condition_tokens_are_clean_inputs_and_carry_no_loss():
@@ -85,7 +95,7 @@ def test_condition_tokens_are_clean_inputs_and_carry_no_loss():
 
     def loss(p):
         m = nnx.merge(graphdef, p)
-        return objective.segment_loss_fn(m, m, batch, ROBOT, jax.random.key(3), CFG, RATIOS, {})[0]
+        return _loss(m, m, batch, jax.random.key(3))[0]
 
     SelfFlowTransformer.__call__ = spy
     try:
@@ -102,9 +112,8 @@ def test_condition_tokens_are_clean_inputs_and_carry_no_loss():
 def test_per_modality_loss_weights_and_metrics():
     model, batch = _model(), _batch()
     key = jax.random.key(4)
-    _, m1 = objective.segment_loss_fn(model, model, batch, ROBOT, key, CFG, RATIOS, {})
-    _, m2 = objective.segment_loss_fn(model, model, batch, ROBOT, key, CFG, RATIOS,
-                                      {"video": 2.0, "action": 0.5})
+    _, m1 = _loss(model, model, batch, key)
+    _, m2 = _loss(model, model, batch, key, {"video": 2.0, "action": 0.5})
     assert "fm_loss/image" not in m1  # condition-only modality has no loss
     assert float(m1["fm_loss"]) == pytest.approx(float(m1["fm_loss/video"] + m1["fm_loss/action"]), rel=1e-6)
     assert float(m2["fm_loss"]) == pytest.approx(2 * float(m1["fm_loss/video"]) + 0.5 * float(m1["fm_loss/action"]), rel=1e-6)

@@ -9,25 +9,11 @@ import numpy as np
 import pytest
 
 from selfflow import train as train_lib
-from selfflow.config import (Config, DataConfig, LayoutConfig, MeshConfig, ModelConfig, ObjectiveConfig,
-                             OptimConfig, SampleConfig, TrainConfig, validate)
+from selfflow.config import LayoutConfig, validate
 from selfflow.layout import layout_schedule
 
-LAYOUTS = (LayoutConfig("image", ("image",), 0.3, 4), LayoutConfig("video", ("video",), 0.15, 2),
-           LayoutConfig("audio", ("audio",), 0.15, 2), LayoutConfig("audio_video", ("video", "audio"), 0.15, 2),
-           # paired: sound generated for a given video; robotics: first frame -> future frames + actions
-           LayoutConfig("video_to_audio", ("video:condition", "audio"), 0.1, 2),
-           LayoutConfig("robot", ("image:condition", "video", "action"), 0.15, 2))
-
-
-def mixed_config(steps: int) -> Config:
-    return validate(Config(
-        model=ModelConfig(depth=2, hidden_size=32, num_heads=2, positions="rope"),
-        objective=ObjectiveConfig(student_layer=1, teacher_layer=2, ema_decay=0.9),
-        optim=OptimConfig(learning_rate=3e-3),
-        data=DataConfig(source="world", num_examples=64, num_classes=3, read_threads=1, prefetch=1),
-        train=TrainConfig(steps=steps, log_every=1, checkpoint_every=5), mesh=MeshConfig(data=1),
-        sample=SampleConfig(steps=2, per_class=1), layouts=LAYOUTS))
+from helpers_config import MIXED_LAYOUTS as LAYOUTS  # the six-layout mixture
+from helpers_config import mixed_config
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +89,6 @@ def test_multimodal_config_errors_name_the_layout():
 
 def test_samples_are_written_per_layout_and_modality(mixed_run, tmp_path):
     from flax import nnx
-    from PIL import Image
 
     from selfflow.layout_samples import write_layout_samples
     from selfflow.model import build_model
@@ -115,11 +100,18 @@ def test_samples_are_written_per_layout_and_modality(mixed_run, tmp_path):
     model = nnx.merge(nnx.graphdef(build_model(cfg, task.token_dims)), result.state["ema"])
     paths = write_layout_samples(cfg, task, model, tmp_path, steps=2, cfg_scale=1.0, seed=0, per_layout=2)
     names = {p.relative_to(tmp_path).as_posix() for p in paths}
-    assert {"image/0_image.png", "video/0_video.gif", "audio/0_audio_00.wav", "audio/0_audio_01.wav",
-            "audio_video/0_video.gif", "video_to_audio/0_video_given.gif", "video_to_audio/1_audio_mel.png",
-            "robot/0_image_given.png", "robot/1_video.gif", "robot/2_action.png"} <= names
-    gif = Image.open(tmp_path / "robot/1_video.gif")
-    assert gif.size == (2 * 16 * 4, 16 * 4)  # two clips side by side, 4x upscaled
+    assert {"image/0_image.png", "video/0_video.mp4", "audio/0_audio_00.wav", "audio/0_audio_01.wav",
+            "audio_video/0_video.mp4", "video_to_audio/0_video_given.mp4", "video_to_audio/1_audio_mel.png",
+            "audio_video/0_video_with_1_audio_00.mp4", "audio_video/0_video_with_1_audio_01.mp4",
+            "video_to_audio/0_video_given_with_1_audio_01.mp4",
+            "robot/0_image_given.png", "robot/1_video.mp4", "robot/2_action.png"} <= names
+    import av
+    with av.open(str(tmp_path / "robot/1_video.mp4")) as mp4:
+        stream = mp4.streams.video[0]
+        assert (stream.width, stream.height) == (2 * 16 * 4, 16 * 4)  # two clips side by side, 4x
+    with av.open(str(tmp_path / "audio_video/0_video_with_1_audio_00.mp4")) as mp4:
+        assert len(mp4.streams.video) == len(mp4.streams.audio) == 1
+        assert (mp4.streams.video[0].width, mp4.streams.video[0].height) == (16 * 4, 16 * 4)  # one clip
 
 
 def test_heldout_validation_loss_is_lower_after_training(mixed_run):

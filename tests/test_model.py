@@ -9,7 +9,10 @@ import pytest
 from flax import nnx
 
 from modalities import image as image_modality
-from selfflow import layers, objective, train
+from selfflow import layers, objective
+from selfflow.objectives import make_objective
+from selfflow.run import init_state, make_optimizer
+from selfflow.step import make_train_step
 from selfflow.config import Config, DataConfig, ModelConfig, ObjectiveConfig, OptimConfig
 from selfflow.model import SelfFlowTransformer, build_model, count_params
 from selfflow.tasks import Task
@@ -17,6 +20,7 @@ from selfflow.tasks import Task
 B, GRID, PATCH, CH = 3, 4, 2, 3
 N, TOKEN_DIM = GRID * GRID, CH * PATCH * PATCH
 POS = jnp.asarray(image_modality.positions(GRID * PATCH, GRID * PATCH, PATCH))
+IMAGE = ("image",)
 
 
 def _model(positions="sincos", depth=4, seed=0, dtype=jnp.float32):
@@ -30,6 +34,15 @@ def _model(positions="sincos", depth=4, seed=0, dtype=jnp.float32):
     return model
 
 
+def _velocity(model, x, t, y, positions=POS):
+    """The one-segment (image) velocity (B, N, C)."""
+    return model((x,), t, y, positions, modalities=IMAGE).velocity[0]
+
+
+def _hidden(model, x, t, y, layer):
+    return model.forward_until((x,), t, y, POS, layer=layer, modalities=IMAGE)
+
+
 def _inputs(seed=0):
     k1, k2 = jax.random.split(jax.random.key(seed))
     x = jax.random.normal(k1, (B, N, TOKEN_DIM))
@@ -40,8 +53,8 @@ def _inputs(seed=0):
 def test_scalar_timestep_equals_same_value_per_token():
     model = _model()
     x, t, y = _inputs()
-    out_scalar = model(x, t, y, POS)
-    out_tokens = model(x, jnp.broadcast_to(t[:, None], (B, N)), y, POS)
+    out_scalar = _velocity(model, x, t, y)
+    out_tokens = _velocity(model, x, jnp.broadcast_to(t[:, None], (B, N)), y)
     np.testing.assert_array_equal(np.asarray(out_scalar), np.asarray(out_tokens))
 
 
@@ -49,8 +62,8 @@ def test_each_token_is_conditioned_on_its_own_timestep():
     model = _model()
     x, t, y = _inputs()
     tau = jnp.broadcast_to(t[:, None], (B, N))
-    out = np.asarray(model(x, tau, y, POS))
-    changed = np.asarray(model(x, tau.at[:, 5].set(0.99), y, POS))
+    out = np.asarray(_velocity(model, x, tau, y, POS))
+    changed = np.asarray(_velocity(model, x, tau.at[:, 5].set(0.99), y, POS))
     assert np.abs(changed - out).max() > 1e-3
     # token 5 changes most: its own modulation changed, the others only through attention
     per_token = np.abs(changed - out).mean(axis=(0, 2))
@@ -61,27 +74,27 @@ def test_forward_until_equals_hidden_state_of_full_forward():
     model = _model(depth=5)
     x, t, y = _inputs()
     for k in (1, 3, 5):
-        _, hidden = model(x, t, y, POS, return_layer=k)
-        np.testing.assert_array_equal(np.asarray(model.forward_until(x, t, y, POS, layer=k)),
-                                      np.asarray(hidden))
+        out = model((x,), t, y, POS, modalities=IMAGE, hidden_layer=k)
+        np.testing.assert_array_equal(np.asarray(_hidden(model, x, t, y, k)), np.asarray(out.hidden))
+    assert model((x,), t, y, POS, modalities=IMAGE).hidden is None  # only when asked for
 
 
 def test_forward_until_never_runs_later_blocks():
     model = _model(depth=4)
     x, t, y = _inputs()
-    expected = model.forward_until(x, t, y, POS, layer=2)
+    expected = _hidden(model, x, t, y, 2)
     for block in model.blocks[2:]:  # poison blocks 3 and 4
         nnx.update(block, jax.tree.map(lambda p: jnp.full_like(p, jnp.nan), nnx.state(block, nnx.Param)))
-    got = model.forward_until(x, t, y, POS, layer=2)
+    got = _hidden(model, x, t, y, 2)
     np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
-    assert np.isnan(np.asarray(model(x, t, y, POS))).all()
+    assert np.isnan(np.asarray(_velocity(model, x, t, y, POS))).all()
 
 
 def test_bad_layer_index_is_rejected():
     model = _model(depth=4)
     x, t, y = _inputs()
     with pytest.raises(ValueError, match=r"layer=5.*\[1, 4\]"):
-        model.forward_until(x, t, y, POS, layer=5)
+        _hidden(model, x, t, y, 5)
 
 
 def test_sincos_table_matches_dit_reference():
@@ -117,15 +130,15 @@ def test_rope_scores_depend_only_on_relative_position():
 def test_rope_model_uses_positions():
     model = _model(positions="rope")
     x, t, y = _inputs()
-    a = np.asarray(model(x, t, y, POS))
-    b = np.asarray(model(x, t, y, POS.at[:, 2].set(POS[::-1, 2])))
+    a = np.asarray(_velocity(model, x, t, y, POS))
+    b = np.asarray(_velocity(model, x, t, y, POS.at[:, 2].set(POS[::-1, 2])))
     assert np.isfinite(a).all() and np.abs(a - b).max() > 1e-4
 
 
 def test_bfloat16_compute_tracks_float32():
     x, t, y = _inputs()
-    ref = np.asarray(_model()(x, t, y, POS))
-    bf = np.asarray(_model(dtype=jnp.bfloat16)(x, t, y, POS))
+    ref = np.asarray(_velocity(_model(), x, t, y))
+    bf = np.asarray(_velocity(_model(dtype=jnp.bfloat16), x, t, y))
     assert bf.dtype == np.float32  # outputs, norms and embeddings stay float32
     assert np.abs(bf - ref).max() / np.abs(ref).max() < 0.1
 
@@ -149,8 +162,8 @@ def test_train_step_changes_teacher_only_through_ema_and_no_gradient_reaches_it(
     task = full_task.specs["image"]
     model = build_model(cfg, full_task.token_dims)
     graphdef = nnx.graphdef(model)
-    tx = train.make_optimizer(cfg.optim)
-    state = train.init_state(cfg, model, tx)
+    tx = make_optimizer(cfg.optim)
+    state = init_state(cfg, model, tx)
     # the teacher starts as an exact copy
     for a, b in zip(jax.tree.leaves(state["params"]), jax.tree.leaves(state["ema"])):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -159,15 +172,17 @@ def test_train_step_changes_teacher_only_through_ema_and_no_gradient_reaches_it(
     ema_before = jax.tree.map(np.asarray, state["ema"])
 
     # gradient of the loss w.r.t. the teacher's weights is exactly zero (stop-gradient)
-    batch = objective.Batch(image_modality.tokenize(images, task), labels,
-                            jnp.asarray(full_task.layouts[0].positions))
+    batch = full_task.segment_batch(0, {"image": images, "label": labels})
+    obj = make_objective(full_task.cfg, full_task.mask_ratios, full_task.loss_weights)
+
     def loss_of_teacher(ema):
         student = nnx.merge(graphdef, state["params"])
-        return objective.loss_fn(student, nnx.merge(graphdef, ema), batch, jax.random.key(1), cfg)[0]
+        return obj.loss(student=student, teacher=nnx.merge(graphdef, ema), batch=batch,
+                        layout=full_task.layouts[0].layout, key=jax.random.key(1))[0]
     teacher_grads = jax.grad(loss_of_teacher)(state["ema"])
     assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(teacher_grads))
 
-    step = train.make_train_step(cfg, graphdef, tx, full_task)
+    step = make_train_step(cfg, graphdef, tx, full_task)
     new_state, metrics = step(state, {"image": images, "label": labels}, 0)
     assert float(metrics["rep_loss"]) > 0
     expected = objective.ema_update(ema_before, new_state["params"], 0.9)
@@ -187,10 +202,10 @@ def test_factored_timesteps_match_per_token_timesteps():
     mask = jax.random.bernoulli(jax.random.key(3), 0.3, (B, N))
     dense = jnp.where(mask, s[:, None], t[:, None])
     factored = FactoredTimesteps(jnp.stack([t, s], 1), mask.astype(jnp.int32))
-    ref = np.asarray(model(x, dense, y, POS))
-    np.testing.assert_allclose(np.asarray(model(x, factored, y, POS)), ref, rtol=1e-5, atol=1e-5)
-    one = np.asarray(model(x, FactoredTimesteps.per_sample(t, N), y, POS))
-    np.testing.assert_allclose(one, np.asarray(model(x, t, y, POS)), rtol=1e-5, atol=1e-5)
+    ref = np.asarray(_velocity(model, x, dense, y, POS))
+    np.testing.assert_allclose(np.asarray(_velocity(model, x, factored, y, POS)), ref, rtol=1e-5, atol=1e-5)
+    one = np.asarray(_velocity(model, x, FactoredTimesteps.per_sample(t, N), y, POS))
+    np.testing.assert_allclose(one, np.asarray(_velocity(model, x, t, y, POS)), rtol=1e-5, atol=1e-5)
 
 
 def _loss_and_grads(cfg_overrides):
@@ -205,14 +220,14 @@ def _loss_and_grads(cfg_overrides):
     raw = dict(task.dataset(0)[0])
     raw.pop("skipped")
     batch, layout = task.segment_batch(0, raw), task.layouts[0].layout
+    obj = make_objective(task.cfg, task.mask_ratios, task.loss_weights)
 
     def loss(p):
         m = nnx.merge(graphdef, p)
-        return objective.segment_loss_fn(m, m, batch, layout, jax.random.key(1), cfg, task.mask_ratios,
-                                         task.loss_weights)[0]
+        return obj.loss(student=m, teacher=m, batch=batch, layout=layout, key=jax.random.key(1))[0]
     value, grads = jax.jit(jax.value_and_grad(loss))(params)
     remats = sum(e.primitive.name == "remat2" for e in jax.make_jaxpr(loss)(params).eqns)
-    assert remats == (cfg.depth + cfg.teacher_layer if cfg_overrides.get("remat") else 0)
+    assert remats == (task.cfg.depth + task.cfg.teacher_layer if cfg_overrides.get("remat") else 0)
     return float(value), jax.tree.leaves(grads)
 
 

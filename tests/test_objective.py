@@ -10,8 +10,10 @@ import pytest
 from scipy import stats
 
 from selfflow import objective
-from selfflow.config import Config, ModelConfig, ObjectiveConfig
-from selfflow.layout import Layout, Segment, single
+from selfflow.config import Config, ModelConfig, ObjectiveConfig, resolve
+from selfflow.layout import CONDITION, Layout, Segment, single
+from selfflow.model import ModelOutput
+from selfflow.objectives import make_objective
 
 OCFG = ObjectiveConfig(mask_ratio=0.25)
 
@@ -28,7 +30,7 @@ def _dual(key_seed=0, batch=4000, tokens=16, ocfg=OCFG):
     """The timesteps the training objective draws for a one-segment layout."""
     student, teacher, mask = objective.layout_timesteps(
         jax.random.key(key_seed), batch, single("image", tokens), ocfg,
-        {"image": ocfg.mask_ratio}, dual=True)
+        {"image": 0.25 if ocfg.mask_ratio is None else ocfg.mask_ratio}, dual=True)
     return _Times(np.asarray(student.dense()), np.asarray(teacher.dense()),
                   np.asarray(student.values[:, 0]), np.asarray(student.values[:, 1]), np.asarray(mask))
 
@@ -118,13 +120,13 @@ class _Recorder:
     def _features(self, xs, fn):
         return jnp.concatenate([jnp.tile(fn(x), (1, 1, self.width // x.shape[-1])) for x in xs], 1)
 
-    def __call__(self, xs, times, labels, positions, modality, return_layer=None):
+    def __call__(self, xs, times, labels, positions, *, modalities, hidden_layer=None):
         self.calls.append(("student", jnp.concatenate(xs, 1) if len(set(x.shape[-1] for x in xs)) == 1
                            else xs, times.dense(), labels))
         out = tuple(jnp.tanh(x) for x in xs)
-        return out if return_layer is None else (out, self._features(xs, lambda x: x))
+        return ModelOutput(out, None if hidden_layer is None else self._features(xs, lambda x: x))
 
-    def forward_until(self, xs, times, labels, positions, layer, modality):
+    def forward_until(self, xs, times, labels, positions, *, layer, modalities):
         self.calls.append(("teacher", jnp.concatenate(xs, 1) if len(set(x.shape[-1] for x in xs)) == 1
                            else xs, times.dense(), labels))
         return self._features(xs, jnp.cos)
@@ -133,13 +135,21 @@ class _Recorder:
         return h * 2.0
 
 
+def _image_loss(student, teacher, x0, labels, key, cfg):
+    """The configured objective on a one-segment image batch x0 (B, N, C)."""
+    cfg = resolve(cfg)
+    layout = single("image", x0.shape[1])
+    obj = make_objective(cfg, {"image": cfg.modalities[0].mask_ratio}, {"image": 1.0})
+    batch = objective.SegmentBatch((x0,), labels, jnp.zeros((x0.shape[1], 3)))
+    return obj.loss(student=student, teacher=teacher, batch=batch, layout=layout, key=key)
+
+
 def test_teacher_sees_same_noise_at_min_t_s_on_every_token():
     cfg = Config(model=ModelConfig(depth=4), objective=ObjectiveConfig(mask_ratio=0.5, label_dropout=0.0))
     b, n, c = 32, 16, 4
     x0 = jax.random.normal(jax.random.key(1), (b, n, c))
-    batch = objective.Batch(x0, jnp.arange(b) % 10, jnp.zeros((n, 3)))
     rec = _Recorder(width=8)
-    objective.loss_fn(rec, rec, batch, jax.random.key(7), cfg)
+    _image_loss(rec, rec, x0, jnp.arange(b) % 10, jax.random.key(7), cfg)
     (_, xs, tau_s, _), (_, xt, tau_t, _) = rec.calls
     tau_s, tau_t = np.asarray(tau_s), np.asarray(tau_t)
     # teacher: every token at min over the student's two values
@@ -165,12 +175,30 @@ def _np_cos_per_token(a, b):
     return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
 
 
-def test_flow_matching_loss_matches_numpy():
+def test_velocity_mse_matches_numpy_per_modality():
+    """Segments of one modality pool by element count; condition segments carry no loss."""
     rng = np.random.default_rng(0)
-    v, x0, eps = (rng.normal(size=(3, 5, 4)).astype(np.float32) for _ in range(3))
-    expected = np.mean((v.astype(np.float64) - (eps - x0)) ** 2)
-    got = float(objective.flow_matching_loss(jnp.asarray(v), jnp.asarray(x0), jnp.asarray(eps)))
-    assert got == pytest.approx(expected, rel=1e-6)
+    layout = Layout("l", (Segment("video", 5), Segment("audio", 3), Segment("video", 2),
+                          Segment("image", 4, CONDITION)))
+    shapes = [(3, 5, 4), (3, 3, 6), (3, 2, 4), (3, 4, 2)]
+    v, x0, eps = ([rng.normal(size=sh).astype(np.float32) for sh in shapes] for _ in range(3))
+    got = objective.velocity_mse(*(tuple(map(jnp.asarray, a)) for a in (v, x0, eps)), layout)
+    assert set(got) == {"video", "audio"}
+
+    def sq(i):
+        return np.sum((v[i].astype(np.float64) - (eps[i] - x0[i])) ** 2)
+
+    assert float(got["video"]) == pytest.approx((sq(0) + sq(2)) / (x0[0].size + x0[2].size), rel=1e-6)
+    assert float(got["audio"]) == pytest.approx(sq(1) / x0[1].size, rel=1e-6)
+
+
+def test_noised_segments_interpolates_generate_and_keeps_condition_clean():
+    layout = Layout("l", (Segment("image", 2, CONDITION), Segment("video", 3)))
+    x0 = (jnp.ones((2, 2, 4)), jnp.ones((2, 3, 4)))
+    noise = (jnp.zeros((2, 2, 4)), jnp.full((2, 3, 4), 3.0))
+    out = objective.noised_segments(x0, noise, jnp.array([0.5, 0.25]), layout)
+    np.testing.assert_array_equal(np.asarray(out[0]), 1.0)  # condition: clean whatever τ
+    np.testing.assert_allclose(np.asarray(out[1])[:, 0, 0], [0.5 * 1 + 0.5 * 3, 0.75 * 1 + 0.25 * 3])
 
 
 def test_representation_loss_is_per_token_cosine_over_features():
@@ -201,12 +229,11 @@ def test_l1_representation_loss_is_mean_absolute_difference_per_token():
 
 def test_l1_objective_reports_its_loss_and_the_cosine():
     b, n, c = 4, 8, 4
-    batch = objective.Batch(jax.random.normal(jax.random.key(2), (b, n, c)), jnp.zeros(b, jnp.int32),
-                            jnp.zeros((n, 3)))
+    x0, labels = jax.random.normal(jax.random.key(2), (b, n, c)), jnp.zeros(b, jnp.int32)
     cos_cfg = Config(model=ModelConfig(depth=4), objective=ObjectiveConfig(gamma=0.8))
     l1_cfg = dataclasses.replace(cos_cfg, objective=dataclasses.replace(cos_cfg.objective, rep_distance="l1"))
-    _, mc = objective.loss_fn(_Recorder(8), _Recorder(8), batch, jax.random.key(3), cos_cfg)
-    loss, ml = objective.loss_fn(_Recorder(8), _Recorder(8), batch, jax.random.key(3), l1_cfg)
+    _, mc = _image_loss(_Recorder(8), _Recorder(8), x0, labels, jax.random.key(3), cos_cfg)
+    loss, ml = _image_loss(_Recorder(8), _Recorder(8), x0, labels, jax.random.key(3), l1_cfg)
     assert float(ml["cos_sim"]) == pytest.approx(float(mc["cos_sim"]), rel=1e-6)  # same draws, same views
     assert abs(float(ml["rep_loss"]) - float(mc["rep_loss"])) > 1e-3
     assert float(loss) == pytest.approx(float(ml["fm_loss"]) + 0.8 * float(ml["rep_loss"]), rel=1e-6)
@@ -214,16 +241,15 @@ def test_l1_objective_reports_its_loss_and_the_cosine():
 
 def test_total_loss_is_fm_plus_gamma_rep_and_kinds_switch_terms():
     b, n, c = 4, 8, 4
-    batch = objective.Batch(jax.random.normal(jax.random.key(2), (b, n, c)), jnp.zeros(b, jnp.int32),
-                            jnp.zeros((n, 3)))
+    x0, labels = jax.random.normal(jax.random.key(2), (b, n, c)), jnp.zeros(b, jnp.int32)
     base = Config(model=ModelConfig(depth=4), objective=ObjectiveConfig(gamma=0.8))
-    loss, m = objective.loss_fn(_Recorder(8), _Recorder(8), batch, jax.random.key(3), base)
+    loss, m = _image_loss(_Recorder(8), _Recorder(8), x0, labels, jax.random.key(3), base)
     assert float(m["rep_loss"]) > 0
     assert float(loss) == pytest.approx(float(m["fm_loss"]) + 0.8 * float(m["rep_loss"]), rel=1e-6)
     for kind in ("flow_matching", "dts"):
         rec = _Recorder(8)
         cfg = dataclasses.replace(base, objective=dataclasses.replace(base.objective, kind=kind))
-        loss, m = objective.loss_fn(rec, rec, batch, jax.random.key(3), cfg)
+        loss, m = _image_loss(rec, rec, x0, labels, jax.random.key(3), cfg)
         assert [c[0] for c in rec.calls] == ["student"]  # no teacher forward
         assert float(loss) == float(m["fm_loss"]) and float(m["rep_loss"]) == 0.0
         tau = np.asarray(rec.calls[0][2])

@@ -181,9 +181,9 @@ def test_runs_that_embed_tau_export_the_same_velocity(reference, inputs):
 
 RUN_CONFIG = """
 import dataclasses
-from test_export import CFG
+from helpers_config import EXPORT_RUN as CFG
 CONFIG = dataclasses.replace(CFG, model=dataclasses.replace(CFG.model{model}))
-"""  # the CLI reads experiment files; this one is test_export's tiny run
+"""  # the CLI reads experiment files; this one is test_export's tiny run (tests/helpers_config.py)
 
 
 @pytest.fixture(scope="module")

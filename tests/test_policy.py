@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 from selfflow import layout_samples
-from selfflow.config import (Config, DataConfig, LayoutConfig, MeshConfig, ModelConfig, ObjectiveConfig,
-                             SampleConfig, TrainConfig, validate)
+from selfflow.config import LayoutConfig
 from selfflow.eval.actions import rollout_success
 from selfflow.eval.policy import ModelPolicy
+
+from helpers_config import tiny_world_config
 
 LAYOUTS = (LayoutConfig("policy", ("image:condition", "video", "action"), 0.5, 2),
            LayoutConfig("no_image", ("video", "action"), 0.25, 2),
@@ -24,13 +25,7 @@ def run():
     from selfflow.model import build_model
     from selfflow.tasks import Task
 
-    cfg = validate(Config(
-        model=ModelConfig(depth=2, hidden_size=32, num_heads=2, positions="rope"),
-        objective=ObjectiveConfig(student_layer=1, teacher_layer=2),
-        data=DataConfig(source="world", image_size=16, num_examples=8, num_classes=3, read_threads=1,
-                        prefetch=1),
-        train=TrainConfig(steps=1), mesh=MeshConfig(data=1), sample=SampleConfig(steps=2),
-        layouts=LAYOUTS))
+    cfg = tiny_world_config(LAYOUTS, data=dict(image_size=16, num_examples=8), train=dict(steps=1))
     task = Task(cfg)
     return cfg, task, build_model(cfg, task.token_dims, seed=0)
 

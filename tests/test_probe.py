@@ -17,10 +17,12 @@ import numpy as np
 import pytest
 
 from modalities import image
-from selfflow.config import Config, DataConfig, MeshConfig, ModelConfig, TrainConfig
+from selfflow.config import Config, DataConfig, MeshConfig, TrainConfig
 from selfflow.eval import probe
 from selfflow.model import build_model
 from selfflow.tasks import Task
+
+from helpers_config import tiny_model
 
 BATCH = 8
 
@@ -73,8 +75,8 @@ def test_probe_errors():
 @pytest.fixture(scope="module")
 def tiny():
     """(model, task): a random depth-2 model whose labels matter (randomised adaLN modulations)."""
-    cfg = Config(model=ModelConfig(preset="tiny", depth=2, hidden_size=32, num_heads=2, patch_size=4),
-                 data=DataConfig(image_size=16), train=TrainConfig(batch_size=BATCH), mesh=MeshConfig(data=1))
+    cfg = Config(model=tiny_model(), data=DataConfig(image_size=16), train=TrainConfig(batch_size=BATCH),
+                 mesh=MeshConfig(data=1))
     task = Task(cfg)
     model = build_model(cfg, task.token_dims)
     for i, block in enumerate(model.blocks):

@@ -18,6 +18,7 @@ import pytest
 from flax import nnx
 
 from selfflow.layout import Layout, Segment, single
+from selfflow.model import ModelOutput
 from selfflow.sample import class_grid_samples, sample_segments
 
 MEANS = np.array([[-2.0, 0.0], [2.0, 0.0], [0.0, 2.5]], np.float32)  # μ_k
@@ -50,8 +51,8 @@ class Mixture:
     def __init__(self, poison_null: bool = False):
         self.calls, self.poison_null = [], poison_null
 
-    def __call__(self, xs, times, labels, positions, modality):
-        assert modality == ("image",)
+    def __call__(self, xs, times, labels, positions, *, modalities):
+        assert modalities == ("image",)
         (x,) = xs
         tau = times.dense()
         jax.debug.callback(lambda t, r=x.shape[0]: self.calls.append((r, float(t))),
@@ -59,7 +60,7 @@ class Mixture:
         v = mixture_velocity(x, tau, labels)
         if self.poison_null:  # any null-class row would turn its sample into NaN
             v = jnp.where((labels == NULL)[:, None, None], jnp.nan, v)
-        return (v,)
+        return ModelOutput((v,))
 
 
 MIX = Mixture()  # shared where calls are not inspected: jit caches on the (static) model
@@ -254,8 +255,8 @@ class ShiftedMixture:
     def __init__(self):
         self.cue_taus, self.gen_taus = [], []
 
-    def __call__(self, xs, times, labels, positions, modality):
-        assert modality == ("video", "audio")
+    def __call__(self, xs, times, labels, positions, *, modalities):
+        assert modalities == ("video", "audio")
         cue, x = xs
         tau = times.dense()
         jax.debug.callback(lambda c, g: (self.cue_taus.append(np.asarray(c)),
@@ -263,7 +264,7 @@ class ShiftedMixture:
                            tau[:, :2], tau[:, 2:])
         shift = cue[:, :1, :2]
         a = (1.0 - tau[:, 2:])[..., None]
-        return jnp.ones_like(cue), mixture_velocity(x - a * shift, tau[:, 2:], labels) - shift
+        return ModelOutput((jnp.ones_like(cue), mixture_velocity(x - a * shift, tau[:, 2:], labels) - shift))
 
 
 @pytest.mark.parametrize("cfg_scale", [1.0, 2.0])
@@ -300,8 +301,8 @@ def test_deterministic_by_seed():
 class MixtureModule(nnx.Module):
     """:class:`Mixture` as an nnx Module, as ``class_grid_samples`` jits its model with nnx."""
 
-    def __call__(self, xs, times, labels, positions, modality):
-        return (mixture_velocity(xs[0], times.dense(), labels),)
+    def __call__(self, xs, times, labels, positions, *, modalities):
+        return ModelOutput((mixture_velocity(xs[0], times.dense(), labels),))
 
 
 def test_class_grid_samples_takes_a_method():

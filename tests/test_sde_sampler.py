@@ -139,16 +139,17 @@ def test_guidance_doubles_the_rows_only_inside_the_interval():
 def test_model_velocity_adapts_a_selfflow_model():
     from flax import nnx
 
+    from selfflow.model import ModelOutput
     from selfflow.sample import ModelVelocity
 
     class FakeModel(nnx.Module):  # the selfflow model signature: tuples of segments
         def __init__(self):
             self.shift = nnx.Param(jnp.array(0.25))
 
-        def __call__(self, xs, times, labels, positions, modality):
-            assert modality == ("image",) and positions.shape == (2, 3)
+        def __call__(self, xs, times, labels, positions, *, modalities):
+            assert modalities == ("image",) and positions.shape == (2, 3)
             tau = times.dense()[:, 0]
-            return tuple(gaussian_velocity(x, tau, labels) + self.shift[...] for x in xs)
+            return ModelOutput(tuple(gaussian_velocity(x, tau, labels) + self.shift[...] for x in xs))
 
     adapter = ModelVelocity(FakeModel(), np.zeros((2, 3), np.float32))
     x = jax.random.normal(jax.random.key(9), (2, 2, 2))

@@ -1,7 +1,11 @@
 """Meshes on 8 simulated CPU devices: axis sizes and their errors, logical axes on every
-parameter, parameters really split, and the same loss and gradients on every mesh."""
+parameter (from where it is made), parameters really split, activations split by the batch rule,
+and the same loss and gradients on every mesh."""
+
+import re
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -47,14 +51,115 @@ def test_rules_override_the_defaults_and_bad_rules_are_named():
         sharding.parse_rules(("embed=model",))
 
 
-def test_every_parameter_has_logical_axes():
+# What each parameter's logical names must be (module path regex -> kernel / table names; a
+# bias takes the last name): the table selfflow.sharding looked names up in before they moved to
+# where the parameters are made.
+EXPECTED_AXES = {
+    r"blocks/\d+/attn/qkv": ("embed", "heads"),
+    r"blocks/\d+/attn/proj": ("heads", "embed"),
+    r"(blocks/\d+/mlp|projector)/fc1": ("embed", "mlp"),
+    r"(blocks/\d+/mlp|projector)/fc2": ("mlp", "embed"),
+    r"(blocks/\d+|final_layers/[^/]+)/adaLN_modulation": ("embed", "adaln"),
+    r"final_layers/[^/]+/linear": ("embed", "token"),
+    r"x_embedders/[^/]+": ("token", "embed"),
+    r"t_embedder/fc1": ("freq", "embed"),
+    r"t_embedder/fc2": ("embed", None),
+    r"y_embedder": ("vocab", "embed"),
+}
+
+
+def _expected_axes(path: str):
+    module, _, leaf = path.rpartition("/")
+    found = [axes for pattern, axes in EXPECTED_AXES.items() if re.fullmatch(pattern, module)]
+    assert len(found) == 1, f"{path}: {len(found)} expectations"
+    return found[0][-1:] if leaf == "bias" else found[0]
+
+
+def test_every_parameter_carries_its_logical_axes_from_creation():
     model = build_model(CFG, {"image": 48, "video": 96, "audio": 128, "action": 24})
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-    for path, x in jax.tree_util.tree_flatten_with_path(params)[0]:
-        axes = sharding.logical_axes(sharding.param_path(path))
-        assert len(axes) == x.ndim, sharding.param_path(path)
-    with pytest.raises(ValueError, match="'new_head/kernel' has no logical axes"):
-        sharding.logical_axes("new_head/kernel")
+    axes = sharding.param_axes(model)
+    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+    named = jax.tree_util.tree_flatten_with_path(axes, is_leaf=lambda x: isinstance(x, tuple))[0]
+    assert [sharding.param_path(p) for p, _ in named] == [sharding.param_path(p) for p, _ in leaves]
+    for (path, x), (_, names) in zip(leaves, named):
+        where = sharding.param_path(path)
+        assert names == _expected_axes(where) and len(names) == x.ndim, where
+    # a few written out in full
+    assert axes["blocks"][1]["attn"]["qkv"] == {"kernel": ("embed", "heads"), "bias": ("heads",)}
+    assert axes["t_embedder"]["fc2"] == {"kernel": ("embed", None), "bias": (None,)}
+    assert axes["y_embedder"] == {"embedding": ("vocab", "embed")}
+    assert axes["final_layers"]["action"]["linear"]["bias"] == ("token",)
+    assert axes["x_embedders"]["audio"]["kernel"] == ("token", "embed")
+    # Flax sees them as the parameters' sharding annotation
+    specs = nnx.get_partition_spec(nnx.state(model, nnx.Param))
+    assert specs["blocks"][0]["mlp"]["fc2"]["kernel"].get_value() == jax.sharding.PartitionSpec("mlp", "embed")
+    # ... and the abstract model (nnx.eval_shape, as `selfflow compile` builds it) has the same names
+    assert sharding.param_axes(nnx.eval_shape(lambda: build_model(CFG, {"image": 48, "video": 96, "audio": 128,
+                                                                         "action": 24}))) == axes
+
+
+def test_building_the_model_places_nothing():
+    """Names are metadata only: no eager sharding, with or without a mesh set."""
+    model = build_model(CFG, {"image": 48})
+    kernel = model.blocks[0].attn.qkv.kernel.get_value()
+    assert isinstance(kernel.sharding, jax.sharding.SingleDeviceSharding)
+    with jax.set_mesh(sharding.make_mesh(MeshConfig(data=2, fsdp=2, tensor=2))):
+        inside = build_model(CFG, {"image": 48})
+    assert inside.blocks[0].attn.qkv.kernel.get_value().sharding.is_fully_replicated
+    np.testing.assert_array_equal(np.asarray(inside.blocks[0].attn.qkv.kernel.get_value()), np.asarray(kernel))
+
+
+def test_a_parameter_without_logical_names_is_an_error_naming_it():
+    model = build_model(CFG, {"image": 48})
+    model.projector.fc2 = nnx.Linear(128, 64, use_bias=False, rngs=nnx.Rngs(0))  # made without names
+    with pytest.raises(ValueError, match="'projector/fc2/kernel' has no logical axis names"):
+        sharding.param_axes(model)
+    model.projector.fc2.kernel = nnx.Param(jnp.zeros((128, 64)), out_sharding=("mlp",), eager_sharding=False)
+    with pytest.raises(ValueError, match=r"'projector/fc2/kernel' of shape \(128, 64\) has logical axis names"):
+        sharding.param_axes(model)
+    # an axes tree of another model: the parameter it lacks is named
+    mesh = sharding.make_mesh(MeshConfig(data=2, fsdp=4))
+    small = build_model(CFG, {"image": 48})
+    params = nnx.to_pure_dict(nnx.state(build_model(CFG, {"image": 48, "audio": 128}), nnx.Param))
+    with pytest.raises(ValueError, match="'final_layers/audio/adaLN_modulation/bias' has no logical axis names"):
+        sharding.param_shardings(params, mesh, sharding.parse_rules(), sharding.param_axes(small))
+
+
+def test_constrain_batch_splits_activations_over_the_batch_rule():
+    mesh = sharding.make_mesh(MeshConfig(data=2, fsdp=4))
+    x = np.ones((8, 4, 64), np.float32)
+
+    def batch_shard(x, context):
+        f = jax.jit(lambda x: sharding.constrain_batch(x * 2))  # fresh: rules are read when tracing
+        with context:
+            return f(x).sharding.shard_shape(x.shape)[0]
+
+    assert batch_shard(x, sharding.use_mesh(mesh, sharding.parse_rules())) == 1  # data x fsdp
+    assert batch_shard(x, jax.set_mesh(mesh)) == 1  # without use_mesh: DEFAULT_RULES
+    assert batch_shard(x, sharding.use_mesh(mesh, ("batch=data",))) == 4  # data (2) only
+    assert batch_shard(x, sharding.use_mesh(mesh, sharding.parse_rules(("batch=fsdp",)))) == 2
+    assert batch_shard(x, sharding.use_mesh(mesh, ("batch=",))) == 8  # replicated: no constraint
+    assert batch_shard(x[:6], sharding.use_mesh(mesh)) == 6  # 6 does not divide over 8: a no-op
+    assert sharding.constrain_batch(x) is x  # no mesh: a no-op
+    with sharding.use_mesh(mesh, ("batch=data",)):
+        with sharding.use_mesh(mesh, ("batch=fsdp",)):
+            assert sharding.active_rules()["batch"] == ("fsdp",)
+        assert sharding.active_rules()["batch"] == ("data",)
+    assert sharding.active_rules() == sharding.parse_rules()
+
+    # a transformer block ends on constrain_batch: its output follows the rule
+    from selfflow.layers import Block
+    graphdef, state = nnx.split(Block(64, 4, 4.0, nnx.Rngs(0)))
+
+    def block_out(rules):
+        f = jax.jit(lambda s, x, c: nnx.merge(graphdef, s)(x, c, None))
+        with sharding.use_mesh(mesh, rules):
+            out = f(state, x, x)
+        return out.sharding.shard_shape(out.shape)
+
+    assert block_out(("batch=data",)) == (4, 4, 64)
+    assert block_out(None) == (1, 4, 64)
 
 
 def _state(cfg=CFG):
@@ -64,9 +169,10 @@ def _state(cfg=CFG):
 
 
 def test_parameters_optimizer_state_and_teacher_are_really_split():
-    _, _, state = _state()
+    _, model, state = _state()
     mesh = sharding.make_mesh(MeshConfig(data=2, fsdp=2, tensor=2))
-    placed = jax.device_put(state, sharding.state_shardings(state, mesh, sharding.parse_rules()))
+    placed = jax.device_put(state, sharding.state_shardings(state, mesh, sharding.parse_rules(),
+                                                            sharding.param_axes(model)))
     block = placed["params"]["blocks"][0]
     assert block["attn"]["qkv"]["kernel"].sharding.shard_shape((64, 192)) == (32, 96)  # embed/fsdp, heads/tensor
     assert block["attn"]["proj"]["kernel"].sharding.shard_shape((64, 64)) == (32, 32)
@@ -85,7 +191,8 @@ def _loss_and_grads(mesh_cfg, n_devices):
     graphdef = nnx.graphdef(model)
     mesh = sharding.make_mesh(mesh_cfg, jax.devices()[:n_devices])
     rules = sharding.parse_rules()
-    params = jax.device_put(state["params"], sharding.param_shardings(state["params"], mesh, rules))
+    params = jax.device_put(state["params"], sharding.param_shardings(state["params"], mesh, rules,
+                                                                      sharding.param_axes(model)))
     raw = dict(task.dataset(0, shard=(0, 1))[0])
     raw.pop("skipped")
     batch = sharding.put_batch(raw, sharding.batch_sharding(mesh, rules))
@@ -100,7 +207,7 @@ def _loss_and_grads(mesh_cfg, n_devices):
                                              jax.random.key(3), CFG, task.mask_ratios, task.loss_weights)[0]
         return jax.value_and_grad(loss)(params)
 
-    with jax.set_mesh(mesh):
+    with sharding.use_mesh(mesh, rules):
         value, grads = loss_and_grads(params, batch)
     return float(value), jax.tree.map(np.asarray, grads), batch["image"].sharding
 

@@ -45,6 +45,7 @@ CONFIG = Config(
         positions="rope",  # stated: 3D RoPE over (t, h, w)
         rope_theta=10000.0,  # assumption: 10000 (FLUX's RoPE base), because it is not stated
         dtype="bfloat16",  # stated (BF16 mixed precision)
+        patch_size=8,  # the first-frame image is patched like the video (data.video_patch)
     ),
     objective=ObjectiveConfig(
         kind="self_flow", gamma=0.8,  # stated

@@ -76,7 +76,7 @@ from flax import nnx
 from data_pipelines import loader
 from selfflow.config import Config
 from selfflow.eval.frechet import frechet_from_features
-from selfflow.export import assign_params, flatten
+from selfflow.params import assign_params, flatten
 from selfflow.tasks import Task
 
 VERSION = 1  # bump when the architecture or the training recipe changes: old cache entries no longer match

@@ -40,7 +40,7 @@ import numpy as np
 from flax import nnx
 
 import modalities
-from data_pipelines.sources import MEL_HOP_SECONDS, MODALITY_KEYS
+from modalities.audio import MEL_HOP_SECONDS
 from selfflow.layout import CONDITION, GENERATE
 from selfflow.tasks import Task
 
@@ -95,7 +95,7 @@ def _generated(cfg, task: Task, model, index: int, real: dict, settings: EvalSet
 
 
 def _real(real: dict, modality: str) -> np.ndarray:
-    return np.asarray(real[MODALITY_KEYS[modality][0]])
+    return np.asarray(real[modalities.keys_of(modality)[0]])
 
 
 def layout_metrics(cfg, task: Task, model, index: int, settings: EvalSettings,
@@ -153,16 +153,16 @@ def evaluate(cfg, task: Task, model, settings: EvalSettings, cache_dir: str | Pa
              progress: Callable[[str], None] = lambda _: None) -> dict[str, float]:
     """Every metric of the run for ``model`` (its EMA weights): {"<layout>/<metric>": value,
     "val/...": ..., "probe/layer_<l>": ...}."""
-    from selfflow.train import validation_metrics
+    from selfflow.validation import validation_metrics
 
     image_features = inception = None
-    imaging = [lt for lt in task.layouts if any(s.modality == "image" and s.role == GENERATE
+    imaging = [i for i, lt in enumerate(task.layouts) if any(s.modality == "image" and s.role == GENERATE
                                                   for s in lt.layout.segments)]
     if imaging:
         from selfflow.eval.classifier import image_feature_extractor
 
         progress("image classifier (trained once per dataset, then cached)")
-        image_features, _ = image_feature_extractor(cfg, task, cache_dir, source=imaging[0].sources[0],
+        image_features, _ = image_feature_extractor(cfg, task, cache_dir, source=task.layout_sources(imaging[0])[0],
                                                     steps=settings.classifier_steps)
         if settings.inception:
             from selfflow.eval.inception import load_pytorch_fid_weights
@@ -203,7 +203,7 @@ def evaluate_run(run_dir, settings: EvalSettings = EvalSettings(), *, step: int 
     """Evaluates a run directory's EMA weights; writes ``step_<k>.json`` and ``.md`` into ``out_dir``
     (default ``RUN_DIR/eval``). Returns (results, json path, markdown path)."""
     from selfflow.eval.classifier import default_cache_dir
-    from selfflow.train import load_run
+    from selfflow.run import load_run
 
     cfg, state, graphdef, task, step = load_run(run_dir, step)
     model = nnx.merge(graphdef, jax.device_get(state["ema"]))

@@ -83,7 +83,7 @@ class ModelPolicy:
         self.action_segment, self.execute, self.seed = actions[0], execute, int(seed)
         self.label, self.steps, self.cfg_scale = int(label), steps, cfg_scale
         self.image_size = spec.height
-        schema = task.sources[lt.sources[0]].schema
+        schema = task.sources[task.layout_sources(index)[0]].schema
         self._zeros = {k: np.zeros((1, *schema[k].shape), np.float32) for k in lt.keys if k != "image"}
         self.calls = 0
 
@@ -115,7 +115,7 @@ def simulator_report(run_dir, layout: str = "policy", *, episodes: int = 20, see
     from flax import nnx
 
     from selfflow.eval.actions import ExpertPolicy, RandomPolicy, rollout_success
-    from selfflow.train import load_run
+    from selfflow.run import load_run
 
     cfg, state, graphdef, task, step = load_run(run_dir)
     policies = {"model": ModelPolicy(cfg, task, nnx.merge(graphdef, state["ema"]), layout, execute=execute),

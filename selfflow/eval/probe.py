@@ -45,7 +45,6 @@ from flax import nnx
 
 import modalities
 from data_pipelines import loader
-from data_pipelines.sources import MODALITY_KEYS
 from selfflow.objective import interpolate
 from selfflow.tasks import Task
 
@@ -167,8 +166,8 @@ def _pooled_hidden_fn(spec, modality: str, layers: tuple[int, ...], tau: float):
             tokens = interpolate(tokens, jax.random.normal(key, tokens.shape), jnp.full((b,), tau))
         labels = jnp.full((b,), model.num_classes, jnp.int32)  # the null class: see the module docstring
         timesteps = jnp.full((b,), tau, jnp.float32)
-        return jnp.stack([model.forward_until(tokens, timesteps, labels, positions, layer=layer,
-                                              modality=modality).astype(jnp.float32).mean(axis=1)
+        return jnp.stack([model.forward_until((tokens,), timesteps, labels, positions, layer=layer,
+                                              modalities=(modality,)).astype(jnp.float32).mean(axis=1)
                           for layer in layers])
 
     return pooled
@@ -192,7 +191,7 @@ def probe_features(model, task: Task, layers, *, n: int, heldout: bool, tau: flo
         raise ValueError(f"n={n}: expected at least one example")
     layers = _check_layers(model, layers)
     index = probe_layout(task, modality)
-    spec, key = task.specs[modality], MODALITY_KEYS[modality][0]
+    spec, key = task.specs[modality], modalities.keys_of(modality)[0]
     positions = jnp.asarray(modalities.get(modality).positions(spec))
     pooled = _pooled_hidden_fn(spec, modality, layers, float(tau))
     batches = loader.BatchIterator(task.dataset(index, heldout=heldout), read_threads=task.cfg.data.read_threads,
@@ -224,7 +223,7 @@ def layer_probe(model, task: Task, layers, *, n_train: int = 4096, n_test: int =
 
 def run_layer_probe(run_dir, layers=None, *, step: int | None = None, **kwargs) -> dict[int, float]:
     """:func:`layer_probe` of a run directory's EMA model (every block unless ``layers``)."""
-    from selfflow.train import load_run
+    from selfflow.run import load_run
 
     _, state, graphdef, task, _ = load_run(run_dir, step)
     model = nnx.merge(graphdef, state["ema"])

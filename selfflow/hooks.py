@@ -1,0 +1,198 @@
+"""Periodic actions of the training loop: logging, validation, evaluation, sampling, checkpoints.
+
+The loop (:mod:`selfflow.train`) runs one step, then every hook whose ``due(info)`` holds, in
+order. A hook sees a :class:`StepInfo`: the steps done, whether this is the last step of the
+process, the layout trained, the new state, the step's metrics on device, and ``info.record`` —
+the host-side metrics line of this step, computed (and checked finite) the first time a hook
+asks for it. Hooks that add to the record (validation, evaluation) run before :class:`Log`,
+which writes the record whenever one was made; :class:`Checkpoint` stores it for ranking.
+
+Modelled on big_vision's ``itstime`` and clu's periodic actions: a new periodic action is a
+class with ``due`` and ``__call__`` appended to the list :func:`selfflow.train.default_hooks`
+returns (or passed to ``train(..., hooks=...)``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from selfflow import flops
+from selfflow.config import Config
+from selfflow.errors import TrainingError
+from selfflow.tasks import Task
+
+MONITORED = ("loss", "fm_loss", "rep_loss", "grad_norm")
+
+
+def every(interval: int, step: int) -> bool:
+    """True on multiples of ``interval`` (0 = never)."""
+    return interval > 0 and step % interval == 0
+
+
+@dataclasses.dataclass
+class StepInfo:
+    step: int  # steps done (1 after the first)
+    final: bool  # the last step this process runs (end of training or a stop request)
+    index: int  # layout trained
+    state: dict
+    metrics: dict  # device arrays
+    make_record: Callable[[], dict]
+    _record: dict | None = None
+
+    @property
+    def record(self) -> dict:
+        """The host metrics of this step (computed once, on first use)."""
+        if self._record is None:
+            self._record = self.make_record()
+        return self._record
+
+    @property
+    def has_record(self) -> bool:
+        return self._record is not None
+
+
+class NonFinite:
+    """Raises TrainingError naming the metric and the last checkpoint that was written."""
+
+    def __init__(self, ckpt_dir: Path, last_good: int | None):
+        self.ckpt_dir, self.last_good = ckpt_dir, last_good
+
+    def check(self, step: int, metrics: dict) -> None:
+        values = {k: float(v) for k, v in jax.device_get(metrics).items() if k in MONITORED}
+        bad = {k: v for k, v in values.items() if not math.isfinite(v)}
+        if bad:
+            what = ", ".join(f"{k}={v}" for k, v in bad.items())
+            kept = (f"the last good checkpoint (step {self.last_good}) in {self.ckpt_dir} was not overwritten"
+                    if self.last_good is not None else "no checkpoint had been written yet")
+            raise TrainingError(f"non-finite {what} at step {step}; training stopped and {kept}")
+
+
+class PerfWindow:
+    """Steps/s, model FLOPs per step and MFU over the steps since the last record."""
+
+    def __init__(self, cfg: Config, task: Task):
+        self.step_flops = [flops.train_step_flops(cfg, lt.layout, task.token_dims, lt.batch_size)
+                           for lt in task.layouts]
+        dtype = jnp.bfloat16 if cfg.model.dtype == "bfloat16" else jnp.float32
+        self.peak = flops.matmul_peak(dtype) * jax.device_count()  # measured here (selfflow.flops)
+        self.reset()
+
+    def reset(self) -> None:
+        self.start, self.steps, self.flops = time.perf_counter(), 0, 0.0
+
+    def add(self, index: int) -> None:
+        self.steps += 1
+        self.flops += self.step_flops[index]
+
+    def read(self) -> dict:
+        elapsed = time.perf_counter() - self.start
+        out = {"steps_per_sec": self.steps / elapsed if elapsed > 0 else 0.0,
+               "perf/flops_per_step": self.flops / max(self.steps, 1),
+               "perf/mfu": self.flops / elapsed / self.peak if elapsed > 0 else 0.0}
+        self.reset()
+        return out
+
+
+class Validate:
+    """At checkpoint steps with ``train.keep_best``: the EMA model's held-out losses join the record
+    (the checkpoint stores them for the retention policy to rank)."""
+
+    def __init__(self, cfg: Config, task: Task, graphdef):
+        self.cfg, self.task, self.graphdef = cfg, task, graphdef
+
+    def due(self, info: StepInfo) -> bool:
+        t = self.cfg.train
+        return t.keep_best > 0 and (every(t.checkpoint_every, info.step) or info.final)
+
+    def __call__(self, info: StepInfo) -> None:
+        from selfflow.validation import validation_metrics
+
+        info.record.update(validation_metrics(self.task, nnx.merge(self.graphdef, info.state["ema"])))
+
+
+class Evaluate:
+    """Every ``train.eval_every`` steps (one process): the cheap proxies of :mod:`selfflow.eval`
+    for the EMA model, as ``eval/<layout>/<metric>``, ``eval/probe/layer_<l>`` and ``val/...``."""
+
+    def __init__(self, cfg: Config, task: Task, graphdef, run_dir: Path):
+        self.cfg, self.task, self.graphdef, self.run_dir = cfg, task, graphdef, run_dir
+
+    def due(self, info: StepInfo) -> bool:
+        return every(self.cfg.train.eval_every, info.step) and jax.process_count() == 1
+
+    def __call__(self, info: StepInfo) -> None:
+        from selfflow.eval.classifier import default_cache_dir
+        from selfflow.eval.evaluate import EvalSettings, evaluate
+
+        t, n = self.cfg.train, self.cfg.train.eval_probe
+        settings = EvalSettings(num=t.eval_samples, probe=n > 0, probe_examples=(n, max(n // 2, 1)),
+                                classifier_steps=t.eval_classifier_steps, seed=self.cfg.sample.seed)
+        model = nnx.merge(self.graphdef, jax.device_get(info.state["ema"]))
+        results = evaluate(self.cfg, self.task, model, settings, default_cache_dir(self.run_dir))
+        info.record.update({(k if k.startswith("val/") else f"eval/{k}"): v for k, v in results.items()})
+
+
+class Log:
+    """Every ``train.log_every`` steps, at the last one, and whenever a hook made a record: writes
+    it to metrics.jsonl / TensorBoard and the progress bar."""
+
+    def __init__(self, cfg: Config, task: Task, writer, bar):
+        self.cfg, self.task, self.writer, self.bar = cfg, task, writer, bar
+
+    def due(self, info: StepInfo) -> bool:
+        return every(self.cfg.train.log_every, info.step) or info.final or info.has_record
+
+    def __call__(self, info: StepInfo) -> None:
+        record = info.record
+        self.writer.write(info.step, record)
+        self.bar.set_postfix(layout=self.task.names[info.index], loss=f"{record['loss']:.4f}",
+                             rep=f"{record['rep_loss']:.3f}", cos=f"{record['cos_sim']:.3f}",
+                             sps=f"{record['steps_per_sec']:.2f}", mfu=f"{record['perf/mfu']:.0%}")
+
+
+class Sample:
+    """Every ``train.sample_every`` steps before the last (one process): samples of every layout
+    from the EMA weights into ``samples/step_<K>/`` (the end of training writes ``samples/``)."""
+
+    def __init__(self, cfg: Config, write: Callable[[Any, Path], Any], graphdef, run_dir: Path):
+        self.cfg, self.write, self.graphdef, self.run_dir = cfg, write, graphdef, run_dir
+
+    def due(self, info: StepInfo) -> bool:
+        return every(self.cfg.train.sample_every, info.step) and not info.final and jax.process_count() == 1
+
+    def __call__(self, info: StepInfo) -> None:
+        model = nnx.merge(self.graphdef, jax.device_get(info.state["ema"]))
+        self.write(model, self.run_dir / "samples" / f"step_{info.step:07d}")
+
+
+class Checkpoint:
+    """Every ``train.checkpoint_every`` steps and at the last one: the state, the data iterators'
+    positions, the config and the specs (after checking the step's metrics are finite)."""
+
+    def __init__(self, cfg: Config, task: Task, ckpts, iterators: list, guard: NonFinite):
+        self.cfg, self.task, self.ckpts, self.iterators, self.guard = cfg, task, ckpts, iterators, guard
+
+    def due(self, info: StepInfo) -> bool:
+        return every(self.cfg.train.checkpoint_every, info.step) or info.final
+
+    def __call__(self, info: StepInfo) -> None:
+        self.guard.check(info.step, info.metrics)
+        data = {"next_index": info.step, "layout_batches": [it.get_state()["next_index"] for it in self.iterators]}
+        ranked = info.record if self.cfg.train.keep_best > 0 else None
+        self.ckpts.save(info.step, info.state, data, self.cfg, self.task.specs_dict(), metrics=ranked)
+        self.guard.last_good = info.step
+
+
+def print_stop(signal_number: int, step: int) -> None:
+    print(f"\nstopped by signal {signal_number} after step {step}; checkpoint saved, "
+          "rerun the same command to resume", file=sys.stderr)

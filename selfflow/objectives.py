@@ -1,0 +1,165 @@
+"""Training objectives as small strategy objects, chosen by ``objective.kind``.
+
+Every objective has the same call: ``objective.loss(student=, teacher=, batch=, layout=, key=)``
+-> ``(loss, metrics)``, gradients flowing through ``student`` only (the teacher holds the EMA
+weights; objectives that do not use it never run it). ``metrics`` always holds ``loss``,
+``fm_loss``, ``rep_loss``, ``cos_sim`` and ``fm_loss/<modality>`` per generated modality, so
+logs and checkpoints read the same for every objective.
+
+    flow_matching  one τ per sample, no teacher                      (SiT)
+    dts            dual timesteps: a masked share of tokens at s      (the paper's "DTS only")
+    self_flow      dual timesteps + γ · L_rep against the EMA teacher  (the paper)
+
+A new objective is a subclass registered under a new ``kind``::
+
+    @register_objective
+    class MyObjective(FlowMatching):
+        kind = "mine"
+        def loss(self, *, student, teacher, batch, layout, key): ...
+
+after which ``objective.kind="mine"`` validates and trains (see the README's "Extending").
+All randomness of a step comes from ``key``: ε, t, s, the token masks and the label dropout.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from selfflow.layout import FactoredTimesteps, Layout
+from selfflow.objective import (
+    SegmentBatch,
+    drop_labels,
+    layout_timesteps,
+    noise_like,
+    noised_segments,
+    representation_loss,
+    velocity_mse,
+)
+
+OBJECTIVES: dict[str, type[Objective]] = {}
+
+
+def register_objective(cls: type[Objective]) -> type[Objective]:
+    """Class decorator: makes ``objective.kind = cls.kind`` available to configs."""
+    if not cls.kind:
+        raise ValueError(f"{cls.__name__}.kind is empty: name the objective")
+    OBJECTIVES[cls.kind] = cls
+    return cls
+
+
+class Draw(NamedTuple):
+    """One step's random draw: clean tokens, noise, timesteps and labels of a batch."""
+
+    x0: tuple  # per segment (B, n_i, d_i) float32
+    noise: tuple  # per segment ε, same shapes
+    student_times: FactoredTimesteps
+    teacher_times: FactoredTimesteps  # every generate token at min(t, s)
+    labels: jax.Array  # (B,) after label dropout
+
+
+class Objective:
+    """Base of the objectives: holds the settings, draws the noise and timesteps, and sums the
+    per-modality flow-matching loss. Subclasses set ``kind`` and implement :meth:`loss`."""
+
+    kind: ClassVar[str] = ""
+    dual_timesteps: ClassVar[bool] = False  # masked tokens at a second timestep s
+
+    def __init__(self, *, cfg: Any, mask_ratios: dict[str, float], loss_weights: dict[str, float]):
+        """``cfg``: the run's :class:`~selfflow.config.Config` (an objective reads its own
+        settings from it); ``mask_ratios``/``loss_weights``: per modality, resolved by the task
+        (a modality missing from ``loss_weights`` weighs 1)."""
+        self.settings, self.num_classes = cfg.objective, cfg.data.num_classes
+        self.mask_ratios, self.loss_weights = dict(mask_ratios), dict(loss_weights)
+
+    @property
+    def uses_teacher(self) -> bool:
+        """True when :meth:`loss` runs the teacher (the trainer then keeps it in the step)."""
+        return False
+
+    def draw(self, key: jax.Array, batch: SegmentBatch, layout: Layout) -> Draw:
+        x0 = tuple(t.astype(jnp.float32) for t in batch.tokens)
+        k_noise, k_time, k_label = jax.random.split(key, 3)
+        student, teacher, _ = layout_timesteps(k_time, x0[0].shape[0], layout, self.settings,
+                                               self.mask_ratios, dual=self.dual_timesteps)
+        labels = drop_labels(k_label, batch.labels, self.settings.label_dropout, self.num_classes)
+        return Draw(x0, noise_like(k_noise, x0), student, teacher, labels)
+
+    def generation_loss(self, velocity: tuple, draw: Draw, layout: Layout) -> tuple[jax.Array, dict]:
+        """Σ_m w_m · MSE_m over the generate tokens of each modality m, and ``fm_loss/<m>``."""
+        per_modality = velocity_mse(velocity, draw.x0, draw.noise, layout)
+        total = sum(self.loss_weights.get(m, 1.0) * v for m, v in per_modality.items())
+        return total, {f"fm_loss/{m}": v for m, v in per_modality.items()}
+
+    def loss(self, *, student, teacher, batch: SegmentBatch, layout: Layout, key: jax.Array):
+        raise NotImplementedError
+
+    @staticmethod
+    def _metrics(fm: jax.Array, rep: jax.Array, cos: jax.Array, extra: dict, loss: jax.Array) -> dict:
+        return {**extra, "loss": loss, "fm_loss": fm, "rep_loss": rep, "cos_sim": cos}
+
+
+@register_objective
+class FlowMatching(Objective):
+    """L = Σ_m w_m · ||v − (ε − x0)||² with one τ per sample: the SiT baseline."""
+
+    kind = "flow_matching"
+
+    def loss(self, *, student, teacher, batch: SegmentBatch, layout: Layout, key: jax.Array):
+        del teacher  # not used
+        draw = self.draw(key, batch, layout)
+        inputs = noised_segments(draw.x0, draw.noise, draw.student_times.dense(), layout)
+        out = student(inputs, draw.student_times, draw.labels, batch.positions, modalities=layout.modalities)
+        fm, extra = self.generation_loss(out.velocity, draw, layout)
+        zero = jnp.zeros((), jnp.float32)
+        return fm, self._metrics(fm, zero, jnp.ones((), jnp.float32), extra, fm)
+
+
+@register_objective
+class DualTimestep(FlowMatching):
+    """Flow matching on the dual-timestep inputs (a masked share of tokens at s), no teacher."""
+
+    kind = "dts"
+    dual_timesteps = True
+
+
+@register_objective
+class SelfFlow(DualTimestep):
+    """DTS + γ · L_rep: the projected student features at block ``student_layer`` are pulled
+    towards the EMA teacher's at block ``teacher_layer``, the teacher seeing every token at
+    min(t, s) with the same ε. γ = 0 is exactly DTS (the teacher is then never run)."""
+
+    kind = "self_flow"
+
+    def __init__(self, *, cfg: Any, **kwargs):
+        super().__init__(cfg=cfg, **kwargs)
+        self.student_layer, self.teacher_layer = cfg.student_layer, cfg.teacher_layer
+
+    @property
+    def uses_teacher(self) -> bool:
+        return self.settings.gamma > 0
+
+    def loss(self, *, student, teacher, batch: SegmentBatch, layout: Layout, key: jax.Array):
+        if not self.uses_teacher:
+            return super().loss(student=student, teacher=teacher, batch=batch, layout=layout, key=key)
+        draw = self.draw(key, batch, layout)
+        names, distance = layout.modalities, self.settings.rep_distance
+        inputs = noised_segments(draw.x0, draw.noise, draw.student_times.dense(), layout)
+        out = student(inputs, draw.student_times, draw.labels, batch.positions, modalities=names,
+                      hidden_layer=self.student_layer)
+        teacher_inputs = noised_segments(draw.x0, draw.noise, draw.teacher_times.dense(), layout)
+        target = teacher.forward_until(teacher_inputs, draw.teacher_times, draw.labels, batch.positions,
+                                       layer=self.teacher_layer, modalities=names)
+        projected, generate = student.project(out.hidden), jnp.asarray(layout.generate_mask())
+        rep = representation_loss(projected, target, generate, distance)
+        cos = 1.0 - (rep if distance == "cosine" else representation_loss(projected, target, generate))
+        fm, extra = self.generation_loss(out.velocity, draw, layout)
+        loss = fm + self.settings.gamma * rep
+        return loss, self._metrics(fm, rep, cos, extra, loss)
+
+
+def make_objective(cfg, mask_ratios: dict[str, float], loss_weights: dict[str, float]) -> Objective:
+    """The objective ``cfg.objective.kind`` names (registered in :data:`OBJECTIVES`)."""
+    return OBJECTIVES[cfg.objective.kind](cfg=cfg, mask_ratios=mask_ratios, loss_weights=loss_weights)
