@@ -617,7 +617,8 @@ def resolved_dict(cfg: Config) -> dict:
     actually used."""
     cfg = resolve(cfg)
     d = to_dict(cfg)
-    for key in ("depth", "hidden_size", "num_heads", "patch_size"):
+    images = any(text.partition(":")[0] == "image" for lc in cfg.layouts for text in lc.segments)
+    for key in ("depth", "hidden_size", "num_heads") + (("patch_size",) if images else ()):
         d["model"][key] = cfg.model.resolved(key)
     d["objective"]["student_layer"], d["objective"]["teacher_layer"] = cfg.student_layer, cfg.teacher_layer
     return d
@@ -629,13 +630,18 @@ LEGACY_VALUES = {("model", "time_embedding"): "tau"}
 
 def _legacy(data: dict) -> dict:
     """A run saved before configs were resolved (:func:`resolve`): its multimodal layouts ignored
-    ``objective.mask_ratio`` and ``train.batch_size``, so they are dropped, not applied."""
+    ``objective.mask_ratio``, ``train.batch_size`` and (without image segments) ``model.patch_size``,
+    so they are dropped, not applied (resolved configs never hold them there)."""
     for (section, key), value in LEGACY_VALUES.items():
         if isinstance(data.get(section), dict):
             data[section].setdefault(key, value)
-    if data.get("layouts") and isinstance(data.get("objective"), dict) and isinstance(data.get("train"), dict):
+    layouts = data.get("layouts") or ()
+    if layouts and isinstance(data.get("objective"), dict) and isinstance(data.get("train"), dict):
         data["objective"]["mask_ratio"] = None
         data["train"]["batch_size"] = None
+    segments = [str(t).partition(":")[0] for lc in layouts if isinstance(lc, dict) for t in lc.get("segments", ())]
+    if layouts and "image" not in segments and isinstance(data.get("model"), dict):
+        data["model"]["patch_size"] = None  # saved resolved from the preset, never used
     return data
 
 

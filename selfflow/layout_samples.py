@@ -64,22 +64,37 @@ def generate(cfg, task: Task, model, index: int, raw: dict, key: jax.Array, *, s
                    (float(sc.guidance_low), float(sc.guidance_high)), cfg.data.num_classes)
 
 
-def _write(name: str, raw, spec, directory: Path, stem: str, video_format: str,
-           waveforms=None, rows: int = 1) -> list[Path]:
-    """Files of one segment from its detokenised ``raw`` (audio: with its ``waveforms``; an image
-    grid has ``rows`` rows)."""
-    if name == "image":
-        return [save_grid(np.asarray(raw), rows, directory / f"{stem}.png")]
-    if name == "video":
-        if video_format == "gif":
-            return [outputs.save_video_gif(np.asarray(raw), directory / f"{stem}.gif", fps=spec.fps)]
-        return [outputs.save_video_mp4(np.asarray(raw), directory / f"{stem}.mp4", fps=spec.fps)]
-    if name == "audio":
-        return outputs.save_audio_wavs(np.asarray(raw), spec, directory, prefix=stem, waveforms=waveforms)
+def _write_image(raw, spec, directory: Path, stem: str, *, rows: int, **_) -> list[Path]:
+    return [save_grid(np.asarray(raw), rows, directory / f"{stem}.png")]
+
+
+def _write_video(raw, spec, directory: Path, stem: str, *, video_format: str, **_) -> list[Path]:
+    if video_format == "gif":
+        return [outputs.save_video_gif(np.asarray(raw), directory / f"{stem}.gif", fps=spec.fps)]
+    return [outputs.save_video_mp4(np.asarray(raw), directory / f"{stem}.mp4", fps=spec.fps)]
+
+
+def _write_audio(raw, spec, directory: Path, stem: str, *, waveforms=None, **_) -> list[Path]:
+    return outputs.save_audio_wavs(np.asarray(raw), spec, directory, prefix=stem, waveforms=waveforms)
+
+
+def _write_action(raw, spec, directory: Path, stem: str, **_) -> list[Path]:
     actions, proprio = raw
     return [outputs.save_action_plot(np.asarray(actions), directory / f"{stem}.png",
-                                     proprio=None if proprio is None else np.asarray(proprio),
-                                     hz=spec.hz)]
+                                     proprio=None if proprio is None else np.asarray(proprio), hz=spec.hz)]
+
+
+def _write_array(raw, spec, directory: Path, stem: str, **_) -> list[Path]:
+    """Any other modality: its detokenised array as ``{stem}.npy``."""
+    path = directory / f"{stem}.npy"
+    np.save(path, np.asarray(raw))
+    return [path]
+
+
+# How each modality's detokenised samples become files: writer(raw, spec, directory, stem, *,
+# rows, video_format, waveforms) -> paths. A modality without a writer gets ``{stem}.npy``;
+# a plug-in modality may add its own here.
+WRITERS = {"image": _write_image, "video": _write_video, "audio": _write_audio, "action": _write_action}
 
 
 def _examples(cfg, task: Task, index: int, per_layout: int) -> tuple[dict, int]:
@@ -114,7 +129,8 @@ def write_layout_samples(cfg, task: Task, model, out_dir: str | Path, *, steps: 
             elif seg.modality == "audio":
                 waves = logmel_to_waveform(np.asarray(decoded, np.float32), spec)
                 sounds.append((stem, waves))
-            paths += _write(seg.modality, decoded, spec, directory, stem, video_format, waves, rows)
+            write = WRITERS.get(seg.modality, _write_array)
+            paths += write(decoded, spec, directory, stem, rows=rows, video_format=video_format, waveforms=waves)
         for video_stem, video in videos:  # every (video, audio) pair: one MP4 per sample
             for audio_stem, waves in sounds:
                 for k in range(video.shape[0]):

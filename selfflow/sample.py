@@ -245,32 +245,6 @@ def sample_segments(model, layout: Layout, start: tuple, labels: jax.Array, posi
                       null_class=null_class, key=key, last_step_size=last_step_size)
 
 
-@nnx.jit(static_argnames=("method", "steps", "cfg_scale", "guidance_interval", "null_class"))
-def _grid_jit(model, noise, labels, positions, key, method, steps, cfg_scale, guidance_interval,
-              null_class):
-    (out,) = sample_segments(model, single("image", noise.shape[1]), (noise,), labels, positions,
-                             method=method, steps=steps, cfg_scale=cfg_scale,
-                             guidance_interval=guidance_interval, null_class=null_class, key=key)
-    return out
-
-
-def class_grid_samples(model, *, num_classes: int, per_class: int, token_shape: tuple[int, int],
-                       positions, steps: int, cfg_scale: float, seed: int, method: str = "euler",
-                       guidance_interval: tuple[float, float] = (0.0, 1.0)
-                       ) -> tuple[jax.Array, np.ndarray]:
-    """Samples ``per_class`` image tokens for each class in order; returns (tokens, labels).
-
-    tokens (num_classes·per_class, *token_shape) float32. Noise from ``key(seed)``, the SDE's
-    Brownian noise from ``fold_in(key(seed), 1)``: the same seed gives the same grid.
-    """
-    labels = np.repeat(np.arange(num_classes, dtype=np.int32), per_class)
-    noise = jax.random.normal(jax.random.key(seed), (labels.size, *token_shape), jnp.float32)
-    tokens = _grid_jit(model, noise, jnp.asarray(labels), jnp.asarray(positions),
-                       jax.random.fold_in(jax.random.key(seed), 1), method, steps,
-                       float(cfg_scale), tuple(float(g) for g in guidance_interval), num_classes)
-    return tokens, labels
-
-
 def sde_sample(velocity, x: jax.Array, labels: jax.Array, key: jax.Array, *, steps: int = 250,
                last_step_size: float = 0.04, cfg_scale: float = 1.0, guidance_low: float = 0.0,
                guidance_high: float = 0.7, null_class: int) -> jax.Array:

@@ -59,6 +59,7 @@ class Task:
     def __init__(self, cfg: Config, specs: dict | None = None):
         """``specs`` ({modality: Spec}, e.g. stored with a run) skips building them from the data."""
         self.cfg = cfg = resolve(cfg)
+        self._layout_sources: dict[int, tuple[str, ...]] = {}
         used = sorted({m for lc in cfg.layouts for m in _segment_modalities(lc)})
         if specs is None:
             specs = {m: self._spec_from_sources(m) for m in used}
@@ -72,7 +73,6 @@ class Task:
         settings = {m.name: m for m in cfg.modalities}  # resolved: one entry per used modality
         self.mask_ratios = {m: settings[m].mask_ratio for m in used}
         self.loss_weights = {m: settings[m].loss_weight for m in used}
-        self._layout_sources: dict[int, tuple[str, ...]] = {}
 
     # ------------------------------------------------------------------ sources (lazy)
 
@@ -91,7 +91,8 @@ class Task:
         return self._layout_sources[index]
 
     def _find_layout_sources(self, index: int) -> tuple[str, ...]:
-        lc, keys = self.cfg.layouts[index], self.layouts[index].keys
+        lc = self.cfg.layouts[index]
+        keys = list(dict.fromkeys(k for m in _segment_modalities(lc) for k in modalities.keys_of(m)))
         names = tuple(n for n in (lc.sources or self.sources) if all(k in self.sources[n].schema for k in keys))
         if not names:
             listed = ", ".join(f"{n} ({self.source_configs[n].kind}: {', '.join(sorted(s.schema))})"
@@ -106,16 +107,8 @@ class Task:
         """The modality's spec, from the shapes its sources yield (which must agree: one spec per
         modality serves every layout of the run)."""
         module, keys = modalities.get(modality), modalities.keys_of(modality)
-        names = []
-        for lc in self.cfg.layouts:
-            if modality in _segment_modalities(lc):
-                layout_keys = [k for m in _segment_modalities(lc) for k in modalities.keys_of(m)]
-                names += [n for n in (lc.sources or self.sources)
-                          if all(k in self.sources[n].schema for k in layout_keys)]
-        names = list(dict.fromkeys(names))
-        if not names:
-            raise ConfigError(f"no data source yields {list(keys)} for modality {modality!r} (sources: "
-                              f"{', '.join(f'{n}: {sorted(s.schema)}' for n, s in self.sources.items())})")
+        names = list(dict.fromkeys(n for i, lc in enumerate(self.cfg.layouts)
+                                   if modality in _segment_modalities(lc) for n in self.layout_sources(i)))
         for key in keys:
             for n in names[1:]:
                 first, other = self.sources[names[0]].schema[key].shape, self.sources[n].schema[key].shape

@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from selfflow import layers
-from selfflow.config import Config
+from selfflow.config import Config, resolve
 
 
 def _linear(p: dict) -> nn.Linear:
@@ -179,4 +179,6 @@ def build_bench_step(cfg: Config, kind: str, params: dict, batch: int, tokens: i
                      positions: np.ndarray):
     """(step, inputs) for timing ``step.step(**inputs)``."""
     step = TorchSelfFlowStep(cfg, kind, params, positions)
-    return step, random_inputs(batch, tokens, channels, cfg.data.num_classes, cfg.objective.mask_ratio)
+    cfg = resolve(cfg)
+    ratio = next(m.mask_ratio for m in cfg.modalities if m.name == "image")
+    return step, random_inputs(batch, tokens, channels, cfg.data.num_classes, ratio)

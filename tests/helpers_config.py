@@ -40,15 +40,18 @@ def tiny_image_config(
     **fields,
 ) -> Config:
     """A Self-Flow run of the tiny model on 16x16 shapes: student layer 1, teacher layer 2, EMA 0.9,
-    learning rate 1e-3, batch 8, 2 sampling steps of 1 image per class, on one device."""
+    learning rate 1e-3, batch 8 (without ``layouts``), 2 sampling steps of 1 image per class, on one device."""
+    layouts = fields.get("layouts") or ()
+    images = not layouts or any(t.partition(":")[0] == "image" for lc in layouts for t in lc.segments)
     return Config(
-        model=tiny_model(**(model or {})),
+        model=tiny_model(**{**({} if images else {"patch_size": None}), **(model or {})}),
         data=DataConfig(**{"image_size": 16, **(data or {})}),
         objective=ObjectiveConfig(
             **{"student_layer": 1, "teacher_layer": 2, "ema_decay": 0.9, **(objective or {})}
         ),
         optim=OptimConfig(**{"learning_rate": 1e-3, **(optim or {})}),
-        train=TrainConfig(**{"batch_size": 8, **(train or {})}),
+        # batch 8 for the implicit image layout; given layouts carry their own batch sizes
+        train=TrainConfig(**{"batch_size": None if fields.get("layouts") else 8, **(train or {})}),
         sample=SampleConfig(**{"steps": 2, "per_class": 1, **(sample or {})}),
         **{"mesh": ONE_DEVICE, **fields},
     )

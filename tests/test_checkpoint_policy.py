@@ -22,12 +22,13 @@ import pytest
 from orbax.checkpoint.checkpoint_managers import PreservationContext
 
 from selfflow import config as config_lib
-from selfflow import train as train_lib
+from selfflow import run as run_lib
+from selfflow import validation as validation_lib
 from selfflow.checkpoint import RunCheckpoints, retention_policy
 from selfflow.config import ConfigError, OptimConfig, TrainConfig
 from selfflow.metrics_writer import read_metrics
 from selfflow.tasks import Task
-from selfflow.train import load_run
+from selfflow.run import load_run
 
 from helpers_config import mixed_config
 from helpers_train import (assert_bit_identical, checkpoint_steps, cli_output, host, logged_steps, run,
@@ -100,9 +101,9 @@ def test_retention_settings_may_change_on_resume(tmp_path):
     cfg = tiny_config()
     changed = dataclasses.replace(cfg, train=dataclasses.replace(
         cfg.train, keep_checkpoints=5, keep_every=10, keep_best=2, best_metric="loss", best_mode="max"))
-    train_lib._check_resumable(cfg, changed, tmp_path)
+    run_lib.check_resumable(cfg, changed, tmp_path)
     with pytest.raises(ConfigError, match="seed"):  # the check itself still works
-        train_lib._check_resumable(cfg, dataclasses.replace(changed, seed=1), tmp_path)
+        run_lib.check_resumable(cfg, dataclasses.replace(changed, seed=1), tmp_path)
 
 
 def test_validation_metric_names_of_a_mixed_run(monkeypatch):
@@ -112,13 +113,13 @@ def test_validation_metric_names_of_a_mixed_run(monkeypatch):
             "audio_video": {"video": 4.0, "audio": 5.0}, "video_to_audio": {"audio": 6.0},
             "robot": {"video": 7.0, "action": 8.0}}
     task = Task(mixed_config(1))
-    monkeypatch.setattr(train_lib, "validation_losses",
+    monkeypatch.setattr(validation_lib, "validation_losses",
                         lambda task, model, index, batches: fake[task.names[index]])
-    metrics = train_lib.validation_metrics(task, model=None)
+    metrics = validation_lib.validation_metrics(task, model=None)
     assert metrics == {"val/loss": 4.5, "val/image/image": 1.0, "val/video/video": 2.0,
                        "val/audio/audio": 3.0, "val/audio_video/video": 4.0, "val/audio_video/audio": 5.0,
                        "val/video_to_audio/audio": 6.0, "val/robot/video": 7.0, "val/robot/action": 8.0}
-    assert train_lib.validation_keys(task) == list(metrics)
+    assert validation_lib.validation_keys(task) == list(metrics)
 
 
 # ------------------------------------------------------------------------------- end to end

@@ -20,7 +20,7 @@ from PIL import Image
 
 from selfflow import cli
 from selfflow import train as train_lib
-from selfflow.config import Config, from_dict, load_config_file
+from selfflow.config import Config, from_dict, load_config_file, resolve
 from selfflow.metrics_writer import read_metrics
 from selfflow.sample import save_grid
 
@@ -131,6 +131,14 @@ def test_missing_config_file_is_a_usage_error(tmp_path, no_compile):
     assert not (tmp_path / "run").exists()
 
 
+def test_set_takes_several_pairs_and_repeats():
+    """``--set a=1 b=2`` (as the README's ``[--set key=value ...]``) and repeated ``--set`` add up, in order."""
+    for command in (["train", "x.py"], ["bench"], ["bench-data", "x.py"], ["prepare", "world", "--out", "d"],
+                    ["compile", "x.py"], ["import", "--official", "f.pt", "--config", "x.py", "--out", "d"]):
+        args = cli._parser().parse_args([*command, "--set", "train.steps=2", "seed=3", "--set", "train.log_every=1"])
+        assert args.overrides == ["train.steps=2", "seed=3", "train.log_every=1"], command
+
+
 def test_command_line_usage_error_exits_2(tmp_path, capsys):
     """argparse usage errors exit with 2 too (as SystemExit, not a return value)."""
     with pytest.raises(SystemExit) as info:
@@ -196,27 +204,26 @@ def test_resume_with_more_steps_continues(trained, tmp_path):
 def test_sample_writes_class_grid(trained, tmp_path, monkeypatch):
     _, run_dir, rc, _, _ = trained
     assert rc == 0
-    import selfflow.sample
+    import selfflow.layout_samples
 
     calls = []
-    real = selfflow.sample.class_grid_samples
+    real = selfflow.layout_samples.generate
 
-    def spy(model, **kwargs):
-        calls.append(kwargs)
-        return real(model, **kwargs)
+    def spy(cfg, task, model, index, raw, key, **kwargs):
+        calls.append({**kwargs, "labels": np.asarray(raw["label"])})
+        return real(cfg, task, model, index, raw, key, **kwargs)
 
-    monkeypatch.setattr(selfflow.sample, "class_grid_samples", spy)
-    out = tmp_path / "grid.png"
-    rc, stdout, err = call(["sample", "--run-dir", run_dir, "--out", out, "--steps", "3",
+    monkeypatch.setattr(selfflow.layout_samples, "generate", spy)
+    rc, stdout, err = call(["sample", "--run-dir", run_dir, "--out", tmp_path / "grid", "--steps", "3",
                             "--cfg", "1.5"])
+    out = tmp_path / "grid" / "image" / "0_image.png"
     assert rc == 0, err
     assert f"step {STEPS}" in stdout
     # The command-line values reach the sampler (a 3-step model is too weakly conditioned for
     # the guidance scale to change the 8-bit image, so this is checked on the call).
     assert len(calls) == 1
     assert calls[0]["steps"] == 3 and calls[0]["cfg_scale"] == 1.5
-    assert calls[0]["num_classes"] == CONFIG.data.num_classes
-    assert calls[0]["per_class"] == PER_CLASS
+    np.testing.assert_array_equal(calls[0]["labels"], np.repeat(np.arange(CONFIG.data.num_classes), PER_CLASS))
     scale = inspect.signature(save_grid).parameters["scale"].default
     size = CONFIG.data.image_size * scale
     with Image.open(out) as image:
@@ -227,14 +234,14 @@ def test_sample_writes_class_grid(trained, tmp_path, monkeypatch):
     assert pixels.std() > 0  # not a blank image
 
     # Deterministic for the same arguments.
-    rc, _, _ = call(["sample", "--run-dir", run_dir, "--out", tmp_path / "again.png",
+    rc, _, _ = call(["sample", "--run-dir", run_dir, "--out", tmp_path / "again",
                      "--steps", "3", "--cfg", "1.5"])
     assert rc == 0
-    with Image.open(tmp_path / "again.png") as again:
+    with Image.open(tmp_path / "again" / "image" / "0_image.png") as again:
         assert np.array_equal(np.asarray(again), pixels)
     # Sampling with --out leaves the run's own outputs alone.
-    assert sorted(p.name for p in run_dir.iterdir() if p.suffix == ".png") == ["loss.png",
-                                                                               "samples.png"]
+    assert sorted(p.name for p in run_dir.iterdir() if p.suffix == ".png") == ["loss.png"]
+    assert [p.name for p in (run_dir / "samples").iterdir()] == ["image"]
 
 
 def test_sample_without_checkpoint_fails(tmp_path):
@@ -266,11 +273,11 @@ def test_finished_train_run_writes_outputs(trained):
     _, run_dir, rc, out, err = trained
     assert rc == 0, err
     assert f"trained {STEPS} steps" in out
-    for name in ("samples.png", "loss.png", "config.json", "metrics.jsonl"):
+    for name in ("samples/image/0_image.png", "loss.png", "config.json", "metrics.jsonl"):
         assert (run_dir / name).is_file() and (run_dir / name).stat().st_size > 0, name
     assert checkpoint_steps(run_dir)[-1] == STEPS  # the final step, not only multiples of 2
-    assert from_dict(json.loads((run_dir / "config.json").read_text())) == CONFIG
-    with Image.open(run_dir / "samples.png") as image:
+    assert from_dict(json.loads((run_dir / "config.json").read_text())) == resolve(CONFIG)
+    with Image.open(run_dir / "samples" / "image" / "0_image.png") as image:
         scale = inspect.signature(save_grid).parameters["scale"].default
         size = CONFIG.data.image_size * scale
         assert image.size == (PER_CLASS * size, CONFIG.data.num_classes * size)
@@ -288,6 +295,6 @@ def test_overrides_are_applied_and_recorded(trained, tmp_path):
     expected = dataclasses.replace(
         CONFIG, train=dataclasses.replace(CONFIG.train, steps=1, log_every=5),
         sample=dataclasses.replace(CONFIG.sample, per_class=1))
-    assert from_dict(json.loads((run_dir / "config.json").read_text())) == expected
+    assert from_dict(json.loads((run_dir / "config.json").read_text())) == resolve(expected)
     assert checkpoint_steps(run_dir) == [1]
     assert [r["step"] for r in read_metrics(run_dir / "metrics.jsonl")] == [1]  # final step logged

@@ -29,10 +29,12 @@ def run_cli(*argv) -> tuple[int, str, str]:
 
 
 def tiny(sources, layouts=(), **data) -> Config:
-    return Config(model=tiny_model(positions="rope" if layouts else "sincos"),
+    images = not layouts or any(t.startswith("image") for lc in layouts for t in lc.segments)
+    return Config(model=tiny_model(positions="rope" if layouts else "sincos", patch_size=4 if images else None),
                   objective=ObjectiveConfig(student_layer=1, teacher_layer=2),
                   data=DataConfig(sources=tuple(sources), **data),
-                  train=TrainConfig(steps=2, batch_size=4), layouts=tuple(layouts), mesh=MeshConfig(data=1))
+                  train=TrainConfig(steps=2, batch_size=None if layouts else 4), layouts=tuple(layouts),
+                  mesh=MeshConfig(data=1))
 
 
 @pytest.fixture(scope="module")

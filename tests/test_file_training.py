@@ -49,7 +49,7 @@ def test_mixture_of_sources_in_one_layout(png_folder):
     cfg = config([SourceConfig("pngs", "image_folder", path=str(png_folder), weight=1.0),
                   SourceConfig("shapes", "shapes", weight=1.0)])
     task = Task(cfg)
-    assert task.layouts[0].sources == ("pngs", "shapes")
+    assert task.layout_sources(0) == ("pngs", "shapes")
     images = np.concatenate([task.dataset(0)[k]["image"] for k in range(8)])  # 64 examples
     flat = np.all(images.std(axis=(1, 2)) < 1e-6, axis=-1)  # the PNGs are flat colours
     assert 0.3 < flat.mean() < 0.7
@@ -165,7 +165,7 @@ def test_action_sources_of_different_dims_cannot_share_the_modality(tmp_path):
 def test_a_stopped_run_resumes_with_skip_and_workers(png_folder, tmp_path):
     """The error message suggests on_bad_sample=skip: a resume with it (and with worker
     processes) is accepted on the same run directory; a model change is not."""
-    from selfflow.train import _check_resumable
+    from selfflow.run import check_resumable as _check_resumable
     cfg = config([SourceConfig("pngs", "image_folder", path=str(png_folder))])
     changed = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, on_bad_sample="skip", worker_count=2))
     _check_resumable(cfg, changed, tmp_path)

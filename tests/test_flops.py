@@ -9,9 +9,11 @@ from selfflow.config import load_config_file
 from selfflow.model import FactoredTimesteps, build_model
 from selfflow.objective import inference_timesteps
 from selfflow.tasks import Task
-from selfflow.train import init_state, make_optimizer, make_train_step
+from selfflow.run import init_state, make_optimizer
+from selfflow.step import make_train_step
 
-TINY = ["model.depth=3", "model.hidden_size=32", "model.num_heads=2", "train.batch_size=4"]
+TINY = ["model.depth=3", "model.hidden_size=32", "model.num_heads=2"]
+BATCH = {"quickstart": ["train.batch_size=4"], "world_paired": []}  # layouts carry their own batch sizes
 
 
 def _traced_step_flops(cfg, task, index):
@@ -26,7 +28,7 @@ def _traced_step_flops(cfg, task, index):
 @pytest.mark.parametrize("kind", ["flow_matching", "dts", "self_flow"])
 @pytest.mark.parametrize("config,layout", [("quickstart", "image"), ("world_paired", "robotics")])
 def test_train_step_formula_matches_traced_matmuls(kind, config, layout):
-    cfg = load_config_file(f"experiments/{config}.py", [*TINY, f"objective.kind={kind}"])
+    cfg = load_config_file(f"experiments/{config}.py", [*TINY, *BATCH[config], f"objective.kind={kind}"])
     task = Task(cfg)
     index = task.names.index(layout)
     lt = task.layouts[index]
@@ -35,8 +37,8 @@ def test_train_step_formula_matches_traced_matmuls(kind, config, layout):
 
 
 def test_teacher_and_projector_are_the_self_flow_surcharge():
-    fm = load_config_file("experiments/quickstart.py", [*TINY, "objective.kind=flow_matching"])
-    sf = load_config_file("experiments/quickstart.py", [*TINY, "objective.kind=self_flow",
+    fm = load_config_file("experiments/quickstart.py", [*TINY, *BATCH["quickstart"], "objective.kind=flow_matching"])
+    sf = load_config_file("experiments/quickstart.py", [*TINY, *BATCH["quickstart"], "objective.kind=self_flow",
                                                          "objective.teacher_layer=2"])
     task = Task(sf)
     layout, dims, b = task.layouts[0].layout, task.token_dims, task.layouts[0].batch_size
@@ -48,7 +50,7 @@ def test_teacher_and_projector_are_the_self_flow_surcharge():
 
 
 def test_sampling_formula_matches_one_traced_model_call():
-    cfg = load_config_file("experiments/quickstart.py", TINY)
+    cfg = load_config_file("experiments/quickstart.py", [*TINY, *BATCH["quickstart"]])
     task = Task(cfg)
     lt = task.layouts[0]
     model = build_model(cfg, task.token_dims)
@@ -56,7 +58,8 @@ def test_sampling_formula_matches_one_traced_model_call():
     x = jax.numpy.zeros((b, n, task.token_dims["image"]))
     times = inference_timesteps(lt.layout, jax.numpy.full((b,), 0.5))
     traced = flops.traced_matmul_flops(
-        lambda x, t: model(x, t, jax.numpy.zeros((b,), int), lt.positions), x, times)
+        lambda x, t: model((x,), t, jax.numpy.zeros((b,), int), lt.positions, modalities=("image",)).velocity,
+        x, times)
     assert isinstance(times, FactoredTimesteps)
     assert traced == flops.sampling_flops(cfg, lt.layout, task.token_dims, b, evaluations=1, cfg_scale=1.0)
     assert flops.sampling_flops(cfg, lt.layout, task.token_dims, b, 10, 2.0) == 20 * traced

@@ -206,7 +206,7 @@ def test_exported_run_loads_in_the_official_model_and_matches_ours(exported_run)
     import jax.numpy as jnp
     from flax import nnx
 
-    from selfflow.train import load_run
+    from selfflow.run import load_run
 
     arch = json.loads((exported_run / "model.json").read_text())["architecture"]
     assert arch == dict(input_size=16, patch_size=4, in_channels=3, hidden_size=32, depth=2, num_heads=2,
@@ -217,8 +217,8 @@ def test_exported_run_loads_in_the_official_model_and_matches_ours(exported_run)
     rng = np.random.default_rng(1)
     x = rng.normal(size=(2, 16, 48)).astype(np.float32)
     t, y = np.array([0.2, 0.9], np.float32), np.array([3, 10])
-    ours = nnx.merge(graphdef, state["ema"])(jnp.asarray(x), jnp.asarray(t), jnp.asarray(y),
-                                             jnp.asarray(task.layouts[0].positions))
+    ours = nnx.merge(graphdef, state["ema"])((jnp.asarray(x),), jnp.asarray(t), jnp.asarray(y),
+                                             jnp.asarray(task.layouts[0].positions), modalities=("image",)).velocity[0]
     assert relative(torch_run(module, x, t, y), ours) < 1e-5
 
 
@@ -229,7 +229,7 @@ def test_export_then_import_is_bit_identical_and_fine_tunes(exported_run):
 
     from selfflow import cli
     from selfflow.export import flatten
-    from selfflow.train import load_run
+    from selfflow.run import load_run
 
     config, imported = str(exported_run / "tiny.py"), exported_run / "imported"
     assert cli.main(["import", "--official", str(exported_run / "model.pt"), "--config", config,
@@ -245,8 +245,8 @@ def test_export_then_import_is_bit_identical_and_fine_tunes(exported_run):
             np.testing.assert_array_equal(got[k], ema[k], err_msg=f"{weights} {k}")
     x, pos = jax.random.normal(jax.random.key(0), (2, 16, 48)), jnp.asarray(task.layouts[0].positions)
     t, y = jnp.array([0.3, 0.6]), jnp.array([1, 2])
-    np.testing.assert_array_equal(nnx.merge(graphdef, state["ema"])(x, t, y, pos),
-                                  nnx.merge(graphdef, source["ema"])(x, t, y, pos))
+    np.testing.assert_array_equal(nnx.merge(graphdef, state["ema"])((x,), t, y, pos, modalities=("image",)).velocity,
+                                  nnx.merge(graphdef, source["ema"])((x,), t, y, pos, modalities=("image",)).velocity)
     assert cli.main(["sample", "--run-dir", str(imported), "--out", str(exported_run / "s.png")]) == 0
     assert cli.main(["train", config, "--run-dir", str(imported), "--set", "train.steps=1", "--no-progress"]) == 0
     _, tuned, _, _, step = load_run(imported)

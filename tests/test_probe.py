@@ -93,9 +93,9 @@ def manual_features(model, task, labels_of, layer: int, batches: int) -> np.ndar
     out = []
     for k in range(batches):
         raw = data[k]
-        hidden = model.forward_until(image.tokenize(jnp.asarray(raw["image"]), spec), jnp.zeros((BATCH,)),
+        hidden = model.forward_until((image.tokenize(jnp.asarray(raw["image"]), spec),), jnp.zeros((BATCH,)),
                                      jnp.asarray(labels_of(raw), jnp.int32), jnp.asarray(image.positions(spec)),
-                                     layer=layer)
+                                     layer=layer, modalities=("image",))
         out.append(np.asarray(hidden).mean(axis=1))
     return np.concatenate(out)
 

@@ -19,7 +19,7 @@ from flax import nnx
 
 from selfflow.layout import Layout, Segment, single
 from selfflow.model import ModelOutput
-from selfflow.sample import class_grid_samples, sample_segments
+from selfflow.sample import sample_segments
 
 MEANS = np.array([[-2.0, 0.0], [2.0, 0.0], [0.0, 2.5]], np.float32)  # μ_k
 STDS = np.array([0.3, 0.4, 0.35], np.float32)  # s_k
@@ -296,27 +296,6 @@ def test_deterministic_by_seed():
     assert np.abs(run("sde", k1) - run("sde", k2)).max() > 0.1
     for method in ("euler", "heun"):  # the ODEs are a function of the start noise alone
         np.testing.assert_array_equal(run(method, k1), run(method, k2))
-
-
-class MixtureModule(nnx.Module):
-    """:class:`Mixture` as an nnx Module, as ``class_grid_samples`` jits its model with nnx."""
-
-    def __call__(self, xs, times, labels, positions, *, modalities):
-        return ModelOutput((mixture_velocity(xs[0], times.dense(), labels),))
-
-
-def test_class_grid_samples_takes_a_method():
-    grid = partial(class_grid_samples, MixtureModule(), num_classes=2, per_class=32,
-                   token_shape=(N, 2), positions=np.zeros((N, 1), np.float32), steps=16,
-                   cfg_scale=1.0, seed=0)
-    runs = {m: grid(method=m) for m in ("euler", "heun", "sde")}
-    for tokens, labels in runs.values():
-        assert tokens.shape == (64, N, 2) and list(labels) == [0] * 32 + [1] * 32
-        for y, favourite in ((0, 0), (1, 2)):  # 256 points per class; true share 0.6
-            _, comp = points(np.asarray(tokens)[labels == y])
-            assert np.mean(comp == favourite) > 0.45
-    assert np.abs(np.asarray(runs["sde"][0]) - np.asarray(runs["heun"][0])).max() > 0.1
-    np.testing.assert_array_equal(np.asarray(grid(method="sde")[0]), np.asarray(runs["sde"][0]))
 
 
 @pytest.mark.parametrize("kw, match", [

@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from selfflow import objective, sharding
+from selfflow import sharding
 from selfflow.config import (Config, ConfigError, DataConfig, MeshConfig, ModelConfig, ObjectiveConfig,
                              TrainConfig)
 from selfflow.model import build_model
+from selfflow.objectives import make_objective
 from selfflow.tasks import Task
-from selfflow.train import init_state, make_optimizer
+from selfflow.run import init_state, make_optimizer
 
 CFG = Config(model=ModelConfig(preset="tiny", depth=2, hidden_size=64, num_heads=4, patch_size=4),
              data=DataConfig(image_size=16), objective=ObjectiveConfig(student_layer=1, teacher_layer=2),
@@ -197,14 +198,16 @@ def _loss_and_grads(mesh_cfg, n_devices):
     raw.pop("skipped")
     batch = sharding.put_batch(raw, sharding.batch_sharding(mesh, rules))
 
+    obj = make_objective(task.cfg, task.mask_ratios, task.loss_weights)
+
     @jax.jit
     def loss_and_grads(params, raw):
         seg = task.segment_batch(0, raw)
         teacher = nnx.merge(graphdef, params)
 
         def loss(p):
-            return objective.segment_loss_fn(nnx.merge(graphdef, p), teacher, seg, task.layouts[0].layout,
-                                             jax.random.key(3), CFG, task.mask_ratios, task.loss_weights)[0]
+            return obj.loss(student=nnx.merge(graphdef, p), teacher=teacher, batch=seg,
+                            layout=task.layouts[0].layout, key=jax.random.key(3))[0]
         return jax.value_and_grad(loss)(params)
 
     with sharding.use_mesh(mesh, rules):

@@ -10,6 +10,7 @@ torch = pytest.importorskip("torch")
 
 from selfflow import objective  # noqa: E402
 from selfflow.config import load_config_file  # noqa: E402
+from selfflow.layout import single  # noqa: E402
 from selfflow.model import FactoredTimesteps, build_model  # noqa: E402
 from selfflow.tasks import Task  # noqa: E402
 from selfflow.torch_step import TorchSelfFlowStep, random_inputs  # noqa: E402
@@ -18,6 +19,7 @@ CFG = load_config_file("experiments/quickstart.py", [
     "model.depth=3", "model.hidden_size=32", "model.num_heads=2", "objective.student_layer=1",
     "objective.teacher_layer=2", "optim.learning_rate=1e-2", "optim.warmup_steps=0",
     "objective.ema_decay=0.5"])
+IMAGE = ("image",)
 
 
 def _setup(kind):
@@ -43,14 +45,14 @@ def _jax_loss(model, teacher, x, positions):
     zero = jnp.zeros_like(t)
     index = mask.astype(jnp.int32)
     tau = jnp.where(mask, s[:, None], t[:, None])[..., None]
-    velocity, hidden = model((1 - tau) * x0 + tau * noise, FactoredTimesteps(jnp.stack([t, s, zero], 1), index),
-                             x["labels"], positions, return_layer=CFG.student_layer)
+    out = model(((1 - tau) * x0 + tau * noise,), FactoredTimesteps(jnp.stack([t, s, zero], 1), index),
+                x["labels"], positions, modalities=IMAGE, hidden_layer=CFG.student_layer)
     tmin = jnp.minimum(t, s)
-    target = teacher.forward_until((1 - tmin[:, None, None]) * x0 + tmin[:, None, None] * noise,
+    target = teacher.forward_until(((1 - tmin[:, None, None]) * x0 + tmin[:, None, None] * noise,),
                                    FactoredTimesteps(jnp.stack([tmin, tmin, zero], 1), jnp.zeros_like(index)),
-                                   x["labels"], positions, layer=CFG.teacher_layer)
-    fm = objective.flow_matching_loss(velocity, x0, noise)
-    return fm + CFG.objective.gamma * objective.representation_loss(model.project(hidden), target)
+                                   x["labels"], positions, layer=CFG.teacher_layer, modalities=IMAGE)
+    fm = objective.velocity_mse(out.velocity, (x0,), (noise,), single("image", x0.shape[1]))["image"]
+    return fm + CFG.objective.gamma * objective.representation_loss(model.project(out.hidden), target)
 
 
 def _named_torch_grads(step):
@@ -74,7 +76,9 @@ def test_velocity_and_features_match_jax():
     x = _jax(inputs)
     values = jnp.stack([x["t"], x["s"], jnp.zeros_like(x["t"])], 1)
     index = jnp.asarray(np.random.default_rng(0).integers(0, 3, x["mask"].shape), jnp.int32)
-    ref_v, ref_h = model(x["x0"], FactoredTimesteps(values, index), x["labels"], positions, return_layer=2)
+    ref_v, ref_h = model((x["x0"],), FactoredTimesteps(values, index), x["labels"], positions, modalities=IMAGE,
+                         hidden_layer=2)
+    (ref_v,) = ref_v
     with torch.no_grad():
         v, h = step.student(inputs["x0"], torch.from_numpy(np.asarray(values)), torch.from_numpy(np.asarray(index)).long(),
                             inputs["labels"], return_layer=2)
@@ -102,7 +106,7 @@ def test_self_flow_loss_and_gradients_match_jax():
 
 
 def test_step_is_optax_adamw_after_clipping_and_an_ema_update():
-    from selfflow.train import make_optimizer
+    from selfflow.run import make_optimizer
 
     model, step, inputs, positions = _setup("self_flow")
     graphdef, params = nnx.split(model, nnx.Param)

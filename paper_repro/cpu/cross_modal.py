@@ -46,14 +46,15 @@ def _config(experiment: str, overrides: list[str]):
 
 
 def world_configs() -> dict:
-    from selfflow.config import LayoutConfig, ModalityConfig, validate
+    from selfflow.config import LayoutConfig, ModalityConfig, resolve
 
     base = _config("world_paired.py", [f"train.steps={WORLD_STEPS}", f"train.checkpoint_every={EVAL}",
                                        "train.keep_checkpoints=1", f"train.eval_every={EVAL}",
                                        f"train.eval_samples={EVAL_SAMPLES}", "sample.steps=20"])
     arms = {"video_only": ("video",), "audio_video": ("video", "audio")}
-    return {name: validate(dataclasses.replace(base, layouts=(LayoutConfig("world", segments, 1.0, 8),),
-                                               modalities=tuple(ModalityConfig(m) for m in segments)))
+    no_image = dataclasses.replace(base.model, patch_size=None)  # the arms have no image segment
+    return {name: resolve(dataclasses.replace(base, model=no_image, layouts=(LayoutConfig("world", segments, 1.0, 8),),
+                                              modalities=tuple(ModalityConfig(m) for m in segments)))
             for name, segments in arms.items()}
 
 
