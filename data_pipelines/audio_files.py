@@ -94,8 +94,10 @@ def _wav_truncation(path: str) -> str | None:
             if chunk_id == b"data":
                 available = size - pos - 8
                 if chunk_size != 0xFFFFFFFF and chunk_size > available:  # 0xFFFFFFFF: streamed
-                    return (f"truncated WAV: its data chunk declares {chunk_size} bytes but the file "
-                            f"holds only {available} ({available / chunk_size:.0%})")
+                    return (
+                        f"truncated WAV: its data chunk declares {chunk_size} bytes but the file "
+                        f"holds only {available} ({available / chunk_size:.0%})"
+                    )
                 return None
             pos += 8 + chunk_size + (chunk_size & 1)  # chunks are padded to even sizes
     return None
@@ -112,8 +114,9 @@ class AudioFileSource:
       return_waveform: also return the cut waveform as ``"waveform"``.
     """
 
-    def __init__(self, root, spec: AudioSpec, crop: str = "random", seed: int = 0,
-                 return_waveform: bool = False):
+    def __init__(
+        self, root, spec: AudioSpec, crop: str = "random", seed: int = 0, return_waveform: bool = False
+    ):
         if not isinstance(spec, AudioSpec):
             raise SourceError(f"spec must be a modalities.audio.AudioSpec, got {type(spec).__name__}")
         if crop not in CROPS:
@@ -121,7 +124,12 @@ class AudioFileSource:
         if isinstance(seed, bool) or int(seed) != seed or seed < 0:
             raise SourceError(f"seed must be a non-negative integer, got {seed!r}")
         found = scan_class_folders(root, EXTENSIONS, "audio")
-        self.root, self.files, self.labels, self.classes = found.root, found.files, found.labels, found.classes
+        self.root, self.files, self.labels, self.classes = (
+            found.root,
+            found.files,
+            found.labels,
+            found.classes,
+        )
         self.spec, self.crop, self.seed = spec, crop, int(seed)
         self.return_waveform = bool(return_waveform)
 
@@ -173,9 +181,12 @@ class AudioFileSource:
             raise BadSampleError(path, f"audio holds {bad} NaN or infinite samples")
         expected = math.ceil(frames * self.spec.sample_rate / rate)
         if len(wave) < expected * (1 - TRUNCATION_TOLERANCE) - 1:
-            raise BadSampleError(path, f"truncated: decoded {len(wave)} samples at "
-                                 f"{self.spec.sample_rate} Hz; its header announces {frames} "
-                                 f"frames at {rate} Hz (= {expected})")
+            raise BadSampleError(
+                path,
+                f"truncated: decoded {len(wave)} samples at "
+                f"{self.spec.sample_rate} Hz; its header announces {frames} "
+                f"frames at {rate} Hz (= {expected})",
+            )
         return wave
 
     def _cut(self, wave: np.ndarray, index: int) -> np.ndarray:
@@ -189,7 +200,7 @@ class AudioFileSource:
             start = (n - want) // 2
         else:
             start = int(np.random.default_rng([self.seed, index]).integers(0, n - want + 1))
-        return wave[start:start + want]
+        return wave[start : start + want]
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
         index = check_index(index, len(self), "AudioFileSource")
@@ -201,5 +212,7 @@ class AudioFileSource:
         return check_example(path, example, self.schema)
 
     def __repr__(self) -> str:
-        return (f"AudioFileSource(root={self.root!r}, files={len(self)}, "
-                f"classes={len(self.classes)}, crop={self.crop!r}, seed={self.seed})")
+        return (
+            f"AudioFileSource(root={self.root!r}, files={len(self)}, "
+            f"classes={len(self.classes)}, crop={self.crop!r}, seed={self.seed})"
+        )

@@ -51,7 +51,7 @@ class Field:
         return {"shape": list(self.shape), "dtype": self.dtype}
 
     @classmethod
-    def from_json(cls, d: dict) -> "Field":
+    def from_json(cls, d: dict) -> Field:
         return cls(tuple(int(s) for s in d["shape"]), str(d["dtype"]))
 
 

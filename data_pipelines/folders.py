@@ -53,15 +53,19 @@ def scan_class_folders(root, extensions: tuple[str, ...], what: str) -> ClassFol
     kinds = "/".join(extensions)
     entries = sorted(e for e in os.listdir(root) if not e.startswith("."))
     class_dirs = [e for e in entries if os.path.isdir(os.path.join(root, e))]
-    loose = [e for e in entries if e not in class_dirs and has_extension(e, extensions)
-             and os.path.isfile(os.path.join(root, e))]
+    loose = [
+        e
+        for e in entries
+        if e not in class_dirs and has_extension(e, extensions) and os.path.isfile(os.path.join(root, e))
+    ]
     if class_dirs and loose:
         shown = ", ".join(os.path.join(root, e) for e in loose[:5])
         more = f" and {len(loose) - 5} more" if len(loose) > 5 else ""
         raise SourceError(
             f"{len(loose)} {what} file(s) directly under {root} are in no class folder: "
             f"{shown}{more}; move them into {root}/<class_name>/ (files directly under "
-            f"root are only accepted, as one class, when root has no sub-folders)")
+            f"root are only accepted, as one class, when root has no sub-folders)"
+        )
     files, labels = [], []
     if class_dirs:
         per_class = [walk_files(os.path.join(root, name), extensions) for name in class_dirs]
@@ -69,12 +73,16 @@ def scan_class_folders(root, extensions: tuple[str, ...], what: str) -> ClassFol
             files += found
             labels += [label] * len(found)
         if not files:
-            raise SourceError(f"no {what} files ({kinds}, any case) under {root} "
-                              f"(searched {len(class_dirs)} class folder(s))")
+            raise SourceError(
+                f"no {what} files ({kinds}, any case) under {root} "
+                f"(searched {len(class_dirs)} class folder(s))"
+            )
         empty = [os.path.join(root, n) for n, found in zip(class_dirs, per_class) if not found]
         if empty:
-            raise SourceError(f"class folder(s) with no {kinds} files: {', '.join(empty)} "
-                              "(every sub-folder of root is a class)")
+            raise SourceError(
+                f"class folder(s) with no {kinds} files: {', '.join(empty)} "
+                "(every sub-folder of root is a class)"
+            )
         classes = tuple(class_dirs)
     else:
         files = [os.path.join(root, e) for e in loose]

@@ -48,14 +48,20 @@ class GuardedSource:
                 example = dict(self.source[(index + attempt) % n])
             except BadSampleError as e:
                 if self.policy == "error":
-                    raise BadSampleError(e.where, f"{e.reason} (source {self.name!r}; set "
-                                         "data.on_bad_sample=skip to replace bad examples)") from None
+                    raise BadSampleError(
+                        e.where,
+                        f"{e.reason} (source {self.name!r}; set "
+                        "data.on_bad_sample=skip to replace bad examples)",
+                    ) from None
                 log.warning("skipping bad sample %s (source %r)", e, self.name)
                 continue
             example["skipped"] = np.int32(attempt)
             return example
-        raise BadSampleError(self.where(index), f"this and the next {min(MAX_CONSECUTIVE_BAD, n) - 1} "
-                             f"examples of source {self.name!r} are all bad; check the data")
+        raise BadSampleError(
+            self.where(index),
+            f"this and the next {min(MAX_CONSECUTIVE_BAD, n) - 1} "
+            f"examples of source {self.name!r} are all bad; check the data",
+        )
 
     def __repr__(self) -> str:
         return f"GuardedSource({self.source!r}, on_bad_sample={self.policy!r})"

@@ -33,7 +33,6 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg")
 _MODES = {1: "L", 3: "RGB"}  # the only Pillow mode accepted for each channel count
 
 
-
 def _check_int(name: str, value, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise SourceError(f"{name} must be an integer >= {minimum}, got {value!r}")
@@ -78,8 +77,7 @@ class ImageFolderSource:
     Schema: ``image`` float32 (image_size, image_size, channels) in [-1, 1], ``label`` int32.
     """
 
-    def __init__(self, root, image_size: int, channels: int = 3, resize: str = "error",
-                 seed: int = 0):
+    def __init__(self, root, image_size: int, channels: int = 3, resize: str = "error", seed: int = 0):
         self.image_size = _check_int("image_size", image_size, 1)
         if isinstance(channels, bool) or channels not in _MODES:
             raise SourceError(f"channels must be 1 or 3, got {channels!r}")
@@ -87,9 +85,16 @@ class ImageFolderSource:
             raise SourceError(f"resize must be 'error' or 'resize', got {resize!r}")
         self.channels, self.resize, self.seed = int(channels), resize, _check_int("seed", seed, 0)
         found = scan_class_folders(root, IMAGE_EXTENSIONS, "image")
-        self.root, self.files, self.labels, self.classes = found.root, found.files, found.labels, found.classes
-        self.schema = {"image": Field((self.image_size, self.image_size, self.channels), "float32"),
-                       "label": Field((), "int32")}
+        self.root, self.files, self.labels, self.classes = (
+            found.root,
+            found.files,
+            found.labels,
+            found.classes,
+        )
+        self.schema = {
+            "image": Field((self.image_size, self.image_size, self.channels), "float32"),
+            "label": Field((), "int32"),
+        }
 
     def __len__(self) -> int:
         return len(self.files)
@@ -114,22 +119,31 @@ class ImageFolderSource:
                     # crop() then resize(): resize(box=...) would also sample pixels outside
                     # the box near its edges.
                     img = img.crop((left, top, left + side, top + side)).resize(
-                        (size, size), Image.Resampling.BICUBIC)
+                        (size, size), Image.Resampling.BICUBIC
+                    )
                 pixels = np.asarray(img)
         except Exception as e:  # anything Pillow raises while opening or decoding this file
             raise BadSampleError(path, f"cannot decode as PNG/JPEG ({type(e).__name__}: {e})") from e
         if mode != expected_mode:
-            raise BadSampleError(path, f"image mode {mode!r}, expected {expected_mode!r} "
-                                       f"({self.channels} channel(s); modes are not converted)")
+            raise BadSampleError(
+                path,
+                f"image mode {mode!r}, expected {expected_mode!r} "
+                f"({self.channels} channel(s); modes are not converted)",
+            )
         if pixels.shape[:2] != (size, size):
-            raise BadSampleError(path, f"image size {w}x{h} (width x height), expected "
-                                       f"{size}x{size} (use resize='resize' to resize)")
+            raise BadSampleError(
+                path,
+                f"image size {w}x{h} (width x height), expected "
+                f"{size}x{size} (use resize='resize' to resize)",
+            )
         return to_unit_range(pixels.reshape(size, size, self.channels))
 
     def __repr__(self) -> str:
-        return (f"ImageFolderSource(root={self.root!r}, image_size={self.image_size}, "
-                f"channels={self.channels}, resize={self.resize!r}, seed={self.seed}; "
-                f"{len(self)} files, {len(self.classes)} classes)")
+        return (
+            f"ImageFolderSource(root={self.root!r}, image_size={self.image_size}, "
+            f"channels={self.channels}, resize={self.resize!r}, seed={self.seed}; "
+            f"{len(self)} files, {len(self.classes)} classes)"
+        )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -137,8 +151,16 @@ class ImageFolderSource:
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # Debian package dataset-fashion-mnist
 FASHION_MNIST_CLASSES: tuple[str, ...] = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 )
 IDX_IMAGES_MAGIC = 0x00000803  # 2051: unsigned byte, 3 dims (count, rows, cols)
 IDX_LABELS_MAGIC = 0x00000801  # 2049: unsigned byte, 1 dim (count)
@@ -152,8 +174,10 @@ def _idx_path(directory: str, stem: str) -> str:
         path = os.path.join(directory, name)
         if os.path.isfile(path):
             return path
-    raise SourceError(f"missing Fashion-MNIST file: neither {os.path.join(directory, stem)} "
-                      f"nor {os.path.join(directory, stem)}.gz exists")
+    raise SourceError(
+        f"missing Fashion-MNIST file: neither {os.path.join(directory, stem)} "
+        f"nor {os.path.join(directory, stem)}.gz exists"
+    )
 
 
 def _open(path: str):
@@ -169,12 +193,13 @@ def _read_idx_header(path: str, magic: int, ndim: int) -> tuple[int, ...]:
     except (OSError, EOFError) as e:
         raise SourceError(f"{path}: cannot read idx header ({type(e).__name__}: {e})") from e
     if len(header) < header_len:
-        raise SourceError(f"{path}: truncated idx header: {len(header)} bytes, expected "
-                          f"{header_len}")
+        raise SourceError(f"{path}: truncated idx header: {len(header)} bytes, expected {header_len}")
     found = struct.unpack(">I", header[:4])[0]
     if found != magic:
-        raise SourceError(f"{path}: idx magic number {found}, expected {magic} "
-                          f"(unsigned-byte data with {ndim} dimension(s))")
+        raise SourceError(
+            f"{path}: idx magic number {found}, expected {magic} "
+            f"(unsigned-byte data with {ndim} dimension(s))"
+        )
     return struct.unpack(f">{ndim}I", header[4:])
 
 
@@ -185,11 +210,15 @@ def _read_idx_data(path: str, header_len: int, shape: tuple[int, ...]) -> np.nda
             f.seek(header_len)
             data = f.read()
     except (OSError, EOFError) as e:  # e.g. a gzip stream cut short
-        raise SourceError(f"{path}: cannot read idx data, expected {expected} bytes after the "
-                          f"header ({type(e).__name__}: {e})") from e
+        raise SourceError(
+            f"{path}: cannot read idx data, expected {expected} bytes after the "
+            f"header ({type(e).__name__}: {e})"
+        ) from e
     if len(data) != expected:
-        raise SourceError(f"{path}: {len(data)} data bytes after the header, expected {expected} "
-                          f"(shape {shape}){' (truncated)' if len(data) < expected else ''}")
+        raise SourceError(
+            f"{path}: {len(data)} data bytes after the header, expected {expected} "
+            f"(shape {shape}){' (truncated)' if len(data) < expected else ''}"
+        )
     return np.frombuffer(data, np.uint8).reshape(shape)
 
 
@@ -215,8 +244,13 @@ class FashionMnistSource:
     (names in ``classes``). ``where(i)`` = ``"<images file>[i]"``.
     """
 
-    def __init__(self, directory: str = FASHION_MNIST_DIR, split: str = "train",
-                 image_size: int = 28, pad_to: int | None = None):
+    def __init__(
+        self,
+        directory: str = FASHION_MNIST_DIR,
+        split: str = "train",
+        image_size: int = 28,
+        pad_to: int | None = None,
+    ):
         if split not in _SPLITS:
             raise SourceError(f"split must be 'train' or 'test', got {split!r}")
         self.image_size = _check_int("image_size", image_size, 1)
@@ -232,18 +266,19 @@ class FashionMnistSource:
         n, rows, cols = _read_idx_header(self.images_path, IDX_IMAGES_MAGIC, 3)
         (n_labels,) = _read_idx_header(self.labels_path, IDX_LABELS_MAGIC, 1)
         if (rows, cols) != (_SIDE, _SIDE):
-            raise SourceError(f"{self.images_path}: images are {rows}x{cols}, expected "
-                              f"{_SIDE}x{_SIDE}")
+            raise SourceError(f"{self.images_path}: images are {rows}x{cols}, expected {_SIDE}x{_SIDE}")
         if n != n_labels:
-            raise SourceError(f"{self.images_path} has {n} images but {self.labels_path} has "
-                              f"{n_labels} labels; expected equal counts")
+            raise SourceError(
+                f"{self.images_path} has {n} images but {self.labels_path} has "
+                f"{n_labels} labels; expected equal counts"
+            )
         if n == 0:
             raise SourceError(f"{self.images_path} has no images")
-        for path, expected in ((self.images_path, 16 + n * _SIDE * _SIDE),
-                               (self.labels_path, 8 + n)):
+        for path, expected in ((self.images_path, 16 + n * _SIDE * _SIDE), (self.labels_path, 8 + n)):
             if not path.endswith(".gz") and os.path.getsize(path) != expected:
-                raise SourceError(f"{path}: {os.path.getsize(path)} bytes, expected {expected} "
-                                  f"(header + {n} examples)")
+                raise SourceError(
+                    f"{path}: {os.path.getsize(path)} bytes, expected {expected} (header + {n} examples)"
+                )
         self.num_examples = int(n)
         self.classes = FASHION_MNIST_CLASSES
         side = self.pad_to or self.image_size
@@ -271,8 +306,10 @@ class FashionMnistSource:
                     labels = _read_idx_data(self.labels_path, 8, (n,))
                     if labels.max() >= len(FASHION_MNIST_CLASSES):
                         bad = int(np.argmax(labels >= len(FASHION_MNIST_CLASSES)))
-                        raise SourceError(f"{self.labels_path}: label {int(labels[bad])} at index "
-                                          f"{bad}, expected 0..{len(FASHION_MNIST_CLASSES) - 1}")
+                        raise SourceError(
+                            f"{self.labels_path}: label {int(labels[bad])} at index "
+                            f"{bad}, expected 0..{len(FASHION_MNIST_CLASSES) - 1}"
+                        )
                     self._labels, self._images = labels, images
         return self._images, self._labels
 
@@ -289,13 +326,14 @@ class FashionMnistSource:
         if size == _SIDE + 4:
             pixels = np.pad(pixels, 2)
         elif size != _SIDE:
-            pixels = np.asarray(Image.fromarray(pixels).resize(
-                (size, size), Image.Resampling.BILINEAR))
+            pixels = np.asarray(Image.fromarray(pixels).resize((size, size), Image.Resampling.BILINEAR))
         if self.pad_to is not None and self.pad_to > size:
             lo = (self.pad_to - size) // 2
             pixels = np.pad(pixels, ((lo, self.pad_to - size - lo),) * 2)
         return {"image": to_unit_range(pixels)[..., None], "label": np.int32(labels[index])}
 
     def __repr__(self) -> str:
-        return (f"FashionMnistSource(directory={self.directory!r}, split={self.split!r}, "
-                f"image_size={self.image_size}, pad_to={self.pad_to}; {self.num_examples} examples)")
+        return (
+            f"FashionMnistSource(directory={self.directory!r}, split={self.split!r}, "
+            f"image_size={self.image_size}, pad_to={self.pad_to}; {self.num_examples} examples)"
+        )

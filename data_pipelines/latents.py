@@ -69,6 +69,7 @@ _REQUIRED_KEYS = ("format_version", "name", "modality", "count", "schema", "shar
 
 # ----------------------------------------------------------------------------- record format
 
+
 def encode_example(example: dict[str, np.ndarray]) -> bytes:
     """One example (dict of str -> numpy array / scalar) as a ``selfflow-raw-1`` record.
 
@@ -129,8 +130,9 @@ def decode_example(record: bytes) -> dict[str, np.ndarray]:
         start = base + offset
         stop = start + count * dtype.itemsize
         if stop > len(record):
-            raise ValueError(f"{key!r} ({shape} {dtype}) runs past the end of the record "
-                             f"({stop} > {len(record)} bytes)")
+            raise ValueError(
+                f"{key!r} ({shape} {dtype}) runs past the end of the record ({stop} > {len(record)} bytes)"
+            )
         out[key] = np.frombuffer(buffer, dtype, count, start).reshape(shape)
         end = max(end, stop)
     if end != len(record):
@@ -139,6 +141,7 @@ def decode_example(record: bytes) -> dict[str, np.ndarray]:
 
 
 # ----------------------------------------------------------------------------- writing
+
 
 def _shard_name(name: str, index: int, total: int) -> str:
     return f"{name}-{index:05d}-of-{total:05d}{SHARD_SUFFIX}"
@@ -161,13 +164,17 @@ def _as_arrays(where: str, example) -> dict[str, np.ndarray]:
 def _check_like_first(where: str, example: dict[str, np.ndarray], schema: Schema) -> None:
     """BadSampleError unless ``example`` has exactly ``schema``'s keys, shapes and dtypes."""
     if set(example) != set(schema):
-        raise BadSampleError(where, f"keys {sorted(example)} differ from the first example's "
-                                    f"{sorted(schema)}")
+        raise BadSampleError(
+            where, f"keys {sorted(example)} differ from the first example's {sorted(schema)}"
+        )
     for key, field in schema.items():
         value = example[key]
         if value.shape != field.shape or value.dtype.name != field.dtype:
-            raise BadSampleError(where, f"{key!r} is {value.shape} {value.dtype.name}, the first "
-                                        f"example's is {field.shape} {field.dtype}")
+            raise BadSampleError(
+                where,
+                f"{key!r} is {value.shape} {value.dtype.name}, the first "
+                f"example's is {field.shape} {field.dtype}",
+            )
     check_example(where, example, schema)  # non-finite floats
 
 
@@ -179,8 +186,18 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def prepare(source, out_dir, *, name: str, modality: str, shard_size: int = 1024, encode=None,
-            limit: int | None = None, on_bad_sample: str = "error", progress: bool = False) -> dict:
+def prepare(
+    source,
+    out_dir,
+    *,
+    name: str,
+    modality: str,
+    shard_size: int = 1024,
+    encode=None,
+    limit: int | None = None,
+    on_bad_sample: str = "error",
+    progress: bool = False,
+) -> dict:
     """Writes examples ``0 .. min(limit, len(source)) - 1`` of ``source`` (each mapped by
     ``encode(example) -> example`` if given), in index order, to ArrayRecord shards of
     ``shard_size`` examples in ``out_dir``, then ``out_dir/manifest.json``; returns the manifest.
@@ -263,8 +280,9 @@ def prepare(source, out_dir, *, name: str, modality: str, shard_size: int = 1024
             counts[-1] += 1
         close_writer()
         if schema is None:
-            raise SourceError(f"prepare {name!r}: no example of {source!r} to write "
-                              f"({total} read, {len(skipped)} skipped)")
+            raise SourceError(
+                f"prepare {name!r}: no example of {source!r} to write ({total} read, {len(skipped)} skipped)"
+            )
         files = [_shard_name(name, i, len(partial)) for i in range(len(partial))]
         for tmp, file in zip(partial, files):
             os.replace(tmp, out_dir / file)
@@ -293,7 +311,7 @@ def prepare(source, out_dir, *, name: str, modality: str, shard_size: int = 1024
         "source": repr(source),
         "encode": None if encode is None else repr(encode),
         "limit": None if limit is None else int(limit),
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "num_skipped": len(skipped),
         "skipped": skipped,
     }
@@ -309,6 +327,7 @@ def prepare(source, out_dir, *, name: str, modality: str, shard_size: int = 1024
 
 # ----------------------------------------------------------------------------- reading
 
+
 def _read_manifest(path: Path) -> tuple[dict, Schema, list[tuple[str, int]], int]:
     """(manifest, schema, [(shard file, count)], count), or SourceError naming ``path``."""
     if not path.is_file():
@@ -323,8 +342,10 @@ def _read_manifest(path: Path) -> tuple[dict, Schema, list[tuple[str, int]], int
     if missing:
         raise SourceError(f"{path}: manifest lacks {missing}")
     if manifest["format_version"] != FORMAT_VERSION:
-        raise SourceError(f"{path}: unknown format_version {manifest['format_version']!r} "
-                          f"(this reader knows {FORMAT_VERSION})")
+        raise SourceError(
+            f"{path}: unknown format_version {manifest['format_version']!r} "
+            f"(this reader knows {FORMAT_VERSION})"
+        )
     if manifest.get("record_format", RECORD_FORMAT) != RECORD_FORMAT:
         raise SourceError(f"{path}: unknown record_format {manifest['record_format']!r}")
     try:
@@ -341,8 +362,7 @@ def _read_manifest(path: Path) -> tuple[dict, Schema, list[tuple[str, int]], int
         if n < 1:
             raise SourceError(f"{path}: shard {file!r} has count {n}")
     if sum(n for _, n in shards) != count:
-        raise SourceError(f"{path}: shard counts add up to {sum(n for _, n in shards)}, "
-                          f"count says {count}")
+        raise SourceError(f"{path}: shard counts add up to {sum(n for _, n in shards)}, count says {count}")
     return manifest, schema, shards, count
 
 
@@ -364,8 +384,9 @@ def _check_shard(path: Path, expected: int, manifest_path: Path) -> None:
     if not ok:
         raise SourceError(f"{path}: truncated or corrupt ArrayRecord shard{detail}")
     if n != expected:
-        raise SourceError(f"{path}: shard has {n} records, {manifest_path} says {expected} "
-                          f"(replaced or rewritten?)")
+        raise SourceError(
+            f"{path}: shard has {n} records, {manifest_path} says {expected} (replaced or rewritten?)"
+        )
 
 
 class LatentSource:
@@ -398,7 +419,8 @@ class LatentSource:
         # "path[start:end]" tells Grain each shard's record range, so it need not open every
         # file again to count records (they were just checked).
         self._records = grain.sources.ArrayRecordDataSource(
-            [f"{path}[0:{n}]" for path, (_, n) in zip(self._paths, shards)])
+            [f"{path}[0:{n}]" for path, (_, n) in zip(self._paths, shards)]
+        )
 
     def __len__(self) -> int:
         return self._len
@@ -424,8 +446,9 @@ class LatentSource:
         except ValueError as e:
             raise BadSampleError(where, f"corrupt record ({e})") from None
         if set(example) != set(self.schema):
-            raise BadSampleError(where, f"record has keys {sorted(example)}, the manifest's schema "
-                                        f"{sorted(self.schema)}")
+            raise BadSampleError(
+                where, f"record has keys {sorted(example)}, the manifest's schema {sorted(self.schema)}"
+            )
         return check_example(where, example, self.schema)
 
     def __repr__(self) -> str:

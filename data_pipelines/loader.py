@@ -20,11 +20,13 @@ from data_pipelines.guard import GuardedSource
 def host_shard() -> tuple[int, int]:
     """(index, count) of this process among the JAX processes."""
     import jax
+
     return jax.process_index(), jax.process_count()
 
 
-def example_stream(source, seed: int, *, on_bad_sample: str = "error", name: str = "",
-                   shard: tuple[int, int] | None = None) -> grain.MapDataset:
+def example_stream(
+    source, seed: int, *, on_bad_sample: str = "error", name: str = "", shard: tuple[int, int] | None = None
+) -> grain.MapDataset:
     """Infinite MapDataset of this host's examples of ``source``, reshuffled every epoch.
 
     Each example gains ``skipped`` (see :mod:`.guard`). The shard is taken before shuffling,
@@ -50,17 +52,20 @@ def mixed_batches(streams, weights, batch_size: int) -> grain.MapDataset:
     return ds.batch(batch_size, drop_remainder=True)
 
 
-def batched_dataset(source, batch_size: int, seed: int, *, on_bad_sample: str = "error",
-                    shard: tuple[int, int] | None = None) -> grain.MapDataset:
+def batched_dataset(
+    source, batch_size: int, seed: int, *, on_bad_sample: str = "error", shard: tuple[int, int] | None = None
+) -> grain.MapDataset:
     """Infinite MapDataset whose element n is the n-th batch of one source."""
-    return mixed_batches([example_stream(source, seed, on_bad_sample=on_bad_sample, shard=shard)],
-                         [1.0], batch_size)
+    return mixed_batches(
+        [example_stream(source, seed, on_bad_sample=on_bad_sample, shard=shard)], [1.0], batch_size
+    )
 
 
 def _mark_flags_parsed() -> None:
     """grain 0.2.18 reads absl flags in its worker processes and fails with
     ``UnparsedFlagAccessError`` unless they were parsed (fixed upstream in google/grain#1361)."""
     from absl import flags
+
     if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()
 
@@ -70,6 +75,7 @@ def _one_blas_thread(worker_index: int, worker_count: int) -> None:
     cores (measured: the world's log-mel ran at ~230 examples/s in 2 workers with OpenBLAS
     threads, ~790 with one)."""
     from threadpoolctl import threadpool_limits
+
     threadpool_limits(limits=1)
 
 
@@ -78,15 +84,24 @@ class BatchIterator:
     batches ahead, or ``worker_count`` worker processes. ``get_state()`` is the position of the
     next batch; the trainer checkpoints it and resumes with ``start``."""
 
-    def __init__(self, dataset: grain.MapDataset, *, start: int = 0, read_threads: int = 2,
-                 prefetch: int = 4, worker_count: int = 0):
+    def __init__(
+        self,
+        dataset: grain.MapDataset,
+        *,
+        start: int = 0,
+        read_threads: int = 2,
+        prefetch: int = 4,
+        worker_count: int = 0,
+    ):
         self.next_index = start
         it = dataset[start:].to_iter_dataset(
-            grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch))
+            grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch)
+        )
         if worker_count > 0:
             _mark_flags_parsed()
-            it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count),
-                                worker_init_fn=_one_blas_thread)
+            it = it.mp_prefetch(
+                grain.MultiprocessingOptions(num_workers=worker_count), worker_init_fn=_one_blas_thread
+            )
         self._it = iter(it)
 
     def __iter__(self):

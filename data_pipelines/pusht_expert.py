@@ -72,28 +72,29 @@ AGENT_RADIUS = 15.0
 BLOCK_MASS, BLOCK_MOMENT = 1.0, 3000.0
 LOCAL_COG = np.array([0.0, 45.0])
 # T outline in block-local coordinates (bar on top: y in [0, 30]; stem: y in [30, 120]).
-LOCAL_OUTLINE = np.array([(-60, 0), (60, 0), (60, 30), (15, 30), (15, 120), (-15, 120), (-15, 30),
-                          (-60, 30)], np.float64)
+LOCAL_OUTLINE = np.array(
+    [(-60, 0), (60, 0), (60, 30), (15, 30), (15, 120), (-15, 120), (-15, 30), (-60, 30)], np.float64
+)
 # Faces the agent can push: (start, end, inward normal). Concave corners are kept clear by
 # AGENT_RADIUS + CLEARANCE + 4 so that the approach point is outside the inflated block.
 _FACES = (
-    ((-57, 0), (57, 0), (0, 1)),        # top of the bar
-    ((60, 3), (60, 27), (-1, 0)),       # right end of the bar
-    ((-60, 3), (-60, 27), (1, 0)),      # left end of the bar
-    ((57, 30), (38, 30), (0, -1)),      # underside of the bar, right
-    ((-57, 30), (-38, 30), (0, -1)),    # underside of the bar, left
-    ((15, 53), (15, 117), (-1, 0)),     # right side of the stem
-    ((-15, 53), (-15, 117), (1, 0)),    # left side of the stem
-    ((-12, 120), (12, 120), (0, -1)),   # bottom of the stem
+    ((-57, 0), (57, 0), (0, 1)),  # top of the bar
+    ((60, 3), (60, 27), (-1, 0)),  # right end of the bar
+    ((-60, 3), (-60, 27), (1, 0)),  # left end of the bar
+    ((57, 30), (38, 30), (0, -1)),  # underside of the bar, right
+    ((-57, 30), (-38, 30), (0, -1)),  # underside of the bar, left
+    ((15, 53), (15, 117), (-1, 0)),  # right side of the stem
+    ((-15, 53), (-15, 117), (1, 0)),  # left side of the stem
+    ((-12, 120), (12, 120), (0, -1)),  # bottom of the stem
 )
-CLEARANCE = 4.0        # agent path keeps this far from the block (beyond its radius)
-APPROACH = 8.0         # approach point: this far behind the contact (beyond the agent radius)
-ANGLE_WEIGHT = 60.0    # px per radian in the error the expert minimises
-MAX_DEPTH = 40.0       # longest push considered per decision (px)
-PUSH_LEAD = 16.0       # pushing target at most this far beyond the contact
-TRAVEL_LEAD = 40.0     # travel target at most this far from the agent
-TRAVEL_COST = 0.1      # score cost per 100 px of travel to a push's approach point
-KEEP_BONUS = 0.15      # score bonus of the current push
+CLEARANCE = 4.0  # agent path keeps this far from the block (beyond its radius)
+APPROACH = 8.0  # approach point: this far behind the contact (beyond the agent radius)
+ANGLE_WEIGHT = 60.0  # px per radian in the error the expert minimises
+MAX_DEPTH = 40.0  # longest push considered per decision (px)
+PUSH_LEAD = 16.0  # pushing target at most this far beyond the contact
+TRAVEL_LEAD = 40.0  # travel target at most this far from the agent
+TRAVEL_COST = 0.1  # score cost per 100 px of travel to a push's approach point
+KEEP_BONUS = 0.15  # score bonus of the current push
 
 
 def _contact_points(spacing: float = 8.0):
@@ -150,16 +151,15 @@ class PushTExpert:
     def _score(self, rot, com, origin, error, dtheta, agent, obstacle):
         import shapely
 
-        r = (LOCAL_POINTS - LOCAL_COG) @ rot.T                 # lever arms (N, 2), world frame
-        n = LOCAL_NORMALS @ rot.T                              # inward normals (N, 2)
+        r = (LOCAL_POINTS - LOCAL_COG) @ rot.T  # lever arms (N, 2), world frame
+        n = LOCAL_NORMALS @ rot.T  # inward normals (N, 2)
         cross = r[:, 0] * n[:, 1] - r[:, 1] * n[:, 0]
-        impulse = 1.0 / (1.0 / BLOCK_MASS + cross ** 2 / BLOCK_MOMENT)   # per px of push
-        a = impulse[:, None] * n / BLOCK_MASS                  # com displacement per px
-        b = impulse * cross / BLOCK_MOMENT                     # rotation per px
-        w2 = ANGLE_WEIGHT ** 2
-        depth = np.clip((a @ error + w2 * b * dtheta) / ((a * a).sum(1) + w2 * b * b),
-                        0.0, MAX_DEPTH)
-        cost0 = error @ error + w2 * dtheta ** 2
+        impulse = 1.0 / (1.0 / BLOCK_MASS + cross**2 / BLOCK_MOMENT)  # per px of push
+        a = impulse[:, None] * n / BLOCK_MASS  # com displacement per px
+        b = impulse * cross / BLOCK_MOMENT  # rotation per px
+        w2 = ANGLE_WEIGHT**2
+        depth = np.clip((a @ error + w2 * b * dtheta) / ((a * a).sum(1) + w2 * b * b), 0.0, MAX_DEPTH)
+        cost0 = error @ error + w2 * dtheta**2
         rest = error[None] - a * depth[:, None]
         cost1 = (rest * rest).sum(1) + w2 * (dtheta - b * depth) ** 2
         gain = (cost0 - cost1) / max(cost0, 1e-9)
@@ -188,16 +188,17 @@ class PushTExpert:
         agent = np.array(self.env.agent.position, float)
         block_poly = shapely.Polygon(origin + LOCAL_OUTLINE @ rot.T)
         obstacle = block_poly.buffer(AGENT_RADIUS + CLEARANCE, join_style="mitre")
-        score, depth, contact, normal, approach = self._score(rot, com, origin, error, dtheta,
-                                                              agent, obstacle)
+        score, depth, contact, normal, approach = self._score(
+            rot, com, origin, error, dtheta, agent, obstacle
+        )
         best = int(np.argmax(score))
-        if not np.isfinite(score[best]):            # nothing helps: stay clear of the block
+        if not np.isfinite(score[best]):  # nothing helps: stay clear of the block
             self.current, self.pushing = None, False
             return self._travel(agent, agent, obstacle)
         if best != self.current:
             self.current, self.pushing = best, False
         n, c = normal[best], contact[best]
-        along = (agent - c) @ n                      # < 0: behind the face
+        along = (agent - c) @ n  # < 0: behind the face
         lateral = abs((agent - c) @ np.array([-n[1], n[0]]))
         if not self.pushing and np.linalg.norm(agent - approach[best]) < 3.0:
             self.pushing = True
@@ -212,9 +213,11 @@ class PushTExpert:
         clear, else the next vertex of the shortest path over the inflated outline's vertices."""
         import shapely
 
-        if shapely.contains_xy(obstacle, *agent):    # inside the inflated block: back out first
+        if shapely.contains_xy(obstacle, *agent):  # inside the inflated block: back out first
             outer = obstacle.buffer(3.0, join_style="mitre")
-            exit_point = np.array(shapely.get_coordinates(shapely.shortest_line(outer.exterior, shapely.Point(agent)))[0])
+            exit_point = np.array(
+                shapely.get_coordinates(shapely.shortest_line(outer.exterior, shapely.Point(agent)))[0]
+            )
             return self._lead(agent, exit_point)
         if not obstacle.intersects(shapely.LineString([agent, goal])) or np.allclose(agent, goal):
             return self._lead(agent, goal)
@@ -250,12 +253,17 @@ class PushTExpert:
 
 
 def make_env(image_size: int = 96, max_steps: int = 300):
-    import gymnasium
     import gym_pusht  # noqa: F401  (registers gym_pusht/PushT-v0)
+    import gymnasium
 
-    return gymnasium.make("gym_pusht/PushT-v0", obs_type="pixels_agent_pos", render_mode="rgb_array",
-                          observation_width=image_size, observation_height=image_size,
-                          max_episode_steps=max_steps)
+    return gymnasium.make(
+        "gym_pusht/PushT-v0",
+        obs_type="pixels_agent_pos",
+        render_mode="rgb_array",
+        observation_width=image_size,
+        observation_height=image_size,
+        max_episode_steps=max_steps,
+    )
 
 
 def episode_seed(seed: int, index: int) -> int:
@@ -280,14 +288,27 @@ def run_episode(env, env_seed: int, max_steps: int = 300) -> dict:
         success = bool(info["is_success"])
         if terminated or truncated:
             break
-    return {"frames": np.stack(frames).astype(np.uint8), "proprio": np.asarray(proprio, np.float32),
-            "actions": np.asarray(actions, np.float32), "success": success,
-            "reward": np.asarray(rewards, np.float32), "coverage": np.asarray(coverage, np.float64),
-            "env_seed": env_seed, "steps": len(actions)}
+    return {
+        "frames": np.stack(frames).astype(np.uint8),
+        "proprio": np.asarray(proprio, np.float32),
+        "actions": np.asarray(actions, np.float32),
+        "success": success,
+        "reward": np.asarray(rewards, np.float32),
+        "coverage": np.asarray(coverage, np.float64),
+        "env_seed": env_seed,
+        "steps": len(actions),
+    }
 
 
-def record_episodes(out_dir, num_episodes: int, seed: int = 0, max_steps: int = 300,
-                    image_size: int = 96, fmt: str = "npz", stats: dict | None = None) -> list[Path]:
+def record_episodes(
+    out_dir,
+    num_episodes: int,
+    seed: int = 0,
+    max_steps: int = 300,
+    image_size: int = 96,
+    fmt: str = "npz",
+    stats: dict | None = None,
+) -> list[Path]:
     """Records ``num_episodes`` expert episodes into ``out_dir/episode_{i:05d}.{fmt}``.
 
     ``fmt`` is "npz" (uncompressed) or "h5". When ``stats`` is a dict it is filled with
@@ -314,34 +335,48 @@ def record_episodes(out_dir, num_episodes: int, seed: int = 0, max_steps: int = 
         for i in range(int(num_episodes)):
             ep = run_episode(env, episode_seed(int(seed), i), int(max_steps))
             path = out / f"episode_{i:05d}.{fmt}"
-            write_episode(path, ep["frames"], ep["proprio"], ep["actions"], success=ep["success"],
-                          extra={"reward": ep["reward"], "env_seed": np.int64(ep["env_seed"])})
+            write_episode(
+                path,
+                ep["frames"],
+                ep["proprio"],
+                ep["actions"],
+                success=ep["success"],
+                extra={"reward": ep["reward"], "env_seed": np.int64(ep["env_seed"])},
+            )
             paths.append(path)
             results.append(ep)
-            log.info("%s: %d steps, success %s, final coverage %.3f", path, ep["steps"],
-                     ep["success"], ep["coverage"][-1])
+            log.info(
+                "%s: %d steps, success %s, final coverage %.3f",
+                path,
+                ep["steps"],
+                ep["success"],
+                ep["coverage"][-1],
+            )
     finally:
         env.close()
     elapsed = time.perf_counter() - start
     if stats is not None:
         steps = [ep["steps"] for ep in results]
-        stats.update({
-            "success": [ep["success"] for ep in results],
-            "final_coverage": [float(ep["coverage"][-1]) for ep in results],
-            "steps": steps,
-            "success_rate": float(np.mean([ep["success"] for ep in results])),
-            "mean_final_coverage": float(np.mean([ep["coverage"][-1] for ep in results])),
-            "mean_final_reward": float(np.mean([ep["reward"][-1] for ep in results])),
-            "mean_max_coverage": float(np.mean([ep["coverage"].max() for ep in results])),
-            "mean_steps": float(np.mean(steps)),
-            "steps_per_s": sum(steps) / elapsed,
-        })
+        stats.update(
+            {
+                "success": [ep["success"] for ep in results],
+                "final_coverage": [float(ep["coverage"][-1]) for ep in results],
+                "steps": steps,
+                "success_rate": float(np.mean([ep["success"] for ep in results])),
+                "mean_final_coverage": float(np.mean([ep["coverage"][-1] for ep in results])),
+                "mean_final_reward": float(np.mean([ep["reward"][-1] for ep in results])),
+                "mean_max_coverage": float(np.mean([ep["coverage"].max() for ep in results])),
+                "mean_steps": float(np.mean(steps)),
+                "steps_per_s": sum(steps) / elapsed,
+            }
+        )
     return paths
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m data_pipelines.pusht_expert",
-                                     description="Record scripted-expert PushT episodes.")
+    parser = argparse.ArgumentParser(
+        prog="python -m data_pipelines.pusht_expert", description="Record scripted-expert PushT episodes."
+    )
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--episodes", type=int, required=True)
     parser.add_argument("--seed", type=int, default=0)
@@ -351,15 +386,24 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     stats: dict = {}
     try:
-        paths = record_episodes(args.out, args.episodes, seed=args.seed, max_steps=args.max_steps,
-                                image_size=args.image_size, fmt=args.format, stats=stats)
+        paths = record_episodes(
+            args.out,
+            args.episodes,
+            seed=args.seed,
+            max_steps=args.max_steps,
+            image_size=args.image_size,
+            fmt=args.format,
+            stats=stats,
+        )
     except ValueError as e:
         parser.error(str(e))
-    print(f"wrote {len(paths)} episodes to {args.out}: success {sum(stats['success'])}/{len(paths)} "
-          f"({stats['success_rate']:.0%}), mean final coverage {stats['mean_final_coverage']:.3f}, "
-          f"mean final reward {stats['mean_final_reward']:.3f}, mean max coverage "
-          f"{stats['mean_max_coverage']:.3f}, mean {stats['mean_steps']:.0f} steps/episode, "
-          f"{stats['steps_per_s']:.0f} steps/s")
+    print(
+        f"wrote {len(paths)} episodes to {args.out}: success {sum(stats['success'])}/{len(paths)} "
+        f"({stats['success_rate']:.0%}), mean final coverage {stats['mean_final_coverage']:.3f}, "
+        f"mean final reward {stats['mean_final_reward']:.3f}, mean max coverage "
+        f"{stats['mean_max_coverage']:.3f}, mean {stats['mean_steps']:.0f} steps/episode, "
+        f"{stats['steps_per_s']:.0f} steps/s"
+    )
     print("final coverage per episode: " + " ".join(f"{c:.2f}" for c in stats["final_coverage"]))
     return 0
 

@@ -32,24 +32,35 @@ import numpy as np
 from data_pipelines.base import Field
 
 CLASS_NAMES: tuple[str, ...] = (
-    "circle", "square", "triangle", "plus", "ring",
-    "diamond", "horizontal_bars", "vertical_bars", "x", "two_dots",
+    "circle",
+    "square",
+    "triangle",
+    "plus",
+    "ring",
+    "diamond",
+    "horizontal_bars",
+    "vertical_bars",
+    "x",
+    "two_dots",
 )
 NUM_CLASSES = len(CLASS_NAMES)
 
 # Base RGB colour of each class in [0, 1], shape (NUM_CLASSES, 3).
-CLASS_COLORS = np.array([
-    [0.95, 0.12, 0.10],  # circle: red
-    [1.00, 0.55, 0.05],  # square: orange
-    [0.95, 0.92, 0.10],  # triangle: yellow
-    [0.10, 0.85, 0.15],  # plus: green
-    [0.10, 0.85, 0.95],  # ring: cyan
-    [0.15, 0.30, 1.00],  # diamond: blue
-    [0.60, 0.20, 0.95],  # horizontal bars: purple
-    [0.95, 0.15, 0.80],  # vertical bars: magenta
-    [0.95, 0.95, 0.95],  # x: white
-    [1.00, 0.62, 0.70],  # two dots: pink
-], dtype=np.float32)
+CLASS_COLORS = np.array(
+    [
+        [0.95, 0.12, 0.10],  # circle: red
+        [1.00, 0.55, 0.05],  # square: orange
+        [0.95, 0.92, 0.10],  # triangle: yellow
+        [0.10, 0.85, 0.15],  # plus: green
+        [0.10, 0.85, 0.95],  # ring: cyan
+        [0.15, 0.30, 1.00],  # diamond: blue
+        [0.60, 0.20, 0.95],  # horizontal bars: purple
+        [0.95, 0.15, 0.80],  # vertical bars: magenta
+        [0.95, 0.95, 0.95],  # x: white
+        [1.00, 0.62, 0.70],  # two dots: pink
+    ],
+    dtype=np.float32,
+)
 
 
 def _box(x, y, hx, hy):
@@ -119,7 +130,8 @@ def render_batch(labels: np.ndarray, rng: np.random.Generator, image_size: int =
     grad_dir = rng.uniform(0.0, 2 * np.pi, n)
     grad_amp = rng.uniform(0.0, 0.06, n)
     size, center, angle, color, bg, grad_dir, grad_amp = (
-        v.astype(np.float32) for v in (size, center, angle, color, bg, grad_dir, grad_amp))
+        v.astype(np.float32) for v in (size, center, angle, color, bg, grad_dir, grad_amp)
+    )
 
     coords = ((np.arange(image_size) + 0.5) / image_size * 2.0 - 1.0).astype(np.float32)  # pixel centres
     gy, gx = coords[None, :, None], coords[None, None, :]  # (1, H, 1), (1, 1, W)
@@ -153,8 +165,10 @@ class ShapesSource:
         if int(seed) != seed or seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
         self.num_examples, self.image_size, self.seed = int(num_examples), int(image_size), int(seed)
-        self.schema = {"image": Field((self.image_size, self.image_size, 3), "float32"),
-                       "label": Field((), "int32")}
+        self.schema = {
+            "image": Field((self.image_size, self.image_size, 3), "float32"),
+            "label": Field((), "int32"),
+        }
 
     def __len__(self) -> int:
         return self.num_examples
@@ -172,5 +186,6 @@ class ShapesSource:
         return {"image": image, "label": np.int32(label)}
 
     def __repr__(self) -> str:
-        return (f"ShapesSource(num_examples={self.num_examples}, "
-                f"image_size={self.image_size}, seed={self.seed})")
+        return (
+            f"ShapesSource(num_examples={self.num_examples}, image_size={self.image_size}, seed={self.seed})"
+        )

@@ -20,7 +20,6 @@ from modalities.audio import MEL_HOP_SECONDS, AudioSpec  # noqa: F401  (re-expor
 from modalities.audio import data_spec as audio_spec
 
 
-
 def clip_frames(data_cfg) -> int:
     return int(round(data_cfg.clip_seconds * data_cfg.fps))
 
@@ -61,10 +60,14 @@ class WorldExamples:
         self.world, self.spec = world_source, spec
         c, n = world_source.config, world_source.config.image_size
         t_a = c.num_actions
-        full = {"image": Field((n, n, 3), "float32"), "video": Field((c.num_frames, n, n, 3), "float32"),
-                "audio": Field((spec.frames, spec.n_mels), "float32"),
-                "actions": Field((t_a, 2), "float32"), "proprio": Field((t_a, 4), "float32"),
-                "label": Field((), "int32")}
+        full = {
+            "image": Field((n, n, 3), "float32"),
+            "video": Field((c.num_frames, n, n, 3), "float32"),
+            "audio": Field((spec.frames, spec.n_mels), "float32"),
+            "actions": Field((t_a, 2), "float32"),
+            "proprio": Field((t_a, 4), "float32"),
+            "label": Field((), "int32"),
+        }
         self.keys = tuple(full) if keys is None else tuple(dict.fromkeys((*keys, "label")))
         self.schema = {k: full[k] for k in self.keys}
 
@@ -99,34 +102,51 @@ def build(sc, data_cfg, seed: int):
     kind = sc.kind
     if kind == "shapes":
         from data_pipelines.shapes import ShapesSource
-        return Selected(ShapesSource(num_examples=d.num_examples, image_size=d.image_size, seed=seed),
-                        ("image",))
+
+        return Selected(
+            ShapesSource(num_examples=d.num_examples, image_size=d.image_size, seed=seed), ("image",)
+        )
     if kind == "world":
         from data_pipelines.world import WorldConfig, WorldSource
-        world = WorldConfig(image_size=d.image_size, duration=d.clip_seconds, fps=int(d.fps),
-                            sample_rate=d.sample_rate)
+
+        world = WorldConfig(
+            image_size=d.image_size, duration=d.clip_seconds, fps=int(d.fps), sample_rate=d.sample_rate
+        )
         return WorldExamples(WorldSource(d.num_examples, world, seed=seed), audio_spec(d))
     if kind == "image_folder":
         from data_pipelines.image_files import ImageFolderSource
+
         src = ImageFolderSource(sc.path, image_size=d.image_size, channels=sc.channels, resize=sc.resize)
     elif kind == "fashion_mnist":
         from data_pipelines.image_files import FashionMnistSource
+
         kwargs = {"directory": sc.path} if sc.path else {}
         src = FashionMnistSource(split=sc.split, image_size=d.image_size, **kwargs)
     elif kind == "video_files":
         from data_pipelines.video_files import VideoFileSource
-        src = VideoFileSource(sc.path, frames=clip_frames(d), fps=d.fps, image_size=d.image_size,
-                              audio=audio_spec(d) if sc.with_audio else None,
-                              clips_per_video=sc.clips_per_video, seed=seed)
+
+        src = VideoFileSource(
+            sc.path,
+            frames=clip_frames(d),
+            fps=d.fps,
+            image_size=d.image_size,
+            audio=audio_spec(d) if sc.with_audio else None,
+            clips_per_video=sc.clips_per_video,
+            seed=seed,
+        )
     elif kind == "audio_files":
         from data_pipelines.audio_files import AudioFileSource
+
         src = AudioFileSource(sc.path, audio_spec(d), crop=sc.crop, seed=seed)
     elif kind == "trajectories":
         from data_pipelines.trajectories import TrajectorySource
-        src = TrajectorySource(sc.path, window=clip_frames(d), image_size=d.image_size, stride=sc.stride,
-                               seed=seed)
+
+        src = TrajectorySource(
+            sc.path, window=clip_frames(d), image_size=d.image_size, stride=sc.stride, seed=seed
+        )
     elif kind == "latents":
         from data_pipelines.latents import LatentSource
+
         src = LatentSource(sc.path)
     else:  # config validation names the allowed kinds; this guards direct calls
         raise SourceError(f"source {sc.name!r}: unknown kind {kind!r}")
@@ -138,6 +158,7 @@ def default_sources(data_cfg) -> tuple:
     if data_cfg.sources:
         return data_cfg.sources
     from selfflow.config import SourceConfig
+
     return (SourceConfig(name=data_cfg.source, kind=data_cfg.source),)
 
 

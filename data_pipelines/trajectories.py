@@ -108,8 +108,7 @@ def write_episode(path, frames, proprio, actions, success=None, label=None, extr
             raise ValueError(f"{name} has {len(value)} steps but frames has {len(frames)}")
         if not np.isfinite(value).all():
             raise ValueError(f"{name} has non-finite values")
-    arrays = {"frames": frames, "proprio": proprio.astype(np.float32),
-              "actions": actions.astype(np.float32)}
+    arrays = {"frames": frames, "proprio": proprio.astype(np.float32), "actions": actions.astype(np.float32)}
     if success is not None:
         arrays["success"] = np.bool_(bool(success))
     if label is not None:
@@ -145,6 +144,7 @@ def write_episode(path, frames, proprio, actions, success=None, label=None, extr
 class _Array:
     """Header of one stored array; ``offset`` is the data's byte offset in the file for an
     uncompressed, C-ordered npz member (None: read the member whole, or h5py)."""
+
     shape: tuple[int, ...]
     dtype: np.dtype
     offset: int | None = None
@@ -153,10 +153,10 @@ class _Array:
 @dataclasses.dataclass
 class _Episode:
     path: Path
-    fmt: str                       # "npz" | "h5"
+    fmt: str  # "npz" | "h5"
     length: int = 0
-    arrays: dict | None = None     # name -> _Array
-    bad: str | None = None         # reason the episode cannot be read
+    arrays: dict | None = None  # name -> _Array
+    bad: str | None = None  # reason the episode cannot be read
 
 
 def _npz_headers(path: Path) -> dict[str, _Array]:
@@ -230,29 +230,33 @@ def resize_frames(frames: np.ndarray, size: int | None) -> np.ndarray:
     if size is not None and frames.shape[1:3] != (size, size):
         from PIL import Image
 
-        frames = np.stack([np.asarray(Image.fromarray(f).resize((size, size), Image.BILINEAR))
-                           for f in frames])
+        frames = np.stack(
+            [np.asarray(Image.fromarray(f).resize((size, size), Image.BILINEAR)) for f in frames]
+        )
     return to_unit_range(frames)
 
 
 class TrajectorySource:
     """Grain random-access source of episode windows (see module docstring)."""
 
-    def __init__(self, root, window: int, image_size: int | None = None, stride: int = 1,
-                 seed: int = 0):
+    def __init__(self, root, window: int, image_size: int | None = None, stride: int = 1, seed: int = 0):
         for name, value, low in (("window", window, 1), ("stride", stride, 1), ("seed", seed, 0)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
                 raise SourceError(f"{name} must be an integer >= {low}, got {value!r}")
-        if image_size is not None and (isinstance(image_size, bool) or
-                                       not isinstance(image_size, (int, np.integer)) or image_size < 1):
+        if image_size is not None and (
+            isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or image_size < 1
+        ):
             raise SourceError(f"image_size must be None or an integer >= 1, got {image_size!r}")
         self.root = Path(root)
         self.window, self.stride, self.seed = int(window), int(stride), int(seed)
         self.image_size = None if image_size is None else int(image_size)
         if not self.root.is_dir():
             raise SourceError(f"trajectory root {self.root} is not a directory")
-        files = sorted(p for p in self.root.rglob("*")
-                       if p.suffix.lower() in SUFFIXES and p.is_file() and not p.name.startswith("."))
+        files = sorted(
+            p
+            for p in self.root.rglob("*")
+            if p.suffix.lower() in SUFFIXES and p.is_file() and not p.name.startswith(".")
+        )
         if not files:
             raise SourceError(f"no episode files ({', '.join(SUFFIXES)}) under {self.root}")
         self.episodes = [self._read_headers(p) for p in files]
@@ -272,23 +276,38 @@ class TrajectorySource:
                 table.extend((e, s) for s in starts)
         usable = len(self.episodes) - len(self.bad_episodes) - len(self.skipped_short)
         if self.skipped_short:
-            log.warning("%s: %d of %d episodes are shorter than window=%d and contribute no windows "
-                        "(first: %s, length %d)", self.root, len(self.skipped_short),
-                        len(self.episodes), self.window, *self.skipped_short[0])
+            log.warning(
+                "%s: %d of %d episodes are shorter than window=%d and contribute no windows "
+                "(first: %s, length %d)",
+                self.root,
+                len(self.skipped_short),
+                len(self.episodes),
+                self.window,
+                *self.skipped_short[0],
+            )
         if self.bad_episodes:
-            log.warning("%s: %d bad episode file(s), one failing example each (first: %s: %s)",
-                        self.root, len(self.bad_episodes), *self.bad_episodes[0])
+            log.warning(
+                "%s: %d bad episode file(s), one failing example each (first: %s: %s)",
+                self.root,
+                len(self.bad_episodes),
+                *self.bad_episodes[0],
+            )
         if usable == 0:
             detail = []
             if self.skipped_short:
-                detail.append(f"{len(self.skipped_short)} shorter than window={self.window} "
-                              f"(longest {max(n for _, n in self.skipped_short)})")
+                detail.append(
+                    f"{len(self.skipped_short)} shorter than window={self.window} "
+                    f"(longest {max(n for _, n in self.skipped_short)})"
+                )
             if self.bad_episodes:
-                detail.append(f"{len(self.bad_episodes)} bad (first {self.bad_episodes[0][0]}: "
-                              f"{self.bad_episodes[0][1]})")
-            raise SourceError(f"no usable episode under {self.root}: {len(self.episodes)} files, "
-                              + "; ".join(detail))
-        self.table = np.asarray(table, np.int64).reshape(-1, 2)   # (num_examples, [episode, start])
+                detail.append(
+                    f"{len(self.bad_episodes)} bad (first {self.bad_episodes[0][0]}: "
+                    f"{self.bad_episodes[0][1]})"
+                )
+            raise SourceError(
+                f"no usable episode under {self.root}: {len(self.episodes)} files, " + "; ".join(detail)
+            )
+        self.table = np.asarray(table, np.int64).reshape(-1, 2)  # (num_examples, [episode, start])
 
         ref = next(ep for ep in self.episodes if ep.bad is None)
         _, height, width, _ = ref.arrays["frames"].shape
@@ -318,16 +337,20 @@ class TrajectorySource:
         for ep in self.episodes:
             if ep.bad is not None:
                 continue
-            dims = {"P (proprio dim)": ep.arrays["proprio"].shape[1],
-                    "A (action dim)": ep.arrays["actions"].shape[1],
-                    "frame size (H, W)": ep.arrays["frames"].shape[1:3]}
+            dims = {
+                "P (proprio dim)": ep.arrays["proprio"].shape[1],
+                "A (action dim)": ep.arrays["actions"].shape[1],
+                "frame size (H, W)": ep.arrays["frames"].shape[1:3],
+            }
             if ref is None:
                 ref = (ep.path, dims)
                 continue
             for name, value in dims.items():
                 if value != ref[1][name]:
-                    raise SourceError(f"{ep.path}: {name} is {value}, but {ref[0]} has {ref[1][name]}; "
-                                      "all episodes under one root must agree")
+                    raise SourceError(
+                        f"{ep.path}: {name} is {value}, but {ref[0]} has {ref[1][name]}; "
+                        "all episodes under one root must agree"
+                    )
 
     # ------------------------------------------------------------------------------- access
 
@@ -351,16 +374,22 @@ class TrajectorySource:
         except BadSampleError as e:
             raise BadSampleError(where, e.reason) from None
         except (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError) as e:
-            raise BadSampleError(where, f"cannot read the file ({type(e).__name__}: {e}); "
-                                 "truncated or corrupt?") from None
+            raise BadSampleError(
+                where, f"cannot read the file ({type(e).__name__}: {e}); truncated or corrupt?"
+            ) from None
         frames, proprio, actions, label = rows
         for name, value in (("proprio", proprio), ("actions", actions)):
             if value.dtype.kind == "f" and not np.isfinite(value).all():
                 bad = int((~np.isfinite(value)).sum())
                 raise BadSampleError(where, f"{name!r} has {bad} non-finite values (NaN or inf)")
         video = resize_frames(frames, self.image_size)
-        return {"image": video[0], "video": video, "proprio": proprio.astype(np.float32),
-                "actions": actions.astype(np.float32), "label": np.int32(label)}
+        return {
+            "image": video[0],
+            "video": video,
+            "proprio": proprio.astype(np.float32),
+            "actions": actions.astype(np.float32),
+            "label": np.int32(label),
+        }
 
     def _read_npz(self, ep: _Episode, start: int):
         stop = start + self.window
@@ -375,8 +404,10 @@ class TrajectorySource:
                         raw.seek(arr.offset + start * row)
                         data = raw.read(row * self.window)
                         if len(data) != row * self.window:
-                            raise BadSampleError(str(ep.path), f"truncated: {key!r} rows {start}:{stop} "
-                                                 f"end past the end of the file")
+                            raise BadSampleError(
+                                str(ep.path),
+                                f"truncated: {key!r} rows {start}:{stop} end past the end of the file",
+                            )
                         value = np.frombuffer(data, arr.dtype).reshape(self.window, *arr.shape[1:])
                     else:
                         zf = zf or zipfile.ZipFile(raw)
@@ -407,6 +438,8 @@ class TrajectorySource:
         return (*out, label)
 
     def __repr__(self) -> str:
-        return (f"TrajectorySource(root={str(self.root)!r}, window={self.window}, "
-                f"image_size={self.image_size}, stride={self.stride}, seed={self.seed}; "
-                f"{len(self.episodes)} episodes, {len(self)} windows)")
+        return (
+            f"TrajectorySource(root={str(self.root)!r}, window={self.window}, "
+            f"image_size={self.image_size}, stride={self.stride}, seed={self.seed}; "
+            f"{len(self.episodes)} episodes, {len(self)} windows)"
+        )

@@ -124,8 +124,12 @@ def _reason(error: BaseException) -> str:
 
 
 def _positive_int(name: str, value, minimum: int = 1) -> int:
-    if (isinstance(value, bool) or not isinstance(value, numbers.Real)
-            or not float(value).is_integer() or value < minimum):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not float(value).is_integer()
+        or value < minimum
+    ):
         raise SourceError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
 
@@ -138,11 +142,12 @@ def resize_crop(frames: np.ndarray, size: int) -> np.ndarray:
         from PIL import Image
 
         new_w, new_h = _scaled_size(width, height, size)
-        frames = np.stack([np.asarray(Image.fromarray(f).resize((new_w, new_h), Image.BILINEAR))
-                           for f in frames])
+        frames = np.stack(
+            [np.asarray(Image.fromarray(f).resize((new_w, new_h), Image.BILINEAR)) for f in frames]
+        )
         height, width = new_h, new_w
     top, left = (height - size) // 2, (width - size) // 2
-    return frames[:, top:top + size, left:left + size]
+    return frames[:, top : top + size, left : left + size]
 
 
 def _scaled_size(width: int, height: int, size: int) -> tuple[int, int]:
@@ -171,8 +176,9 @@ def decord_width_ok(width: int, align: int = _LINE_ALIGN) -> bool:
     return linesize == 3 * width or linesize % width != 0
 
 
-def _decodable_size(width: int, height: int, out_w: int, out_h: int,
-                    align: int = _LINE_ALIGN) -> tuple[int, int]:
+def _decodable_size(
+    width: int, height: int, out_w: int, out_h: int, align: int = _LINE_ALIGN
+) -> tuple[int, int]:
     """(out_w, out_h), or the nearest larger width decord can return with the height that keeps
     the aspect ratio (the frames then go through Pillow to the final size)."""
     if decord_width_ok(out_w, align):
@@ -196,19 +202,27 @@ class VideoFileSource:
     """Grain random-access source of clips from the video files under ``root`` (see the module
     docstring for sampling, resizing, audio, labels and the errors raised)."""
 
-    def __init__(self, root, frames: int, fps: float, image_size: int,
-                 audio: AudioSpec | None = None, clips_per_video: int = 1, seed: int = 0):
+    def __init__(
+        self,
+        root,
+        frames: int,
+        fps: float,
+        image_size: int,
+        audio: AudioSpec | None = None,
+        clips_per_video: int = 1,
+        seed: int = 0,
+    ):
         self.frames = _positive_int("frames", frames)
-        if isinstance(fps, bool) or not isinstance(fps, numbers.Real) or not (
-                math.isfinite(fps) and fps > 0):
+        if isinstance(fps, bool) or not isinstance(fps, numbers.Real) or not (math.isfinite(fps) and fps > 0):
             raise SourceError(f"fps must be a positive number, got {fps!r}")
         self.fps = float(fps)
         self.image_size = _positive_int("image_size", image_size)
         self.clips_per_video = _positive_int("clips_per_video", clips_per_video)
         self.seed = _positive_int("seed", seed, minimum=0)
         if audio is not None and not isinstance(audio, AudioSpec):
-            raise SourceError(f"audio must be a modalities.audio.AudioSpec or None, "
-                              f"got {type(audio).__name__}")
+            raise SourceError(
+                f"audio must be a modalities.audio.AudioSpec or None, got {type(audio).__name__}"
+            )
         self.audio = audio
         self.clip_seconds = self.frames / self.fps
         if audio is not None:
@@ -219,10 +233,16 @@ class VideoFileSource:
                     f"the audio span ({audio.frames} mel frames x {audio.hop_length} samples at "
                     f"{audio.sample_rate} Hz = {audio_seconds:.4f} s) must equal the video clip "
                     f"({self.frames} frames at {self.fps:g} fps = {self.clip_seconds:.4f} s) to "
-                    f"within half a hop ({tolerance:.4f} s)")
+                    f"within half a hop ({tolerance:.4f} s)"
+                )
 
         found = scan_class_folders(root, VIDEO_EXTENSIONS, "video")
-        self.root, self.files, self.labels, self.classes = found.root, found.files, found.labels, found.classes
+        self.root, self.files, self.labels, self.classes = (
+            found.root,
+            found.files,
+            found.labels,
+            found.classes,
+        )
 
         self.schema = {
             "video": Field((self.frames, self.image_size, self.image_size, 3), "float32"),
@@ -255,11 +275,13 @@ class VideoFileSource:
     def _reader(self, path: str, width: int = -1, height: int = -1):
         decord = _decord()
         try:
-            return decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1, width=width,
-                                      height=height, fault_tol=_FAULT_TOL)
+            return decord.VideoReader(
+                path, ctx=decord.cpu(0), num_threads=1, width=width, height=height, fault_tol=_FAULT_TOL
+            )
         except (decord.DECORDError, RuntimeError, AssertionError, OSError, ValueError) as e:
-            raise BadSampleError(path, f"decord cannot open it as a video "
-                                       f"(not a video, or truncated/corrupt): {_reason(e)}") from e
+            raise BadSampleError(
+                path, f"decord cannot open it as a video (not a video, or truncated/corrupt): {_reason(e)}"
+            ) from e
 
     def _native_size(self, path: str) -> tuple[int, int]:
         size = self._sizes.get(path)
@@ -277,21 +299,26 @@ class VideoFileSource:
         """(frames, S, S, 3) float32 in [-1, 1] and the clip's start time in seconds."""
         decord = _decord()
         width, height = self._native_size(path)
-        out_w, out_h = _decodable_size(width, height,
-                                       *_scaled_size(width, height, self.image_size))
+        out_w, out_h = _decodable_size(width, height, *_scaled_size(width, height, self.image_size))
         reader = self._reader(path, *self._reader_size(width, height, out_w, out_h))
         try:
             count = len(reader)
-            stamps = np.asarray(_numpy(reader.get_frame_timestamp(list(range(count)))),
-                                np.float64).reshape(count, 2)
+            stamps = np.asarray(_numpy(reader.get_frame_timestamp(list(range(count)))), np.float64).reshape(
+                count, 2
+            )
             native_fps = float(reader.get_avg_fps())
         except (decord.DECORDError, RuntimeError) as e:
             raise BadSampleError(path, f"cannot read its frame index: {_reason(e)}") from e
         starts = stamps[:, 0]
-        if (count < 1 or not np.isfinite(stamps).all()
-                or np.abs(stamps).max() > _MAX_TIMESTAMP_S or (np.diff(starts) < 0).any()):
-            raise BadSampleError(path, f"its {count} frame timestamps are missing or invalid "
-                                       f"(corrupt or truncated file)")
+        if (
+            count < 1
+            or not np.isfinite(stamps).all()
+            or np.abs(stamps).max() > _MAX_TIMESTAMP_S
+            or (np.diff(starts) < 0).any()
+        ):
+            raise BadSampleError(
+                path, f"its {count} frame timestamps are missing or invalid (corrupt or truncated file)"
+            )
         if math.isfinite(native_fps) and native_fps > 0:
             period = 1.0 / native_fps
         elif count > 1:
@@ -301,8 +328,10 @@ class VideoFileSource:
         end = stamps[-1, 1] if stamps[-1, 1] > starts[-1] else starts[-1] + period
         if end + _TIME_EPS < self.clip_seconds:
             raise BadSampleError(
-                path, f"video is {end:.3f} s long ({count} frames at {native_fps:g} fps); a clip "
-                      f"needs {self.clip_seconds:.3f} s ({self.frames} frames at {self.fps:g} fps)")
+                path,
+                f"video is {end:.3f} s long ({count} frames at {native_fps:g} fps); a clip "
+                f"needs {self.clip_seconds:.3f} s ({self.frames} frames at {self.fps:g} fps)",
+            )
         start = float(rng.uniform(0.0, max(end - self.clip_seconds, 0.0)))
         times = start + np.arange(self.frames) / self.fps
         picks = nearest_frames(starts, times)
@@ -310,16 +339,19 @@ class VideoFileSource:
         if (gap > period + _TIME_EPS).any():
             k = int(np.argmax(gap))
             raise BadSampleError(
-                path, f"frames are missing: the nearest frame to t={times[k]:.3f} s is at "
-                      f"{starts[picks[k]]:.3f} s, more than one frame period ({period:.3f} s) "
-                      f"away (corrupt or truncated file)")
+                path,
+                f"frames are missing: the nearest frame to t={times[k]:.3f} s is at "
+                f"{starts[picks[k]]:.3f} s, more than one frame period ({period:.3f} s) "
+                f"away (corrupt or truncated file)",
+            )
         indices = [int(j) for j in picks]
         try:
             pixels = _numpy(reader.get_batch(indices))
         except (decord.DECORDError, RuntimeError, IndexError) as e:
             if "DECORDArrayCopyFromTo" not in str(e):
-                raise BadSampleError(path, f"decoding frames {indices[0]}..{indices[-1]} of "
-                                           f"{count} failed: {_reason(e)}") from e
+                raise BadSampleError(
+                    path, f"decoding frames {indices[0]}..{indices[-1]} of {count} failed: {_reason(e)}"
+                ) from e
             # an FFmpeg build with wider row alignment (see _LINE_ALIGN): retry at the nearest
             # width that is also whole with 64-byte rows
             out_w, out_h = _decodable_size(width, height, out_w, out_h, align=64)
@@ -327,11 +359,15 @@ class VideoFileSource:
             try:
                 pixels = _numpy(reader.get_batch(indices))
             except (decord.DECORDError, RuntimeError, IndexError) as e2:
-                raise BadSampleError(path, f"decoding frames {indices[0]}..{indices[-1]} of "
-                                           f"{count} failed: {_reason(e2)}") from e2
+                raise BadSampleError(
+                    path, f"decoding frames {indices[0]}..{indices[-1]} of {count} failed: {_reason(e2)}"
+                ) from e2
         if pixels.ndim != 4 or pixels.shape[0] != self.frames or pixels.shape[-1] != 3:
-            raise BadSampleError(path, f"decoded frames have shape {pixels.shape}, expected "
-                                       f"{self.frames} RGB frames (fewer frames than requested)")
+            raise BadSampleError(
+                path,
+                f"decoded frames have shape {pixels.shape}, expected "
+                f"{self.frames} RGB frames (fewer frames than requested)",
+            )
         pixels = resize_crop(pixels, self.image_size)
         return pixels.astype(np.float32) / 127.5 - 1.0, start
 
@@ -346,12 +382,10 @@ class VideoFileSource:
         decord = _decord()
         spec = self.audio
         try:
-            reader = decord.AudioReader(path, ctx=decord.cpu(0), sample_rate=spec.sample_rate,
-                                        mono=True)
+            reader = decord.AudioReader(path, ctx=decord.cpu(0), sample_rate=spec.sample_rate, mono=True)
         except (decord.DECORDError, RuntimeError, AssertionError, OSError, ValueError) as e:
             if "find audio stream" in str(e):
-                raise BadSampleError(path, "audio was requested but the file has no audio "
-                                           "track") from e
+                raise BadSampleError(path, "audio was requested but the file has no audio track") from e
             raise BadSampleError(path, f"cannot decode its audio track: {_reason(e)}") from e
         total = int(reader.shape[1])
         first = int(round(start * spec.sample_rate))
@@ -359,14 +393,15 @@ class VideoFileSource:
         missing = stop - total
         if missing >= spec.hop_length:
             raise BadSampleError(
-                path, f"audio track is {total / spec.sample_rate:.3f} s long ({total} samples at "
-                      f"{spec.sample_rate} Hz) but the clip needs audio up to "
-                      f"{stop / spec.sample_rate:.3f} s")
+                path,
+                f"audio track is {total / spec.sample_rate:.3f} s long ({total} samples at "
+                f"{spec.sample_rate} Hz) but the clip needs audio up to "
+                f"{stop / spec.sample_rate:.3f} s",
+            )
         try:
             wave = _numpy(reader.get_batch(range(first, min(stop, total))))
         except (decord.DECORDError, RuntimeError, IndexError) as e:
-            raise BadSampleError(path, f"cannot read audio samples {first}..{stop}: "
-                                       f"{_reason(e)}") from e
+            raise BadSampleError(path, f"cannot read audio samples {first}..{stop}: {_reason(e)}") from e
         wave = np.asarray(wave, np.float32).reshape(-1)
         if missing > 0:
             wave = np.concatenate([wave, np.zeros(missing, np.float32)])
@@ -375,7 +410,9 @@ class VideoFileSource:
         return waveform_to_logmel(wave, spec)[0]
 
     def __repr__(self) -> str:
-        return (f"VideoFileSource(root={self.root!r}, frames={self.frames}, fps={self.fps:g}, "
-                f"image_size={self.image_size}, audio={self.audio!r}, "
-                f"clips_per_video={self.clips_per_video}, seed={self.seed}; "
-                f"{len(self.files)} files, {len(self.classes)} classes)")
+        return (
+            f"VideoFileSource(root={self.root!r}, frames={self.frames}, fps={self.fps:g}, "
+            f"image_size={self.image_size}, audio={self.audio!r}, "
+            f"clips_per_video={self.clips_per_video}, seed={self.seed}; "
+            f"{len(self.files)} files, {len(self.classes)} classes)"
+        )

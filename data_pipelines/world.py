@@ -90,11 +90,12 @@ import numpy as np
 @dataclasses.dataclass(frozen=True)
 class Material:
     """One ball material: look (``color``, RGB in [0, 1]), bounce and sound."""
+
     name: str
     color: tuple[float, float, float]
     restitution: float
-    pitch_hz: float          # fundamental for a ball of radius R_REF
-    decay_s: float           # amplitude decay time constant of the fundamental
+    pitch_hz: float  # fundamental for a ball of radius R_REF
+    decay_s: float  # amplitude decay time constant of the fundamental
     mode_ratios: tuple[float, ...]
     mode_amps: tuple[float, ...]
 
@@ -107,21 +108,22 @@ MATERIALS: tuple[Material, ...] = (
 MATERIAL_NAMES: tuple[str, ...] = tuple(m.name for m in MATERIALS)
 NUM_MATERIALS = len(MATERIALS)
 
-R_REF = 0.09             # radius of a ball with mass 1 and pitch exactly Material.pitch_hz
-AUDIO_SCALE = 3.0        # fixed divisor of the summed tones (peak of an isolated hit ~ A / 3)
+R_REF = 0.09  # radius of a ball with mass 1 and pitch exactly Material.pitch_hz
+AUDIO_SCALE = 3.0  # fixed divisor of the summed tones (peak of an isolated hit ~ A / 3)
 WALL_GAIN, BALL_GAIN = 1.0, 0.7
-TAIL_DECAYS = 6.0        # tones are cut after 6 decay times (exp(-6) = 0.25% of the peak)
+TAIL_DECAYS = 6.0  # tones are cut after 6 decay times (exp(-6) = 0.25% of the peak)
 EVENT_FIELDS = ("time_s", "speed", "material_id", "kind")
 KIND_WALL, KIND_BALL = 0, 1
 
 _RESTITUTION = np.array([m.restitution for m in MATERIALS])
 _COLORS = np.array([m.color for m in MATERIALS], np.float32)
-_MARGIN = 0.01           # min initial gap between balls
+_MARGIN = 0.01  # min initial gap between balls
 
 
 @dataclasses.dataclass(frozen=True)
 class WorldConfig:
     """Parameters of the world (see module docstring). ``action_hz=None`` means ``fps``."""
+
     image_size: int = 16
     duration: float = 1.6
     fps: int = 10
@@ -143,39 +145,66 @@ class WorldConfig:
     def __post_init__(self):
         if self.action_hz is None:
             object.__setattr__(self, "action_hz", self.fps)
-        for name, low in (("image_size", 4), ("fps", 1), ("sample_rate", 1000), ("action_hz", 1),
-                          ("physics_hz", 1), ("min_balls", 1), ("max_balls", 1), ("max_events", 1)):
+        for name, low in (
+            ("image_size", 4),
+            ("fps", 1),
+            ("sample_rate", 1000),
+            ("action_hz", 1),
+            ("physics_hz", 1),
+            ("min_balls", 1),
+            ("max_balls", 1),
+            ("max_events", 1),
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
                 raise ValueError(f"WorldConfig.{name} must be an integer >= {low}, got {value!r}")
-        for name in ("duration", "force_scale", "drag", "init_speed", "policy_tau", "policy_std",
-                     "min_impact_speed", "noise_std"):
+        for name in (
+            "duration",
+            "force_scale",
+            "drag",
+            "init_speed",
+            "policy_tau",
+            "policy_std",
+            "min_impact_speed",
+            "noise_std",
+        ):
             value = getattr(self, name)
             ok = isinstance(value, (int, float, np.number)) and math.isfinite(value)
             strict = name in ("duration", "policy_tau")
             if not ok or value < 0 or (strict and value == 0):
-                raise ValueError(f"WorldConfig.{name} must be a finite number "
-                                 f"{'> 0' if strict else '>= 0'}, got {value!r}")
+                raise ValueError(
+                    f"WorldConfig.{name} must be a finite number {'> 0' if strict else '>= 0'}, got {value!r}"
+                )
         for name in ("fps", "action_hz", "sample_rate", "physics_hz"):
             count = self.duration * getattr(self, name)
             if abs(count - round(count)) > 1e-6 * max(1.0, count):
-                raise ValueError(f"WorldConfig.duration * {name} must be a whole number, got "
-                                 f"duration={self.duration!r}, {name}={getattr(self, name)!r}")
+                raise ValueError(
+                    f"WorldConfig.duration * {name} must be a whole number, got "
+                    f"duration={self.duration!r}, {name}={getattr(self, name)!r}"
+                )
         for name in ("fps", "action_hz"):
             if self.physics_hz % getattr(self, name):
-                raise ValueError(f"WorldConfig.physics_hz must be a multiple of {name}="
-                                 f"{getattr(self, name)}, got {self.physics_hz!r}")
+                raise ValueError(
+                    f"WorldConfig.physics_hz must be a multiple of {name}="
+                    f"{getattr(self, name)}, got {self.physics_hz!r}"
+                )
         if self.min_balls > self.max_balls:
-            raise ValueError(f"WorldConfig.min_balls must be <= max_balls={self.max_balls}, "
-                             f"got {self.min_balls!r}")
+            raise ValueError(
+                f"WorldConfig.min_balls must be <= max_balls={self.max_balls}, got {self.min_balls!r}"
+            )
         radii = self.radius_range
         grid = math.ceil(math.sqrt(self.max_balls))  # fallback placement must fit
-        if (not isinstance(radii, tuple) or len(radii) != 2
-                or not all(isinstance(r, (int, float)) for r in radii)
-                or not 0 < radii[0] <= radii[1] <= 0.5 / grid - _MARGIN):
-            raise ValueError(f"WorldConfig.radius_range must be a tuple (lo, hi) with "
-                             f"0 < lo <= hi <= {0.5 / grid - _MARGIN:.3f} for max_balls="
-                             f"{self.max_balls}, got {radii!r}")
+        if (
+            not isinstance(radii, tuple)
+            or len(radii) != 2
+            or not all(isinstance(r, (int, float)) for r in radii)
+            or not 0 < radii[0] <= radii[1] <= 0.5 / grid - _MARGIN
+        ):
+            raise ValueError(
+                f"WorldConfig.radius_range must be a tuple (lo, hi) with "
+                f"0 < lo <= hi <= {0.5 / grid - _MARGIN:.3f} for max_balls="
+                f"{self.max_balls}, got {radii!r}"
+            )
 
     @property
     def num_frames(self) -> int:
@@ -200,8 +229,8 @@ def _constants(config: WorldConfig) -> dict:
     dt = 1.0 / config.physics_hz
     k = config.physics_hz // config.action_hz
     decay = 1.0 - config.drag * dt
-    apow = decay ** np.arange(1, k + 1)                       # a^j, j = 1..k
-    cpow = np.cumsum(decay ** np.arange(k))                   # sum_{i<j} a^i, j = 1..k
+    apow = decay ** np.arange(1, k + 1)  # a^j, j = 1..k
+    cpow = np.cumsum(decay ** np.arange(k))  # sum_{i<j} a^i, j = 1..k
     # OU policy as one matrix: a = L @ eps, L[t, s] = rho^(t-s) c_s (c_0 stationary std).
     rho = math.exp(-1.0 / (config.action_hz * config.policy_tau))
     t = np.arange(config.num_actions)
@@ -210,8 +239,7 @@ def _constants(config: WorldConfig) -> dict:
     scale[0] = config.policy_std
     policy = np.where(lag >= 0, rho ** np.maximum(lag, 0), 0.0) * scale[None, :]
     pix = ((np.arange(config.image_size) + 0.5) / config.image_size).astype(np.float32)
-    return dict(dt=dt, substeps=k, apow=apow[:, None, None], cpow=cpow[:, None, None],
-                policy=policy, pix=pix)
+    return dict(dt=dt, substeps=k, apow=apow[:, None, None], cpow=cpow[:, None, None], policy=policy, pix=pix)
 
 
 def _resolve(p, v, p_prev, radii, inv_mass, restitution, t0, dt, min_speed, events):
@@ -249,7 +277,7 @@ def _resolve(p, v, p_prev, radii, inv_mass, restitution, t0, dt, min_speed, even
     for i, ax in zip(*np.nonzero((p < lo) | (p > hi))):
         low_side = p[i, ax] < lo[i, 0]
         wall = lo[i, 0] if low_side else hi[i, 0]
-        into = -v[i, ax] if low_side else v[i, ax]    # speed towards the wall
+        into = -v[i, ax] if low_side else v[i, ax]  # speed towards the wall
         if into > 0:
             v[i, ax] = -restitution[i] * v[i, ax]
             if into >= min_speed:
@@ -279,21 +307,31 @@ def _integrate(config, consts, p0, v0, radii, inv_mass, restitution, actions):
         end = min((t + 1) * k, steps)
         while step < end:
             m = end - step
-            vs = apow[:m] * V[step] + cpow[:m] * b                # closed-form velocities
-            ps = P[step] + dt * np.cumsum(vs, axis=0)              # (m, n, 2)
+            vs = apow[:m] * V[step] + cpow[:m] * b  # closed-form velocities
+            ps = P[step] + dt * np.cumsum(vs, axis=0)  # (m, n, 2)
             hit = ((ps < lo) | (ps > hi)).any(axis=(1, 2))
             if len(I):
                 d = ps[:, I] - ps[:, J]
                 hit |= ((d * d).sum(-1) < reach2).any(-1)
             if not hit.any():
-                P[step + 1:end + 1], V[step + 1:end + 1] = ps, vs
+                P[step + 1 : end + 1], V[step + 1 : end + 1] = ps, vs
                 step = end
                 break
-            f = int(hit.argmax())                                  # first substep with contact
-            P[step + 1:step + 1 + f], V[step + 1:step + 1 + f] = ps[:f], vs[:f]
+            f = int(hit.argmax())  # first substep with contact
+            P[step + 1 : step + 1 + f], V[step + 1 : step + 1 + f] = ps[:f], vs[:f]
             p, v = ps[f].copy(), vs[f].copy()
-            _resolve(p, v, P[step + f], radii, inv_mass, restitution, (step + f) * dt, dt,
-                     config.min_impact_speed, events)
+            _resolve(
+                p,
+                v,
+                P[step + f],
+                radii,
+                inv_mass,
+                restitution,
+                (step + f) * dt,
+                dt,
+                config.min_impact_speed,
+                events,
+            )
             step += f + 1
             P[step], V[step] = p, v
     return P, V, events
@@ -320,11 +358,11 @@ def _place(rng, radii, n):
 def _render(config, consts, positions, radii, colors, background):
     """(T, n, 2) positions -> float32 (T, H, W, 3) in [-1, 1]; vectorised over frames x balls."""
     pix, size = consts["pix"], config.image_size
-    x = positions[..., 0, None, None].astype(np.float32)         # (T, n, 1, 1)
+    x = positions[..., 0, None, None].astype(np.float32)  # (T, n, 1, 1)
     y = positions[..., 1, None, None].astype(np.float32)
     dist = np.sqrt((pix[None, None, None, :] - x) ** 2 + (pix[None, None, :, None] - y) ** 2)
     r = radii.astype(np.float32)[None, :, None, None]
-    alpha = np.clip(0.5 - (dist - r) * size, 0.0, 1.0)             # (T, n, H, W), 1-px AA edge
+    alpha = np.clip(0.5 - (dist - r) * size, 0.0, 1.0)  # (T, n, H, W), 1-px AA edge
     core = 0.5 * np.clip(0.5 - (dist[:, 0] - 0.45 * r[:, 0]) * size, 0.0, 1.0)  # agent highlight
     img = np.broadcast_to(background, (len(positions), size, size, 3)).copy()
     for i in range(len(radii)):
@@ -346,8 +384,11 @@ def _tones(config, radii, materials, balls):
         amps = np.where(freqs < 0.45 * sr, np.array(mat.mode_amps), 0.0)
         taus = mat.decay_s / np.sqrt(ratios)
         t = np.arange(int(math.ceil(TAIL_DECAYS * mat.decay_s * sr)), dtype=np.float32) / sr
-        h = (amps[:, None].astype(np.float32) * np.exp(-t / taus[:, None].astype(np.float32))
-             * np.sin(np.float32(2 * np.pi) * freqs[:, None].astype(np.float32) * t)).sum(0)
+        h = (
+            amps[:, None].astype(np.float32)
+            * np.exp(-t / taus[:, None].astype(np.float32))
+            * np.sin(np.float32(2 * np.pi) * freqs[:, None].astype(np.float32) * t)
+        ).sum(0)
         out[b] = h / np.abs(h).max()
     return out
 
@@ -369,7 +410,7 @@ def _synthesise(config, rng, radii, materials, events):
             continue
         for b, gain in ((i, WALL_GAIN),) if j < 0 else ((i, BALL_GAIN), (j, BALL_GAIN)):
             h = tones[b]
-            wave[start:start + len(h)] += np.float32(gain * speed * radii[b] / R_REF) * h
+            wave[start : start + len(h)] += np.float32(gain * speed * radii[b] / R_REF) * h
     wave = wave[:length] + noise
     return np.clip(wave / np.float32(AUDIO_SCALE), -1.0, 1.0)
 
@@ -398,24 +439,23 @@ def simulate(config: WorldConfig, rng: np.random.Generator, *, return_state: boo
     v0 = (speed * np.stack([np.cos(heading), np.sin(heading)]))[:, :n].T
     actions = np.clip(consts["policy"] @ eps, -1.0, 1.0)
     inv_mass = (R_REF / radii) ** 2
-    P, V, events = _integrate(config, consts, p0, v0, radii, inv_mass, _RESTITUTION[materials],
-                              actions)
+    P, V, events = _integrate(config, consts, p0, v0, radii, inv_mass, _RESTITUTION[materials], actions)
     events.sort(key=lambda e: e[0])
 
     colors = np.clip(_COLORS[materials] + color_jitter[:n], 0.0, 1.0).astype(np.float32)
     frame_stride = config.physics_hz // config.fps
-    video = _render(config, consts, P[:config.num_frames * frame_stride:frame_stride], radii,
-                    colors, background)
+    video = _render(
+        config, consts, P[: config.num_frames * frame_stride : frame_stride], radii, colors, background
+    )
     audio = _synthesise(config, rng, radii, materials, events)
 
     act_stride = config.physics_hz // config.action_hz
     sel = slice(0, config.num_actions * act_stride, act_stride)
     proprio = np.concatenate([P[sel, 0], V[sel, 0]], axis=1)
     table = np.full((config.max_events, 4), -1.0, np.float32)
-    kept = events[:config.max_events]
+    kept = events[: config.max_events]
     if kept:
-        table[:len(kept)] = [(t, s, materials[i], KIND_WALL if j < 0 else KIND_BALL)
-                             for t, s, i, j in kept]
+        table[: len(kept)] = [(t, s, materials[i], KIND_WALL if j < 0 else KIND_BALL) for t, s, i, j in kept]
     mats_out = np.full(nmax, -1, np.int32)
     mats_out[:n] = materials
     radii_out = np.zeros(nmax, np.float32)

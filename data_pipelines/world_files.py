@@ -46,7 +46,7 @@ def write_mp4(path: Path, video: np.ndarray, fps: int, audio: np.ndarray | None,
         if sound is not None:
             chunk = sound.frame_size or 1024
             for pos in range(0, len(audio), chunk):
-                piece = audio[pos:pos + chunk].astype(np.float32)[None]
+                piece = audio[pos : pos + chunk].astype(np.float32)[None]
                 frame = av.AudioFrame.from_ndarray(piece, format="fltp", layout="mono")
                 frame.sample_rate, frame.pts = sample_rate, pos
                 frame.time_base = fractions.Fraction(1, sample_rate)
@@ -55,8 +55,9 @@ def write_mp4(path: Path, video: np.ndarray, fps: int, audio: np.ndarray | None,
     return path
 
 
-def export_clips(out_dir, num_clips: int, *, image_size: int = 64, duration: float = 2.0, fps: int = 10,
-                 seed: int = 0) -> dict[str, list[Path]]:
+def export_clips(
+    out_dir, num_clips: int, *, image_size: int = 64, duration: float = 2.0, fps: int = 10, seed: int = 0
+) -> dict[str, list[Path]]:
     """Writes ``num_clips`` world clips as MP4 + WAV + npz episode; returns the paths by kind."""
     import soundfile
 
@@ -69,16 +70,23 @@ def export_clips(out_dir, num_clips: int, *, image_size: int = 64, duration: flo
         clip = world[i]
         label = f"{int(clip['num_balls'])}_balls"
         sr = world.config.sample_rate
-        paths["video"].append(write_mp4(out / "video" / label / f"clip_{i:05d}.mp4", clip["video"], fps,
-                                        clip["audio"], sr))
+        paths["video"].append(
+            write_mp4(out / "video" / label / f"clip_{i:05d}.mp4", clip["video"], fps, clip["audio"], sr)
+        )
         wav = out / "audio" / label / f"clip_{i:05d}.wav"
         wav.parent.mkdir(parents=True, exist_ok=True)
         soundfile.write(wav, clip["audio"], sr, subtype="FLOAT")
         paths["audio"].append(wav)
         frames = np.clip((clip["video"] + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
-        paths["episodes"].append(write_episode(out / "episodes" / f"clip_{i:05d}.npz", frames=frames,
-                                               proprio=clip["proprio"], actions=clip["actions"],
-                                               label=int(clip["num_balls"]) - 1))
+        paths["episodes"].append(
+            write_episode(
+                out / "episodes" / f"clip_{i:05d}.npz",
+                frames=frames,
+                proprio=clip["proprio"],
+                actions=clip["actions"],
+                label=int(clip["num_balls"]) - 1,
+            )
+        )
     return paths
 
 
@@ -90,7 +98,9 @@ def main(argv=None) -> None:
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    paths = export_clips(args.out, args.clips, image_size=args.image_size, duration=args.seconds, seed=args.seed)
+    paths = export_clips(
+        args.out, args.clips, image_size=args.image_size, duration=args.seconds, seed=args.seed
+    )
     print(f"wrote {len(paths['video'])} clips to {args.out}/video, audio and episodes")
 
 

@@ -17,15 +17,21 @@ boot), recognisable but rough at this size.
 Smoke test: add `--set train.steps=20`.
 """
 
-from selfflow.config import (Config, DataConfig, ModelConfig, ObjectiveConfig, OptimConfig, SourceConfig,
-                             TrainConfig)
+from selfflow.config import (
+    Config,
+    DataConfig,
+    ModelConfig,
+    ObjectiveConfig,
+    OptimConfig,
+    SourceConfig,
+    TrainConfig,
+)
 
 CONFIG = Config(
     seed=0,
     model=ModelConfig(preset="tiny", patch_size=4),
     objective=ObjectiveConfig(kind="self_flow", gamma=0.8, mask_ratio=0.25, ema_decay=0.999),
     optim=OptimConfig(learning_rate=1e-3, warmup_steps=200),
-    data=DataConfig(sources=(SourceConfig("fashion_mnist", "fashion_mnist"),), image_size=28,
-                    num_classes=10),
+    data=DataConfig(sources=(SourceConfig("fashion_mnist", "fashion_mnist"),), image_size=28, num_classes=10),
     train=TrainConfig(steps=3000, batch_size=64, log_every=20, checkpoint_every=500),
 )

@@ -23,18 +23,38 @@ betas (0.9, 0.999), no weight decay, grad clip 1; global batch 256 (our assumpti
 not stated for Self-Flow); bf16 matmuls; 4M steps. Paper: FID 5.7 at 4M steps without guidance.
 """
 
-from selfflow.config import (Config, DataConfig, ModelConfig, ObjectiveConfig, OptimConfig, SampleConfig,
-                             SourceConfig, TrainConfig)
+from selfflow.config import (
+    Config,
+    DataConfig,
+    ModelConfig,
+    ObjectiveConfig,
+    OptimConfig,
+    SampleConfig,
+    SourceConfig,
+    TrainConfig,
+)
 
 CONFIG = Config(
     seed=0,
     model=ModelConfig(preset="XL/2", dtype="bfloat16"),
-    objective=ObjectiveConfig(kind="self_flow", gamma=0.8, mask_ratio=0.25, student_layer=8, teacher_layer=20,
-                              time_distribution="uniform", label_dropout=0.1, ema_decay=0.9999),
+    objective=ObjectiveConfig(
+        kind="self_flow",
+        gamma=0.8,
+        mask_ratio=0.25,
+        student_layer=8,
+        teacher_layer=20,
+        time_distribution="uniform",
+        label_dropout=0.1,
+        ema_decay=0.9999,
+    ),
     optim=OptimConfig(learning_rate=1e-4, b1=0.9, b2=0.999, weight_decay=0.0, grad_clip_norm=1.0),
-    data=DataConfig(sources=(SourceConfig(name="imagenet256", kind="latents", path="data/imagenet256_latents"),),
-                    num_classes=1000, worker_count=8),
-    train=TrainConfig(steps=4_000_000, batch_size=256, log_every=100, checkpoint_every=10_000,
-                      keep_checkpoints=3),
+    data=DataConfig(
+        sources=(SourceConfig(name="imagenet256", kind="latents", path="data/imagenet256_latents"),),
+        num_classes=1000,
+        worker_count=8,
+    ),
+    train=TrainConfig(
+        steps=4_000_000, batch_size=256, log_every=100, checkpoint_every=10_000, keep_checkpoints=3
+    ),
     sample=SampleConfig(steps=250, cfg_scale=1.0, per_class=1),
 )

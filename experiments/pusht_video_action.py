@@ -27,16 +27,30 @@ Policy in the simulator: `.venv/bin/python -m selfflow.eval.policy runs/pusht_vi
 Smoke test: add `--set train.steps=20`.
 """
 
-from selfflow.config import (Config, DataConfig, LayoutConfig, ModalityConfig, ModelConfig, ObjectiveConfig,
-                             OptimConfig, SourceConfig, TrainConfig)
+from selfflow.config import (
+    Config,
+    DataConfig,
+    LayoutConfig,
+    ModalityConfig,
+    ModelConfig,
+    ObjectiveConfig,
+    OptimConfig,
+    SourceConfig,
+    TrainConfig,
+)
 
 CONFIG = Config(
     seed=0,
     model=ModelConfig(preset="tiny", positions="rope", patch_size=4),  # image patches = data.video_patch
     objective=ObjectiveConfig(kind="self_flow", gamma=0.8, ema_decay=0.99),
     optim=OptimConfig(learning_rate=2e-3, warmup_steps=100),
-    data=DataConfig(sources=(SourceConfig("pusht", "trajectories", path="data/pusht", stride=4),),
-                    image_size=16, clip_seconds=1.6, fps=10.0, num_classes=1),
+    data=DataConfig(
+        sources=(SourceConfig("pusht", "trajectories", path="data/pusht", stride=4),),
+        image_size=16,
+        clip_seconds=1.6,
+        fps=10.0,
+        num_classes=1,
+    ),
     train=TrainConfig(steps=1500, log_every=10, checkpoint_every=250),
     modalities=(ModalityConfig("video"), ModalityConfig("action")),
     layouts=(

@@ -22,8 +22,15 @@ betas (0.9, 0.999) and no weight decay.
 Smoke test of this file: add `--set train.steps=20`.
 """
 
-from selfflow.config import (Config, DataConfig, ModelConfig, ObjectiveConfig, OptimConfig,
-                             SampleConfig, TrainConfig)
+from selfflow.config import (
+    Config,
+    DataConfig,
+    ModelConfig,
+    ObjectiveConfig,
+    OptimConfig,
+    SampleConfig,
+    TrainConfig,
+)
 
 CONFIG = Config(
     seed=0,

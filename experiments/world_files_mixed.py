@@ -22,8 +22,17 @@ policy, so they stay partly unpredictable).
 Smoke test: add `--set train.steps=20`.
 """
 
-from selfflow.config import (Config, DataConfig, LayoutConfig, ModalityConfig, ModelConfig, ObjectiveConfig,
-                             OptimConfig, SourceConfig, TrainConfig)
+from selfflow.config import (
+    Config,
+    DataConfig,
+    LayoutConfig,
+    ModalityConfig,
+    ModelConfig,
+    ObjectiveConfig,
+    OptimConfig,
+    SourceConfig,
+    TrainConfig,
+)
 
 FILES = "data/world_files"
 
@@ -33,20 +42,30 @@ CONFIG = Config(
     objective=ObjectiveConfig(kind="self_flow", gamma=0.8, ema_decay=0.99),
     optim=OptimConfig(learning_rate=2e-3, warmup_steps=100),
     data=DataConfig(
-        sources=(SourceConfig("world", "world"),
-                 SourceConfig("mp4", "video_files", path=f"{FILES}/video", with_audio=True),
-                 SourceConfig("wav", "audio_files", path=f"{FILES}/audio"),
-                 SourceConfig("episodes", "trajectories", path=f"{FILES}/episodes", stride=2)),
-        image_size=16, num_examples=20_000, num_classes=3),
+        sources=(
+            SourceConfig("world", "world"),
+            SourceConfig("mp4", "video_files", path=f"{FILES}/video", with_audio=True),
+            SourceConfig("wav", "audio_files", path=f"{FILES}/audio"),
+            SourceConfig("episodes", "trajectories", path=f"{FILES}/episodes", stride=2),
+        ),
+        image_size=16,
+        num_examples=20_000,
+        num_classes=3,
+    ),
     train=TrainConfig(steps=1000, log_every=10, checkpoint_every=200),
-    modalities=(ModalityConfig("image"), ModalityConfig("video"), ModalityConfig("audio"),
-                ModalityConfig("action")),
+    modalities=(
+        ModalityConfig("image"),
+        ModalityConfig("video"),
+        ModalityConfig("audio"),
+        ModalityConfig("action"),
+    ),
     layouts=(
         LayoutConfig("video", ("video",), weight=0.3, batch_size=8, sources=("world", "mp4")),
         LayoutConfig("audio", ("audio",), weight=0.2, batch_size=16, sources=("wav",)),
         LayoutConfig("audio_video", ("video", "audio"), weight=0.25, batch_size=8, sources=("mp4",)),
-        LayoutConfig("robotics", ("image:condition", "video", "action"), weight=0.25, batch_size=8,
-                     sources=("world",)),
+        LayoutConfig(
+            "robotics", ("image:condition", "video", "action"), weight=0.25, batch_size=8, sources=("world",)
+        ),
         LayoutConfig("video_action", ("video", "action"), weight=0.0, batch_size=8, sources=("episodes",)),
     ),
 )

@@ -24,8 +24,16 @@ from the EMA weights. This is the README's main job (`make run`).
 Smoke test: add `--set train.steps=20`.
 """
 
-from selfflow.config import (Config, DataConfig, LayoutConfig, ModalityConfig, ModelConfig,
-                             ObjectiveConfig, OptimConfig, TrainConfig)
+from selfflow.config import (
+    Config,
+    DataConfig,
+    LayoutConfig,
+    ModalityConfig,
+    ModelConfig,
+    ObjectiveConfig,
+    OptimConfig,
+    TrainConfig,
+)
 
 CONFIG = Config(
     seed=0,

@@ -18,8 +18,17 @@ fm_loss/action falls more slowly (normalised actions start near var(ε − x0) =
 Smoke test: add `--set train.steps=20`.
 """
 
-from selfflow.config import (Config, DataConfig, LayoutConfig, ModalityConfig, ModelConfig,
-                             ObjectiveConfig, OptimConfig, SampleConfig, TrainConfig)
+from selfflow.config import (
+    Config,
+    DataConfig,
+    LayoutConfig,
+    ModalityConfig,
+    ModelConfig,
+    ObjectiveConfig,
+    OptimConfig,
+    SampleConfig,
+    TrainConfig,
+)
 
 CONFIG = Config(
     seed=0,

@@ -26,11 +26,16 @@ def register(module) -> None:
     """Adds a modality (a module or object with the :class:`Modality` interface) under its NAME;
     a missing attribute is a TypeError naming it."""
     missing = [a for a in Modality.__annotations__ if not hasattr(module, a)]
-    missing += [f for f in ("spec_for", "tokenize_batch", "tokenize", "detokenize", "positions")
-                if not callable(getattr(module, f, None))]
+    missing += [
+        f
+        for f in ("spec_for", "tokenize_batch", "tokenize", "detokenize", "positions")
+        if not callable(getattr(module, f, None))
+    ]
     if missing:
-        raise TypeError(f"modality {getattr(module, 'NAME', module)!r} lacks {', '.join(missing)} "
-                        "(see modalities.base.Modality)")
+        raise TypeError(
+            f"modality {getattr(module, 'NAME', module)!r} lacks {', '.join(missing)} "
+            "(see modalities.base.Modality)"
+        )
     MODALITIES[module.NAME] = module
 
 
@@ -43,8 +48,7 @@ def get(name: str) -> ModuleType:
     try:
         return MODALITIES[name]
     except KeyError:
-        raise ValueError(f"unknown modality {name!r}; known modalities: "
-                         f"{', '.join(MODALITIES)}") from None
+        raise ValueError(f"unknown modality {name!r}; known modalities: {', '.join(MODALITIES)}") from None
 
 
 def keys_of(name: str) -> tuple[str, ...]:
@@ -52,5 +56,17 @@ def keys_of(name: str) -> tuple[str, ...]:
     return tuple(get(name).KEYS)
 
 
-__all__ = ["MODALITIES", "register", "get", "keys_of", "image", "video", "audio", "action", "Modality",
-           "ModalitySpec", "TIME_UNIT_MS", "TICKS_PER_SECOND"]
+__all__ = [
+    "MODALITIES",
+    "register",
+    "get",
+    "keys_of",
+    "image",
+    "video",
+    "audio",
+    "action",
+    "Modality",
+    "ModalitySpec",
+    "TIME_UNIT_MS",
+    "TICKS_PER_SECOND",
+]

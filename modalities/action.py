@@ -18,8 +18,7 @@ import dataclasses
 
 import numpy as np
 
-from modalities.base import (TICKS_PER_SECOND, ModalitySpec, check_divisible, check_shape,
-                             grid_positions, xp)
+from modalities.base import TICKS_PER_SECOND, ModalitySpec, check_divisible, check_shape, grid_positions, xp
 
 NAME = "action"
 DEFAULT_MASK_RATIO = 0.5  # measured: experiments/sweeps/action_mask_ratio.md (0.5 <= 0.25 < 0.1 < 0)
@@ -31,6 +30,7 @@ STATS_EXAMPLES = 256  # examples the normalisation statistics are fitted on
 @dataclasses.dataclass(frozen=True)
 class ActionSpec(ModalitySpec):
     """``steps`` steps of ``action_dim`` actions (+ ``proprio_dim`` proprio) at ``hz``."""
+
     name = NAME
     steps: int
     action_dim: int
@@ -51,8 +51,10 @@ class ActionSpec(ModalitySpec):
             if stats is not None:
                 object.__setattr__(self, name, tuple(float(v) for v in stats))  # hashable
                 if len(getattr(self, name)) != self.feature_dim:
-                    raise ValueError(f"{name} has {len(stats)} values; expected feature_dim = "
-                                     f"action_dim + proprio_dim = {self.feature_dim}")
+                    raise ValueError(
+                        f"{name} has {len(stats)} values; expected feature_dim = "
+                        f"action_dim + proprio_dim = {self.feature_dim}"
+                    )
 
     @property
     def feature_dim(self) -> int:
@@ -71,7 +73,7 @@ class ActionSpec(ModalitySpec):
     def num_tokens(self) -> int:
         return self.steps // self.chunk
 
-    def with_stats(self, actions, proprio=None) -> "ActionSpec":
+    def with_stats(self, actions, proprio=None) -> ActionSpec:
         """This spec with ``mean`` / ``std`` fitted on data (see :func:`fit_stats`)."""
         mean, std = fit_stats(actions, proprio)
         return dataclasses.replace(self, mean=mean, std=std)
@@ -110,15 +112,20 @@ def denormalize(features, spec: ActionSpec):
 
 def tokenize(actions, spec: ActionSpec, proprio=None):
     """(B, T, A) [+ (B, T, P)] -> (B, T/chunk, chunk·(A + P)), normalised."""
-    check_shape("actions", actions.shape, (None, spec.steps, spec.action_dim),
-                "(batch, spec.steps, spec.action_dim)")
+    check_shape(
+        "actions", actions.shape, (None, spec.steps, spec.action_dim), "(batch, spec.steps, spec.action_dim)"
+    )
     if spec.proprio_dim == 0 and proprio is not None:
         raise ValueError("proprio was given but spec.proprio_dim = 0")
     if spec.proprio_dim:
         if proprio is None:
             raise ValueError(f"spec.proprio_dim = {spec.proprio_dim} but no proprio was given")
-        check_shape("proprio", proprio.shape, (actions.shape[0], spec.steps, spec.proprio_dim),
-                    "(batch, spec.steps, spec.proprio_dim)")
+        check_shape(
+            "proprio",
+            proprio.shape,
+            (actions.shape[0], spec.steps, spec.proprio_dim),
+            "(batch, spec.steps, spec.proprio_dim)",
+        )
         actions = xp(actions, proprio).concatenate([actions, proprio.astype(actions.dtype)], -1)
     x = normalize(actions, spec)
     return x.reshape(x.shape[0], spec.num_tokens, spec.token_dim)
@@ -126,8 +133,12 @@ def tokenize(actions, spec: ActionSpec, proprio=None):
 
 def detokenize(tokens, spec: ActionSpec):
     """(B, N, chunk·(A + P)) -> (actions (B, T, A), proprio (B, T, P) or None), denormalised."""
-    check_shape("tokens", tokens.shape, (None, spec.num_tokens, spec.token_dim),
-                "(batch, spec.num_tokens, spec.token_dim)")
+    check_shape(
+        "tokens",
+        tokens.shape,
+        (None, spec.num_tokens, spec.token_dim),
+        "(batch, spec.num_tokens, spec.token_dim)",
+    )
     x = denormalize(tokens.reshape(tokens.shape[0], spec.steps, spec.feature_dim), spec)
     a = spec.action_dim
     return x[..., :a], (x[..., a:] if spec.proprio_dim else None)

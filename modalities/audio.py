@@ -38,6 +38,7 @@ class AudioSpec(ModalitySpec):
     ``n_fft``, ``hop_length``, ``fmin``, ``fmax``; normalised log-mel =
     (log10(mel + log_floor) - norm_center) / norm_scale.
     """
+
     name = NAME
     frames: int
     n_mels: int = 64
@@ -81,9 +82,15 @@ def data_spec(data_cfg) -> AudioSpec:
     bands to Nyquist, ``clip_seconds`` long."""
     sr = data_cfg.sample_rate
     hop = int(round(sr * MEL_HOP_SECONDS))
-    return AudioSpec(frames=int(round(data_cfg.clip_seconds / MEL_HOP_SECONDS)), n_mels=data_cfg.n_mels,
-                     patch_frames=data_cfg.audio_patch_frames, sample_rate=sr, hop_length=hop,
-                     n_fft=4 * hop, fmax=sr / 2)
+    return AudioSpec(
+        frames=int(round(data_cfg.clip_seconds / MEL_HOP_SECONDS)),
+        n_mels=data_cfg.n_mels,
+        patch_frames=data_cfg.audio_patch_frames,
+        sample_rate=sr,
+        hop_length=hop,
+        n_fft=4 * hop,
+        fmax=sr / 2,
+    )
 
 
 def spec_for(shapes: dict[str, tuple], cfg, examples) -> AudioSpec:
@@ -109,8 +116,12 @@ def tokenize(mel, spec: AudioSpec):
 
 def detokenize(tokens, spec: AudioSpec):
     """(B, N, patch_frames·n_mels) -> (B, frames, n_mels); the exact inverse of :func:`tokenize`."""
-    check_shape("tokens", tokens.shape, (None, spec.num_tokens, spec.token_dim),
-                "(batch, spec.num_tokens, spec.token_dim)")
+    check_shape(
+        "tokens",
+        tokens.shape,
+        (None, spec.num_tokens, spec.token_dim),
+        "(batch, spec.num_tokens, spec.token_dim)",
+    )
     return tokens.reshape(tokens.shape[0], spec.frames, spec.n_mels)
 
 
@@ -139,17 +150,21 @@ def waveform_to_logmel(wave, spec: AudioSpec) -> np.ndarray:
         raise ValueError(f"waveform has shape {wave.shape}; expected (S,) or (B, S)")
     need = (spec.frames - 1) * spec.hop_length
     if wave.shape[1] < need:
-        raise ValueError(f"waveform of {wave.shape[1]} samples is too short for {spec.frames} "
-                         f"frames; expected at least {need} = (frames - 1) · hop_length")
-    mel = librosa.feature.melspectrogram(y=wave, hop_length=spec.hop_length, n_mels=spec.n_mels,
-                                         **_mel_kwargs(spec))  # (B, n_mels, frames), power
-    mel = np.swapaxes(mel, 1, 2)[:, :spec.frames]
+        raise ValueError(
+            f"waveform of {wave.shape[1]} samples is too short for {spec.frames} "
+            f"frames; expected at least {need} = (frames - 1) · hop_length"
+        )
+    mel = librosa.feature.melspectrogram(
+        y=wave, hop_length=spec.hop_length, n_mels=spec.n_mels, **_mel_kwargs(spec)
+    )  # (B, n_mels, frames), power
+    mel = np.swapaxes(mel, 1, 2)[:, : spec.frames]
     out = (np.log10(mel + spec.log_floor) - spec.norm_center) / spec.norm_scale
     return out.astype(np.float32)
 
 
-def logmel_to_waveform(logmel, spec: AudioSpec, n_iter: int = 32, refine_iters: int = 50,
-                       seed: int = 0) -> np.ndarray:
+def logmel_to_waveform(
+    logmel, spec: AudioSpec, n_iter: int = 32, refine_iters: int = 50, seed: int = 0
+) -> np.ndarray:
     """(B, frames, n_mels) -> (B, frames·hop_length) float32 (or (frames, n_mels) -> (S,)).
 
     Approximate inverse of :func:`waveform_to_logmel`: undo the normalisation, invert the mel
@@ -175,8 +190,14 @@ def logmel_to_waveform(logmel, spec: AudioSpec, n_iter: int = 32, refine_iters: 
         power *= (basis.T @ (mel / (basis @ power + 1e-12))) / column_sums
     # frames·hop samples have 1 + frames centred STFT frames: repeat the last (dropped) one
     magnitude = np.sqrt(np.concatenate([power, power[..., -1:]], axis=-1))
-    wave = librosa.griffinlim(magnitude, n_iter=n_iter, hop_length=spec.hop_length,
-                              n_fft=spec.n_fft, length=spec.num_samples, random_state=seed)
+    wave = librosa.griffinlim(
+        magnitude,
+        n_iter=n_iter,
+        hop_length=spec.hop_length,
+        n_fft=spec.n_fft,
+        length=spec.num_samples,
+        random_state=seed,
+    )
     wave = wave.astype(np.float32)
     return wave[0] if single else wave
 

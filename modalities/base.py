@@ -16,8 +16,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
-import numpy as np
 import jax.numpy as jnp
+import numpy as np
 
 TIME_UNIT_MS = 10
 TICKS_PER_SECOND = 1000.0 / TIME_UNIT_MS  # 100 ticks = 1 s
@@ -34,6 +34,7 @@ class ModalitySpec:
     Subclasses are frozen dataclasses that add their geometry fields and define ``token_dim``
     (features per token) and ``num_tokens`` (tokens per sample).
     """
+
     name: ClassVar[str] = ""
 
     @property
@@ -54,6 +55,7 @@ class Modality(Protocol):
     the first n examples' arrays stacked, for specs with fitted statistics). The trainer stores the
     spec with the run. ``tokenize_batch(raw, spec)``: a batch dict holding ``KEYS`` -> tokens.
     """
+
     NAME: str
     KEYS: tuple
     DEFAULT_MASK_RATIO: float
@@ -62,8 +64,8 @@ class Modality(Protocol):
 
     def spec_for(self, shapes: dict, cfg: Any, examples: Any) -> Any: ...
     def tokenize_batch(self, raw: dict, spec: Any) -> Any: ...  # -> (B, N, token_dim)
-    def tokenize(self, x: Any, spec: Any) -> Any: ...          # -> (B, N, token_dim)
-    def detokenize(self, tokens: Any, spec: Any) -> Any: ...   # exact inverse of tokenize
+    def tokenize(self, x: Any, spec: Any) -> Any: ...  # -> (B, N, token_dim)
+    def detokenize(self, tokens: Any, spec: Any) -> Any: ...  # exact inverse of tokenize
     def positions(self, spec: Any, time_offset: float = 0.0) -> np.ndarray: ...  # (N, 3) f32
 
 
@@ -87,6 +89,5 @@ def check_shape(name: str, shape: tuple, expected: tuple, meaning: str) -> None:
 
 def grid_positions(times, rows: int, cols: int) -> np.ndarray:
     """(len(times)·rows·cols, 3) float32 (t, h, w), time slowest then row then column."""
-    tt, hh, ww = np.meshgrid(np.asarray(times, np.float64), np.arange(rows), np.arange(cols),
-                             indexing="ij")
+    tt, hh, ww = np.meshgrid(np.asarray(times, np.float64), np.arange(rows), np.arange(cols), indexing="ij")
     return np.stack([tt.ravel(), hh.ravel(), ww.ravel()], axis=-1).astype(np.float32)

@@ -28,6 +28,7 @@ KEYS = ("image",)  # what a data source yields for this modality: (B, H, W, C) f
 @dataclasses.dataclass(frozen=True)
 class ImageSpec(ModalitySpec):
     """An (H, W, C) image cut into p×p patches; H and W must be multiples of p."""
+
     name = NAME
     height: int
     width: int
@@ -61,8 +62,12 @@ def token_dim(channels: int, patch_size: int) -> int:
 def tokenize(images, spec: ImageSpec | int):
     """(B, H, W, C) -> (B, N, C·p·p) with N = (H/p)·(W/p). ``spec`` may be a bare patch size."""
     if isinstance(spec, ImageSpec):
-        check_shape("images", images.shape, (None, spec.height, spec.width, spec.channels),
-                    "(batch, height, width, channels)")
+        check_shape(
+            "images",
+            images.shape,
+            (None, spec.height, spec.width, spec.channels),
+            "(batch, height, width, channels)",
+        )
         p = spec.patch_size
     else:
         p = int(spec)
@@ -74,8 +79,7 @@ def tokenize(images, spec: ImageSpec | int):
     return x.reshape(b, (h // p) * (w // p), c * p * p)
 
 
-def detokenize(tokens, spec: ImageSpec | int, width: int | None = None,
-               patch_size: int | None = None):
+def detokenize(tokens, spec: ImageSpec | int, width: int | None = None, patch_size: int | None = None):
     """(B, N, C·p·p) -> (B, H, W, C); the inverse of :func:`tokenize`.
 
     ``detokenize(tokens, spec)`` or the original ``detokenize(tokens, height, width, patch_size)``.
@@ -88,14 +92,14 @@ def detokenize(tokens, spec: ImageSpec | int, width: int | None = None,
     gh, gw = height // p, width // p
     c = d // (p * p) if c is None else c
     if gh * gw != n or c * p * p != d:
-        raise ValueError(f"{n} tokens of dim {d} do not form a {height}x{width} image "
-                         f"with patch_size={p} and {c} channels")
+        raise ValueError(
+            f"{n} tokens of dim {d} do not form a {height}x{width} image with patch_size={p} and {c} channels"
+        )
     x = tokens.reshape(b, gh, gw, c, p, p).transpose(0, 1, 4, 2, 5, 3)
     return x.reshape(b, height, width, c)
 
 
-def positions(spec: ImageSpec | int, time_offset: float = 0.0,
-              patch_size: int | None = None) -> np.ndarray:
+def positions(spec: ImageSpec | int, time_offset: float = 0.0, patch_size: int | None = None) -> np.ndarray:
     """(N, 3) float32 (t, h, w): t = ``time_offset`` (ticks), (h, w) = patch row/col, row-major.
 
     ``positions(spec, time_offset=0.0)`` or the original ``positions(height, width, patch_size)``

@@ -16,8 +16,7 @@ import dataclasses
 
 import numpy as np
 
-from modalities.base import (TICKS_PER_SECOND, ModalitySpec, check_divisible, check_shape,
-                             grid_positions)
+from modalities.base import TICKS_PER_SECOND, ModalitySpec, check_divisible, check_shape, grid_positions
 
 NAME = "video"
 DEFAULT_MASK_RATIO = 0.1
@@ -28,6 +27,7 @@ KEYS = ("video",)  # (B, T, H, W, C) float
 @dataclasses.dataclass(frozen=True)
 class VideoSpec(ModalitySpec):
     """``frames`` frames of H×W×C at ``fps``; frames % tubelet == 0, H % p == W % p == 0."""
+
     name = NAME
     frames: int
     height: int
@@ -47,8 +47,7 @@ class VideoSpec(ModalitySpec):
     @property
     def grid(self) -> tuple[int, int, int]:
         """(time, rows, cols) tubelets."""
-        return (self.frames // self.tubelet, self.height // self.patch_size,
-                self.width // self.patch_size)
+        return (self.frames // self.tubelet, self.height // self.patch_size, self.width // self.patch_size)
 
     @property
     def frame_ticks(self) -> float:
@@ -70,9 +69,12 @@ Spec = VideoSpec
 
 def tokenize(video, spec: VideoSpec):
     """(B, T, H, W, C) -> (B, N, C·tubelet·p·p), N = (T/tubelet)·(H/p)·(W/p)."""
-    check_shape("video", video.shape,
-                (None, spec.frames, spec.height, spec.width, spec.channels),
-                "(batch, frames, height, width, channels)")
+    check_shape(
+        "video",
+        video.shape,
+        (None, spec.frames, spec.height, spec.width, spec.channels),
+        "(batch, frames, height, width, channels)",
+    )
     b, c, tt, p = video.shape[0], spec.channels, spec.tubelet, spec.patch_size
     gt, gh, gw = spec.grid
     x = video.reshape(b, gt, tt, gh, p, gw, p, c)
@@ -82,8 +84,12 @@ def tokenize(video, spec: VideoSpec):
 
 def detokenize(tokens, spec: VideoSpec):
     """(B, N, C·tubelet·p·p) -> (B, T, H, W, C); the exact inverse of :func:`tokenize`."""
-    check_shape("tokens", tokens.shape, (None, spec.num_tokens, spec.token_dim),
-                "(batch, spec.num_tokens, spec.token_dim)")
+    check_shape(
+        "tokens",
+        tokens.shape,
+        (None, spec.num_tokens, spec.token_dim),
+        "(batch, spec.num_tokens, spec.token_dim)",
+    )
     b, c, tt, p = tokens.shape[0], spec.channels, spec.tubelet, spec.patch_size
     gt, gh, gw = spec.grid
     x = tokens.reshape(b, gt, gh, gw, c, tt, p, p)

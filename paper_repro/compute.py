@@ -47,8 +47,11 @@ ASSUMED_MFU = 0.40  # assumption: a typical MFU of a well-tuned transformer step
 FID_SAMPLES, FID_NFE = 50_000, 250  # the paper's ImageNet protocol (reference §4.1)
 # Runs of the README table that are a config file plus overrides: (file, run name, overrides).
 EXTRA_RUNS = (
-    ("configs/imagenet256_xl2.py", "Table 1 flow-matching baseline",
-     ("objective.kind=flow_matching", "train.steps=7000000")),
+    (
+        "configs/imagenet256_xl2.py",
+        "Table 1 flow-matching baseline",
+        ("objective.kind=flow_matching", "train.steps=7000000"),
+    ),
 )
 
 
@@ -144,7 +147,7 @@ def training_flops(cfg: Config, shapes: dict) -> float:
 def fid_sampling_flops(cfg: Config, shapes: dict, cfg_scale: float) -> float:
     """FLOPs of the paper's FID sampling: 50k samples, 250 model evaluations (guidance doubles
     the rows of every call in this upper bound; the official sampler guides only τ <= 0.7)."""
-    (lay, _, _), = layouts(cfg, shapes)
+    ((lay, _, _),) = layouts(cfg, shapes)
     return flops.sampling_flops(cfg, lay, token_dims(cfg, shapes), FID_SAMPLES, FID_NFE, cfg_scale)
 
 
@@ -181,16 +184,26 @@ def entries() -> list[dict]:
     rows = []
     sources = [(p, None, *load(p)) for p in sorted(CONFIGS.glob("*.py"))]
     sources += [(HERE / f, name, *load(HERE / f, overrides)) for f, name, overrides in EXTRA_RUNS]
-    sources += [(p, name, cfg, shapes) for p in sorted(SWEEPS.glob("*.py")) for name, cfg, shapes in sweep_runs(p)]
+    sources += [
+        (p, name, cfg, shapes) for p in sorted(SWEEPS.glob("*.py")) for name, cfg, shapes in sweep_runs(p)
+    ]
     for path, run, cfg, shapes in sources:
         dims = token_dims(cfg, shapes)
         total = training_flops(cfg, shapes)
-        rows.append(dict(
-            file=str(path.relative_to(ROOT)), run=run, cfg=cfg,
-            params=count_params(cfg, dims, projector=False), projector=projector_params(cfg),
-            tokens=" / ".join(f"{lay.name} {lay.num_tokens}" for lay, _, _ in layouts(cfg, shapes)),
-            batch=" / ".join(str(b) for _, b, _ in layouts(cfg, shapes)),
-            step_flops=step_flops(cfg, shapes), flops=total, days=h100_days(total)))
+        rows.append(
+            dict(
+                file=str(path.relative_to(ROOT)),
+                run=run,
+                cfg=cfg,
+                params=count_params(cfg, dims, projector=False),
+                projector=projector_params(cfg),
+                tokens=" / ".join(f"{lay.name} {lay.num_tokens}" for lay, _, _ in layouts(cfg, shapes)),
+                batch=" / ".join(str(b) for _, b, _ in layouts(cfg, shapes)),
+                step_flops=step_flops(cfg, shapes),
+                flops=total,
+                days=h100_days(total),
+            )
+        )
     return rows
 
 
@@ -209,34 +222,47 @@ def days_by_file() -> dict[str, set[str]]:
         cfg, shapes = load(path)
         if class_conditional_images(cfg):
             for scale in (1.0, 2.0):
-                out[str(path.relative_to(ROOT))].add(fmt_days(h100_days(fid_sampling_flops(cfg, shapes, scale))))
+                out[str(path.relative_to(ROOT))].add(
+                    fmt_days(h100_days(fid_sampling_flops(cfg, shapes, scale)))
+                )
     return out
 
 
 def table() -> str:
-    lines = ["| file | run | parameters (+ projector) | tokens per example | batch | steps | "
-             "FLOPs per step | training FLOPs | H100-days at 40 % MFU |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| file | run | parameters (+ projector) | tokens per example | batch | steps | "
+        "FLOPs per step | training FLOPs | H100-days at 40 % MFU |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     rows = entries()
     for e in rows:
-        lines.append(f"| `{e['file']}` | {e['run'] or '-'} | {fmt_params(e['params'])} (+ {fmt_params(e['projector'])}) "
-                     f"| {e['tokens']} | {e['batch']} | {e['cfg'].train.steps:,} | {e['step_flops']:.2e} "
-                     f"| {e['flops']:.2e} | {fmt_days(e['days'])} |")
+        lines.append(
+            f"| `{e['file']}` | {e['run'] or '-'} | {fmt_params(e['params'])} (+ {fmt_params(e['projector'])}) "
+            f"| {e['tokens']} | {e['batch']} | {e['cfg'].train.steps:,} | {e['step_flops']:.2e} "
+            f"| {e['flops']:.2e} | {fmt_days(e['days'])} |"
+        )
     for path in sorted(SWEEPS.glob("*.py")):
         name = str(path.relative_to(ROOT))
         runs = [e for e in rows if e["file"] == name]
         total = sum(e["flops"] for e in runs)
-        lines.append(f"| `{name}` | all {len(runs)} runs | | | | | | {total:.2e} | {fmt_days(h100_days(total))} |")
-    lines += ["", "| FID sampling (50k samples, 250 evaluations) | guidance | FLOPs | H100-days at 40 % MFU |",
-              "|---|---|---|---|"]
+        lines.append(
+            f"| `{name}` | all {len(runs)} runs | | | | | | {total:.2e} | {fmt_days(h100_days(total))} |"
+        )
+    lines += [
+        "",
+        "| FID sampling (50k samples, 250 evaluations) | guidance | FLOPs | H100-days at 40 % MFU |",
+        "|---|---|---|---|",
+    ]
     for path in sorted(CONFIGS.glob("*.py")):
         cfg, shapes = load(path)
         if not class_conditional_images(cfg):
             continue
         for scale in (1.0, 2.0):
             f = fid_sampling_flops(cfg, shapes, scale)
-            lines.append(f"| `{path.relative_to(ROOT)}` | {'none (cfg 1)' if scale == 1.0 else 'cfg ≠ 1 (upper bound: both passes at all 250)'} "
-                         f"| {f:.2e} | {fmt_days(h100_days(f))} |")
+            lines.append(
+                f"| `{path.relative_to(ROOT)}` | {'none (cfg 1)' if scale == 1.0 else 'cfg ≠ 1 (upper bound: both passes at all 250)'} "
+                f"| {f:.2e} | {fmt_days(h100_days(f))} |"
+            )
     return "\n".join(lines) + "\n"
 
 

@@ -30,7 +30,8 @@ import os
 import resource
 import statistics
 import time
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -39,9 +40,9 @@ from flax import nnx
 from selfflow import flops
 from selfflow.config import Config
 from selfflow.model import build_model, count_params
-from selfflow.tasks import Task
 from selfflow.run import init_state, make_optimizer
 from selfflow.step import make_train_step
+from selfflow.tasks import Task
 
 
 class Candidate(NamedTuple):
@@ -52,8 +53,9 @@ class Candidate(NamedTuple):
 
 def _with(cfg: Config, **sections) -> Config:
     """cfg with ``section={key: value}`` replacements, e.g. objective={"kind": "dts"}."""
-    return dataclasses.replace(cfg, **{name: dataclasses.replace(getattr(cfg, name), **values)
-                                       for name, values in sections.items()})
+    return dataclasses.replace(
+        cfg, **{name: dataclasses.replace(getattr(cfg, name), **values) for name, values in sections.items()}
+    )
 
 
 def _timer(call, sync) -> Callable[[int], float]:
@@ -63,6 +65,7 @@ def _timer(call, sync) -> Callable[[int], float]:
             out = call()
         sync(out)
         return (time.perf_counter() - start) / n
+
     return run
 
 
@@ -91,18 +94,31 @@ def train_step(cfg: Config) -> Candidate:
     jax.block_until_ready((call(), call()))  # compile + warm-up
     compiled = step._cache_size()
     lt = task.layouts[0]
-    info = {"params": count_params(model), "compiles_at_start": compiled, "step_fn": step,
-            "peak_bytes": _planned_peak(memory), "batch": lt.batch_size, "tokens": lt.layout.num_tokens}
-    return Candidate(_timer(call, jax.block_until_ready),
-                     flops.train_step_flops(cfg, lt.layout, task.token_dims, lt.batch_size), info)
+    info = {
+        "params": count_params(model),
+        "compiles_at_start": compiled,
+        "step_fn": step,
+        "peak_bytes": _planned_peak(memory),
+        "batch": lt.batch_size,
+        "tokens": lt.layout.num_tokens,
+    }
+    return Candidate(
+        _timer(call, jax.block_until_ready),
+        flops.train_step_flops(cfg, lt.layout, task.token_dims, lt.batch_size),
+        info,
+    )
 
 
 def _planned_peak(memory) -> float:
     """XLA's planned peak bytes of one executable: arguments + outputs + temporaries − donated."""
     if memory is None:
         return math.nan
-    return float(memory.argument_size_in_bytes + memory.output_size_in_bytes
-                 + memory.temp_size_in_bytes - memory.alias_size_in_bytes)
+    return float(
+        memory.argument_size_in_bytes
+        + memory.output_size_in_bytes
+        + memory.temp_size_in_bytes
+        - memory.alias_size_in_bytes
+    )
 
 
 def sampler(cfg: Config, steps: int) -> Candidate:
@@ -117,9 +133,11 @@ def sampler(cfg: Config, steps: int) -> Candidate:
     call = lambda: generate(sample_cfg, task, model, 0, raw, key, steps=steps, cfg_scale=1.0)  # noqa: E731
     jax.block_until_ready(call())
     lt = task.layouts[0]
-    return Candidate(_timer(call, jax.block_until_ready),
-                     flops.sampling_flops(cfg, lt.layout, task.token_dims, lt.batch_size, steps, 1.0),
-                     {"examples": lt.batch_size, "steps": steps})
+    return Candidate(
+        _timer(call, jax.block_until_ready),
+        flops.sampling_flops(cfg, lt.layout, task.token_dims, lt.batch_size, steps, 1.0),
+        {"examples": lt.batch_size, "steps": steps},
+    )
 
 
 def torch_step(cfg: Config, kind: str) -> Candidate | None:
@@ -133,26 +151,46 @@ def torch_step(cfg: Config, kind: str) -> Candidate | None:
     if len(lt.layout.segments) != 1 or cfg.objective.rep_distance != "cosine":
         return None  # the PyTorch model covers single-modality layouts and the cosine L_rep
     params = nnx.to_pure_dict(nnx.state(build_model(cfg, task.token_dims), nnx.Param))
-    step, inputs = ts.build_bench_step(cfg, kind, params, lt.batch_size, lt.layout.num_tokens,
-                                       task.token_dims[lt.layout.segments[0].modality], lt.positions)
+    step, inputs = ts.build_bench_step(
+        cfg,
+        kind,
+        params,
+        lt.batch_size,
+        lt.layout.num_tokens,
+        task.token_dims[lt.layout.segments[0].modality],
+        lt.positions,
+    )
     step.step(**inputs)  # warm-up
-    return Candidate(_timer(lambda: step.step(**inputs), lambda _: None),
-                     flops.train_step_flops(_with(cfg, objective={"kind": kind}), lt.layout,
-                                            task.token_dims, lt.batch_size), {})
+    return Candidate(
+        _timer(lambda: step.step(**inputs), lambda _: None),
+        flops.train_step_flops(
+            _with(cfg, objective={"kind": kind}), lt.layout, task.token_dims, lt.batch_size
+        ),
+        {},
+    )
 
 
-def bench(cfg: Config, *, rounds: int = 5, steps_per_round: int = 3, torch: bool = True,
-          candidates: bool = False, sample_steps: int = 8) -> dict:
+def bench(
+    cfg: Config,
+    *,
+    rounds: int = 5,
+    steps_per_round: int = 3,
+    torch: bool = True,
+    candidates: bool = False,
+    sample_steps: int = 8,
+) -> dict:
     """Builds every candidate, times them in interleaved rounds, returns the report dict."""
     f32 = cfg.model.dtype == "float32"
     runners: dict[str, Candidate] = {
-        "peak_f32": matmul_peak(jnp.float32), "peak_bf16": matmul_peak(jnp.bfloat16),
+        "peak_f32": matmul_peak(jnp.float32),
+        "peak_bf16": matmul_peak(jnp.bfloat16),
         "fm": train_step(_with(cfg, objective={"kind": "flow_matching"})),
         "selfflow": train_step(_with(cfg, objective={"kind": "self_flow"})),
     }
     if f32:
-        runners["selfflow_bf16"] = train_step(_with(cfg, objective={"kind": "self_flow"},
-                                                    model={"dtype": "bfloat16"}))
+        runners["selfflow_bf16"] = train_step(
+            _with(cfg, objective={"kind": "self_flow"}, model={"dtype": "bfloat16"})
+        )
     if candidates:
         sf = _with(cfg, objective={"kind": "self_flow"})
         runners["per_token_conditioning"] = train_step(_with(sf, model={"conditioning": "per_token"}))
@@ -170,8 +208,10 @@ def bench(cfg: Config, *, rounds: int = 5, steps_per_round: int = 3, torch: bool
             reps = steps_per_round if not name.startswith("peak") else 5
             times[name].append(c.run(reps))
     med = {name: statistics.median(v) for name, v in times.items()}
-    peak = {"float32": runners["peak_f32"].flops / med["peak_f32"],
-            "bfloat16": runners["peak_bf16"].flops / med["peak_bf16"]}
+    peak = {
+        "float32": runners["peak_f32"].flops / med["peak_f32"],
+        "bfloat16": runners["peak_bf16"].flops / med["peak_bf16"],
+    }
     rows = {}
     for name, c in runners.items():
         if name.startswith("peak"):
@@ -187,14 +227,25 @@ def bench(cfg: Config, *, rounds: int = 5, steps_per_round: int = 3, torch: bool
     first = Task(cfg).layouts[0]
     ratio = lambda a, b: rows[a]["seconds"] / rows[b]["seconds"] if a in rows and b in rows else math.nan  # noqa: E731
     return {
-        "device": str(jax.devices()[0]), "device_kind": jax.devices()[0].device_kind,
-        "threads": os.cpu_count(), "params": runners["selfflow"].info["params"],
-        "depth": cfg.depth, "width": cfg.model.resolved("hidden_size"), "dtype": cfg.model.dtype,
-        "batch": first.batch_size, "tokens": first.layout.num_tokens,
-        "student_layer": cfg.student_layer, "teacher_layer": cfg.teacher_layer,
-        "rounds": rounds, "steps_per_round": steps_per_round, "peak_flops": peak, "rows": rows,
-        "sampling": {"examples_per_s": runners["sampling"].info["examples"] / med["sampling"],
-                     "steps": sample_steps},
+        "device": str(jax.devices()[0]),
+        "device_kind": jax.devices()[0].device_kind,
+        "threads": os.cpu_count(),
+        "params": runners["selfflow"].info["params"],
+        "depth": cfg.depth,
+        "width": cfg.model.resolved("hidden_size"),
+        "dtype": cfg.model.dtype,
+        "batch": first.batch_size,
+        "tokens": first.layout.num_tokens,
+        "student_layer": cfg.student_layer,
+        "teacher_layer": cfg.teacher_layer,
+        "rounds": rounds,
+        "steps_per_round": steps_per_round,
+        "peak_flops": peak,
+        "rows": rows,
+        "sampling": {
+            "examples_per_s": runners["sampling"].info["examples"] / med["sampling"],
+            "steps": sample_steps,
+        },
         "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024.0,
         "selfflow_over_fm": ratio("selfflow", "fm"),
         "bf16_over_f32": ratio("selfflow_bf16", "selfflow"),
@@ -206,15 +257,20 @@ def bench(cfg: Config, *, rounds: int = 5, steps_per_round: int = 3, torch: bool
 
 SHORT = {"float32": "f32", "bfloat16": "bf16"}
 LABELS = {
-    "fm": "flow matching step", "selfflow": "Self-Flow step", "selfflow_bf16": "Self-Flow step, bf16",
-    "per_token_conditioning": "Self-Flow, per-token adaLN", "untruncated_teacher": "Self-Flow, teacher runs all blocks",
-    "remat": "Self-Flow, remat blocks", "sampling": "sampling (Euler step)",
-    "torch_fm": "PyTorch flow matching step", "torch_selfflow": "PyTorch Self-Flow step",
+    "fm": "flow matching step",
+    "selfflow": "Self-Flow step",
+    "selfflow_bf16": "Self-Flow step, bf16",
+    "per_token_conditioning": "Self-Flow, per-token adaLN",
+    "untruncated_teacher": "Self-Flow, teacher runs all blocks",
+    "remat": "Self-Flow, remat blocks",
+    "sampling": "sampling (Euler step)",
+    "torch_fm": "PyTorch flow matching step",
+    "torch_selfflow": "PyTorch Self-Flow step",
 }
 
 
 def format_report(r: dict) -> str:
-    gib = 2 ** 30
+    gib = 2**30
     lines = [
         f"device {r['device']} ({r['device_kind']}, {r['threads']} CPU threads): {r['params'] / 1e6:.2f}M params, "
         f"depth {r['depth']}, width {r['width']}, {r['dtype']}, batch {r['batch']} x {r['tokens']} tokens, "
@@ -226,9 +282,11 @@ def format_report(r: dict) -> str:
     ]
     for name, row in r["rows"].items():
         mem = f"{row['peak_bytes'] / gib:9.2f} GiB" if "peak_bytes" in row else ""
-        lines.append(f"  {LABELS.get(name, name):36s} {row['seconds'] * 1e3:9.1f} {row['flops'] / 1e9:11.2f} "
-                     f"{row['flops_per_s'] / 1e9:8.1f} {row['mfu']:6.1%} of {SHORT[row['mfu_of']]:4s} {mem:>13s} "
-                     f"{row.get('recompiles', '')}")
+        lines.append(
+            f"  {LABELS.get(name, name):36s} {row['seconds'] * 1e3:9.1f} {row['flops'] / 1e9:11.2f} "
+            f"{row['flops_per_s'] / 1e9:8.1f} {row['mfu']:6.1%} of {SHORT[row['mfu_of']]:4s} {mem:>13s} "
+            f"{row.get('recompiles', '')}"
+        )
     s = r["sampling"]
     lines += [
         f"sampling: {s['examples_per_s'] * s['steps']:.1f} example-steps/s "

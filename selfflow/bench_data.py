@@ -18,9 +18,9 @@ from flax import nnx
 from data_pipelines import loader
 from selfflow.config import Config
 from selfflow.model import build_model
-from selfflow.tasks import Task
 from selfflow.run import init_state, make_optimizer
 from selfflow.step import make_train_step
+from selfflow.tasks import Task
 
 
 def _rate(fn, min_seconds: float, min_calls: int) -> float:
@@ -40,7 +40,7 @@ def bench_data(cfg: Config, *, seconds: float = 2.0, steps: int = 3) -> dict:
         selected = source.select(sorted(keys)) if keys else source
         selected[len(selected) - 1]  # warm-up outside the timing: imports, numba's first mel
         counter = iter(range(10**12))
-        sources[name] = _rate(lambda: selected[next(counter) % len(selected)], seconds, 4)
+        sources[name] = _rate(lambda s=selected, c=counter: s[next(c) % len(s)], seconds, 4)
 
     model = build_model(cfg, task.token_dims)
     tx = make_optimizer(cfg.optim)
@@ -48,36 +48,53 @@ def bench_data(cfg: Config, *, seconds: float = 2.0, steps: int = 3) -> dict:
     holder = {"state": init_state(cfg, model, tx)}
     layouts = {}
     for i, lt in enumerate(task.layouts):
-        it = loader.BatchIterator(task.dataset(i), read_threads=cfg.data.read_threads,
-                                  prefetch=cfg.data.prefetch, worker_count=cfg.data.worker_count)
+        it = loader.BatchIterator(
+            task.dataset(i),
+            read_threads=cfg.data.read_threads,
+            prefetch=cfg.data.prefetch,
+            worker_count=cfg.data.worker_count,
+        )
         for _ in range(1 + 2 * cfg.data.worker_count):  # start threads/workers; every worker warm
             batch = dict(next(it))
-        pipeline = _rate(lambda: next(it), seconds, 4) * lt.batch_size
+        pipeline = _rate(lambda it=it: next(it), seconds, 4) * lt.batch_size
         it.close()
         batch.pop("skipped")
         raw = jax.device_put(batch)
 
-        def one_step():
+        def one_step(raw=raw, i=i):
             holder["state"], metrics = step_fn(holder["state"], raw, i)
             jax.block_until_ready(metrics["loss"])
 
         one_step()  # compile
         consumed = _rate(one_step, 0.0, steps) * lt.batch_size
-        layouts[lt.layout.name] = {"batch": lt.batch_size, "sources": list(task.layout_sources(i)),
-                                   "pipeline": pipeline, "step": consumed, "ratio": pipeline / consumed}
-    return {"sources": sources, "layouts": layouts, "worker_count": cfg.data.worker_count,
-            "read_threads": cfg.data.read_threads,
-            "min_ratio": min(v["ratio"] for v in layouts.values())}
+        layouts[lt.layout.name] = {
+            "batch": lt.batch_size,
+            "sources": list(task.layout_sources(i)),
+            "pipeline": pipeline,
+            "step": consumed,
+            "ratio": pipeline / consumed,
+        }
+    return {
+        "sources": sources,
+        "layouts": layouts,
+        "worker_count": cfg.data.worker_count,
+        "read_threads": cfg.data.read_threads,
+        "min_ratio": min(v["ratio"] for v in layouts.values()),
+    }
 
 
 def format_report(r: dict) -> str:
-    lines = [f"examples/s read one at a time (decode only, this process):"]
+    lines = ["examples/s read one at a time (decode only, this process):"]
     lines += [f"  source {name:20s} {rate:10.1f}" for name, rate in r["sources"].items()]
-    lines.append(f"examples/s per layout: pipeline ({r['read_threads']} threads, "
-                 f"{r['worker_count']} workers) vs consumed by the train step:")
+    lines.append(
+        f"examples/s per layout: pipeline ({r['read_threads']} threads, "
+        f"{r['worker_count']} workers) vs consumed by the train step:"
+    )
     for name, v in r["layouts"].items():
-        lines.append(f"  layout {name:20s} pipeline {v['pipeline']:10.1f}  step {v['step']:10.1f}  "
-                     f"pipeline_over_step={v['ratio']:.2f}  (batch {v['batch']}, sources "
-                     f"{', '.join(v['sources'])})")
+        lines.append(
+            f"  layout {name:20s} pipeline {v['pipeline']:10.1f}  step {v['step']:10.1f}  "
+            f"pipeline_over_step={v['ratio']:.2f}  (batch {v['batch']}, sources "
+            f"{', '.join(v['sources'])})"
+        )
     lines.append(f"min_pipeline_over_step={r['min_ratio']:.2f}")
     return "\n".join(lines)

@@ -27,7 +27,9 @@ from selfflow import config as config_lib
 
 def abstract_like(tree: Any) -> Any:
     """Shape/dtype skeleton of ``tree`` (what Orbax restores into)."""
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree)
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree
+    )
 
 
 def retention_policy(tcfg: config_lib.TrainConfig) -> policies.PreservationPolicy:
@@ -42,8 +44,14 @@ def retention_policy(tcfg: config_lib.TrainConfig) -> policies.PreservationPolic
         keep.append(policies.EveryNSteps(interval_steps=tcfg.keep_every))
     if tcfg.keep_best:
         # BestN sorts ascending (descending with reverse=True) and keeps the last n.
-        keep.append(policies.BestN(get_metric_fn=metric_fn(tcfg), reverse=tcfg.best_mode == "min",
-                                   n=tcfg.keep_best, keep_checkpoints_without_metrics=False))
+        keep.append(
+            policies.BestN(
+                get_metric_fn=metric_fn(tcfg),
+                reverse=tcfg.best_mode == "min",
+                n=tcfg.keep_best,
+                keep_checkpoints_without_metrics=False,
+            )
+        )
     return policies.AnyPreservationPolicy(keep)
 
 
@@ -55,8 +63,13 @@ def metric_fn(tcfg: config_lib.TrainConfig):
 
 
 class RunCheckpoints:
-    def __init__(self, run_dir: str | Path, keep: int = 3, async_save: bool = True,
-                 retention: config_lib.TrainConfig | None = None):
+    def __init__(
+        self,
+        run_dir: str | Path,
+        keep: int = 3,
+        async_save: bool = True,
+        retention: config_lib.TrainConfig | None = None,
+    ):
         """``retention`` (a run's train config) sets the retention policy; without it, as for
         readers of a run, the last ``keep`` are kept (a manager deletes only when it saves)."""
         self.directory = Path(run_dir).absolute() / "checkpoints"
@@ -65,9 +78,13 @@ class RunCheckpoints:
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
-                preservation_policy=retention_policy(tcfg), create=True,
+                preservation_policy=retention_policy(tcfg),
+                create=True,
                 enable_async_checkpointing=async_save,
-                best_fn=metric_fn(tcfg) if tcfg.keep_best else None, best_mode=tcfg.best_mode))
+                best_fn=metric_fn(tcfg) if tcfg.keep_best else None,
+                best_mode=tcfg.best_mode,
+            ),
+        )
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -75,15 +92,27 @@ class RunCheckpoints:
     def all_steps(self) -> list[int]:
         return list(self.manager.all_steps())
 
-    def save(self, step: int, state: Any, data_state: dict, cfg: config_lib.Config, specs: dict,
-             metrics: dict[str, float] | None = None) -> None:
+    def save(
+        self,
+        step: int,
+        state: Any,
+        data_state: dict,
+        cfg: config_lib.Config,
+        specs: dict,
+        metrics: dict[str, float] | None = None,
+    ) -> None:
         """``specs``: {modality: spec fields} (``Task.specs_dict``); ``metrics`` ({name: value}) are
         stored with the checkpoint when the policy ranks by them."""
-        self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
-            data=ocp.args.JsonSave(data_state),
-            config=ocp.args.JsonSave(config_lib.resolved_dict(cfg)),
-            specs=ocp.args.JsonSave(specs)), metrics=metrics)
+        self.manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state),
+                data=ocp.args.JsonSave(data_state),
+                config=ocp.args.JsonSave(config_lib.resolved_dict(cfg)),
+                specs=ocp.args.JsonSave(specs),
+            ),
+            metrics=metrics,
+        )
 
     def metrics(self, step: int) -> dict | None:
         """The metrics stored with checkpoint ``step`` (None if it has none)."""
@@ -91,9 +120,12 @@ class RunCheckpoints:
 
     def restore(self, step: int, state_template: Any) -> tuple[Any, dict]:
         """Returns (state, data-iterator state) of ``step``; state follows ``state_template``."""
-        out = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_like(state_template)),
-            data=ocp.args.JsonRestore()))
+        out = self.manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_like(state_template)), data=ocp.args.JsonRestore()
+            ),
+        )
         return out["state"], out["data"]
 
     def saved_config(self, step: int) -> config_lib.Config:

@@ -21,13 +21,13 @@ Exit status: 0 for a finished run, 1 for a training error (non-finite loss, bad 
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 from pathlib import Path
 
-
-SET_HELP = ("override config values, e.g. --set objective.gamma=0.5 train.steps=100 (several pairs "
-            "after one --set, or --set repeated)")
+SET_HELP = (
+    "override config values, e.g. --set objective.gamma=0.5 train.steps=100 (several pairs "
+    "after one --set, or --set repeated)"
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -37,8 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train an experiment config (resumes if RUN_DIR has checkpoints)")
     p.add_argument("config", help="experiment file defining CONFIG, e.g. experiments/quickstart.py")
     p.add_argument("--run-dir", help="output directory (default: runs/<config name>)")
-    p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
-                   help=SET_HELP)
+    p.add_argument(
+        "--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE", help=SET_HELP
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     p = sub.add_parser("sample", help="write samples of every layout of a run from its EMA weights")
@@ -49,85 +50,133 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
 
     p = sub.add_parser("bench", help="Self-Flow vs flow-matching step, MFU, bf16, sampling, PyTorch")
-    p.add_argument("config", nargs="?", default=str(Path(__file__).parents[1] / "experiments" / "bench_s2.py"),
-                   help="experiment file (default: experiments/bench_s2.py, SiT-S/2 on 256 tokens)")
-    p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
-                   help=SET_HELP)
+    p.add_argument(
+        "config",
+        nargs="?",
+        default=str(Path(__file__).parents[1] / "experiments" / "bench_s2.py"),
+        help="experiment file (default: experiments/bench_s2.py, SiT-S/2 on 256 tokens)",
+    )
+    p.add_argument(
+        "--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE", help=SET_HELP
+    )
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--steps-per-round", type=int, default=3)
     p.add_argument("--sample-steps", type=int, default=8, help="Euler steps per timed sampling call")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
-    p.add_argument("--candidates", action="store_true",
-                   help="also time Self-Flow with each speed option switched off")
+    p.add_argument(
+        "--candidates", action="store_true", help="also time Self-Flow with each speed option switched off"
+    )
     p.add_argument("--json", help="also write the full report as JSON to this file")
 
     p = sub.add_parser("sweep", help="train a grid of runs (a SWEEP file) and tabulate their metrics")
     p.add_argument("file", help="Python file defining SWEEP = selfflow.sweep.Sweep(...)")
     p.add_argument("--out", help="output directory (default: the file's `out`, else runs/sweeps/<file stem>)")
-    p.add_argument("--only", action="append", default=[], metavar="NAME", help="run only this run (repeatable)")
+    p.add_argument(
+        "--only", action="append", default=[], metavar="NAME", help="run only this run (repeatable)"
+    )
     p.add_argument("--dry-run", action="store_true", help="list the runs and their overrides, train nothing")
 
     p = sub.add_parser("compare", help="curves of several runs in one PNG, plus last/best values")
     p.add_argument("runs", nargs="+", help="run directories or sweep output directories")
     p.add_argument("--out", required=True, help="PNG path")
     p.add_argument("--metric", action="append", default=[], help="metric key (repeatable; default: losses)")
-    p.add_argument("--x", choices=("step", "compute"), default="step",
-                   help="x axis: step, or training FLOPs (equal-compute comparison)")
+    p.add_argument(
+        "--x",
+        choices=("step", "compute"),
+        default="step",
+        help="x axis: step, or training FLOPs (equal-compute comparison)",
+    )
     p.add_argument("--smooth", type=int, default=1, help="trailing mean over this many logged points")
     p.add_argument("--labels", help="comma-separated labels, one per run")
 
     p = sub.add_parser("bench-data", help="examples/s of each source and layout pipeline vs the train step")
     p.add_argument("config")
-    p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
-                   help=SET_HELP)
+    p.add_argument(
+        "--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE", help=SET_HELP
+    )
     p.add_argument("--seconds", type=float, default=2.0, help="time per measurement")
 
     p = sub.add_parser("prepare", help="write a source's examples as ArrayRecord shards + manifest.json")
-    p.add_argument("source", help="a source name of --config's data.sources, or KIND or KIND:PATH "
-                                  "(e.g. fashion_mnist, image_folder:data/flowers, world)")
+    p.add_argument(
+        "source",
+        help="a source name of --config's data.sources, or KIND or KIND:PATH "
+        "(e.g. fashion_mnist, image_folder:data/flowers, world)",
+    )
     p.add_argument("--out", required=True, help="output directory (read back with kind 'latents')")
     p.add_argument("--config", default=None, help="experiment file giving data sizes and sources")
-    p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
-                   help=SET_HELP)
+    p.add_argument(
+        "--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE", help=SET_HELP
+    )
     p.add_argument("--limit", type=int, default=None, help="only the first N examples")
     p.add_argument("--shard-size", type=int, default=1024, help="examples per ArrayRecord shard")
 
-    p = sub.add_parser("compile", help="compile the train step for a mesh without running it; "
-                                       "print memory per device")
+    p = sub.add_parser(
+        "compile", help="compile the train step for a mesh without running it; print memory per device"
+    )
     p.add_argument("config")
-    p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
-                   help=SET_HELP)
+    p.add_argument(
+        "--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE", help=SET_HELP
+    )
     p.add_argument("--mesh", default="", help="axis sizes, e.g. data=2,fsdp=4 (sets mesh.<axis>)")
-    p.add_argument("--devices", type=int, default=None,
-                   help="simulate this many CPU devices (sets XLA_FLAGS before JAX starts)")
+    p.add_argument(
+        "--devices",
+        type=int,
+        default=None,
+        help="simulate this many CPU devices (sets XLA_FLAGS before JAX starts)",
+    )
 
     p = sub.add_parser("export", help="write a run's weights as safetensors or an official Self-Flow .pt")
     p.add_argument("--run-dir", required=True)
-    p.add_argument("--out", required=True, help="FILE.safetensors or FILE.pt (FILE.json is written beside it)")
-    p.add_argument("--format", choices=("safetensors", "official"), default="safetensors",
-                   help="official: the PyTorch state dict of black-forest-labs/Self-Flow (image runs)")
+    p.add_argument(
+        "--out", required=True, help="FILE.safetensors or FILE.pt (FILE.json is written beside it)"
+    )
+    p.add_argument(
+        "--format",
+        choices=("safetensors", "official"),
+        default="safetensors",
+        help="official: the PyTorch state dict of black-forest-labs/Self-Flow (image runs)",
+    )
     p.add_argument("--weights", choices=("ema", "online"), default="ema")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
-    p.add_argument("--no-learn-sigma", dest="learn_sigma", action="store_false",
-                   help="official: omit the unused variance channels (the released model has them)")
+    p.add_argument(
+        "--no-learn-sigma",
+        dest="learn_sigma",
+        action="store_false",
+        help="official: omit the unused variance channels (the released model has them)",
+    )
 
     p = sub.add_parser("import", help="make a run (step 0) from an official Self-Flow .pt checkpoint")
     p.add_argument("--official", required=True, metavar="FILE.pt", help="loaded with weights_only=True")
-    p.add_argument("--config", required=True, help="experiment file describing the same model (and the "
-                                                    "data to fine-tune on)")
+    p.add_argument(
+        "--config",
+        required=True,
+        help="experiment file describing the same model (and the data to fine-tune on)",
+    )
     p.add_argument("--out", required=True, help="new run directory")
-    p.add_argument("--key", default=None, help="entry of a wrapped checkpoint, e.g. ema "
-                                               "(default: 'model', 'state_dict' or the file itself)")
-    p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
-                   help=SET_HELP)
+    p.add_argument(
+        "--key",
+        default=None,
+        help="entry of a wrapped checkpoint, e.g. ema (default: 'model', 'state_dict' or the file itself)",
+    )
+    p.add_argument(
+        "--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE", help=SET_HELP
+    )
 
-    p = sub.add_parser("fid-samples", help="SDE-sample images into an .npz for the ADM evaluator "
-                                           "(the official Self-Flow protocol; resumable)")
+    p = sub.add_parser(
+        "fid-samples",
+        help="SDE-sample images into an .npz for the ADM evaluator "
+        "(the official Self-Flow protocol; resumable)",
+    )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--run-dir", help="an image run (its EMA weights)")
     src.add_argument("--official", metavar="FILE.pt", help="an official checkpoint (weights_only load)")
-    p.add_argument("--arch", action="append", default=[], metavar="KEY=VALUE",
-                   help="official constructor keyword (default: the released SiT-XL/2), repeatable")
+    p.add_argument(
+        "--arch",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="official constructor keyword (default: the released SiT-XL/2), repeatable",
+    )
     p.add_argument("--key", default=None, help="--official: entry of a wrapped checkpoint, e.g. ema")
     p.add_argument("--out", required=True, help="FILE.npz: arr_0 uint8 (num, H, W, 3), arr_1 labels")
     p.add_argument("--num", type=int, default=50_000)
@@ -138,12 +187,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance-low", type=float, default=0.0, help="guidance only for τ in [low, high]")
     p.add_argument("--guidance-high", type=float, default=0.7)
     p.add_argument("--seed", type=int, default=31)
-    p.add_argument("--vae", default=None, help="diffusers AutoencoderKL directory (latent models; needs "
-                                               "diffusers), e.g. a local copy of stabilityai/sd-vae-ft-ema")
+    p.add_argument(
+        "--vae",
+        default=None,
+        help="diffusers AutoencoderKL directory (latent models; needs "
+        "diffusers), e.g. a local copy of stabilityai/sd-vae-ft-ema",
+    )
     p.add_argument("--step", type=int, default=None, help="--run-dir: checkpoint step (default: latest)")
 
-    p = sub.add_parser("eval", help="the run's metrics (Fréchet proxies, synchrony, action error, "
-                                    "linear probes): DIR/eval/step_K.json and .md")
+    p = sub.add_parser(
+        "eval",
+        help="the run's metrics (Fréchet proxies, synchrony, action error, "
+        "linear probes): DIR/eval/step_K.json and .md",
+    )
     p.add_argument("--run-dir", required=True)
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
     p.add_argument("--num", type=int, default=256, help="generated (and real) examples per layout")
@@ -151,10 +207,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cfg", type=float, default=None, help="guidance scale (default: sample.cfg_scale)")
     p.add_argument("--no-probe", dest="probe", action="store_false", help="skip the per-block linear probes")
     p.add_argument("--probe-examples", type=int, nargs=2, default=(2048, 1024), metavar=("TRAIN", "TEST"))
-    p.add_argument("--classifier-steps", type=int, default=1000,
-                   help="training budget of the image-FD classifier (cached per dataset)")
-    p.add_argument("--inception", default=None, metavar="FILE.pth",
-                   help="pytorch-fid InceptionV3 weights: also report the Inception FID of image layouts")
+    p.add_argument(
+        "--classifier-steps",
+        type=int,
+        default=1000,
+        help="training budget of the image-FD classifier (cached per dataset)",
+    )
+    p.add_argument(
+        "--inception",
+        default=None,
+        metavar="FILE.pth",
+        help="pytorch-fid InceptionV3 weights: also report the Inception FID of image layouts",
+    )
     p.add_argument("--out", default=None, help="output directory (default: RUN_DIR/eval)")
     p.add_argument("--seed", type=int, default=0)
 
@@ -178,8 +242,10 @@ def _train(args) -> int:
     import jax
 
     samples = "no samples (multi-host)" if jax.process_count() > 1 else "samples/ (one folder per layout)"
-    print(f"trained {result.final_step} steps; checkpoints, metrics.jsonl, loss.png and "
-          f"{samples} are in {run_dir}")
+    print(
+        f"trained {result.final_step} steps; checkpoints, metrics.jsonl, loss.png and "
+        f"{samples} are in {run_dir}"
+    )
     return 0
 
 
@@ -192,8 +258,9 @@ def _sample(args) -> int:
     if args.steps is not None and args.steps < 1:
         raise _UsageError(f"--steps={args.steps}: expected a positive integer")
     cfg, state, graphdef, task, step = load_run(args.run_dir, args.step)
-    paths = write_run_samples(cfg, task, nnx.merge(graphdef, state["ema"]), Path(args.out), steps=args.steps,
-                           cfg_scale=args.cfg)
+    paths = write_run_samples(
+        cfg, task, nnx.merge(graphdef, state["ema"]), Path(args.out), steps=args.steps, cfg_scale=args.cfg
+    )
     print(f"wrote {len(paths)} files under {args.out} (EMA weights of step {step}, one folder per layout)")
     return 0
 
@@ -207,8 +274,14 @@ def _bench(args) -> int:
     if args.rounds < 1 or args.steps_per_round < 1 or args.sample_steps < 1:
         raise _UsageError("--rounds, --steps-per-round and --sample-steps must be positive")
     cfg = load_config_file(args.config, args.overrides)
-    report = bench(cfg, rounds=args.rounds, steps_per_round=args.steps_per_round, torch=not args.no_torch,
-                   candidates=args.candidates, sample_steps=args.sample_steps)
+    report = bench(
+        cfg,
+        rounds=args.rounds,
+        steps_per_round=args.steps_per_round,
+        torch=not args.no_torch,
+        candidates=args.candidates,
+        sample_steps=args.sample_steps,
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))
     print(format_report(report))
@@ -228,8 +301,16 @@ def _compare(args) -> int:
     if args.smooth < 1:
         raise _UsageError(f"--smooth={args.smooth}: expected >= 1")
     try:
-        print(compare(args.runs, args.out, metrics=tuple(args.metric), x=args.x, smooth=args.smooth,
-                      labels=args.labels.split(",") if args.labels else None))
+        print(
+            compare(
+                args.runs,
+                args.out,
+                metrics=tuple(args.metric),
+                x=args.x,
+                smooth=args.smooth,
+                labels=args.labels.split(",") if args.labels else None,
+            )
+        )
     except CompareError as e:
         raise _UsageError(str(e)) from None
     print(f"wrote {args.out}")
@@ -254,24 +335,40 @@ def _prepare(args) -> int:
     from data_pipelines import latents, sources
     from selfflow.config import Config, ConfigError, SourceConfig, apply_overrides, load_config_file, validate
 
-    cfg = (load_config_file(args.config, args.overrides) if args.config
-           else validate(apply_overrides(Config(), args.overrides)))
+    cfg = (
+        load_config_file(args.config, args.overrides)
+        if args.config
+        else validate(apply_overrides(Config(), args.overrides))
+    )
     named = {sc.name: sc for sc in cfg.data.sources}
     if args.source in named:
         sc = named[args.source]
     else:
         kind, _, path = args.source.partition(":")
         sc = SourceConfig(name=kind, kind=kind, path=path)
-        validate(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, sources=(sc,)), layouts=(),
-                                     modalities=()))
+        validate(
+            dataclasses.replace(
+                cfg, data=dataclasses.replace(cfg.data, sources=(sc,)), layouts=(), modalities=()
+            )
+        )
     if args.limit is not None and args.limit < 1:
         raise ConfigError(f"--limit={args.limit}: expected a positive integer")
     source = sources.build(sc, cfg.data, cfg.seed)
     modality = "+".join(m for m in modalities.MODALITIES if sources.provides(source, m))
-    manifest = latents.prepare(source, args.out, name=sc.name, modality=modality, shard_size=args.shard_size,
-                               limit=args.limit, on_bad_sample=cfg.data.on_bad_sample, progress=True)
-    print(f"wrote {manifest['count']} examples of {sc.name!r} ({modality}) to {args.out}; "
-          f"train on them with SourceConfig(name=..., kind='latents', path={str(args.out)!r})")
+    manifest = latents.prepare(
+        source,
+        args.out,
+        name=sc.name,
+        modality=modality,
+        shard_size=args.shard_size,
+        limit=args.limit,
+        on_bad_sample=cfg.data.on_bad_sample,
+        progress=True,
+    )
+    print(
+        f"wrote {manifest['count']} examples of {sc.name!r} ({modality}) to {args.out}; "
+        f"train on them with SourceConfig(name=..., kind='latents', path={str(args.out)!r})"
+    )
     return 0
 
 
@@ -289,8 +386,9 @@ def _export(args) -> int:
     from selfflow.export import export_official, export_safetensors
 
     if args.format == "official":
-        path, meta = export_official(args.run_dir, args.out, weights=args.weights, step=args.step,
-                                     learn_sigma=args.learn_sigma)
+        path, meta = export_official(
+            args.run_dir, args.out, weights=args.weights, step=args.step, learn_sigma=args.learn_sigma
+        )
     else:
         path, meta = export_safetensors(args.run_dir, args.out, weights=args.weights, step=args.step)
     print(f"wrote {path} ({args.weights} weights, {args.format}) and {meta}")
@@ -303,8 +401,10 @@ def _import(args) -> int:
 
     cfg = load_config_file(args.config, args.overrides)
     out = import_official(args.official, cfg, args.out, key=args.key)
-    print(f"wrote {out} (step 0, weights of {args.official}); fine-tune with "
-          f"`selfflow train {args.config} --run-dir {out}`, sample with `selfflow sample --run-dir {out}`")
+    print(
+        f"wrote {out} (step 0, weights of {args.official}); fine-tune with "
+        f"`selfflow train {args.config} --run-dir {out}`, sample with `selfflow sample --run-dir {out}`"
+    )
     return 0
 
 
@@ -321,10 +421,17 @@ def _fid_samples(args) -> int:
         from flax import nnx
 
         from selfflow.run import load_run
+
         cfg, state, graphdef, task, _ = load_run(args.run_dir, args.step)
         if set(task.token_dims) != {"image"}:
-            raise _UsageError(f"{args.run_dir}: fid-samples needs an image-only run; it has {sorted(task.token_dims)}")
-        model, positions, num_classes = nnx.merge(graphdef, state["ema"]), task.layouts[0].positions, cfg.data.num_classes
+            raise _UsageError(
+                f"{args.run_dir}: fid-samples needs an image-only run; it has {sorted(task.token_dims)}"
+            )
+        model, positions, num_classes = (
+            nnx.merge(graphdef, state["ema"]),
+            task.layouts[0].positions,
+            cfg.data.num_classes,
+        )
         spec = task.specs["image"]
     else:
         from selfflow.export import load_official
@@ -336,20 +443,35 @@ def _fid_samples(args) -> int:
         spec = image_spec(official.architecture)
     detokenize = partial(image_mod.detokenize, spec=spec)
     if args.vae:
-        decode = fid_samples.sd_vae_decoder(args.vae, detokenize, latent_shape=(spec.height, spec.width, spec.channels))
+        decode = fid_samples.sd_vae_decoder(
+            args.vae, detokenize, latent_shape=(spec.height, spec.width, spec.channels)
+        )
     elif spec.channels in (1, 3):
         decode = fid_samples.pixel_decoder(detokenize)
     else:
-        raise _UsageError(f"the model makes {spec.channels}-channel latents: pass --vae DIR (a diffusers "
-                          "AutoencoderKL, e.g. stabilityai/sd-vae-ft-ema) to decode them")
+        raise _UsageError(
+            f"the model makes {spec.channels}-channel latents: pass --vae DIR (a diffusers "
+            "AutoencoderKL, e.g. stabilityai/sd-vae-ft-ema) to decode them"
+        )
     bar = tqdm(total=args.num, desc="fid-samples", file=sys.stderr, dynamic_ncols=True)
     try:
         out = fid_samples.generate_npz(
-            ModelVelocity(model, positions), out=args.out, num=args.num, batch_size=args.batch_size,
-            token_shape=(spec.num_tokens, spec.token_dim), num_classes=num_classes, null_class=num_classes,
-            decode=decode, seed=args.seed, steps=args.steps, last_step_size=args.last_step_size,
-            cfg_scale=args.cfg, guidance_low=args.guidance_low, guidance_high=args.guidance_high,
-            progress=lambda done, total: bar.update(done - bar.n))
+            ModelVelocity(model, positions),
+            out=args.out,
+            num=args.num,
+            batch_size=args.batch_size,
+            token_shape=(spec.num_tokens, spec.token_dim),
+            num_classes=num_classes,
+            null_class=num_classes,
+            decode=decode,
+            seed=args.seed,
+            steps=args.steps,
+            last_step_size=args.last_step_size,
+            cfg_scale=args.cfg,
+            guidance_low=args.guidance_low,
+            guidance_high=args.guidance_high,
+            progress=lambda done, total: bar.update(done - bar.n),
+        )
     except ValueError as e:
         raise _UsageError(str(e)) from None
     finally:
@@ -362,13 +484,25 @@ def _eval(args) -> int:
     from selfflow.eval.evaluate import EvalSettings, evaluate_run
 
     try:
-        settings = EvalSettings(num=args.num, steps=args.steps, cfg_scale=args.cfg, seed=args.seed, probe=args.probe,
-                                probe_examples=tuple(args.probe_examples), classifier_steps=args.classifier_steps,
-                                inception=args.inception)
+        settings = EvalSettings(
+            num=args.num,
+            steps=args.steps,
+            cfg_scale=args.cfg,
+            seed=args.seed,
+            probe=args.probe,
+            probe_examples=tuple(args.probe_examples),
+            classifier_steps=args.classifier_steps,
+            inception=args.inception,
+        )
     except ValueError as e:
         raise _UsageError(str(e)) from None
-    _, json_path, md_path = evaluate_run(args.run_dir, settings, step=args.step, out_dir=args.out,
-                                         progress=lambda what: print(f"eval: {what}", file=sys.stderr))
+    _, json_path, md_path = evaluate_run(
+        args.run_dir,
+        settings,
+        step=args.step,
+        out_dir=args.out,
+        progress=lambda what: print(f"eval: {what}", file=sys.stderr),
+    )
     print(md_path.read_text(), end="")
     print(f"wrote {json_path} and {md_path}")
     return 0
@@ -413,13 +547,19 @@ def _simulate_cpu_devices(n: int) -> None:
 
     if n < 1:
         raise SystemExit(f"selfflow: error: --devices={n}: expected a positive integer")
-    flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
-             if not f.startswith("--xla_force_host_platform_device_count")]
+    flags = [
+        f
+        for f in os.environ.get("XLA_FLAGS", "").split()
+        if not f.startswith("--xla_force_host_platform_device_count")
+    ]
     os.environ["XLA_FLAGS"] = " ".join([*flags, f"--xla_force_host_platform_device_count={n}"])
     if "jax" in _sys.modules:
         import jax
+
         if jax.device_count() != n and jax.devices()[0].platform == "cpu":
-            raise SystemExit(f"selfflow: error: --devices={n}: JAX already started with {jax.device_count()} devices")
+            raise SystemExit(
+                f"selfflow: error: --devices={n}: JAX already started with {jax.device_count()} devices"
+            )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -431,15 +571,32 @@ def main(argv: list[str] | None = None) -> int:
     from selfflow.official import OfficialFormatError
 
     try:
-        return {"train": _train, "sample": _sample, "bench": _bench, "plot": _plot,
-                "bench-data": _bench_data, "prepare": _prepare, "compile": _compile,
-                "export": _export, "import": _import, "fid-samples": _fid_samples, "eval": _eval,
-                "sweep": _sweep, "compare": _compare}[args.command](args)
+        return {
+            "train": _train,
+            "sample": _sample,
+            "bench": _bench,
+            "plot": _plot,
+            "bench-data": _bench_data,
+            "prepare": _prepare,
+            "compile": _compile,
+            "export": _export,
+            "import": _import,
+            "fid-samples": _fid_samples,
+            "eval": _eval,
+            "sweep": _sweep,
+            "compare": _compare,
+        }[args.command](args)
     except (ConfigError, _UsageError) as e:
         print(f"selfflow: error: {e}", file=sys.stderr)
         return 2
-    except (TrainingError, FileNotFoundError, SourceError, BadSampleError, ParamsError,
-            OfficialFormatError) as e:
+    except (
+        TrainingError,
+        FileNotFoundError,
+        SourceError,
+        BadSampleError,
+        ParamsError,
+        OfficialFormatError,
+    ) as e:
         print(f"selfflow: error: {e}", file=sys.stderr)
         return 1
 

@@ -18,7 +18,16 @@ from selfflow.metrics_writer import read_metrics
 DEFAULT_METRICS = ("loss", "fm_loss", "rep_loss")
 # Metrics whose best value is the largest (accuracies, similarities, rates); every other is a loss
 # or a distance, best when smallest.
-HIGHER_IS_BETTER = ("probe", "cos_sim", "accuracy", "success", "coverage", "synchrony", "steps_per_sec", "mfu")
+HIGHER_IS_BETTER = (
+    "probe",
+    "cos_sim",
+    "accuracy",
+    "success",
+    "coverage",
+    "synchrony",
+    "steps_per_sec",
+    "mfu",
+)
 
 
 def best(metric: str, values) -> float:
@@ -39,8 +48,9 @@ def run_dirs(paths: list[str | Path]) -> list[Path]:
         elif (p / "results.json").exists():
             out += [Path(r["run_dir"]) for r in json.loads((p / "results.json").read_text())["rows"]]
         else:
-            raise CompareError(f"{p}: no metrics.jsonl (not a run directory) and no results.json "
-                               "(not a sweep directory)")
+            raise CompareError(
+                f"{p}: no metrics.jsonl (not a run directory) and no results.json (not a sweep directory)"
+            )
     return out
 
 
@@ -49,8 +59,9 @@ def _series(records: list[dict], metric: str, x: str, run: Path) -> tuple[np.nda
     steps = np.array([r["step"] for r in rows], float)
     if x == "compute":
         if any("perf/flops_per_step" not in r for r in rows):
-            raise CompareError(f"{run}: no perf/flops_per_step in its metrics (trained before FLOP "
-                               "logging); use --x step")
+            raise CompareError(
+                f"{run}: no perf/flops_per_step in its metrics (trained before FLOP logging); use --x step"
+            )
         # FLOPs so far: each logged record covers the steps since the previous one
         per_step = np.array([r["perf/flops_per_step"] for r in rows])
         steps = np.cumsum(np.diff(np.concatenate([[0.0], steps])) * per_step)
@@ -66,10 +77,18 @@ def _smooth(y: np.ndarray, w: int) -> np.ndarray:
     return (c[n] - c[lo]) / (n - lo)
 
 
-def compare(paths: list[str | Path], out: str | Path, *, metrics: tuple[str, ...] = (), x: str = "step",
-            smooth: int = 1, labels: list[str] | None = None) -> str:
+def compare(
+    paths: list[str | Path],
+    out: str | Path,
+    *,
+    metrics: tuple[str, ...] = (),
+    x: str = "step",
+    smooth: int = 1,
+    labels: list[str] | None = None,
+) -> str:
     """Writes the PNG and returns the text table (last and best value of each metric per run; see ``best``)."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -82,12 +101,17 @@ def compare(paths: list[str | Path], out: str | Path, *, metrics: tuple[str, ...
     records = {d: read_metrics(d / "metrics.jsonl") for d in dirs}
     logged = {k for recs in records.values() for r in recs for k in r if k != "step"}
     if not metrics:
-        metrics = tuple(m for m in DEFAULT_METRICS if m in logged and
-                        (m != "rep_loss" or any(r.get(m, 0) for recs in records.values() for r in recs)))
+        metrics = tuple(
+            m
+            for m in DEFAULT_METRICS
+            if m in logged
+            and (m != "rep_loss" or any(r.get(m, 0) for recs in records.values() for r in recs))
+        )
     missing = [m for m in metrics if m not in logged]
     if missing:
-        raise CompareError(f"metrics {missing} were logged by none of the runs; they logged: "
-                           f"{', '.join(sorted(logged))}")
+        raise CompareError(
+            f"metrics {missing} were logged by none of the runs; they logged: {', '.join(sorted(logged))}"
+        )
     fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.6), squeeze=False)
     table = [f"{'run':30s} {'metric':28s} {'last step':>9s} {'last':>10s} {'best':>10s}"]
     for ax, metric in zip(axes[0], metrics):

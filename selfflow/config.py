@@ -15,11 +15,9 @@ import json
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal, Optional
-
+from typing import Any, Literal
 
 from selfflow.errors import ConfigError  # noqa: F401  (re-exported: callers import it from here)
-
 
 # SiT sizes (depth, width, heads), patch 2, MLP ratio 4; "tiny" is for tests and the CPU demo.
 MODEL_PRESETS: dict[str, dict[str, int]] = {
@@ -45,10 +43,10 @@ SOURCE_CLASSES = {"shapes": 10, "world": 3, "fashion_mnist": 10}  # world: label
 class ModelConfig:
     preset: str = "tiny"
     # None = take the value from the preset.
-    depth: Optional[int] = None
-    hidden_size: Optional[int] = None
-    num_heads: Optional[int] = None
-    patch_size: Optional[int] = None
+    depth: int | None = None
+    hidden_size: int | None = None
+    num_heads: int | None = None
+    patch_size: int | None = None
     mlp_ratio: float = 4.0
     positions: Literal["sincos", "rope"] = "sincos"
     rope_theta: float = 10000.0
@@ -78,10 +76,10 @@ class ObjectiveConfig:
     # Share of each generate segment's tokens at the second timestep s: None = each modality's
     # DEFAULT_MASK_RATIO (image 0.25, video 0.1, audio 0.5, action 0.5); a value applies to every
     # modality without its own `modalities[...].mask_ratio`.
-    mask_ratio: Optional[float] = None
+    mask_ratio: float | None = None
     # 1-indexed block outputs; None = round(0.3 * depth) and round(0.7 * depth).
-    student_layer: Optional[int] = None
-    teacher_layer: Optional[int] = None
+    student_layer: int | None = None
+    teacher_layer: int | None = None
     time_distribution: Literal["uniform", "logit_normal"] = "uniform"
     logit_normal_mean: float = 0.0
     logit_normal_std: float = 1.0
@@ -112,9 +110,18 @@ class SourceConfig:
     """A named data source (see ``data_pipelines.sources``). A layout draws from every source
     that yields its modalities, or from those it names, mixed in proportion to ``weight``.
     Sizes (image size, clip length, fps, mel bands) come from the ``data`` section."""
+
     name: str
-    kind: Literal["shapes", "world", "image_folder", "fashion_mnist", "video_files", "audio_files",
-                  "trajectories", "latents"]
+    kind: Literal[
+        "shapes",
+        "world",
+        "image_folder",
+        "fashion_mnist",
+        "video_files",
+        "audio_files",
+        "trajectories",
+        "latents",
+    ]
     path: str = ""  # folder or file; fashion_mnist: "" = the Debian package's directory
     weight: float = 1.0
     split: Literal["train", "test"] = "train"  # fashion_mnist
@@ -152,6 +159,7 @@ class DataConfig:
 class MeshConfig:
     """Device mesh (see ``selfflow.sharding``): axis sizes, one may be -1 (the rest of the devices),
     and logical-to-mesh rules over the defaults, e.g. ("embed=fsdp", "mlp=tensor", "vocab=")."""
+
     data: int = -1
     fsdp: int = 1
     tensor: int = 1
@@ -170,7 +178,7 @@ class TrainConfig:
     steps: int = 1000
     # Batch of the implicit image layout of a config without `layouts` (None = 64); with layouts,
     # each layout has its own batch_size and setting this is an error.
-    batch_size: Optional[int] = None
+    batch_size: int | None = None
     log_every: int = 10
     checkpoint_every: int = 200
     # Retention: a checkpoint survives if any rule keeps it (see selfflow.checkpoint).
@@ -213,8 +221,9 @@ class SampleConfig:
 @dataclasses.dataclass(frozen=True)
 class ModalityConfig:
     """Per-modality settings of a multimodal experiment."""
+
     name: str
-    mask_ratio: Optional[float] = None  # None = the modality module's DEFAULT_MASK_RATIO
+    mask_ratio: float | None = None  # None = the modality module's DEFAULT_MASK_RATIO
     loss_weight: float = 1.0
 
 
@@ -225,6 +234,7 @@ class LayoutConfig:
     ``segments`` are modality names in sequence order; ``"name:condition"`` marks a clean
     conditioning segment (e.g. ``("image:condition", "video", "action")``).
     """
+
     name: str
     segments: tuple[str, ...]
     weight: float = 1.0
@@ -318,8 +328,7 @@ def _check_type(key: str, value: Any, annotation: Any) -> Any:
         return float(value)
     if annotation in (int, float, str, bool):
         if type(value) is not annotation:
-            raise ConfigError(
-                f"{key}={value!r}: expected {annotation.__name__}, got {type(value).__name__}")
+            raise ConfigError(f"{key}={value!r}: expected {annotation.__name__}, got {type(value).__name__}")
         return value
     raise TypeError(f"unsupported annotation for {key}: {annotation}")
 
@@ -345,13 +354,19 @@ def validate(cfg: Config) -> Config:
 
     m, o, t = cfg.model, cfg.objective, cfg.train
     if o.kind not in OBJECTIVES:
-        raise ConfigError(f"objective.kind={o.kind!r}: expected one of {', '.join(map(repr, OBJECTIVES))} "
-                          "(selfflow.objectives.register_objective adds more)")
+        raise ConfigError(
+            f"objective.kind={o.kind!r}: expected one of {', '.join(map(repr, OBJECTIVES))} "
+            "(selfflow.objectives.register_objective adds more)"
+        )
     if m.preset not in MODEL_PRESETS:
         raise ConfigError(f"model.preset={m.preset!r}: expected one of {', '.join(MODEL_PRESETS)}")
     depth, width, heads = cfg.depth, m.resolved("hidden_size"), m.resolved("num_heads")
-    for key, value in (("model.depth", depth), ("model.hidden_size", width),
-                       ("model.num_heads", heads), ("model.patch_size", m.resolved("patch_size"))):
+    for key, value in (
+        ("model.depth", depth),
+        ("model.hidden_size", width),
+        ("model.num_heads", heads),
+        ("model.patch_size", m.resolved("patch_size")),
+    ):
         if value < 1:
             raise ConfigError(f"{key}={value}: expected a positive integer")
     if width % heads:
@@ -359,33 +374,44 @@ def validate(cfg: Config) -> Config:
     if m.positions == "rope" and (width // heads) % 2:
         raise ConfigError(f"model.positions='rope' needs an even head dimension, got {width // heads}")
     if cfg.data.image_size % m.resolved("patch_size"):
-        raise ConfigError(f"data.image_size={cfg.data.image_size} is not divisible by "
-                          f"model.patch_size={m.resolved('patch_size')}")
+        raise ConfigError(
+            f"data.image_size={cfg.data.image_size} is not divisible by "
+            f"model.patch_size={m.resolved('patch_size')}"
+        )
     if o.mask_ratio is not None and not 0.0 <= o.mask_ratio <= 0.5:
         raise ConfigError(f"objective.mask_ratio={o.mask_ratio}: expected a value in [0, 0.5]")
     if o.gamma < 0:
         raise ConfigError(f"objective.gamma={o.gamma}: expected >= 0")
     if not 0.0 <= o.time_gap <= 1.0:
-        raise ConfigError(f"objective.time_gap={o.time_gap}: expected a value in [0, 1] (0 = s independent of t)")
+        raise ConfigError(
+            f"objective.time_gap={o.time_gap}: expected a value in [0, 1] (0 = s independent of t)"
+        )
     if o.time_gap > 0 and not cfg.uses_dual_timesteps:
-        raise ConfigError(f"objective.time_gap={o.time_gap} needs a second timestep: objective.kind "
-                          f"is {o.kind!r}, expected 'dts' or 'self_flow'")
+        raise ConfigError(
+            f"objective.time_gap={o.time_gap} needs a second timestep: objective.kind "
+            f"is {o.kind!r}, expected 'dts' or 'self_flow'"
+        )
     if not 0.0 <= o.ema_decay < 1.0:
         raise ConfigError(f"objective.ema_decay={o.ema_decay}: expected a value in [0, 1)")
     if not 0.0 <= o.label_dropout < 1.0:
         raise ConfigError(f"objective.label_dropout={o.label_dropout}: expected a value in [0, 1)")
     if o.time_shift <= 0 or o.logit_normal_std <= 0:
-        raise ConfigError("objective.time_shift and objective.logit_normal_std must be > 0, got "
-                          f"{o.time_shift} and {o.logit_normal_std}")
+        raise ConfigError(
+            "objective.time_shift and objective.logit_normal_std must be > 0, got "
+            f"{o.time_shift} and {o.logit_normal_std}"
+        )
     # Layers matter when the teacher runs; values set explicitly are checked in any case.
     if cfg.uses_teacher or o.student_layer is not None or o.teacher_layer is not None:
         if not 1 <= cfg.teacher_layer <= depth:
-            raise ConfigError(f"objective.teacher_layer={cfg.teacher_layer}: expected a block in "
-                              f"[1, depth={depth}]")
+            raise ConfigError(
+                f"objective.teacher_layer={cfg.teacher_layer}: expected a block in [1, depth={depth}]"
+            )
         if not 1 <= cfg.student_layer < cfg.teacher_layer:
-            raise ConfigError(f"objective.student_layer={cfg.student_layer}: expected 1 <= "
-                              f"student_layer < teacher_layer={cfg.teacher_layer}"
-                              + (" (self_flow needs depth >= 2)" if depth < 2 else ""))
+            raise ConfigError(
+                f"objective.student_layer={cfg.student_layer}: expected 1 <= "
+                f"student_layer < teacher_layer={cfg.teacher_layer}"
+                + (" (self_flow needs depth >= 2)" if depth < 2 else "")
+            )
     for key in ("steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints"):
         if getattr(t, key) is not None and getattr(t, key) < 1:
             raise ConfigError(f"train.{key}={getattr(t, key)}: expected a positive integer")
@@ -395,8 +421,10 @@ def validate(cfg: Config) -> Config:
         if getattr(t, key) < 0:
             raise ConfigError(f"train.{key}={getattr(t, key)}: expected >= 0 (0 = off)")
     if not (t.best_metric.startswith("val/") or t.best_metric in TRAINING_METRICS):
-        raise ConfigError(f"train.best_metric={t.best_metric!r}: expected 'val/loss', 'val/<modality>', "
-                          f"'val/<layout>/<modality>' or a training metric ({', '.join(TRAINING_METRICS)})")
+        raise ConfigError(
+            f"train.best_metric={t.best_metric!r}: expected 'val/loss', 'val/<modality>', "
+            f"'val/<layout>/<modality>' or a training metric ({', '.join(TRAINING_METRICS)})"
+        )
     for key in ("steps", "per_class"):
         if getattr(cfg.sample, key) < 1:
             raise ConfigError(f"sample.{key}={getattr(cfg.sample, key)}: expected a positive integer")
@@ -404,18 +432,25 @@ def validate(cfg: Config) -> Config:
     if sc.method == "sde" and sc.steps < 2:
         raise ConfigError(f"sample.steps={sc.steps}: the sde method needs >= 2 (the last is its mean step)")
     if not 0.0 <= sc.guidance_low <= sc.guidance_high <= 1.0:
-        raise ConfigError(f"sample.guidance_low={sc.guidance_low}, sample.guidance_high={sc.guidance_high}: "
-                          "expected 0 <= guidance_low <= guidance_high <= 1 (a τ interval)")
+        raise ConfigError(
+            f"sample.guidance_low={sc.guidance_low}, sample.guidance_high={sc.guidance_high}: "
+            "expected 0 <= guidance_low <= guidance_high <= 1 (a τ interval)"
+        )
     if t.eval_probe < 0 or t.eval_probe == 1:
-        raise ConfigError(f"train.eval_probe={t.eval_probe}: expected 0 (off) or >= 2 probe training examples")
+        raise ConfigError(
+            f"train.eval_probe={t.eval_probe}: expected 0 (off) or >= 2 probe training examples"
+        )
     if t.eval_every < 0 or t.eval_samples < 2 or t.eval_classifier_steps < 1:
-        raise ConfigError(f"train.eval_every={t.eval_every}, train.eval_samples={t.eval_samples}: expected "
-                          "eval_every >= 0 (0 = off) and eval_samples >= 2 (a Fréchet distance needs two); "
-                          f"train.eval_classifier_steps={t.eval_classifier_steps}: expected >= 1")
+        raise ConfigError(
+            f"train.eval_every={t.eval_every}, train.eval_samples={t.eval_samples}: expected "
+            "eval_every >= 0 (0 = off) and eval_samples >= 2 (a Fréchet distance needs two); "
+            f"train.eval_classifier_steps={t.eval_classifier_steps}: expected >= 1"
+        )
     _validate_multimodal(cfg)
     _validate_sources(cfg)
     _validate_unused(cfg)
     from selfflow.sharding import mesh_shape, parse_rules
+
     parse_rules(cfg.mesh.rules)  # names the bad rule
     mesh_shape(cfg.mesh, 0)  # axis sizes alone (the device count is checked when the mesh is built)
     if cfg.optim.learning_rate <= 0:
@@ -429,8 +464,10 @@ def _validate_multimodal(cfg: Config) -> None:
     names = [m.name for m in cfg.modalities]
     for i, m in enumerate(cfg.modalities):
         if m.name not in modalities.MODALITIES or names.count(m.name) > 1:
-            raise ConfigError(f"modalities[{i}].name={m.name!r}: expected one of "
-                              f"{', '.join(modalities.MODALITIES)}, each at most once")
+            raise ConfigError(
+                f"modalities[{i}].name={m.name!r}: expected one of "
+                f"{', '.join(modalities.MODALITIES)}, each at most once"
+            )
         if m.mask_ratio is not None and not 0.0 <= m.mask_ratio <= 0.5:
             raise ConfigError(f"modalities[{i}].mask_ratio={m.mask_ratio}: expected a value in [0, 0.5]")
         if m.loss_weight < 0:
@@ -441,23 +478,30 @@ def _validate_multimodal(cfg: Config) -> None:
         if layout_names.count(lc.name) > 1:
             raise ConfigError(f"{where}: layout names must be unique")
         if lc.weight < 0 or lc.batch_size < 1 or not lc.segments:
-            raise ConfigError(f"{where}: expected weight >= 0, batch_size >= 1 and at least one "
-                              f"segment, got {lc.weight}, {lc.batch_size}, {lc.segments}")
+            raise ConfigError(
+                f"{where}: expected weight >= 0, batch_size >= 1 and at least one "
+                f"segment, got {lc.weight}, {lc.batch_size}, {lc.segments}"
+            )
         roles = []
         for text in lc.segments:
             name, _, role = text.partition(":")
             if name not in modalities.MODALITIES or role not in ("", "generate", "condition"):
-                raise ConfigError(f"{where}: segment {text!r}: expected 'modality' or "
-                                  f"'modality:condition' with modality in {', '.join(modalities.MODALITIES)}")
+                raise ConfigError(
+                    f"{where}: segment {text!r}: expected 'modality' or "
+                    f"'modality:condition' with modality in {', '.join(modalities.MODALITIES)}"
+                )
             roles.append(role or "generate")
         if "generate" not in roles:
             raise ConfigError(f"{where}: every segment is a condition; nothing to generate")
     if cfg.layouts and sum(lc.weight for lc in cfg.layouts) <= 0:
         raise ConfigError("layouts: the weights sum to 0; at least one layout needs weight > 0")
     if cfg.model.positions != "rope" and any(
-            len(lc.segments) > 1 or lc.segments[0].partition(":")[0] != "image" for lc in cfg.layouts):
-        raise ConfigError("model.positions='sincos' encodes only (h, w); layouts with other segments than "
-                          "one image need model.positions='rope' to place tokens in time")
+        len(lc.segments) > 1 or lc.segments[0].partition(":")[0] != "image" for lc in cfg.layouts
+    ):
+        raise ConfigError(
+            "model.positions='sincos' encodes only (h, w); layouts with other segments than "
+            "one image need model.positions='rope' to place tokens in time"
+        )
 
 
 def _validate_sources(cfg: Config) -> None:
@@ -468,36 +512,54 @@ def _validate_sources(cfg: Config) -> None:
         if not s.name or names.count(s.name) > 1:
             raise ConfigError(f"{where}: source names must be non-empty and unique")
         if s.weight < 0 or s.channels not in (1, 3) or s.clips_per_video < 1 or s.stride < 1:
-            raise ConfigError(f"{where}: expected weight >= 0, channels 1 or 3, clips_per_video >= 1 "
-                              f"and stride >= 1, got {s.weight}, {s.channels}, {s.clips_per_video}, {s.stride}")
+            raise ConfigError(
+                f"{where}: expected weight >= 0, channels 1 or 3, clips_per_video >= 1 "
+                f"and stride >= 1, got {s.weight}, {s.channels}, {s.clips_per_video}, {s.stride}"
+            )
         if not s.path and s.kind not in ("shapes", "world", "fashion_mnist"):
             raise ConfigError(f"{where}: kind {s.kind!r} reads files; set path to its folder")
     for i, lc in enumerate(cfg.layouts):
         for name in lc.sources:
             if name not in names:
-                raise ConfigError(f"layouts[{i}] ({lc.name!r}): source {name!r} is not in data.sources "
-                                  f"(it has {', '.join(names) or 'none'})")
+                raise ConfigError(
+                    f"layouts[{i}] ({lc.name!r}): source {name!r} is not in data.sources "
+                    f"(it has {', '.join(names) or 'none'})"
+                )
     if d.worker_count < 0 or d.read_threads < 1:
-        raise ConfigError(f"data.worker_count={d.worker_count}, data.read_threads={d.read_threads}: "
-                          "expected worker_count >= 0 and read_threads >= 1")
+        raise ConfigError(
+            f"data.worker_count={d.worker_count}, data.read_threads={d.read_threads}: "
+            "expected worker_count >= 0 and read_threads >= 1"
+        )
     kinds = {s.kind for s in d.sources} or {d.source}
     if len(kinds) == 1 and (kind := kinds.pop()) in SOURCE_CLASSES:
         if d.num_classes != SOURCE_CLASSES[kind]:
-            raise ConfigError(f"data.num_classes={d.num_classes}: data source {kind!r} has "
-                              f"{SOURCE_CLASSES[kind]} classes")
+            raise ConfigError(
+                f"data.num_classes={d.num_classes}: data source {kind!r} has {SOURCE_CLASSES[kind]} classes"
+            )
 
 
 def _validate_unused(cfg: Config) -> None:
     """A setting given (not None) that this run would ignore is an error naming it."""
     segment_modalities = {text.partition(":")[0] for lc in cfg.layouts for text in lc.segments}
     if cfg.layouts and cfg.train.batch_size is not None:
-        raise ConfigError(f"train.batch_size={cfg.train.batch_size} is unused: this config has layouts, "
-                          "each with its own batch_size (set layouts[i].batch_size instead)")
-    if (cfg.layouts or cfg.modalities) and cfg.model.patch_size is not None and "image" not in segment_modalities:
-        raise ConfigError(f"model.patch_size={cfg.model.patch_size} is unused: it is the image patch size and "
-                          "no layout has an image segment (video patches are data.video_patch)")
-    unused = [f"modalities[{i}] ({m.name!r})" for i, m in enumerate(cfg.modalities)
-              if cfg.layouts and m.name not in segment_modalities]
+        raise ConfigError(
+            f"train.batch_size={cfg.train.batch_size} is unused: this config has layouts, "
+            "each with its own batch_size (set layouts[i].batch_size instead)"
+        )
+    if (
+        (cfg.layouts or cfg.modalities)
+        and cfg.model.patch_size is not None
+        and "image" not in segment_modalities
+    ):
+        raise ConfigError(
+            f"model.patch_size={cfg.model.patch_size} is unused: it is the image patch size and "
+            "no layout has an image segment (video patches are data.video_patch)"
+        )
+    unused = [
+        f"modalities[{i}] ({m.name!r})"
+        for i, m in enumerate(cfg.modalities)
+        if cfg.layouts and m.name not in segment_modalities
+    ]
     if unused:
         raise ConfigError(f"{', '.join(unused)}: no layout has a segment of this modality")
 
@@ -521,23 +583,33 @@ def resolve(cfg: Config) -> Config:
 
     def entry(name: str) -> ModalityConfig:
         own = given.get(name, ModalityConfig(name))
-        ratio = (own.mask_ratio if own.mask_ratio is not None else default_ratio if default_ratio is not None
-                 else modalities.get(name).DEFAULT_MASK_RATIO)
+        ratio = (
+            own.mask_ratio
+            if own.mask_ratio is not None
+            else default_ratio
+            if default_ratio is not None
+            else modalities.get(name).DEFAULT_MASK_RATIO
+        )
         return ModalityConfig(name, mask_ratio=float(ratio), loss_weight=own.loss_weight)
 
     used = dict.fromkeys(text.partition(":")[0] for lc in layouts for text in lc.segments)
     return dataclasses.replace(
-        cfg, layouts=layouts, modalities=tuple(entry(name) for name in used),
+        cfg,
+        layouts=layouts,
+        modalities=tuple(entry(name) for name in used),
         objective=dataclasses.replace(cfg.objective, mask_ratio=None),
-        train=dataclasses.replace(cfg.train, batch_size=None))
+        train=dataclasses.replace(cfg.train, batch_size=None),
+    )
 
 
 # ---------------------------------------------------------------------------- overrides
 
 
 def _parse_value(key: str, text: str, annotation: Any) -> Any:
-    if annotation is str or (typing.get_origin(annotation) is Literal
-                             and all(isinstance(a, str) for a in typing.get_args(annotation))):
+    if annotation is str or (
+        typing.get_origin(annotation) is Literal
+        and all(isinstance(a, str) for a in typing.get_args(annotation))
+    ):
         return text
     if text in ("None", "none", "null"):
         return None
@@ -562,8 +634,7 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
 def _replace_path(node: Any, path: list[str], key: str, text: str) -> Any:
     names = {f.name: f for f in dataclasses.fields(node)}
     if path[0] not in names:
-        raise ConfigError(f"unknown config key {key!r}: {type(node).__name__} has "
-                          f"{', '.join(sorted(names))}")
+        raise ConfigError(f"unknown config key {key!r}: {type(node).__name__} has {', '.join(sorted(names))}")
     child = getattr(node, path[0])
     if len(path) == 1:
         if dataclasses.is_dataclass(child):
@@ -600,6 +671,7 @@ def exec_python_file(path: Path, what: str) -> types.ModuleType:
         spec.loader.exec_module(module)
     except Exception as e:  # a typo in the experiment file: name the file and the line
         import traceback
+
         frames = [f for f in traceback.extract_tb(e.__traceback__) if f.filename == str(path)]
         where = f"{path}:{frames[-1].lineno}" if frames else str(path)
         if isinstance(e, SyntaxError):
@@ -639,7 +711,9 @@ def _legacy(data: dict) -> dict:
     if layouts and isinstance(data.get("objective"), dict) and isinstance(data.get("train"), dict):
         data["objective"]["mask_ratio"] = None
         data["train"]["batch_size"] = None
-    segments = [str(t).partition(":")[0] for lc in layouts if isinstance(lc, dict) for t in lc.get("segments", ())]
+    segments = [
+        str(t).partition(":")[0] for lc in layouts if isinstance(lc, dict) for t in lc.get("segments", ())
+    ]
     if layouts and "image" not in segments and isinstance(data.get("model"), dict):
         data["model"]["patch_size"] = None  # saved resolved from the preset, never used
     return data
@@ -648,6 +722,7 @@ def _legacy(data: dict) -> dict:
 def from_dict(data: dict, where: str = "config") -> Config:
     """Rebuilds a Config from ``to_dict``/``resolved_dict`` output (e.g. a run's config.json)."""
     data = _legacy({k: dict(v) if isinstance(v, dict) else v for k, v in data.items()})
+
     def build(cls, values: dict, prefix: str):
         names = {f.name: f for f in dataclasses.fields(cls)}
         unknown = set(values) - set(names)
@@ -658,12 +733,17 @@ def from_dict(data: dict, where: str = "config") -> Config:
             sub = _hints(cls)[name]
             if dataclasses.is_dataclass(sub):
                 value = build(sub, value, f"{prefix}{name}.")
-            elif typing.get_origin(sub) is tuple and isinstance(value, (list, tuple)):  # JSON arrays, asdict tuples
+            elif typing.get_origin(sub) is tuple and isinstance(
+                value, (list, tuple)
+            ):  # JSON arrays, asdict tuples
                 inner = typing.get_args(sub)[0]
-                value = tuple(build(inner, v, f"{prefix}{name}[{i}].") if dataclasses.is_dataclass(inner)
-                              else v for i, v in enumerate(value))
+                value = tuple(
+                    build(inner, v, f"{prefix}{name}[{i}].") if dataclasses.is_dataclass(inner) else v
+                    for i, v in enumerate(value)
+                )
             kwargs[name] = value
         return cls(**kwargs)
+
     return resolve(build(Config, data, ""))
 
 

@@ -15,13 +15,11 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from flax import nnx
 
 from selfflow import config as config_lib
 from selfflow.errors import ParamsError
 from selfflow.model import SelfFlowTransformer, build_model
 from selfflow.params import assign_params, flatten, tensor_name  # noqa: F401  (re-exported)
-
 
 # Kept under its old name: the export and import commands raise it for files that do not fit.
 ExportError = ParamsError
@@ -41,8 +39,18 @@ def export_safetensors(run_dir, out, *, weights: str = "ema", step: int | None =
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(out), metadata={"format": "selfflow", "weights": weights, "step": str(step)})
     meta = out.with_suffix(".json")
-    meta.write_text(json.dumps({"config": config_lib.resolved_dict(cfg), "token_dims": task.token_dims,
-                                "weights": weights, "step": step}, indent=2, sort_keys=True))
+    meta.write_text(
+        json.dumps(
+            {
+                "config": config_lib.resolved_dict(cfg),
+                "token_dims": task.token_dims,
+                "weights": weights,
+                "step": step,
+            },
+            indent=2,
+            sort_keys=True,
+        )
+    )
     return out, meta
 
 
@@ -88,15 +96,23 @@ def official_architecture(cfg: config_lib.Config, task, learn_sigma: bool) -> di
         problems.append(f"image size {spec.height}x{spec.width} (the official model is square)")
     if problems:
         raise ExportError("this run's model has no official counterpart: " + "; ".join(problems))
-    arch = dict(input_size=spec.height, patch_size=spec.patch_size, in_channels=spec.channels,
-                hidden_size=m.resolved("hidden_size"), depth=m.resolved("depth"),
-                num_heads=m.resolved("num_heads"), mlp_ratio=m.mlp_ratio,
-                num_classes=cfg.data.num_classes + 1, learn_sigma=learn_sigma)
+    arch = dict(
+        input_size=spec.height,
+        patch_size=spec.patch_size,
+        in_channels=spec.channels,
+        hidden_size=m.resolved("hidden_size"),
+        depth=m.resolved("depth"),
+        num_heads=m.resolved("num_heads"),
+        mlp_ratio=m.mlp_ratio,
+        num_classes=cfg.data.num_classes + 1,
+        learn_sigma=learn_sigma,
+    )
     return {k: arch[k] for k in ARCH_KEYS}
 
 
-def export_official(run_dir, out, *, weights: str = "ema", step: int | None = None,
-                    learn_sigma: bool = True) -> tuple[Path, Path]:
+def export_official(
+    run_dir, out, *, weights: str = "ema", step: int | None = None, learn_sigma: bool = True
+) -> tuple[Path, Path]:
     """Writes the run's weights as an official ``.pt`` state dict (``learn_sigma``: with the unused
     variance channels, as the released checkpoint and the official sampler expect) and ``out``.json
     with the official constructor keywords."""
@@ -110,8 +126,13 @@ def export_official(run_dir, out, *, weights: str = "ema", step: int | None = No
     params = flatten(jax.device_get(state["ema" if weights == "ema" else "params"]))
     out = write_pt(to_official(params, arch, cfg.model.time_embedding), out)
     meta = out.with_suffix(".json")
-    meta.write_text(json.dumps({"architecture": arch, "weights": weights, "step": step,
-                                "config": config_lib.resolved_dict(cfg)}, indent=2, sort_keys=True))
+    meta.write_text(
+        json.dumps(
+            {"architecture": arch, "weights": weights, "step": step, "config": config_lib.resolved_dict(cfg)},
+            indent=2,
+            sort_keys=True,
+        )
+    )
     return out, meta
 
 
@@ -124,8 +145,8 @@ def import_official(path, cfg: config_lib.Config, out_dir, *, key: str | None = 
     """
     from selfflow import official
     from selfflow.checkpoint import RunCheckpoints
-    from selfflow.tasks import Task
     from selfflow.run import init_state, make_optimizer
+    from selfflow.tasks import Task
 
     out_dir = Path(out_dir)
     if (out_dir / "checkpoints").exists() and any((out_dir / "checkpoints").iterdir()):
@@ -143,8 +164,9 @@ def import_official(path, cfg: config_lib.Config, out_dir, *, key: str | None = 
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpts = RunCheckpoints(out_dir, keep=cfg.train.keep_checkpoints)
     try:
-        ckpts.save(0, state, {"next_index": 0, "layout_batches": [0] * len(task.layouts)}, cfg,
-                   task.specs_dict())
+        ckpts.save(
+            0, state, {"next_index": 0, "layout_batches": [0] * len(task.layouts)}, cfg, task.specs_dict()
+        )
     finally:
         ckpts.close()
     (out_dir / "config.json").write_text(config_lib.dumps(cfg))

@@ -16,9 +16,9 @@ from __future__ import annotations
 import json
 import os
 import zipfile
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -48,7 +48,7 @@ class NpzWriter:
         self._zip = zipfile.ZipFile(self._tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True)
         self._open = None
 
-    def member(self, name: str, shape: tuple[int, ...], dtype) -> "_MemberWriter":
+    def member(self, name: str, shape: tuple[int, ...], dtype) -> _MemberWriter:
         if self._open is not None:
             raise RuntimeError(f"close member {self._open.name!r} before opening {name!r}")
         self._open = _MemberWriter(self, name, tuple(int(d) for d in shape), np.dtype(dtype))
@@ -106,12 +106,15 @@ class _MemberWriter:
             k = 1
         else:
             if block.shape[1:] != self.shape[1:]:
-                raise ValueError(f"member {self.name!r}: block shape {block.shape} does not "
-                                 f"continue (*, {', '.join(map(str, self.shape[1:]))})")
+                raise ValueError(
+                    f"member {self.name!r}: block shape {block.shape} does not "
+                    f"continue (*, {', '.join(map(str, self.shape[1:]))})"
+                )
             k = block.shape[0]
             if self.rows + k > self.shape[0]:
-                raise ValueError(f"member {self.name!r}: {self.rows + k} rows exceed the "
-                                 f"declared {self.shape[0]}")
+                raise ValueError(
+                    f"member {self.name!r}: {self.rows + k} rows exceed the declared {self.shape[0]}"
+                )
         self._file.write(np.ascontiguousarray(block).tobytes())
         self.rows += k
 
@@ -136,8 +139,9 @@ class _MemberWriter:
 Decode = Callable[[object], np.ndarray]
 
 
-def batch_inputs(seed: int, index: int, batch_size: int, token_shape: tuple[int, int],
-                 num_classes: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+def batch_inputs(
+    seed: int, index: int, batch_size: int, token_shape: tuple[int, int], num_classes: int
+) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(labels (B,) int32, noise (B, N, C) f32, SDE key) of batch ``index``: a function of
     (seed, index) only, so any batch can be regenerated alone."""
     k_labels, k_noise, k_sde = jax.random.split(jax.random.fold_in(jax.random.key(seed), index), 3)
@@ -146,11 +150,24 @@ def batch_inputs(seed: int, index: int, batch_size: int, token_shape: tuple[int,
     return labels, noise, k_sde
 
 
-def generate_npz(velocity, *, out: str | Path, num: int, batch_size: int,
-                 token_shape: tuple[int, int], num_classes: int, null_class: int, decode: Decode,
-                 seed: int = 0, steps: int = 250, last_step_size: float = 0.04,
-                 cfg_scale: float = 1.0, guidance_low: float = 0.0, guidance_high: float = 0.7,
-                 progress: Callable[[int, int], None] | None = None) -> Path:
+def generate_npz(
+    velocity,
+    *,
+    out: str | Path,
+    num: int,
+    batch_size: int,
+    token_shape: tuple[int, int],
+    num_classes: int,
+    null_class: int,
+    decode: Decode,
+    seed: int = 0,
+    steps: int = 250,
+    last_step_size: float = 0.04,
+    cfg_scale: float = 1.0,
+    guidance_low: float = 0.0,
+    guidance_high: float = 0.7,
+    progress: Callable[[int, int], None] | None = None,
+) -> Path:
     """Samples ``num`` images into ``out`` (``arr_0`` uint8 (num, H, W, 3), ``arr_1`` int32 labels).
 
     ``velocity(x, tau, labels)`` as for :func:`sde_sample` — a plain function (jitted with
@@ -164,10 +181,19 @@ def generate_npz(velocity, *, out: str | Path, num: int, batch_size: int,
     complete (an existing ``out`` is replaced then, so a rerun after completion samples anew).
     Returns ``out``.
     """
-    settings = dict(num=num, batch_size=batch_size, token_shape=list(token_shape),
-                    num_classes=num_classes, null_class=null_class, seed=seed, steps=steps,
-                    last_step_size=last_step_size, cfg_scale=cfg_scale,
-                    guidance_low=guidance_low, guidance_high=guidance_high)
+    settings = dict(
+        num=num,
+        batch_size=batch_size,
+        token_shape=list(token_shape),
+        num_classes=num_classes,
+        null_class=null_class,
+        seed=seed,
+        steps=steps,
+        last_step_size=last_step_size,
+        cfg_scale=cfg_scale,
+        guidance_low=guidance_low,
+        guidance_high=guidance_high,
+    )
     _check_generate_args(settings)
     _check_sde_args(steps, last_step_size, guidance_low, guidance_high)
     out = Path(out)
@@ -175,8 +201,15 @@ def generate_npz(velocity, *, out: str | Path, num: int, batch_size: int,
     parts.mkdir(parents=True, exist_ok=True)
     _check_settings(parts / "settings.json", settings)
 
-    sample = partial(sde_sample, steps=steps, last_step_size=last_step_size, cfg_scale=cfg_scale,
-                     guidance_low=guidance_low, guidance_high=guidance_high, null_class=null_class)
+    sample = partial(
+        sde_sample,
+        steps=steps,
+        last_step_size=last_step_size,
+        cfg_scale=cfg_scale,
+        guidance_low=guidance_low,
+        guidance_high=guidance_high,
+        null_class=null_class,
+    )
     if isinstance(velocity, nnx.Module):
         jitted = nnx.jit(lambda model, x, y, k: sample(model, x, y, k))
         run = lambda x, y, k: jitted(velocity, x, y, k)
@@ -210,8 +243,9 @@ def _check_generate_args(s: dict) -> None:
         if not isinstance(s[name], (int, np.integer)) or s[name] < 1:
             raise ValueError(f"{name} must be an integer >= 1; got {s[name]!r}")
     if len(s["token_shape"]) != 2 or min(s["token_shape"]) < 1:
-        raise ValueError(f"token_shape must be (num_tokens, token_dim), both >= 1; got "
-                         f"{tuple(s['token_shape'])!r}")
+        raise ValueError(
+            f"token_shape must be (num_tokens, token_dim), both >= 1; got {tuple(s['token_shape'])!r}"
+        )
     if not isinstance(s["null_class"], (int, np.integer)) or s["null_class"] < 0:
         raise ValueError(f"null_class must be a class id >= 0; got {s['null_class']!r}")
 
@@ -223,18 +257,20 @@ def _check_settings(path: Path, settings: dict) -> None:
         saved = json.loads(path.read_text())
         diff = {k: (saved.get(k), v) for k, v in settings.items() if saved.get(k) != v}
         if diff:
-            raise ValueError(f"{path.parent} holds parts made with other settings "
-                             f"(saved, now): {diff}; delete that directory to start over")
+            raise ValueError(
+                f"{path.parent} holds parts made with other settings "
+                f"(saved, now): {diff}; delete that directory to start over"
+            )
     else:
         path.write_text(json.dumps(settings, indent=1))
 
 
 def _checked_images(images, batch_size: int) -> np.ndarray:
     images = np.asarray(images)
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[0] != batch_size \
-            or images.shape[-1] != 3:
-        raise ValueError(f"decode must return uint8 ({batch_size}, H, W, 3); got "
-                         f"{images.dtype} {images.shape}")
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[0] != batch_size or images.shape[-1] != 3:
+        raise ValueError(
+            f"decode must return uint8 ({batch_size}, H, W, 3); got {images.dtype} {images.shape}"
+        )
     return images
 
 
@@ -255,6 +291,7 @@ def _assemble(out: Path, parts: list[Path], num: int) -> None:
 def pixel_decoder(detokenize_fn: Callable) -> Decode:
     """decode for pixel-space models: ``detokenize_fn(tokens) -> (B, H, W, C)`` in [-1, 1],
     C = 1 (repeated to RGB) or 3, rounded to uint8 as :func:`selfflow.sample.save_grid` does."""
+
     def decode(tokens):
         images = np.asarray(detokenize_fn(tokens), np.float32)
         if images.ndim != 4 or images.shape[-1] not in (1, 3):
@@ -262,12 +299,19 @@ def pixel_decoder(detokenize_fn: Callable) -> Decode:
         if images.shape[-1] == 1:
             images = np.repeat(images, 3, axis=-1)
         return to_uint8(images)
+
     return decode
 
 
-def sd_vae_decoder(vae_dir: str | Path, detokenize_fn: Callable, *,
-                   latent_shape: tuple[int, int, int], scale: float = 0.18215, batch: int = 32,
-                   device: str | None = None) -> Decode:
+def sd_vae_decoder(
+    vae_dir: str | Path,
+    detokenize_fn: Callable,
+    *,
+    latent_shape: tuple[int, int, int],
+    scale: float = 0.18215,
+    batch: int = 32,
+    device: str | None = None,
+) -> Decode:
     """decode for SD-VAE latent models, as the official sampler: images = VAE.decode(z / scale),
     then clamp((x + 1) / 2, 0, 1)·255 cast to uint8 (truncating, like torch's ``.to(uint8)``).
 
@@ -281,11 +325,11 @@ def sd_vae_decoder(vae_dir: str | Path, detokenize_fn: Callable, *,
         import torch
         from diffusers import AutoencoderKL
     except ImportError as err:
-        raise ImportError(f"sd_vae_decoder needs diffusers and torch ({err}): "
-                          "pip install diffusers torch") from err
+        raise ImportError(
+            f"sd_vae_decoder needs diffusers and torch ({err}): pip install diffusers torch"
+        ) from err
     if not 0.0 < scale:
-        raise ValueError(f"scale must be > 0 (the VAE latent scale, 0.18215 for SD-VAE); "
-                         f"got {scale!r}")
+        raise ValueError(f"scale must be > 0 (the VAE latent scale, 0.18215 for SD-VAE); got {scale!r}")
     if batch < 1:
         raise ValueError(f"batch must be >= 1 latents per VAE call; got {batch!r}")
     latent_shape = tuple(latent_shape)
@@ -295,14 +339,14 @@ def sd_vae_decoder(vae_dir: str | Path, detokenize_fn: Callable, *,
     def decode(tokens):
         latents = np.asarray(detokenize_fn(tokens), np.float32)
         if latents.shape[1:] != latent_shape:
-            raise ValueError(f"latents {latents.shape[1:]} != latent_shape {latent_shape} "
-                             "(h, w, C)")
+            raise ValueError(f"latents {latents.shape[1:]} != latent_shape {latent_shape} (h, w, C)")
         chunks = []
         with torch.no_grad():
             for i in range(0, latents.shape[0], batch):
-                z = torch.from_numpy(latents[i:i + batch].transpose(0, 3, 1, 2).copy()).to(device)
+                z = torch.from_numpy(latents[i : i + batch].transpose(0, 3, 1, 2).copy()).to(device)
                 x = vae.decode(z / scale).sample
                 x = (torch.clamp((x + 1) / 2, 0, 1) * 255).to(torch.uint8)
                 chunks.append(x.permute(0, 2, 3, 1).cpu().numpy())
         return np.concatenate(chunks)
+
     return decode

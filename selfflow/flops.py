@@ -42,8 +42,15 @@ def _dims(cfg: Config) -> tuple[int, int, int]:
     return cfg.depth, d, int(d * cfg.model.mlp_ratio)
 
 
-def forward_parts(cfg: Config, layout: Layout, token_dims: dict[str, int], *, blocks: int | None = None, final: bool = True,
-                  rows: int = CONDITION_ROWS) -> dict[str, float]:
+def forward_parts(
+    cfg: Config,
+    layout: Layout,
+    token_dims: dict[str, int],
+    *,
+    blocks: int | None = None,
+    final: bool = True,
+    rows: int = CONDITION_ROWS,
+) -> dict[str, float]:
     """Per-sample forward FLOPs by part; ``blocks`` = how many blocks run (default all)."""
     depth, d, m = _dims(cfg)
     n = layout.num_tokens
@@ -56,8 +63,11 @@ def forward_parts(cfg: Config, layout: Layout, token_dims: dict[str, int], *, bl
         "blocks": blocks * (n * 2 * (4 * d * d + 2 * d * m) + 4 * n * n * d + rows * 2 * d * 6 * d),
     }
     if final:  # condition segments' outputs are never used (and XLA removes them)
-        parts["final"] = sum(rows * 2 * d * 2 * d + 2 * s.num_tokens * d * token_dims[s.modality]
-                             for s in layout.segments if s.role != CONDITION)
+        parts["final"] = sum(
+            rows * 2 * d * 2 * d + 2 * s.num_tokens * d * token_dims[s.modality]
+            for s in layout.segments
+            if s.role != CONDITION
+        )
     return parts
 
 
@@ -69,13 +79,17 @@ def train_step_flops(cfg: Config, layout: Layout, token_dims: dict[str, int], ba
         fwd["projector"] = layout.num_tokens * 2 * 4 * d * d
     data_input = fwd["embed"] + fwd["time_fc1"]  # no input gradient: forward + weight gradient
     student = 3 * sum(fwd.values()) - data_input
-    teacher = sum(forward_parts(cfg, layout, token_dims, blocks=cfg.teacher_layer, final=False).values()) \
-        if cfg.uses_teacher else 0
+    teacher = (
+        sum(forward_parts(cfg, layout, token_dims, blocks=cfg.teacher_layer, final=False).values())
+        if cfg.uses_teacher
+        else 0
+    )
     return float(batch * (student + teacher))
 
 
-def sampling_flops(cfg: Config, layout: Layout, token_dims: dict[str, int], batch: int, evaluations: int,
-                   cfg_scale: float) -> float:
+def sampling_flops(
+    cfg: Config, layout: Layout, token_dims: dict[str, int], batch: int, evaluations: int, cfg_scale: float
+) -> float:
     """Model FLOPs of sampling ``batch`` examples with ``evaluations`` model calls each
     (guidance doubles the rows of every call)."""
     rows = batch * (2 if cfg_scale != 1.0 else 1)
@@ -89,7 +103,7 @@ def peak_matmul_call(dtype=jnp.float32, n: int = 2048):
     b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32).astype(dtype)
     f = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32))
     f(a, b).block_until_ready()
-    return (lambda: f(a, b)), 2.0 * n ** 3
+    return (lambda: f(a, b)), 2.0 * n**3
 
 
 def matmul_peak(dtype=jnp.float32, n: int = 1024, reps: int = 3) -> float:

@@ -72,8 +72,11 @@ class NonFinite:
         bad = {k: v for k, v in values.items() if not math.isfinite(v)}
         if bad:
             what = ", ".join(f"{k}={v}" for k, v in bad.items())
-            kept = (f"the last good checkpoint (step {self.last_good}) in {self.ckpt_dir} was not overwritten"
-                    if self.last_good is not None else "no checkpoint had been written yet")
+            kept = (
+                f"the last good checkpoint (step {self.last_good}) in {self.ckpt_dir} was not overwritten"
+                if self.last_good is not None
+                else "no checkpoint had been written yet"
+            )
             raise TrainingError(f"non-finite {what} at step {step}; training stopped and {kept}")
 
 
@@ -81,8 +84,9 @@ class PerfWindow:
     """Steps/s, model FLOPs per step and MFU over the steps since the last record."""
 
     def __init__(self, cfg: Config, task: Task):
-        self.step_flops = [flops.train_step_flops(cfg, lt.layout, task.token_dims, lt.batch_size)
-                           for lt in task.layouts]
+        self.step_flops = [
+            flops.train_step_flops(cfg, lt.layout, task.token_dims, lt.batch_size) for lt in task.layouts
+        ]
         dtype = jnp.bfloat16 if cfg.model.dtype == "bfloat16" else jnp.float32
         self.peak = flops.matmul_peak(dtype) * jax.device_count()  # measured here (selfflow.flops)
         self.reset()
@@ -96,9 +100,11 @@ class PerfWindow:
 
     def read(self) -> dict:
         elapsed = time.perf_counter() - self.start
-        out = {"steps_per_sec": self.steps / elapsed if elapsed > 0 else 0.0,
-               "perf/flops_per_step": self.flops / max(self.steps, 1),
-               "perf/mfu": self.flops / elapsed / self.peak if elapsed > 0 else 0.0}
+        out = {
+            "steps_per_sec": self.steps / elapsed if elapsed > 0 else 0.0,
+            "perf/flops_per_step": self.flops / max(self.steps, 1),
+            "perf/mfu": self.flops / elapsed / self.peak if elapsed > 0 else 0.0,
+        }
         self.reset()
         return out
 
@@ -135,8 +141,13 @@ class Evaluate:
         from selfflow.eval.evaluate import EvalSettings, evaluate
 
         t, n = self.cfg.train, self.cfg.train.eval_probe
-        settings = EvalSettings(num=t.eval_samples, probe=n > 0, probe_examples=(n, max(n // 2, 1)),
-                                classifier_steps=t.eval_classifier_steps, seed=self.cfg.sample.seed)
+        settings = EvalSettings(
+            num=t.eval_samples,
+            probe=n > 0,
+            probe_examples=(n, max(n // 2, 1)),
+            classifier_steps=t.eval_classifier_steps,
+            seed=self.cfg.sample.seed,
+        )
         model = nnx.merge(self.graphdef, jax.device_get(info.state["ema"]))
         results = evaluate(self.cfg, self.task, model, settings, default_cache_dir(self.run_dir))
         info.record.update({(k if k.startswith("val/") else f"eval/{k}"): v for k, v in results.items()})
@@ -155,9 +166,14 @@ class Log:
     def __call__(self, info: StepInfo) -> None:
         record = info.record
         self.writer.write(info.step, record)
-        self.bar.set_postfix(layout=self.task.names[info.index], loss=f"{record['loss']:.4f}",
-                             rep=f"{record['rep_loss']:.3f}", cos=f"{record['cos_sim']:.3f}",
-                             sps=f"{record['steps_per_sec']:.2f}", mfu=f"{record['perf/mfu']:.0%}")
+        self.bar.set_postfix(
+            layout=self.task.names[info.index],
+            loss=f"{record['loss']:.4f}",
+            rep=f"{record['rep_loss']:.3f}",
+            cos=f"{record['cos_sim']:.3f}",
+            sps=f"{record['steps_per_sec']:.2f}",
+            mfu=f"{record['perf/mfu']:.0%}",
+        )
 
 
 class Sample:
@@ -187,12 +203,18 @@ class Checkpoint:
 
     def __call__(self, info: StepInfo) -> None:
         self.guard.check(info.step, info.metrics)
-        data = {"next_index": info.step, "layout_batches": [it.get_state()["next_index"] for it in self.iterators]}
+        data = {
+            "next_index": info.step,
+            "layout_batches": [it.get_state()["next_index"] for it in self.iterators],
+        }
         ranked = info.record if self.cfg.train.keep_best > 0 else None
         self.ckpts.save(info.step, info.state, data, self.cfg, self.task.specs_dict(), metrics=ranked)
         self.guard.last_good = info.step
 
 
 def print_stop(signal_number: int, step: int) -> None:
-    print(f"\nstopped by signal {signal_number} after step {step}; checkpoint saved, "
-          "rerun the same command to resume", file=sys.stderr)
+    print(
+        f"\nstopped by signal {signal_number} after step {step}; checkpoint saved, "
+        "rerun the same command to resume",
+        file=sys.stderr,
+    )

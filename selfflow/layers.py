@@ -46,16 +46,18 @@ def _matmul_bwd(compute_dtype, res, g):
     xc, wc = res
     gc = g.astype(compute_dtype)
     dx = jnp.dot(gc, wc.T, preferred_element_type=jnp.float32)
-    dw = jnp.dot(xc.reshape(-1, xc.shape[-1]).T, gc.reshape(-1, gc.shape[-1]),
-                 preferred_element_type=jnp.float32)
+    dw = jnp.dot(
+        xc.reshape(-1, xc.shape[-1]).T, gc.reshape(-1, gc.shape[-1]), preferred_element_type=jnp.float32
+    )
     return dx, dw
 
 
 matmul.defvjp(_matmul_fwd, _matmul_bwd)
 
 
-def _linear_dot_general(compute_dtype, lhs, rhs, dimension_numbers, precision=None,
-                        preferred_element_type=None, out_sharding=None):
+def _linear_dot_general(
+    compute_dtype, lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None, out_sharding=None
+):
     """``nnx.Linear``'s contraction routed through :func:`matmul`."""
     del precision, preferred_element_type, out_sharding
     if dimension_numbers != (((lhs.ndim - 1,), (0,)), ((), ())):
@@ -64,8 +66,9 @@ def _linear_dot_general(compute_dtype, lhs, rhs, dimension_numbers, precision=No
 
 
 # One function object per dtype, so that equal models have equal (hashable, cacheable) graphdefs.
-_DOT_GENERALS = {jnp.dtype(d): functools.partial(_linear_dot_general, jnp.dtype(d))
-                 for d in (jnp.float32, jnp.bfloat16)}
+_DOT_GENERALS = {
+    jnp.dtype(d): functools.partial(_linear_dot_general, jnp.dtype(d)) for d in (jnp.float32, jnp.bfloat16)
+}
 
 
 def named(init, axes: tuple[str | None, ...]):
@@ -76,12 +79,27 @@ def named(init, axes: tuple[str | None, ...]):
     return nnx.with_partitioning(init, tuple(axes), eager_sharding=False)
 
 
-def dense(din: int, dout: int, rngs: nnx.Rngs, axes: tuple[str | None, str | None], *, init=xavier,
-          dtype=jnp.float32) -> nnx.Linear:
+def dense(
+    din: int,
+    dout: int,
+    rngs: nnx.Rngs,
+    axes: tuple[str | None, str | None],
+    *,
+    init=xavier,
+    dtype=jnp.float32,
+) -> nnx.Linear:
     """Linear layer with float32 weights, input and output; its matmul runs in ``dtype``.
     ``axes``: logical names of the kernel's (in, out) dimensions; the bias takes the out name."""
-    return nnx.Linear(din, dout, kernel_init=named(init, axes), bias_init=named(zeros, axes[-1:]), dtype=None,
-                      param_dtype=jnp.float32, dot_general=_DOT_GENERALS[jnp.dtype(dtype)], rngs=rngs)
+    return nnx.Linear(
+        din,
+        dout,
+        kernel_init=named(init, axes),
+        bias_init=named(zeros, axes[-1:]),
+        dtype=None,
+        param_dtype=jnp.float32,
+        dot_general=_DOT_GENERALS[jnp.dtype(dtype)],
+        rngs=rngs,
+    )
 
 
 def layer_norm(x: jax.Array) -> jax.Array:
@@ -168,7 +186,7 @@ def _gather_rows(values: jax.Array, index: jax.Array) -> jax.Array:
     faster here than a gather and its scatter-add transpose (4 % of the S/2 step on CPU)."""
     out = values[:, :1]
     for k in range(1, values.shape[1]):
-        out = jnp.where(index[..., None] == k, values[:, k:k + 1], out)
+        out = jnp.where(index[..., None] == k, values[:, k : k + 1], out)
     return out
 
 
@@ -232,8 +250,9 @@ class Block(nnx.Module):
         self.mlp = Mlp(hidden, int(hidden * mlp_ratio), rngs, dtype)
         self.adaLN_modulation = dense(hidden, 6 * hidden, rngs, ("embed", "adaln"), init=zeros)
 
-    def __call__(self, x: jax.Array, c: jax.Array, rope: jax.Array | None,
-                 index: jax.Array | None = None) -> jax.Array:
+    def __call__(
+        self, x: jax.Array, c: jax.Array, rope: jax.Array | None, index: jax.Array | None = None
+    ) -> jax.Array:
         mod = per_token(self.adaLN_modulation(nnx.silu(c)), index)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = jnp.split(mod, 6, axis=-1)
         h = constrain_batch(modulate(layer_norm(x), shift_msa, scale_msa))

@@ -12,7 +12,8 @@ Examples: ``image [image 64]``; ``audio-video [video 128, audio 40]``;
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal, NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -76,6 +77,7 @@ class FactoredTimesteps(NamedTuple):
     ``take_along_axis(values, index)`` (B, N) up to float rounding, but the conditioning and the
     adaLN modulations are computed K times per sample instead of N times.
     """
+
     values: jax.Array
     index: jax.Array
 
@@ -84,7 +86,7 @@ class FactoredTimesteps(NamedTuple):
         return jnp.take_along_axis(self.values, self.index, axis=1)
 
     @classmethod
-    def per_sample(cls, tau: jax.Array, num_tokens: int) -> "FactoredTimesteps":
+    def per_sample(cls, tau: jax.Array, num_tokens: int) -> FactoredTimesteps:
         """One timestep per sample: values (B, 1), every token uses it."""
         return cls(tau[:, None], jnp.zeros((tau.shape[0], num_tokens), jnp.int32))
 

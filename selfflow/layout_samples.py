@@ -18,6 +18,7 @@ own audio muxed in as the soundtrack (e.g. ``0_video_with_1_audio_00.mp4``, or
 whatever ``sample.video_format`` says (a GIF has no sound); the soundtrack is the very waveform
 of the sample's WAV (Griffin-Lim runs once per audio segment).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -36,15 +37,35 @@ from selfflow.tasks import Task
 
 
 @nnx.jit(static_argnames=("layout", "method", "steps", "cfg_scale", "guidance_interval", "null_class"))
-def _sample(model, layout, start, labels, positions, key, method, steps, cfg_scale, guidance_interval,
-            null_class):
-    return sample_segments(model, layout, start, labels, positions, method=method, steps=steps,
-                           cfg_scale=cfg_scale, guidance_interval=guidance_interval, null_class=null_class,
-                           key=key)
+def _sample(
+    model, layout, start, labels, positions, key, method, steps, cfg_scale, guidance_interval, null_class
+):
+    return sample_segments(
+        model,
+        layout,
+        start,
+        labels,
+        positions,
+        method=method,
+        steps=steps,
+        cfg_scale=cfg_scale,
+        guidance_interval=guidance_interval,
+        null_class=null_class,
+        key=key,
+    )
 
 
-def generate(cfg, task: Task, model, index: int, raw: dict, key: jax.Array, *, steps: int | None = None,
-             cfg_scale: float | None = None) -> tuple:
+def generate(
+    cfg,
+    task: Task,
+    model,
+    index: int,
+    raw: dict,
+    key: jax.Array,
+    *,
+    steps: int | None = None,
+    cfg_scale: float | None = None,
+) -> tuple:
     """Every segment of layout ``index`` for the examples of ``raw``: a batch dict as the layout's
     dataset yields (condition segments are the batch's own tokens), or just ``{"label": (B,)}`` for
     a layout without condition segments. Generate segments are sampled from noise (drawn from
@@ -54,14 +75,27 @@ def generate(cfg, task: Task, model, index: int, raw: dict, key: jax.Array, *, s
     labels = jnp.asarray(raw["label"])
     start = tuple(
         jnp.asarray(modalities.get(seg.modality).tokenize_batch(raw, task.specs[seg.modality]), jnp.float32)
-        if seg.role == CONDITION else
-        jax.random.normal(jax.random.fold_in(key, j), (labels.shape[0], seg.num_tokens,
-                                                       task.token_dims[seg.modality]), jnp.float32)
-        for j, seg in enumerate(lt.layout.segments))
-    return _sample(model, lt.layout, start, labels, jnp.asarray(lt.positions),
-                   jax.random.fold_in(key, len(start)), sc.method, steps or sc.steps,
-                   float(sc.cfg_scale if cfg_scale is None else cfg_scale),
-                   (float(sc.guidance_low), float(sc.guidance_high)), cfg.data.num_classes)
+        if seg.role == CONDITION
+        else jax.random.normal(
+            jax.random.fold_in(key, j),
+            (labels.shape[0], seg.num_tokens, task.token_dims[seg.modality]),
+            jnp.float32,
+        )
+        for j, seg in enumerate(lt.layout.segments)
+    )
+    return _sample(
+        model,
+        lt.layout,
+        start,
+        labels,
+        jnp.asarray(lt.positions),
+        jax.random.fold_in(key, len(start)),
+        sc.method,
+        steps or sc.steps,
+        float(sc.cfg_scale if cfg_scale is None else cfg_scale),
+        (float(sc.guidance_low), float(sc.guidance_high)),
+        cfg.data.num_classes,
+    )
 
 
 def _write_image(raw, spec, directory: Path, stem: str, *, rows: int, **_) -> list[Path]:
@@ -80,8 +114,14 @@ def _write_audio(raw, spec, directory: Path, stem: str, *, waveforms=None, **_) 
 
 def _write_action(raw, spec, directory: Path, stem: str, **_) -> list[Path]:
     actions, proprio = raw
-    return [outputs.save_action_plot(np.asarray(actions), directory / f"{stem}.png",
-                                     proprio=None if proprio is None else np.asarray(proprio), hz=spec.hz)]
+    return [
+        outputs.save_action_plot(
+            np.asarray(actions),
+            directory / f"{stem}.png",
+            proprio=None if proprio is None else np.asarray(proprio),
+            hz=spec.hz,
+        )
+    ]
 
 
 def _write_array(raw, spec, directory: Path, stem: str, **_) -> list[Path]:
@@ -107,15 +147,26 @@ def _examples(cfg, task: Task, index: int, per_layout: int) -> tuple[dict, int]:
     return {"label": np.repeat(np.arange(classes, dtype=np.int32), per_layout)}, classes
 
 
-def write_layout_samples(cfg, task: Task, model, out_dir: str | Path, *, steps: int,
-                         cfg_scale: float, seed: int, per_layout: int = 4) -> list[Path]:
+def write_layout_samples(
+    cfg,
+    task: Task,
+    model,
+    out_dir: str | Path,
+    *,
+    steps: int,
+    cfg_scale: float,
+    seed: int,
+    per_layout: int = 4,
+) -> list[Path]:
     """Samples ``per_layout`` examples of each layout into ``out_dir/<layout>/``; returns the files
     (named as the module docstring says)."""
     out_dir, paths = Path(out_dir), []
     video_format = cfg.sample.video_format
     for i, lt in enumerate(task.layouts):
         raw, rows = _examples(cfg, task, i, per_layout)
-        result = generate(cfg, task, model, i, raw, jax.random.key(seed + i), steps=steps, cfg_scale=cfg_scale)
+        result = generate(
+            cfg, task, model, i, raw, jax.random.key(seed + i), steps=steps, cfg_scale=cfg_scale
+        )
         directory = out_dir / lt.layout.name
         directory.mkdir(parents=True, exist_ok=True)
         videos, sounds = [], []  # (stem, (B, T, H, W, 3)) / (stem, (B, S) waveforms)
@@ -130,22 +181,37 @@ def write_layout_samples(cfg, task: Task, model, out_dir: str | Path, *, steps: 
                 waves = logmel_to_waveform(np.asarray(decoded, np.float32), spec)
                 sounds.append((stem, waves))
             write = WRITERS.get(seg.modality, _write_array)
-            paths += write(decoded, spec, directory, stem, rows=rows, video_format=video_format, waveforms=waves)
+            paths += write(
+                decoded, spec, directory, stem, rows=rows, video_format=video_format, waveforms=waves
+            )
         for video_stem, video in videos:  # every (video, audio) pair: one MP4 per sample
             for audio_stem, waves in sounds:
                 for k in range(video.shape[0]):
-                    paths.append(outputs.save_video_mp4(
-                        video[k:k + 1], directory / f"{video_stem}_with_{audio_stem}_{k:02d}.mp4",
-                        fps=task.specs["video"].fps, audio=waves[k],
-                        sample_rate=task.specs["audio"].sample_rate))
+                    paths.append(
+                        outputs.save_video_mp4(
+                            video[k : k + 1],
+                            directory / f"{video_stem}_with_{audio_stem}_{k:02d}.mp4",
+                            fps=task.specs["video"].fps,
+                            audio=waves[k],
+                            sample_rate=task.specs["audio"].sample_rate,
+                        )
+                    )
     return paths
 
 
-def write_run_samples(cfg, task: Task, model, out_dir: str | Path, *, steps: int | None = None,
-                      cfg_scale: float | None = None) -> list[Path]:
+def write_run_samples(
+    cfg, task: Task, model, out_dir: str | Path, *, steps: int | None = None, cfg_scale: float | None = None
+) -> list[Path]:
     """:func:`write_layout_samples` with the run's ``sample`` settings (``steps``/``cfg_scale``
     override them): what training writes at its end and ``selfflow sample`` writes."""
     s = cfg.sample
-    return write_layout_samples(cfg, task, model, out_dir, steps=steps or s.steps,
-                                cfg_scale=s.cfg_scale if cfg_scale is None else cfg_scale, seed=s.seed,
-                                per_layout=s.per_class)
+    return write_layout_samples(
+        cfg,
+        task,
+        model,
+        out_dir,
+        steps=steps or s.steps,
+        cfg_scale=s.cfg_scale if cfg_scale is None else cfg_scale,
+        seed=s.seed,
+        per_layout=s.per_class,
+    )

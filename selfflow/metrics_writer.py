@@ -25,6 +25,7 @@ class MetricsWriter:
         with open(self.path, "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in kept)
         from tensorboardX import SummaryWriter  # imported lazily: pulls in protobuf
+
         self.tensorboard = SummaryWriter(str(Path(run_dir) / "tensorboard"), purge_step=resume_step or None)
 
     def write(self, step: int, metrics: dict[str, float]) -> None:
@@ -51,6 +52,7 @@ def read_metrics(path: str | Path) -> list[dict]:
 def plot_losses(metrics_path: str | Path, out_path: str | Path) -> Path:
     """Plots the generation loss (per modality for multimodal runs) and rep_loss against step."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -61,7 +63,9 @@ def plot_losses(metrics_path: str | Path, out_path: str | Path) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     per_modality = sorted({k for r in records for k in r if k.startswith("fm_loss/")})
     for key in ("loss", "fm_loss") if len(per_modality) < 2 else per_modality:
-        points = [(r["step"], r[key]) for r in records if key in r]  # a modality logs only when its layout ran
+        points = [
+            (r["step"], r[key]) for r in records if key in r
+        ]  # a modality logs only when its layout ran
         axes[0].plot(*zip(*points), label=key, alpha=0.8)
     axes[0].set_yscale("log")
     axes[0].set_title("generation loss")

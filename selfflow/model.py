@@ -31,15 +31,29 @@ from selfflow.layout import FactoredTimesteps
 class ModelOutput(NamedTuple):
     """velocity: per segment (B, n_i, d_i), in the input's segment order; hidden: (B, N, D) after
     block ``hidden_layer`` when it was asked for, else None."""
+
     velocity: tuple
     hidden: jax.Array | None = None
 
 
 class SelfFlowTransformer(nnx.Module):
-    def __init__(self, *, depth: int, hidden_size: int, num_heads: int, mlp_ratio: float,
-                 num_classes: int, token_dims: dict[str, int], positions: str = "sincos",
-                 rope_theta: float = 10_000.0, time_embedding: str = "sit", dtype=jnp.float32,
-                 conditioning: str = "factored", remat: bool = False, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        *,
+        depth: int,
+        hidden_size: int,
+        num_heads: int,
+        mlp_ratio: float,
+        num_classes: int,
+        token_dims: dict[str, int],
+        positions: str = "sincos",
+        rope_theta: float = 10_000.0,
+        time_embedding: str = "sit",
+        dtype=jnp.float32,
+        conditioning: str = "factored",
+        remat: bool = False,
+        rngs: nnx.Rngs,
+    ):
         if positions not in ("sincos", "rope"):
             raise ValueError(f"positions={positions!r}: expected 'sincos' or 'rope'")
         if time_embedding not in ("sit", "tau"):
@@ -50,14 +64,21 @@ class SelfFlowTransformer(nnx.Module):
         self.depth, self.hidden_size, self.num_heads = depth, hidden_size, num_heads
         self.num_classes, self.positions, self.rope_theta = num_classes, positions, rope_theta
         self.t_embedder = layers.TimestepEmbedder(hidden_size, rngs)
-        self.y_embedder = nnx.Embed(num_classes + 1, hidden_size, rngs=rngs,
-                                    embedding_init=layers.named(layers.normal02, ("vocab", "embed")))
-        self.x_embedders = nnx.Dict({m: layers.dense(d, hidden_size, rngs, ("token", "embed"))
-                                     for m, d in token_dims.items()})
-        self.final_layers = nnx.Dict({m: layers.FinalLayer(hidden_size, d, rngs)
-                                      for m, d in token_dims.items()})
-        self.blocks = nnx.List([layers.Block(hidden_size, num_heads, mlp_ratio, rngs, dtype)
-                                for _ in range(depth)])
+        self.y_embedder = nnx.Embed(
+            num_classes + 1,
+            hidden_size,
+            rngs=rngs,
+            embedding_init=layers.named(layers.normal02, ("vocab", "embed")),
+        )
+        self.x_embedders = nnx.Dict(
+            {m: layers.dense(d, hidden_size, rngs, ("token", "embed")) for m, d in token_dims.items()}
+        )
+        self.final_layers = nnx.Dict(
+            {m: layers.FinalLayer(hidden_size, d, rngs) for m, d in token_dims.items()}
+        )
+        self.blocks = nnx.List(
+            [layers.Block(hidden_size, num_heads, mlp_ratio, rngs, dtype) for _ in range(depth)]
+        )
         self.projector = layers.Projector(hidden_size, rngs)
 
     # ------------------------------------------------------------------ pieces
@@ -73,15 +94,20 @@ class SelfFlowTransformer(nnx.Module):
         segments, names = _check_segments(segments, modalities)
         for name in names:
             if name not in self.x_embedders:
-                raise ValueError(f"modality {name!r} has no projection; the model has "
-                                 f"{sorted(self.x_embedders)}")
-        x = jnp.concatenate([self.x_embedders[m](t).astype(jnp.float32)
-                             for t, m in zip(segments, names)], axis=1)
+                raise ValueError(
+                    f"modality {name!r} has no projection; the model has {sorted(self.x_embedders)}"
+                )
+        x = jnp.concatenate(
+            [self.x_embedders[m](t).astype(jnp.float32) for t, m in zip(segments, names)], axis=1
+        )
         b, n, _ = x.shape
         index = None
         if isinstance(timesteps, FactoredTimesteps):
-            timesteps, index = ((timesteps.values, timesteps.index) if self.conditioning == "factored"
-                                else (timesteps.dense(), None))
+            timesteps, index = (
+                (timesteps.values, timesteps.index)
+                if self.conditioning == "factored"
+                else (timesteps.dense(), None)
+            )
         timesteps = jnp.asarray(timesteps, jnp.float32)
         if timesteps.ndim == 1:  # one τ per sample: broadcast *before* embedding (exactly equal)
             timesteps = jnp.broadcast_to(timesteps[:, None], (b, n))
@@ -108,8 +134,16 @@ class SelfFlowTransformer(nnx.Module):
 
     # ------------------------------------------------------------------ public
 
-    def __call__(self, segments: tuple, timesteps, labels, positions, *, modalities: tuple[str, ...],
-                 hidden_layer: int | None = None) -> ModelOutput:
+    def __call__(
+        self,
+        segments: tuple,
+        timesteps,
+        labels,
+        positions,
+        *,
+        modalities: tuple[str, ...],
+        hidden_layer: int | None = None,
+    ) -> ModelOutput:
         """Velocity of every segment; with ``hidden_layer=l`` also the hidden state after block l."""
         if hidden_layer is not None:
             self._check_layer(hidden_layer, "hidden_layer")
@@ -128,8 +162,9 @@ class SelfFlowTransformer(nnx.Module):
             start = stop
         return ModelOutput(tuple(outs), hidden)
 
-    def forward_until(self, segments: tuple, timesteps, labels, positions, *, layer: int,
-                      modalities: tuple[str, ...]) -> jax.Array:
+    def forward_until(
+        self, segments: tuple, timesteps, labels, positions, *, layer: int, modalities: tuple[str, ...]
+    ) -> jax.Array:
         """Hidden state (B, N, D) after block ``layer``; blocks after it are never computed."""
         self._check_layer(layer, "layer")
         x, c, index, rope = self._embed(segments, timesteps, labels, positions, modalities)
@@ -143,8 +178,10 @@ class SelfFlowTransformer(nnx.Module):
 
 def _check_segments(segments, modalities) -> tuple[tuple, tuple[str, ...]]:
     if not isinstance(segments, (tuple, list)) or isinstance(modalities, str):
-        raise TypeError("the model takes a tuple of segment arrays and a tuple of modality names, "
-                        f"got {type(segments).__name__} and {modalities!r}; wrap one array as (x,), ('image',)")
+        raise TypeError(
+            "the model takes a tuple of segment arrays and a tuple of modality names, "
+            f"got {type(segments).__name__} and {modalities!r}; wrap one array as (x,), ('image',)"
+        )
     if len(segments) != len(modalities):
         raise ValueError(f"{len(segments)} token segments but {len(modalities)} modality names")
     return tuple(segments), tuple(modalities)
@@ -155,12 +192,20 @@ def build_model(cfg, token_dims: dict[str, int], seed: int | None = None) -> Sel
     modality of ``token_dims`` ({modality: features per token})."""
     m = cfg.model
     return SelfFlowTransformer(
-        depth=cfg.depth, hidden_size=m.resolved("hidden_size"), num_heads=m.resolved("num_heads"),
-        mlp_ratio=m.mlp_ratio, num_classes=cfg.data.num_classes, token_dims=token_dims,
-        positions=m.positions, rope_theta=m.rope_theta, time_embedding=m.time_embedding,
-        dtype=jnp.bfloat16 if m.dtype == "bfloat16" else jnp.float32, conditioning=m.conditioning,
+        depth=cfg.depth,
+        hidden_size=m.resolved("hidden_size"),
+        num_heads=m.resolved("num_heads"),
+        mlp_ratio=m.mlp_ratio,
+        num_classes=cfg.data.num_classes,
+        token_dims=token_dims,
+        positions=m.positions,
+        rope_theta=m.rope_theta,
+        time_embedding=m.time_embedding,
+        dtype=jnp.bfloat16 if m.dtype == "bfloat16" else jnp.float32,
+        conditioning=m.conditioning,
         remat=m.remat,
-        rngs=nnx.Rngs(cfg.seed if seed is None else seed))
+        rngs=nnx.Rngs(cfg.seed if seed is None else seed),
+    )
 
 
 def count_params(model: nnx.Module) -> int:

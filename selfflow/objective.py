@@ -24,7 +24,6 @@ import jax.numpy as jnp
 
 from selfflow.layout import CLEAN_INDEX, CONDITION, S_INDEX, T_INDEX, FactoredTimesteps, Layout
 
-
 # ---------------------------------------------------------------------------- timesteps
 
 
@@ -61,8 +60,9 @@ def interpolate(x0: jax.Array, noise: jax.Array, tau: jax.Array) -> jax.Array:
 
 def noise_like(key: jax.Array, segments: tuple) -> tuple:
     """A standard normal ε per segment (float32), segment i from ``fold_in(key, i)``."""
-    return tuple(jax.random.normal(jax.random.fold_in(key, i), x.shape, jnp.float32)
-                 for i, x in enumerate(segments))
+    return tuple(
+        jax.random.normal(jax.random.fold_in(key, i), x.shape, jnp.float32) for i, x in enumerate(segments)
+    )
 
 
 def noised_segments(x0: tuple, noise: tuple, tau: jax.Array, layout: Layout) -> tuple:
@@ -70,8 +70,10 @@ def noised_segments(x0: tuple, noise: tuple, tau: jax.Array, layout: Layout) -> 
     are returned clean: the one noising function of training, validation and diagnostics."""
     if tau.ndim == 1:
         tau = jnp.broadcast_to(tau[:, None], (tau.shape[0], layout.num_tokens))
-    return tuple(x if seg.role == CONDITION else interpolate(x, e, tau[:, sl])
-                 for x, e, seg, sl in zip(x0, noise, layout.segments, layout.slices()))
+    return tuple(
+        x if seg.role == CONDITION else interpolate(x, e, tau[:, sl])
+        for x, e, seg, sl in zip(x0, noise, layout.segments, layout.slices())
+    )
 
 
 def velocity_mse(velocity: tuple, x0: tuple, noise: tuple, layout: Layout) -> dict[str, jax.Array]:
@@ -79,8 +81,11 @@ def velocity_mse(velocity: tuple, x0: tuple, noise: tuple, layout: Layout) -> di
     modality (segments of one modality pooled by element count), float32."""
     out = {}
     for name in dict.fromkeys(layout.modalities):  # each modality once, in layout order
-        parts = [(v, x, e) for v, x, e, seg in zip(velocity, x0, noise, layout.segments)
-                 if seg.modality == name and seg.role != CONDITION]
+        parts = [
+            (v, x, e)
+            for v, x, e, seg in zip(velocity, x0, noise, layout.segments)
+            if seg.modality == name and seg.role != CONDITION
+        ]
         if parts:
             sq = sum(jnp.sum(jnp.square(v.astype(jnp.float32) - (e - x))) for v, x, e in parts)
             out[name] = sq / sum(x.size for _, x, _ in parts)
@@ -95,8 +100,12 @@ def cosine_per_token(a: jax.Array, b: jax.Array, eps: float = 1e-6) -> jax.Array
     return dot / jnp.maximum(norms, eps)
 
 
-def representation_loss(student_projected: jax.Array, teacher_hidden: jax.Array,
-                        token_mask: jax.Array | None = None, distance: str = "cosine") -> jax.Array:
+def representation_loss(
+    student_projected: jax.Array,
+    teacher_hidden: jax.Array,
+    token_mask: jax.Array | None = None,
+    distance: str = "cosine",
+) -> jax.Array:
     """Mean per-token distance over tokens and batch (teacher under stop-gradient).
 
     ``distance``: ``"cosine"`` = 1 − cosine over the feature axis (the paper's L_rep), or ``"l1"``
@@ -126,13 +135,15 @@ def drop_labels(key: jax.Array, labels: jax.Array, rate: float, null_class: int)
 
 class SegmentBatch(NamedTuple):
     """Clean tokens per segment of a layout ((B, n_i, d_i) each), class ids (B,), positions (N, 3)."""
+
     tokens: tuple
     labels: jax.Array
     positions: jax.Array
 
 
-def layout_timesteps(key: jax.Array, batch: int, layout: Layout, ocfg,
-                     mask_ratios: dict[str, float], dual: bool):
+def layout_timesteps(
+    key: jax.Array, batch: int, layout: Layout, ocfg, mask_ratios: dict[str, float], dual: bool
+):
     """Student and teacher timesteps for a layout, in factored form (values (B, 3), index (B, N)).
 
     Values are [t, s, 0]. Generate tokens use t, or s where masked (each generate segment masks
@@ -164,8 +175,9 @@ def layout_timesteps(key: jax.Array, batch: int, layout: Layout, ocfg,
     zero = jnp.zeros_like(t)
     tmin = jnp.minimum(t, s)
     student = FactoredTimesteps(jnp.stack([t, s, zero], axis=1), index)
-    teacher = FactoredTimesteps(jnp.stack([tmin, tmin, zero], axis=1),
-                                jnp.where(index == CLEAN_INDEX, CLEAN_INDEX, T_INDEX))
+    teacher = FactoredTimesteps(
+        jnp.stack([tmin, tmin, zero], axis=1), jnp.where(index == CLEAN_INDEX, CLEAN_INDEX, T_INDEX)
+    )
     return student, teacher, jnp.concatenate(masks, axis=1)
 
 
@@ -174,7 +186,9 @@ def inference_timesteps(layout: Layout, tau: jax.Array) -> FactoredTimesteps:
     validation query the model."""
     b = tau.shape[0]
     values = jnp.stack([tau, tau, jnp.zeros_like(tau)], axis=1).astype(jnp.float32)
-    return FactoredTimesteps(values, jnp.broadcast_to(jnp.asarray(layout.base_index()), (b, layout.num_tokens)))
+    return FactoredTimesteps(
+        values, jnp.broadcast_to(jnp.asarray(layout.base_index()), (b, layout.num_tokens))
+    )
 
 
 def ema_update(ema, params, decay: float):

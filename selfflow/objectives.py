@@ -82,8 +82,9 @@ class Objective:
     def draw(self, key: jax.Array, batch: SegmentBatch, layout: Layout) -> Draw:
         x0 = tuple(t.astype(jnp.float32) for t in batch.tokens)
         k_noise, k_time, k_label = jax.random.split(key, 3)
-        student, teacher, _ = layout_timesteps(k_time, x0[0].shape[0], layout, self.settings,
-                                               self.mask_ratios, dual=self.dual_timesteps)
+        student, teacher, _ = layout_timesteps(
+            k_time, x0[0].shape[0], layout, self.settings, self.mask_ratios, dual=self.dual_timesteps
+        )
         labels = drop_labels(k_label, batch.labels, self.settings.label_dropout, self.num_classes)
         return Draw(x0, noise_like(k_noise, x0), student, teacher, labels)
 
@@ -147,11 +148,23 @@ class SelfFlow(DualTimestep):
         draw = self.draw(key, batch, layout)
         names, distance = layout.modalities, self.settings.rep_distance
         inputs = noised_segments(draw.x0, draw.noise, draw.student_times.dense(), layout)
-        out = student(inputs, draw.student_times, draw.labels, batch.positions, modalities=names,
-                      hidden_layer=self.student_layer)
+        out = student(
+            inputs,
+            draw.student_times,
+            draw.labels,
+            batch.positions,
+            modalities=names,
+            hidden_layer=self.student_layer,
+        )
         teacher_inputs = noised_segments(draw.x0, draw.noise, draw.teacher_times.dense(), layout)
-        target = teacher.forward_until(teacher_inputs, draw.teacher_times, draw.labels, batch.positions,
-                                       layer=self.teacher_layer, modalities=names)
+        target = teacher.forward_until(
+            teacher_inputs,
+            draw.teacher_times,
+            draw.labels,
+            batch.positions,
+            layer=self.teacher_layer,
+            modalities=names,
+        )
         projected, generate = student.project(out.hidden), jnp.asarray(layout.generate_mask())
         rep = representation_loss(projected, target, generate, distance)
         cos = 1.0 - (rep if distance == "cosine" else representation_loss(projected, target, generate))

@@ -35,13 +35,21 @@ import numpy as np
 from flax import nnx
 
 from modalities import image as image_mod
-from selfflow import layers
 from selfflow.model import SelfFlowTransformer
 
 # The released ImageNet-256 checkpoint (selfflow_imagenet256.pt): SiT-XL/2 on 32×32×4 SD-VAE latents,
 # as constructed by the official sample.py.
-RELEASED_XL2 = dict(input_size=32, patch_size=2, in_channels=4, hidden_size=1152, depth=28, num_heads=16,
-                    mlp_ratio=4.0, num_classes=1001, learn_sigma=True)
+RELEASED_XL2 = dict(
+    input_size=32,
+    patch_size=2,
+    in_channels=4,
+    hidden_size=1152,
+    depth=28,
+    num_heads=16,
+    mlp_ratio=4.0,
+    num_classes=1001,
+    learn_sigma=True,
+)
 ARCH_KEYS = tuple(RELEASED_XL2)
 POS_EMBED_TOLERANCE = 1e-4  # a stored table further than this from ours is not the fixed table
 
@@ -53,20 +61,30 @@ class OfficialFormatError(ValueError):
 def _check_architecture(arch: dict) -> dict:
     unknown = sorted(set(arch) - set(ARCH_KEYS))
     if unknown:
-        raise OfficialFormatError(f"unknown architecture keyword(s) {unknown}; expected some of {list(ARCH_KEYS)}")
+        raise OfficialFormatError(
+            f"unknown architecture keyword(s) {unknown}; expected some of {list(ARCH_KEYS)}"
+        )
     arch = {**RELEASED_XL2, **arch}
     if arch["input_size"] % arch["patch_size"]:
-        raise OfficialFormatError(f"input_size={arch['input_size']} is not divisible by patch_size={arch['patch_size']}")
+        raise OfficialFormatError(
+            f"input_size={arch['input_size']} is not divisible by patch_size={arch['patch_size']}"
+        )
     if arch["hidden_size"] % arch["num_heads"] or arch["hidden_size"] % 4:
-        raise OfficialFormatError(f"hidden_size={arch['hidden_size']}: expected a multiple of num_heads="
-                                  f"{arch['num_heads']} and of 4 (the 2-D sin-cos table)")
+        raise OfficialFormatError(
+            f"hidden_size={arch['hidden_size']}: expected a multiple of num_heads="
+            f"{arch['num_heads']} and of 4 (the 2-D sin-cos table)"
+        )
     if arch["num_classes"] < 2:
-        raise OfficialFormatError(f"num_classes={arch['num_classes']}: expected >= 2 (the classes and the null class)")
+        raise OfficialFormatError(
+            f"num_classes={arch['num_classes']}: expected >= 2 (the classes and the null class)"
+        )
     return arch
 
 
 def image_spec(arch: dict) -> image_mod.ImageSpec:
-    return image_mod.ImageSpec(arch["input_size"], arch["input_size"], arch["in_channels"], arch["patch_size"])
+    return image_mod.ImageSpec(
+        arch["input_size"], arch["input_size"], arch["in_channels"], arch["patch_size"]
+    )
 
 
 def expected_shapes(arch: dict) -> dict[str, tuple[int, ...]]:
@@ -75,17 +93,32 @@ def expected_shapes(arch: dict) -> dict[str, tuple[int, ...]]:
     mlp = int(d * arch["mlp_ratio"])
     out = p * p * c * (2 if arch["learn_sigma"] else 1)
     n = (arch["input_size"] // p) ** 2
-    shapes = {"x_embedder.proj.weight": (d, c * p * p), "x_embedder.proj.bias": (d,),
-              "t_embedder.mlp.0.weight": (d, 256), "t_embedder.mlp.0.bias": (d,),
-              "t_embedder.mlp.2.weight": (d, d), "t_embedder.mlp.2.bias": (d,),
-              "y_embedder.embedding_table.weight": (arch["num_classes"], d), "pos_embed": (1, n, d),
-              "final_layer.linear.weight": (out, d), "final_layer.linear.bias": (out,),
-              "final_layer.adaLN_modulation.1.weight": (2 * d, d), "final_layer.adaLN_modulation.1.bias": (2 * d,),
-              "projector.linear1.weight": (2 * d, d), "projector.linear1.bias": (2 * d,),
-              "projector.linear2.weight": (d, 2 * d), "projector.linear2.bias": (d,)}
+    shapes = {
+        "x_embedder.proj.weight": (d, c * p * p),
+        "x_embedder.proj.bias": (d,),
+        "t_embedder.mlp.0.weight": (d, 256),
+        "t_embedder.mlp.0.bias": (d,),
+        "t_embedder.mlp.2.weight": (d, d),
+        "t_embedder.mlp.2.bias": (d,),
+        "y_embedder.embedding_table.weight": (arch["num_classes"], d),
+        "pos_embed": (1, n, d),
+        "final_layer.linear.weight": (out, d),
+        "final_layer.linear.bias": (out,),
+        "final_layer.adaLN_modulation.1.weight": (2 * d, d),
+        "final_layer.adaLN_modulation.1.bias": (2 * d,),
+        "projector.linear1.weight": (2 * d, d),
+        "projector.linear1.bias": (2 * d,),
+        "projector.linear2.weight": (d, 2 * d),
+        "projector.linear2.bias": (d,),
+    }
     for i in range(arch["depth"]):
-        for name, (o, k) in {"attn.qkv": (3 * d, d), "attn.proj": (d, d), "mlp.fc1": (mlp, d),
-                             "mlp.fc2": (d, mlp), "adaLN_modulation.1": (6 * d, d)}.items():
+        for name, (o, k) in {
+            "attn.qkv": (3 * d, d),
+            "attn.proj": (d, d),
+            "mlp.fc1": (mlp, d),
+            "mlp.fc2": (d, mlp),
+            "adaLN_modulation.1": (6 * d, d),
+        }.items():
             shapes[f"blocks.{i}.{name}.weight"] = (o, k)
             shapes[f"blocks.{i}.{name}.bias"] = (o,)
     return shapes
@@ -129,17 +162,30 @@ def _out_rows(arch: dict) -> np.ndarray:
 
 def _linear_pairs(depth: int) -> list[tuple[str, str]]:
     """(official prefix, our prefix) of every Linear copied as is (transposed)."""
-    pairs = [("x_embedder.proj", "x_embedders.image"), ("t_embedder.mlp.2", "t_embedder.fc2"),
-             ("final_layer.adaLN_modulation.1", "final_layers.image.adaLN_modulation"),
-             ("projector.linear1", "projector.fc1"), ("projector.linear2", "projector.fc2")]
+    pairs = [
+        ("x_embedder.proj", "x_embedders.image"),
+        ("t_embedder.mlp.2", "t_embedder.fc2"),
+        ("final_layer.adaLN_modulation.1", "final_layers.image.adaLN_modulation"),
+        ("projector.linear1", "projector.fc1"),
+        ("projector.linear2", "projector.fc2"),
+    ]
     for i in range(depth):
-        pairs += [(f"blocks.{i}.{name}", f"blocks.{i}.{ours}") for name, ours in
-                  (("attn.qkv", "attn.qkv"), ("attn.proj", "attn.proj"), ("mlp.fc1", "mlp.fc1"),
-                   ("mlp.fc2", "mlp.fc2"), ("adaLN_modulation.1", "adaLN_modulation"))]
+        pairs += [
+            (f"blocks.{i}.{name}", f"blocks.{i}.{ours}")
+            for name, ours in (
+                ("attn.qkv", "attn.qkv"),
+                ("attn.proj", "attn.proj"),
+                ("mlp.fc1", "mlp.fc1"),
+                ("mlp.fc2", "mlp.fc2"),
+                ("adaLN_modulation.1", "adaLN_modulation"),
+            )
+        ]
     return pairs
 
 
-def to_official(params: dict[str, np.ndarray], arch: dict, time_embedding: str = "sit") -> dict[str, np.ndarray]:
+def to_official(
+    params: dict[str, np.ndarray], arch: dict, time_embedding: str = "sit"
+) -> dict[str, np.ndarray]:
     """Our flat params ("blocks.0.attn.qkv.kernel": array) -> the official state dict (float32).
 
     ``time_embedding``: the model's ``model.time_embedding`` ("tau" kernels are mapped, see above).
@@ -150,7 +196,9 @@ def to_official(params: dict[str, np.ndarray], arch: dict, time_embedding: str =
         sd[f"{off}.weight"] = np.ascontiguousarray(params[f"{ours}.kernel"].T)
         sd[f"{off}.bias"] = params[f"{ours}.bias"]
     fc1 = params["t_embedder.fc1.kernel"]
-    sd["t_embedder.mlp.0.weight"] = np.ascontiguousarray((flip_time(fc1) if time_embedding == "tau" else fc1).T)
+    sd["t_embedder.mlp.0.weight"] = np.ascontiguousarray(
+        (flip_time(fc1) if time_embedding == "tau" else fc1).T
+    )
     sd["t_embedder.mlp.0.bias"] = params["t_embedder.fc1.bias"]
     sd["y_embedder.embedding_table.weight"] = params["y_embedder.embedding"]
     sd["pos_embed"] = pos_embed_table(arch)
@@ -164,8 +212,9 @@ def to_official(params: dict[str, np.ndarray], arch: dict, time_embedding: str =
     sd = {k: np.asarray(v, np.float32) for k, v in sd.items()}
     problems = [f"{k}: shape {sd[k].shape}, expected {s}" for k, s in shapes.items() if sd[k].shape != s]
     if problems:
-        raise OfficialFormatError("our parameters do not fit the official architecture "
-                                  f"{arch}: " + "; ".join(problems))
+        raise OfficialFormatError(
+            f"our parameters do not fit the official architecture {arch}: " + "; ".join(problems)
+        )
     return sd
 
 
@@ -173,20 +222,29 @@ def check_state_dict(sd: dict, arch: dict, where: str) -> None:
     """Raises one error listing every missing, unexpected, mis-shaped or non-tensor entry."""
     shapes = expected_shapes(arch)
     problems = [f"missing {k} {s}" for k, s in shapes.items() if k not in sd]
-    problems += [f"unexpected {k}" + (f" {tuple(np.shape(v))}" if hasattr(v, "shape") else f" ({type(v).__name__})")
-                 for k, v in sd.items() if k not in shapes]
-    problems += [f"{k}: shape {tuple(sd[k].shape)}, expected {s}" for k, s in shapes.items()
-                 if k in sd and tuple(sd[k].shape) != s]
+    problems += [
+        f"unexpected {k}" + (f" {tuple(np.shape(v))}" if hasattr(v, "shape") else f" ({type(v).__name__})")
+        for k, v in sd.items()
+        if k not in shapes
+    ]
+    problems += [
+        f"{k}: shape {tuple(sd[k].shape)}, expected {s}"
+        for k, s in shapes.items()
+        if k in sd and tuple(sd[k].shape) != s
+    ]
     if problems:
         shown = problems[:40] + ([f"... and {len(problems) - 40} more"] if len(problems) > 40 else [])
-        raise OfficialFormatError(f"{where} does not match the official architecture "
-                                  f"{ {k: arch[k] for k in ARCH_KEYS} }: {len(problems)} problem(s): "
-                                  + "; ".join(shown))
+        raise OfficialFormatError(
+            f"{where} does not match the official architecture "
+            f"{ {k: arch[k] for k in ARCH_KEYS} }: {len(problems)} problem(s): " + "; ".join(shown)
+        )
     table = pos_embed_table(arch)
     gap = float(np.max(np.abs(np.asarray(sd["pos_embed"], np.float32) - table)))
     if not gap <= POS_EMBED_TOLERANCE:
-        raise OfficialFormatError(f"{where}: pos_embed differs from the fixed 2-D sin-cos table by {gap:.3g} "
-                                  f"(> {POS_EMBED_TOLERANCE}); only the fixed table is supported")
+        raise OfficialFormatError(
+            f"{where}: pos_embed differs from the fixed 2-D sin-cos table by {gap:.3g} "
+            f"(> {POS_EMBED_TOLERANCE}); only the fixed table is supported"
+        )
 
 
 def from_official(sd: dict[str, np.ndarray], arch: dict, where: str = "state dict") -> dict[str, np.ndarray]:
@@ -203,7 +261,9 @@ def from_official(sd: dict[str, np.ndarray], arch: dict, where: str = "state dic
     params["t_embedder.fc1.bias"] = sd["t_embedder.mlp.0.bias"]
     params["y_embedder.embedding"] = sd["y_embedder.embedding_table.weight"]
     rows = _out_rows(arch)
-    params["final_layers.image.linear.kernel"] = np.ascontiguousarray(-sd["final_layer.linear.weight"][rows].T)
+    params["final_layers.image.linear.kernel"] = np.ascontiguousarray(
+        -sd["final_layer.linear.weight"][rows].T
+    )
     params["final_layers.image.linear.bias"] = -sd["final_layer.linear.bias"][rows]
     return params
 
@@ -224,11 +284,13 @@ def read_pt(path, key: str | None = None) -> dict[str, np.ndarray]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # unpickling refused or not a torch file
-        raise OfficialFormatError(f"{path}: not a weights-only PyTorch checkpoint (torch.load with "
-                                  f"weights_only=True refused it: {str(e).splitlines()[0]})") from None
+        raise OfficialFormatError(
+            f"{path}: not a weights-only PyTorch checkpoint (torch.load with "
+            f"weights_only=True refused it: {str(e).splitlines()[0]})"
+        ) from None
     if not isinstance(obj, dict):
         raise OfficialFormatError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
-    for wrapper in ([key] if key else ["model", "state_dict"]):
+    for wrapper in [key] if key else ["model", "state_dict"]:
         if wrapper in obj and isinstance(obj[wrapper], dict):
             obj = obj[wrapper]
             break
@@ -236,7 +298,7 @@ def read_pt(path, key: str | None = None) -> dict[str, np.ndarray]:
             raise OfficialFormatError(f"{path}: no entry {key!r} (top-level keys: {sorted(obj)[:20]})")
     out, bad = {}, []
     for k, v in obj.items():
-        k = k[len("module."):] if k.startswith("module.") else k
+        k = k[len("module.") :] if k.startswith("module.") else k
         if isinstance(v, torch.Tensor):
             out[k] = v.detach().to(torch.float32).numpy()
         else:
@@ -259,8 +321,10 @@ def _torch():
     try:
         import torch
     except ImportError:
-        raise OfficialFormatError("reading or writing official .pt checkpoints needs PyTorch: "
-                                  "pip install 'selfflow[torch]' (or torch)") from None
+        raise OfficialFormatError(
+            "reading or writing official .pt checkpoints needs PyTorch: "
+            "pip install 'selfflow[torch]' (or torch)"
+        ) from None
     return torch
 
 
@@ -271,10 +335,19 @@ def build_from_params(params: dict[str, np.ndarray], arch: dict) -> SelfFlowTran
     """Our transformer with the architecture ``arch`` holding ``params`` (flat, our names)."""
     arch = _check_architecture(arch)
     spec = image_spec(arch)
-    abstract = nnx.eval_shape(lambda: SelfFlowTransformer(
-        depth=arch["depth"], hidden_size=arch["hidden_size"], num_heads=arch["num_heads"],
-        mlp_ratio=arch["mlp_ratio"], num_classes=arch["num_classes"] - 1,
-        token_dims={"image": spec.token_dim}, positions="sincos", time_embedding="sit", rngs=nnx.Rngs(0)))
+    abstract = nnx.eval_shape(
+        lambda: SelfFlowTransformer(
+            depth=arch["depth"],
+            hidden_size=arch["hidden_size"],
+            num_heads=arch["num_heads"],
+            mlp_ratio=arch["mlp_ratio"],
+            num_classes=arch["num_classes"] - 1,
+            token_dims={"image": spec.token_dim},
+            positions="sincos",
+            time_embedding="sit",
+            rngs=nnx.Rngs(0),
+        )
+    )
     from selfflow.params import assign_params
 
     return assign_params(abstract, params, "the converted official parameters")
@@ -298,21 +371,34 @@ class OfficialModel:
     x: (B, N, C·p·p) patch tokens in (c p q) order, N = (input_size / p)², row-major;
     t: (B,) or (B, N), τ = 1 meaning noise; y: (B,) int, null class = num_classes − 1.
     """
+
     model: SelfFlowTransformer
     architecture: dict
     positions: np.ndarray  # (N, 3) (t, h, w) token coordinates
 
     def velocity(self, x, t, y) -> jax.Array:
         """ε − x0, (B, N, C·p·p): what the official ``forward(x, t, y)`` returns."""
-        return _velocity(self.model, jnp.asarray(x, jnp.float32), jnp.asarray(t, jnp.float32),
-                         jnp.asarray(y, jnp.int32), jnp.asarray(self.positions))
+        return _velocity(
+            self.model,
+            jnp.asarray(x, jnp.float32),
+            jnp.asarray(t, jnp.float32),
+            jnp.asarray(y, jnp.int32),
+            jnp.asarray(self.positions),
+        )
 
     def features(self, x, t, y, layer: int, projected: bool = True) -> jax.Array:
         """Hidden state (B, N, D) after block ``layer`` (1-indexed), through the projector if
         ``projected``: the official ``forward(..., return_features=layer)`` (or
         ``return_raw_features=layer``) second output."""
-        return _features(self.model, jnp.asarray(x, jnp.float32), jnp.asarray(t, jnp.float32),
-                         jnp.asarray(y, jnp.int32), jnp.asarray(self.positions), layer, projected)
+        return _features(
+            self.model,
+            jnp.asarray(x, jnp.float32),
+            jnp.asarray(t, jnp.float32),
+            jnp.asarray(y, jnp.int32),
+            jnp.asarray(self.positions),
+            layer,
+            projected,
+        )
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """The official state dict of these weights."""

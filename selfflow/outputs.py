@@ -27,6 +27,7 @@
 Figures are drawn with matplotlib's Agg backend (no display needed) at a fixed size:
 ``PANEL_INCHES`` per panel at ``DPI``, no tight bounding box, so the pixel size is predictable.
 """
+
 from __future__ import annotations
 
 import math
@@ -54,8 +55,10 @@ def _to_uint8(x: np.ndarray) -> np.ndarray:
 
 def _pyplot():
     import matplotlib
+
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
+
     return plt
 
 
@@ -68,11 +71,13 @@ def _check_ndim(name: str, x: np.ndarray, ndim: int, expected: str) -> np.ndarra
 
 def _pick_codec(preferred: tuple[str, ...], kind: str) -> str:
     import av
+
     for name in preferred:
         if name in av.codecs_available:
             return name
-    raise RuntimeError(f"this PyAV build ({av.__version__}) has none of the {kind} encoders "
-                       f"{', '.join(preferred)}")
+    raise RuntimeError(
+        f"this PyAV build ({av.__version__}) has none of the {kind} encoders {', '.join(preferred)}"
+    )
 
 
 def video_codec() -> str:
@@ -101,8 +106,9 @@ def _check_rate(fps, scale) -> None:
         raise ValueError(f"scale={scale!r} must be an integer of at least 1")
 
 
-def save_video_mp4(videos, path, fps: float = 10.0, scale: int = 4, audio=None,
-                   sample_rate: int | None = None) -> Path:
+def save_video_mp4(
+    videos, path, fps: float = 10.0, scale: int = 4, audio=None, sample_rate: int | None = None
+) -> Path:
     """videos (B, T, H, W, 3) in [-1, 1] -> one MP4 at ``fps``, B clips side by side, ``scale``×.
 
     Video: H.264 (``libx264``, yuv420p, CRF ``MP4_CRF``) because every browser and player opens
@@ -126,10 +132,8 @@ def save_video_mp4(videos, path, fps: float = 10.0, scale: int = 4, audio=None,
             raise ValueError(f"audio has shape {wave.shape}; expected a mono waveform (samples,)")
         if not np.all(np.isfinite(wave)):
             raise ValueError("audio has non-finite samples")
-        if (isinstance(sample_rate, bool) or not isinstance(sample_rate, numbers.Integral)
-                or sample_rate <= 0):
-            raise ValueError(f"sample_rate={sample_rate!r}: a positive integer (Hz) is required "
-                             f"with audio")
+        if isinstance(sample_rate, bool) or not isinstance(sample_rate, numbers.Integral) or sample_rate <= 0:
+            raise ValueError(f"sample_rate={sample_rate!r}: a positive integer (Hz) is required with audio")
         wave = np.clip(wave, -1.0, 1.0)
 
     pixels = pixels.repeat(scale, axis=1).repeat(scale, axis=2)
@@ -137,8 +141,9 @@ def save_video_mp4(videos, path, fps: float = 10.0, scale: int = 4, audio=None,
     pad = ((0, 0), (0, height % 2), (0, width % 2), (0, 0))
     if height % 2 or width % 2:
         pixels = np.pad(pixels, pad, mode="edge")
-    rate = (Fraction(fps) if isinstance(fps, numbers.Rational) else Fraction(float(fps))
-            ).limit_denominator(1001)  # 12.5 -> 25/2, 29.97 -> 2997/100, 30000/1001 stays
+    rate = (Fraction(fps) if isinstance(fps, numbers.Rational) else Fraction(float(fps))).limit_denominator(
+        1001
+    )  # 12.5 -> 25/2, 29.97 -> 2997/100, 30000/1001 stays
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
 
@@ -182,13 +187,11 @@ def save_video_gif(videos, path, fps: float = 10.0, scale: int = 4) -> Path:
     frames = [Image.fromarray(f).resize(size, Image.NEAREST) for f in pixels]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    frames[0].save(path, format="GIF", save_all=True, append_images=frames[1:],
-                   duration=1000.0 / fps, loop=0)
+    frames[0].save(path, format="GIF", save_all=True, append_images=frames[1:], duration=1000.0 / fps, loop=0)
     return path
 
 
-def save_audio_wavs(logmels, spec: AudioSpec, directory, prefix: str = "audio",
-                    waveforms=None) -> list[Path]:
+def save_audio_wavs(logmels, spec: AudioSpec, directory, prefix: str = "audio", waveforms=None) -> list[Path]:
     """logmels (B, frames, n_mels) -> ``{prefix}_{i:02d}.wav`` per sample + ``{prefix}_mel.png``.
 
     ``waveforms`` (B, S) at spec.sample_rate: written instead of running Griffin-Lim again (pass
@@ -201,8 +204,10 @@ def save_audio_wavs(logmels, spec: AudioSpec, directory, prefix: str = "audio",
     else:
         waves = _check_ndim("waveforms", waveforms, 2, "(batch, samples)")
         if waves.shape[0] != logmels.shape[0]:
-            raise ValueError(f"waveforms has shape {waves.shape}; expected ({logmels.shape[0]}, "
-                             f"samples) matching logmels {logmels.shape}")
+            raise ValueError(
+                f"waveforms has shape {waves.shape}; expected ({logmels.shape[0]}, "
+                f"samples) matching logmels {logmels.shape}"
+            )
     paths = []
     for i, wave in enumerate(waves):
         p = directory / f"{prefix}_{i:02d}.wav"
@@ -212,11 +217,17 @@ def save_audio_wavs(logmels, spec: AudioSpec, directory, prefix: str = "audio",
     plt = _pyplot()
     b = logmels.shape[0]
     seconds = spec.frames * spec.hop_length / spec.sample_rate
-    fig, axes = plt.subplots(b, 1, squeeze=False,
-                             figsize=(2 * PANEL_INCHES[0], PANEL_INCHES[1] * b))
+    fig, axes = plt.subplots(b, 1, squeeze=False, figsize=(2 * PANEL_INCHES[0], PANEL_INCHES[1] * b))
     for i, ax in enumerate(axes[:, 0]):
-        im = ax.imshow(logmels[i].T, origin="lower", aspect="auto", cmap="magma",
-                       vmin=-1.0, vmax=1.0, extent=(0.0, seconds, 0, spec.n_mels))
+        im = ax.imshow(
+            logmels[i].T,
+            origin="lower",
+            aspect="auto",
+            cmap="magma",
+            vmin=-1.0,
+            vmax=1.0,
+            extent=(0.0, seconds, 0, spec.n_mels),
+        )
         ax.set_title(f"{prefix} {i}")
         ax.set_ylabel("mel bin")
         fig.colorbar(im, ax=ax)
@@ -238,15 +249,16 @@ def save_action_plot(actions, path, proprio=None, hz: float = 10.0) -> Path:
     if proprio is not None:
         proprio = _check_ndim("proprio", proprio, 3, "(batch, steps, proprio_dim)")
         if proprio.shape[:2] != (b, t):
-            raise ValueError(f"proprio has shape {proprio.shape}; expected ({b}, {t}, proprio_dim) "
-                             f"matching actions {actions.shape}")
+            raise ValueError(
+                f"proprio has shape {proprio.shape}; expected ({b}, {t}, proprio_dim) "
+                f"matching actions {actions.shape}"
+            )
     show_xy = proprio is not None and proprio.shape[-1] >= 2
     n = min(b, MAX_ACTION_PANELS)
     rows = 2 if show_xy else 1
 
     plt = _pyplot()
-    fig, axes = plt.subplots(rows, n, squeeze=False,
-                             figsize=(PANEL_INCHES[0] * n, PANEL_INCHES[1] * rows))
+    fig, axes = plt.subplots(rows, n, squeeze=False, figsize=(PANEL_INCHES[0] * n, PANEL_INCHES[1] * rows))
     time = np.arange(t) / hz
     for i in range(n):
         ax = axes[0, i]

@@ -27,8 +27,11 @@ def shape_problems(expected: dict[str, tuple], got: dict[str, tuple]) -> list[st
     """Every missing, unexpected and mis-shaped tensor of ``got`` against ``expected`` (name -> shape)."""
     problems = [f"missing {k} {tuple(s)}" for k, s in expected.items() if k not in got]
     problems += [f"unexpected {k} {tuple(got[k])}" for k in got if k not in expected]
-    problems += [f"{k}: shape {tuple(got[k])}, expected {tuple(s)}" for k, s in expected.items()
-                 if k in got and tuple(got[k]) != tuple(s)]
+    problems += [
+        f"{k}: shape {tuple(got[k])}, expected {tuple(s)}"
+        for k, s in expected.items()
+        if k in got and tuple(got[k]) != tuple(s)
+    ]
     return problems
 
 
@@ -42,6 +45,10 @@ def assign_params(model: nnx.Module, tensors: dict[str, np.ndarray], where: str)
     problems = shape_problems(expected, {k: np.shape(v) for k, v in tensors.items()})
     if problems:
         raise ParamsError(f"{where} does not match the model: " + "; ".join(problems))
-    nnx.replace_by_pure_dict(params, jax.tree_util.tree_map_with_path(
-        lambda p, x: jax.numpy.asarray(tensors[tensor_name(p)], x.dtype), pure))
+    nnx.replace_by_pure_dict(
+        params,
+        jax.tree_util.tree_map_with_path(
+            lambda p, x: jax.numpy.asarray(tensors[tensor_name(p)], x.dtype), pure
+        ),
+    )
     return nnx.merge(graphdef, params, rest)

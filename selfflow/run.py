@@ -34,20 +34,39 @@ from selfflow.model import SelfFlowTransformer, build_model
 from selfflow.tasks import Task, specs_from_dict
 
 # Keys that may change when a run is resumed (how long, how often, what is kept), everything else may not.
-RESUMABLE_CHANGES = ("train.steps", "train.log_every", "train.checkpoint_every",
-                     "train.keep_checkpoints", "train.keep_every", "train.keep_best", "train.best_metric",
-                     "train.best_mode", "train.sample_every", "train.eval_every", "train.eval_samples",
-                     "train.eval_classifier_steps", "train.eval_probe", "sample.", "data.read_threads",
-                     "data.prefetch", "data.worker_count", "data.on_bad_sample", "mesh.",
-                     "model.conditioning", "model.remat")
+RESUMABLE_CHANGES = (
+    "train.steps",
+    "train.log_every",
+    "train.checkpoint_every",
+    "train.keep_checkpoints",
+    "train.keep_every",
+    "train.keep_best",
+    "train.best_metric",
+    "train.best_mode",
+    "train.sample_every",
+    "train.eval_every",
+    "train.eval_samples",
+    "train.eval_classifier_steps",
+    "train.eval_probe",
+    "sample.",
+    "data.read_threads",
+    "data.prefetch",
+    "data.worker_count",
+    "data.on_bad_sample",
+    "mesh.",
+    "model.conditioning",
+    "model.remat",
+)
 
 
 def make_optimizer(ocfg: config_lib.OptimConfig) -> optax.GradientTransformation:
     lr = ocfg.learning_rate
     if ocfg.warmup_steps:
         lr = optax.linear_schedule(0.0, ocfg.learning_rate, ocfg.warmup_steps)
-    return optax.chain(optax.clip_by_global_norm(ocfg.grad_clip_norm),
-                       optax.adamw(lr, b1=ocfg.b1, b2=ocfg.b2, weight_decay=ocfg.weight_decay))
+    return optax.chain(
+        optax.clip_by_global_norm(ocfg.grad_clip_norm),
+        optax.adamw(lr, b1=ocfg.b1, b2=ocfg.b2, weight_decay=ocfg.weight_decay),
+    )
 
 
 def init_state(cfg: Config, model: SelfFlowTransformer, tx: optax.GradientTransformation) -> dict:
@@ -64,6 +83,7 @@ def init_state(cfg: Config, model: SelfFlowTransformer, tx: optax.GradientTransf
 @dataclasses.dataclass(frozen=True)
 class Placement:
     """Where a run lives: the mesh, its logical-axis rules, the state's shardings and the batch's."""
+
     mesh: Any
     rules: dict
     state: Any
@@ -75,9 +95,11 @@ class Placement:
         divisor = sharding.batch_divisor(mesh, rules)
         for lt in task.layouts:
             if lt.batch_size % divisor:
-                raise ConfigError(f"layouts[{lt.layout.name!r}]: batch size {lt.batch_size} is not divisible "
-                                  f"by the {divisor} devices of the batch axes ({', '.join(rules['batch'])}); "
-                                  "change the batch size or the mesh")
+                raise ConfigError(
+                    f"layouts[{lt.layout.name!r}]: batch size {lt.batch_size} is not divisible "
+                    f"by the {divisor} devices of the batch axes ({', '.join(rules['batch'])}); "
+                    "change the batch size or the mesh"
+                )
         shardings = sharding.state_shardings(state, mesh, rules, sharding.param_axes(model))
         return cls(mesh, rules, shardings, sharding.batch_sharding(mesh, rules))
 
@@ -86,13 +108,18 @@ def check_resumable(saved: Config, cfg: Config, run_dir: Path) -> None:
     """ConfigError listing every setting of ``cfg`` that differs from the run's and may not change."""
     flat_saved = _flatten(config_lib.resolved_dict(saved))
     flat_now = _flatten(config_lib.resolved_dict(cfg))
-    diffs = [k for k in flat_now if flat_now[k] != flat_saved.get(k)
-             and not any(k == p or (p.endswith(".") and k.startswith(p)) for p in RESUMABLE_CHANGES)]
+    diffs = [
+        k
+        for k in flat_now
+        if flat_now[k] != flat_saved.get(k)
+        and not any(k == p or (p.endswith(".") and k.startswith(p)) for p in RESUMABLE_CHANGES)
+    ]
     if diffs:
-        detail = "; ".join(f"{k}: run has {flat_saved.get(k)!r}, command says {flat_now[k]!r}"
-                           for k in diffs)
-        raise ConfigError(f"{run_dir} holds a run with a different config ({detail}); "
-                          "use another --run-dir or the same settings")
+        detail = "; ".join(f"{k}: run has {flat_saved.get(k)!r}, command says {flat_now[k]!r}" for k in diffs)
+        raise ConfigError(
+            f"{run_dir} holds a run with a different config ({detail}); "
+            "use another --run-dir or the same settings"
+        )
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -107,8 +134,11 @@ def run_task(ckpts: RunCheckpoints, step: int, cfg: Config) -> Task:
     them rebuild the specs from the data, which must then be on disk)."""
     specs = ckpts.saved_specs(step)
     if specs is None:
-        print(f"{ckpts.directory}/{step}: no stored modality specs (saved by an older version); "
-              "rebuilding them from the training data", file=sys.stderr)
+        print(
+            f"{ckpts.directory}/{step}: no stored modality specs (saved by an older version); "
+            "rebuilding them from the training data",
+            file=sys.stderr,
+        )
         return Task(cfg)
     return Task(cfg, specs=specs_from_dict(specs))
 

@@ -41,8 +41,8 @@ def cfg_combine(cond: jax.Array, null: jax.Array, scale: float) -> jax.Array:
 
 # --------------------------------------------------------------------------- shared core
 
-def _guided(velocity, labels: jax.Array, *, cfg_scale: float, guidance_interval: tuple,
-            null_class: int):
+
+def _guided(velocity, labels: jax.Array, *, cfg_scale: float, guidance_interval: tuple, null_class: int):
     """``velocity(xs, tau (R,), labels (R,)) -> tuple`` of per-segment (R, n_i, d_i) -> the
     guided ``v(xs, tau scalar f32) -> tuple`` of float32 (B, n_i, d_i) the integrators call.
 
@@ -62,10 +62,8 @@ def _guided(velocity, labels: jax.Array, *, cfg_scale: float, guidance_interval:
     both = jnp.concatenate([labels, jnp.full_like(labels, null_class)])
 
     def cfg(xs, tau):
-        vs = velocity(tuple(jnp.concatenate([x, x]) for x in xs),
-                      jnp.full((2 * b,), tau, jnp.float32), both)
-        return tuple(cfg_combine(v[:b], v[b:], cfg_scale)
-                     for v in (v.astype(jnp.float32) for v in vs))
+        vs = velocity(tuple(jnp.concatenate([x, x]) for x in xs), jnp.full((2 * b,), tau, jnp.float32), both)
+        return tuple(cfg_combine(v[:b], v[b:], cfg_scale) for v in (v.astype(jnp.float32) for v in vs))
 
     low, high = guidance_interval
     if low <= 0.0 and high >= 1.0:
@@ -118,8 +116,9 @@ def _step_noise(key: jax.Array, xs: tuple, generate: tuple) -> tuple:
     return tuple(next(parts).reshape(x.shape) if g else None for x, g in zip(xs, generate))
 
 
-def _euler_maruyama(v, xs: tuple, generate: tuple, key: jax.Array, *, steps: int,
-                    last_step_size: float) -> tuple:
+def _euler_maruyama(
+    v, xs: tuple, generate: tuple, key: jax.Array, *, steps: int, last_step_size: float
+) -> tuple:
     """SiT Euler–Maruyama, the official Self-Flow FID protocol (see :func:`sde_sample` for the
     maths), on the generated segments of ``xs``; condition segments get neither drift nor noise.
     ``steps`` model evaluations; w_k from ``fold_in(key, k)`` (:func:`_step_noise`)."""
@@ -142,12 +141,24 @@ def _euler_maruyama(v, xs: tuple, generate: tuple, key: jax.Array, *, steps: int
     return _update(xs, drift(xs, grid[-1]), last_step_size, generate)  # "Mean" step, no noise
 
 
-def _integrate(velocity, start: tuple, labels: jax.Array, generate: tuple, *, method: str,
-               steps: int, cfg_scale: float, guidance_interval: tuple, null_class: int,
-               key, last_step_size: float) -> tuple:
+def _integrate(
+    velocity,
+    start: tuple,
+    labels: jax.Array,
+    generate: tuple,
+    *,
+    method: str,
+    steps: int,
+    cfg_scale: float,
+    guidance_interval: tuple,
+    null_class: int,
+    key,
+    last_step_size: float,
+) -> tuple:
     """The one sampler behind every entry point (arguments already validated)."""
-    v = _guided(velocity, labels, cfg_scale=cfg_scale, guidance_interval=guidance_interval,
-                null_class=null_class)
+    v = _guided(
+        velocity, labels, cfg_scale=cfg_scale, guidance_interval=guidance_interval, null_class=null_class
+    )
     xs = tuple(x.astype(jnp.float32) for x in start)
     if method == "sde":
         return _euler_maruyama(v, xs, generate, key, steps=steps, last_step_size=last_step_size)
@@ -155,6 +166,7 @@ def _integrate(velocity, start: tuple, labels: jax.Array, generate: tuple, *, me
 
 
 # --------------------------------------------------------------------------- argument checks
+
 
 def _check_steps(steps, minimum: int, why: str) -> None:
     if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or steps < minimum:
@@ -168,8 +180,7 @@ def _check_last_step_size(last_step_size) -> None:
 
 def _check_cfg_scale(cfg_scale) -> None:
     if not isinstance(cfg_scale, (int, float, np.number)) or not math.isfinite(cfg_scale):
-        raise ValueError(f"cfg_scale must be a finite Python number (1 = no guidance); got "
-                         f"{cfg_scale!r}")
+        raise ValueError(f"cfg_scale must be a finite Python number (1 = no guidance); got {cfg_scale!r}")
 
 
 def _is_tau_interval(low, high) -> bool:
@@ -180,12 +191,15 @@ def _check_sde_args(steps, last_step_size, guidance_low, guidance_high) -> None:
     _check_steps(steps, 2, "steps − 1 noisy steps and one last mean step")
     _check_last_step_size(last_step_size)
     if not _is_tau_interval(guidance_low, guidance_high):
-        raise ValueError(f"need 0 <= guidance_low <= guidance_high <= 1 (a τ interval); got "
-                         f"guidance_low={guidance_low!r}, guidance_high={guidance_high!r}")
+        raise ValueError(
+            f"need 0 <= guidance_low <= guidance_high <= 1 (a τ interval); got "
+            f"guidance_low={guidance_low!r}, guidance_high={guidance_high!r}"
+        )
 
 
-def _check_sample_args(layout: Layout, start, labels, *, method, steps, cfg_scale,
-                       guidance_interval, key, last_step_size) -> None:
+def _check_sample_args(
+    layout: Layout, start, labels, *, method, steps, cfg_scale, guidance_interval, key, last_step_size
+) -> None:
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}; got {method!r}")
     if method == "sde":
@@ -196,27 +210,48 @@ def _check_sample_args(layout: Layout, start, labels, *, method, steps, cfg_scal
     else:
         _check_steps(steps, 1, "the number of τ intervals from 1 to 0")
     _check_cfg_scale(cfg_scale)
-    if (not isinstance(guidance_interval, (tuple, list)) or len(guidance_interval) != 2
-            or not _is_tau_interval(*guidance_interval)):
-        raise ValueError(f"guidance_interval must be a pair (low, high) with 0 <= low <= high "
-                         f"<= 1 (the τ range where guidance applies); got {guidance_interval!r}")
+    if (
+        not isinstance(guidance_interval, (tuple, list))
+        or len(guidance_interval) != 2
+        or not _is_tau_interval(*guidance_interval)
+    ):
+        raise ValueError(
+            f"guidance_interval must be a pair (low, high) with 0 <= low <= high "
+            f"<= 1 (the τ range where guidance applies); got {guidance_interval!r}"
+        )
     if len(start) != len(layout.segments):
-        raise ValueError(f"start must hold one array per segment of layout {layout.name!r} "
-                         f"({len(layout.segments)}); got {len(start)}")
+        raise ValueError(
+            f"start must hold one array per segment of layout {layout.name!r} "
+            f"({len(layout.segments)}); got {len(start)}"
+        )
     b = labels.shape[0] if labels.ndim == 1 else None
     for i, (x, seg) in enumerate(zip(start, layout.segments)):
         if x.ndim != 3 or x.shape[:2] != (b, seg.num_tokens):
-            raise ValueError(f"start[{i}] ({seg.modality}, {seg.role}) must have shape "
-                             f"(B, {seg.num_tokens}, d) with B = labels.shape[0] = {b}; "
-                             f"got {x.shape}")
+            raise ValueError(
+                f"start[{i}] ({seg.modality}, {seg.role}) must have shape "
+                f"(B, {seg.num_tokens}, d) with B = labels.shape[0] = {b}; "
+                f"got {x.shape}"
+            )
 
 
 # --------------------------------------------------------------------------- entry points
 
-def sample_segments(model, layout: Layout, start: tuple, labels: jax.Array, positions: jax.Array,
-                    *, method: str = "euler", steps: int, cfg_scale: float = 1.0,
-                    guidance_interval: tuple[float, float] = (0.0, 1.0), null_class: int,
-                    key: jax.Array | None = None, last_step_size: float = 0.04) -> tuple:
+
+def sample_segments(
+    model,
+    layout: Layout,
+    start: tuple,
+    labels: jax.Array,
+    positions: jax.Array,
+    *,
+    method: str = "euler",
+    steps: int,
+    cfg_scale: float = 1.0,
+    guidance_interval: tuple[float, float] = (0.0, 1.0),
+    null_class: int,
+    key: jax.Array | None = None,
+    last_step_size: float = 0.04,
+) -> tuple:
     """Generates every ``generate`` segment of ``layout``; ``condition`` segments stay as given.
 
     ``model(tokens tuple, FactoredTimesteps, labels (R,), positions, modalities=names)`` ->
@@ -231,23 +266,51 @@ def sample_segments(model, layout: Layout, start: tuple, labels: jax.Array, posi
     Returns every segment at τ = 0, float32 (condition segments as given, cast to float32).
     Non-array arguments must be Python values (static under jit); deterministic in ``key``.
     """
-    _check_sample_args(layout, start, labels, method=method, steps=steps, cfg_scale=cfg_scale,
-                       guidance_interval=guidance_interval, key=key,
-                       last_step_size=last_step_size)
+    _check_sample_args(
+        layout,
+        start,
+        labels,
+        method=method,
+        steps=steps,
+        cfg_scale=cfg_scale,
+        guidance_interval=guidance_interval,
+        key=key,
+        last_step_size=last_step_size,
+    )
 
     def velocity(xs, tau, labels):
-        return model(xs, inference_timesteps(layout, tau), labels, positions,
-                     modalities=layout.modalities).velocity
+        return model(
+            xs, inference_timesteps(layout, tau), labels, positions, modalities=layout.modalities
+        ).velocity
 
-    return _integrate(velocity, tuple(start), labels,
-                      tuple(seg.role == GENERATE for seg in layout.segments), method=method,
-                      steps=steps, cfg_scale=cfg_scale, guidance_interval=tuple(guidance_interval),
-                      null_class=null_class, key=key, last_step_size=last_step_size)
+    return _integrate(
+        velocity,
+        tuple(start),
+        labels,
+        tuple(seg.role == GENERATE for seg in layout.segments),
+        method=method,
+        steps=steps,
+        cfg_scale=cfg_scale,
+        guidance_interval=tuple(guidance_interval),
+        null_class=null_class,
+        key=key,
+        last_step_size=last_step_size,
+    )
 
 
-def sde_sample(velocity, x: jax.Array, labels: jax.Array, key: jax.Array, *, steps: int = 250,
-               last_step_size: float = 0.04, cfg_scale: float = 1.0, guidance_low: float = 0.0,
-               guidance_high: float = 0.7, null_class: int) -> jax.Array:
+def sde_sample(
+    velocity,
+    x: jax.Array,
+    labels: jax.Array,
+    key: jax.Array,
+    *,
+    steps: int = 250,
+    last_step_size: float = 0.04,
+    cfg_scale: float = 1.0,
+    guidance_low: float = 0.0,
+    guidance_high: float = 0.7,
+    null_class: int,
+) -> jax.Array:
     """SiT Euler–Maruyama sampling, the official Self-Flow FID protocol: noise (B, N, C) at τ = 1
     -> samples (B, N, C) at τ = 0, float32.
 
@@ -278,10 +341,19 @@ def sde_sample(velocity, x: jax.Array, labels: jax.Array, key: jax.Array, *, ste
     b = x.shape[0]
     if labels.shape != (b,):
         raise ValueError(f"labels must have shape ({b},) to match x {x.shape}; got {labels.shape}")
-    (out,) = _integrate(lambda xs, tau, y: (velocity(xs[0], tau, y),), (x,), labels, (True,),
-                        method="sde", steps=steps, cfg_scale=cfg_scale,
-                        guidance_interval=(guidance_low, guidance_high), null_class=null_class,
-                        key=key, last_step_size=last_step_size)
+    (out,) = _integrate(
+        lambda xs, tau, y: (velocity(xs[0], tau, y),),
+        (x,),
+        labels,
+        (True,),
+        method="sde",
+        steps=steps,
+        cfg_scale=cfg_scale,
+        guidance_interval=(guidance_low, guidance_high),
+        null_class=null_class,
+        key=key,
+        last_step_size=last_step_size,
+    )
     return out
 
 
@@ -298,8 +370,9 @@ class ModelVelocity(nnx.Module):
 
     def __call__(self, x, tau, labels):
         layout = single(self.modality, x.shape[1])
-        (v,) = self.model((x,), inference_timesteps(layout, tau), labels, self.positions,
-                          modalities=layout.modalities).velocity
+        (v,) = self.model(
+            (x,), inference_timesteps(layout, tau), labels, self.positions, modalities=layout.modalities
+        ).velocity
         return v.astype(jnp.float32)
 
 

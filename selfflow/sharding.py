@@ -24,7 +24,8 @@ from collections.abc import Mapping
 import jax
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from selfflow.errors import ConfigError
 
@@ -35,8 +36,9 @@ MESH_AXES = ("data", "fsdp", "tensor")
 DEFAULT_RULES = ("batch=data+fsdp", "embed=fsdp", "heads=tensor", "mlp=tensor")
 
 # The parsed rules of the innermost ``use_mesh`` (None outside one: DEFAULT_RULES).
-_ACTIVE_RULES: contextvars.ContextVar[dict | None] = contextvars.ContextVar("selfflow_sharding_rules",
-                                                                           default=None)
+_ACTIVE_RULES: contextvars.ContextVar[dict | None] = contextvars.ContextVar(
+    "selfflow_sharding_rules", default=None
+)
 
 
 # ---------------------------------------------------------------------------- mesh
@@ -50,12 +52,16 @@ def mesh_shape(mesh_cfg, num_devices: int) -> dict[str, int]:
     auto = [a for a, s in sizes.items() if s == -1]
     bad = [f"mesh.{a}={s}" for a, s in sizes.items() if s == 0 or s < -1]
     if bad or len(auto) > 1:
-        raise ConfigError(f"{', '.join(bad) or ', '.join(f'mesh.{a}=-1' for a in auto)}: each mesh axis "
-                          "must be a positive size, and at most one may be -1 (the rest of the devices)")
+        raise ConfigError(
+            f"{', '.join(bad) or ', '.join(f'mesh.{a}=-1' for a in auto)}: each mesh axis "
+            "must be a positive size, and at most one may be -1 (the rest of the devices)"
+        )
     fixed = math.prod(s for s in sizes.values() if s != -1)
     if num_devices % fixed:
-        raise ConfigError(f"mesh {_describe(sizes)} needs {fixed} devices, which does not divide the "
-                          f"{num_devices} available")
+        raise ConfigError(
+            f"mesh {_describe(sizes)} needs {fixed} devices, which does not divide the "
+            f"{num_devices} available"
+        )
     if auto:
         sizes[auto[0]] = num_devices // fixed
     return sizes
@@ -68,7 +74,7 @@ def _describe(sizes: dict) -> str:
 def make_mesh(mesh_cfg, devices=None) -> Mesh:
     devices = list(jax.devices() if devices is None else devices)
     sizes = mesh_shape(mesh_cfg, len(devices))
-    used = devices[:math.prod(sizes.values())]
+    used = devices[: math.prod(sizes.values())]
     return Mesh(np.array(used).reshape([sizes[a] for a in MESH_AXES]), MESH_AXES)
 
 
@@ -83,8 +89,10 @@ def parse_rules(rules=()) -> dict[str, tuple[str, ...]]:
         mesh_axes = tuple(a for a in axes.split("+") if a)
         unknown = [a for a in mesh_axes if a not in MESH_AXES]
         if not sep or not name or unknown:
-            raise ConfigError(f"mesh.rules entry {text!r}: expected 'logical=axis[+axis]' with axes in "
-                              f"{', '.join(MESH_AXES)} (or 'logical=' for replicated)")
+            raise ConfigError(
+                f"mesh.rules entry {text!r}: expected 'logical=axis[+axis]' with axes in "
+                f"{', '.join(MESH_AXES)} (or 'logical=' for replicated)"
+            )
         out[name] = mesh_axes
     return out
 
@@ -104,12 +112,16 @@ def param_axes(model) -> dict:
         names = var.get_metadata().get("out_sharding")
         where = "/".join(map(str, path))
         if names is None:
-            raise ValueError(f"parameter {where!r} has no logical axis names: create it with "
-                             "selfflow.layers.named(init, names) (nnx.with_partitioning)")
+            raise ValueError(
+                f"parameter {where!r} has no logical axis names: create it with "
+                "selfflow.layers.named(init, names) (nnx.with_partitioning)"
+            )
         names = tuple(names)
         if len(names) != len(var.shape) or not all(n is None or isinstance(n, str) for n in names):
-            raise ValueError(f"parameter {where!r} of shape {tuple(var.shape)} has logical axis names "
-                             f"{names!r}: expected one name (or None) per dimension")
+            raise ValueError(
+                f"parameter {where!r} of shape {tuple(var.shape)} has logical axis names "
+                f"{names!r}: expected one name (or None) per dimension"
+            )
     return nnx.to_pure_dict(params, lambda var: tuple(var.get_metadata()["out_sharding"]))
 
 
@@ -139,8 +151,10 @@ def param_shardings(params, mesh: Mesh, rules: dict, axes):
     def one(path, x):
         where = param_path(path)
         if where not in by_path:
-            raise ValueError(f"parameter {where!r} has no logical axis names in the axes tree "
-                             "(build it with sharding.param_axes(model) of the same model)")
+            raise ValueError(
+                f"parameter {where!r} has no logical axis names in the axes tree "
+                "(build it with sharding.param_axes(model) of the same model)"
+            )
         return NamedSharding(mesh, spec_for(x.shape, by_path[where], rules, mesh))
 
     return jax.tree_util.tree_map_with_path(one, params)
@@ -185,8 +199,10 @@ def leading_axis(sharding: NamedSharding, ndim: int) -> NamedSharding:
 def put_batch(batch: dict, sharding: NamedSharding) -> dict:
     """This host's part of a batch (numpy, leading batch axis) -> global arrays split over the
     batch axes, assembled without gathering on one host."""
-    return {k: jax.make_array_from_process_local_data(leading_axis(sharding, np.ndim(v)), np.asarray(v))
-            for k, v in batch.items()}
+    return {
+        k: jax.make_array_from_process_local_data(leading_axis(sharding, np.ndim(v)), np.asarray(v))
+        for k, v in batch.items()
+    }
 
 
 @contextlib.contextmanager
@@ -195,7 +211,9 @@ def use_mesh(mesh: Mesh, rules=None):
     (parsed, as from :func:`parse_rules`, or rule strings; None = DEFAULT_RULES) visible to
     :func:`constrain_batch`. The rules are read when a step is traced: jit caches a trace by
     mesh, not by these rules, so a function jitted under one set of rules keeps them."""
-    parsed = parse_rules() if rules is None else dict(rules) if isinstance(rules, Mapping) else parse_rules(rules)
+    parsed = (
+        parse_rules() if rules is None else dict(rules) if isinstance(rules, Mapping) else parse_rules(rules)
+    )
     token = _ACTIVE_RULES.set(parsed)
     try:
         with jax.set_mesh(mesh):
@@ -241,7 +259,10 @@ def initialize_distributed(mesh_cfg) -> bool:
         return False
     if bool(count) != (pid >= 0):
         raise ConfigError(f"multi-host: num_processes={count} and process_id={pid}: set both or neither")
-    kwargs = {"coordinator_address": address or None, "num_processes": count or None,
-              "process_id": pid if pid >= 0 else None}
+    kwargs = {
+        "coordinator_address": address or None,
+        "num_processes": count or None,
+        "process_id": pid if pid >= 0 else None,
+    }
     jax.distributed.initialize(**kwargs)
     return True

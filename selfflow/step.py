@@ -34,15 +34,21 @@ def make_train_step(cfg: Config, graphdef, tx: optax.GradientTransformation, tas
         teacher = nnx.merge(graphdef, state["ema"])
 
         def loss_of(params):
-            return objective.loss(student=nnx.merge(graphdef, params), teacher=teacher, batch=batch,
-                                  layout=layout, key=key)
+            return objective.loss(
+                student=nnx.merge(graphdef, params), teacher=teacher, batch=batch, layout=layout, key=key
+            )
 
         (_, metrics), grads = jax.value_and_grad(loss_of, has_aux=True)(state["params"])
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         metrics["grad_norm"] = optax.tree.norm(grads)
-        new_state = dict(state, step=state["step"] + 1, params=params, opt_state=opt_state,
-                         ema=ema_update(state["ema"], params, decay))
+        new_state = dict(
+            state,
+            step=state["step"] + 1,
+            params=params,
+            opt_state=opt_state,
+            ema=ema_update(state["ema"], params, decay),
+        )
         return new_state, metrics
 
     if shardings is None:

@@ -65,8 +65,9 @@ def load_sweep(path: str | Path) -> tuple[Sweep, Path]:
     if not base.is_file():
         base = Path(sweep.base)
     if not base.is_file():
-        raise ConfigError(f"{path}: base {sweep.base!r} is neither relative to {path.parent} nor to the "
-                          "working directory")
+        raise ConfigError(
+            f"{path}: base {sweep.base!r} is neither relative to {path.parent} nor to the working directory"
+        )
     return sweep, base
 
 
@@ -78,15 +79,19 @@ def expand(sweep: Sweep) -> list[Run]:
     if not sweep.seeds:
         raise ConfigError("sweep: seeds is empty")
     if "seed" in sweep.grid:
-        raise ConfigError(f"sweep: grid sets seed; use seeds=(...) for several seeds (got seeds={sweep.seeds})")
+        raise ConfigError(
+            f"sweep: grid sets seed; use seeds=(...) for several seeds (got seeds={sweep.seeds})"
+        )
     runs = []
     for (vname, voverrides), point in itertools.product(variants, points):
         settings = [f"{k}={_fmt(v)}" for k, v in zip(keys, point)]
         group = "__".join([p for p in (vname, *settings) if p]) or "base"
         own = [o for o in voverrides if o.split("=", 1)[0].strip() == "seed"]
         if own and len(sweep.seeds) > 1:
-            raise ConfigError(f"sweep: variant {vname!r} sets seed; use seeds=(...) for several seeds "
-                              f"(got seeds={sweep.seeds})")
+            raise ConfigError(
+                f"sweep: variant {vname!r} sets seed; use seeds=(...) for several seeds "
+                f"(got seeds={sweep.seeds})"
+            )
         if own:  # a variant with its own seed (e.g. a second seed of one run): it runs once, with it
             try:
                 seed = int(own[-1].split("=", 1)[1])
@@ -118,8 +123,9 @@ def configs(sweep: Sweep, base: Path) -> dict[str, Config]:
     return out
 
 
-def run_sweep(path: str | Path, out: str | Path | None = None, only: tuple[str, ...] = (),
-              dry_run: bool = False) -> list[dict]:
+def run_sweep(
+    path: str | Path, out: str | Path | None = None, only: tuple[str, ...] = (), dry_run: bool = False
+) -> list[dict]:
     from selfflow.train import train
 
     sweep, base = load_sweep(path)
@@ -141,11 +147,17 @@ def run_sweep(path: str | Path, out: str | Path | None = None, only: tuple[str, 
         start = time.perf_counter()
         print(f"sweep: {run.name} -> {run_dir}", file=sys.stderr)
         train(cfgs[run.name], run_dir, progress=False, write_samples=False)
-        record.write_text(json.dumps({"seconds": seconds + time.perf_counter() - start,
-                                      "overrides": list(run.overrides)}))
-    rows = [_row(run, out / run.name, sweep.metrics) for run in runs if (out / run.name / "metrics.jsonl").exists()]
-    (out / "results.json").write_text(json.dumps({"base": str(base), "sweep": dataclasses.asdict(sweep),
-                                                  "rows": rows}, indent=1))
+        record.write_text(
+            json.dumps({"seconds": seconds + time.perf_counter() - start, "overrides": list(run.overrides)})
+        )
+    rows = [
+        _row(run, out / run.name, sweep.metrics)
+        for run in runs
+        if (out / run.name / "metrics.jsonl").exists()
+    ]
+    (out / "results.json").write_text(
+        json.dumps({"base": str(base), "sweep": dataclasses.asdict(sweep), "rows": rows}, indent=1)
+    )
     table = markdown(rows, sweep.metrics)
     (out / "results.md").write_text(f"# Sweep {Path(path).name}\n\nBase: `{base}`\n\n{table}")
     print(table)
@@ -158,10 +170,16 @@ def _row(run: Run, run_dir: Path, metrics: tuple[str, ...]) -> dict:
     for r in records:
         last.update(r)
     record = run_dir / "sweep_run.json"
-    return {"name": run.name, "group": run.group, "seed": run.seed, "overrides": list(run.overrides),
-            "run_dir": str(run_dir), "step": last.get("step", 0),
-            "seconds": json.loads(record.read_text())["seconds"] if record.exists() else math.nan,
-            "metrics": {m: last.get(m, math.nan) for m in metrics}}
+    return {
+        "name": run.name,
+        "group": run.group,
+        "seed": run.seed,
+        "overrides": list(run.overrides),
+        "run_dir": str(run_dir),
+        "step": last.get("step", 0),
+        "seconds": json.loads(record.read_text())["seconds"] if record.exists() else math.nan,
+        "metrics": {m: last.get(m, math.nan) for m in metrics},
+    }
 
 
 def markdown(rows: list[dict], metrics: tuple[str, ...]) -> str:
@@ -169,8 +187,13 @@ def markdown(rows: list[dict], metrics: tuple[str, ...]) -> str:
     head = ["run", "steps", "seconds", *metrics]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        lines.append("| " + " | ".join([r["name"], str(r["step"]), f"{r['seconds']:.0f}",
-                                        *(_num(r["metrics"][m]) for m in metrics)]) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                [r["name"], str(r["step"]), f"{r['seconds']:.0f}", *(_num(r["metrics"][m]) for m in metrics)]
+            )
+            + " |"
+        )
     groups: dict[str, list[dict]] = {}
     for r in rows:
         groups.setdefault(r["group"], []).append(r)
@@ -180,8 +203,12 @@ def markdown(rows: list[dict], metrics: tuple[str, ...]) -> str:
             cells = []
             for m in metrics:
                 values = [r["metrics"][m] for r in group if not math.isnan(r["metrics"][m])]
-                cells.append("-" if not values else _num(statistics.mean(values)) + (
-                    f" ± {statistics.stdev(values):.4g}" if len(values) > 1 else ""))
+                cells.append(
+                    "-"
+                    if not values
+                    else _num(statistics.mean(values))
+                    + (f" ± {statistics.stdev(values):.4g}" if len(values) > 1 else "")
+                )
             lines.append(f"| {name} | {len(group)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -82,7 +82,10 @@ class Task:
 
     @functools.cached_property
     def sources(self) -> dict:
-        return {name: sources_lib.build(sc, self.cfg.data, self.cfg.seed) for name, sc in self.source_configs.items()}
+        return {
+            name: sources_lib.build(sc, self.cfg.data, self.cfg.seed)
+            for name, sc in self.source_configs.items()
+        }
 
     def layout_sources(self, index: int) -> tuple[str, ...]:
         """The sources layout ``index`` mixes: those it names, or all, that yield every key it reads."""
@@ -93,12 +96,18 @@ class Task:
     def _find_layout_sources(self, index: int) -> tuple[str, ...]:
         lc = self.cfg.layouts[index]
         keys = list(dict.fromkeys(k for m in _segment_modalities(lc) for k in modalities.keys_of(m)))
-        names = tuple(n for n in (lc.sources or self.sources) if all(k in self.sources[n].schema for k in keys))
+        names = tuple(
+            n for n in (lc.sources or self.sources) if all(k in self.sources[n].schema for k in keys)
+        )
         if not names:
-            listed = ", ".join(f"{n} ({self.source_configs[n].kind}: {', '.join(sorted(s.schema))})"
-                               for n, s in self.sources.items() if not lc.sources or n in lc.sources)
-            raise ConfigError(f"layouts[{lc.name!r}]: no data source yields all of {list(keys)} "
-                              f"(sources: {listed})")
+            listed = ", ".join(
+                f"{n} ({self.source_configs[n].kind}: {', '.join(sorted(s.schema))})"
+                for n, s in self.sources.items()
+                if not lc.sources or n in lc.sources
+            )
+            raise ConfigError(
+                f"layouts[{lc.name!r}]: no data source yields all of {list(keys)} (sources: {listed})"
+            )
         return names
 
     # ------------------------------------------------------------------ specs
@@ -107,15 +116,23 @@ class Task:
         """The modality's spec, from the shapes its sources yield (which must agree: one spec per
         modality serves every layout of the run)."""
         module, keys = modalities.get(modality), modalities.keys_of(modality)
-        names = list(dict.fromkeys(n for i, lc in enumerate(self.cfg.layouts)
-                                   if modality in _segment_modalities(lc) for n in self.layout_sources(i)))
+        names = list(
+            dict.fromkeys(
+                n
+                for i, lc in enumerate(self.cfg.layouts)
+                if modality in _segment_modalities(lc)
+                for n in self.layout_sources(i)
+            )
+        )
         for key in keys:
             for n in names[1:]:
                 first, other = self.sources[names[0]].schema[key].shape, self.sources[n].schema[key].shape
                 if first != other:
-                    raise ConfigError(f"sources {names[0]!r} and {n!r} yield {key!r} of shapes {first} and "
-                                      f"{other}; every source of a modality must agree (data.image_size, "
-                                      "clip_seconds, fps and n_mels set the sizes)")
+                    raise ConfigError(
+                        f"sources {names[0]!r} and {n!r} yield {key!r} of shapes {first} and "
+                        f"{other}; every source of a modality must agree (data.image_size, "
+                        "clip_seconds, fps and n_mels set the sizes)"
+                    )
         shapes = {k: tuple(self.sources[names[0]].schema[k].shape) for k in keys}
 
         def examples(count: int) -> dict:
@@ -138,8 +155,13 @@ class Task:
             segments.append(Segment(name, spec.num_tokens, role))
             positions.append(modalities.get(name).positions(spec))
             keys += modalities.keys_of(name)
-        return LayoutTask(Layout(lc.name, tuple(segments)), lc.batch_size, lc.weight,
-                          np.concatenate(positions).astype(np.float32), tuple(dict.fromkeys(keys)))
+        return LayoutTask(
+            Layout(lc.name, tuple(segments)),
+            lc.batch_size,
+            lc.weight,
+            np.concatenate(positions).astype(np.float32),
+            tuple(dict.fromkeys(keys)),
+        )
 
     @property
     def weights(self) -> list[float]:
@@ -157,8 +179,9 @@ class Task:
             return sources_lib.build(dataclasses.replace(sc, split="test"), self.cfg.data, self.cfg.seed)
         return self.sources[name]
 
-    def dataset(self, index: int, heldout: bool = False, shard: tuple[int, int] | None = None
-                ) -> grain.MapDataset:
+    def dataset(
+        self, index: int, heldout: bool = False, shard: tuple[int, int] | None = None
+    ) -> grain.MapDataset:
         """Infinite MapDataset whose element k is this host's k-th batch of layout ``index``:
         the layout's sources mixed by weight, each shuffled with its own seed.
 
@@ -168,15 +191,23 @@ class Task:
         lt, names = self.layouts[index], self.layout_sources(index)
         count = (shard or loader.host_shard())[1]
         if lt.batch_size % count:
-            raise ConfigError(f"layouts[{lt.layout.name!r}]: batch size {lt.batch_size} is not divisible "
-                              f"by the {count} data-loading hosts")
+            raise ConfigError(
+                f"layouts[{lt.layout.name!r}]: batch size {lt.batch_size} is not divisible "
+                f"by the {count} data-loading hosts"
+            )
         streams = []
         for name in names:
             source = (self._heldout_source(name) if heldout else self.sources[name]).select(lt.keys)
-            seed = self.cfg.seed if len(self.layouts) == len(names) == 1 else zlib.crc32(
-                f"{self.cfg.seed}/{lt.layout.name}/{name}".encode()) & 0x7FFFFFFF
-            streams.append(loader.example_stream(source, seed, on_bad_sample=self.cfg.data.on_bad_sample,
-                                                 name=name, shard=shard))
+            seed = (
+                self.cfg.seed
+                if len(self.layouts) == len(names) == 1
+                else zlib.crc32(f"{self.cfg.seed}/{lt.layout.name}/{name}".encode()) & 0x7FFFFFFF
+            )
+            streams.append(
+                loader.example_stream(
+                    source, seed, on_bad_sample=self.cfg.data.on_bad_sample, name=name, shard=shard
+                )
+            )
         weights = [self.source_configs[n].weight for n in names]
         return loader.mixed_batches(streams, weights, lt.batch_size // count)
 
@@ -184,8 +215,10 @@ class Task:
 
     def segment_batch(self, index: int, raw: dict) -> SegmentBatch:
         lt = self.layouts[index]
-        tokens = tuple(modalities.get(seg.modality).tokenize_batch(raw, self.specs[seg.modality])
-                       for seg in lt.layout.segments)
+        tokens = tuple(
+            modalities.get(seg.modality).tokenize_batch(raw, self.specs[seg.modality])
+            for seg in lt.layout.segments
+        )
         return SegmentBatch(tokens, raw["label"], lt.positions)
 
     # ------------------------------------------------------------------ stored specs
@@ -197,5 +230,7 @@ class Task:
 
 def specs_from_dict(data: dict) -> dict:
     """Inverse of :meth:`Task.specs_dict` (lists back to tuples, each through its modality's Spec)."""
-    return {m: modalities.get(m).Spec(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
-            for m, fields in data.items()}
+    return {
+        m: modalities.get(m).Spec(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+        for m, fields in data.items()
+    }

@@ -67,14 +67,22 @@ class Block(nn.Module):
 class TorchSelfFlow(nn.Module):
     """Our SelfFlowTransformer for one modality, initialised from its pure param dict."""
 
-    def __init__(self, params: dict, *, heads: int, positions: np.ndarray, modality: str = "image",
-                 time_embedding: str = "sit"):
+    def __init__(
+        self,
+        params: dict,
+        *,
+        heads: int,
+        positions: np.ndarray,
+        modality: str = "image",
+        time_embedding: str = "sit",
+    ):
         super().__init__()
         self.sit = time_embedding == "sit"
         self.x_embed = _linear(params["x_embedders"][modality])
         self.t_fc1, self.t_fc2 = _linear(params["t_embedder"]["fc1"]), _linear(params["t_embedder"]["fc2"])
         self.y_embed = nn.Embedding.from_pretrained(
-            torch.tensor(np.asarray(params["y_embedder"]["embedding"], np.float32)), freeze=False)  # a copy
+            torch.tensor(np.asarray(params["y_embedder"]["embedding"], np.float32)), freeze=False
+        )  # a copy
         self.blocks = nn.ModuleList([Block(params["blocks"][i], heads) for i in range(len(params["blocks"]))])
         final = params["final_layers"][modality]
         self.final_ada, self.final = _linear(final["adaLN_modulation"]), _linear(final["linear"])
@@ -83,7 +91,9 @@ class TorchSelfFlow(nn.Module):
         table = np.asarray(layers.sincos_2d(np.asarray(positions), width), np.float32)
         self.register_buffer("pos", torch.tensor(table)[None])
         half = 128  # 256 sinusoid frequencies, as layers.TimestepEmbedder
-        self.register_buffer("freqs", torch.exp(-math.log(10_000.0) * torch.arange(half, dtype=torch.float32) / half))
+        self.register_buffer(
+            "freqs", torch.exp(-math.log(10_000.0) * torch.arange(half, dtype=torch.float32) / half)
+        )
 
     def _embed(self, x, values, labels):
         tau = 1 - values if self.sit else values
@@ -117,8 +127,13 @@ class TorchSelfFlowStep:
 
     def __init__(self, cfg: Config, kind: str, params: dict, positions: np.ndarray, modality: str = "image"):
         m, o = cfg.model, cfg.objective
-        make = lambda: TorchSelfFlow(params, heads=m.resolved("num_heads"), positions=positions,  # noqa: E731
-                                     modality=modality, time_embedding=m.time_embedding)
+        make = lambda: TorchSelfFlow(
+            params,
+            heads=m.resolved("num_heads"),
+            positions=positions,  # noqa: E731
+            modality=modality,
+            time_embedding=m.time_embedding,
+        )
         self.student, self.teacher = make(), make().requires_grad_(False)
         self.kind, self.gamma, self.decay = kind, o.gamma, o.ema_decay
         self.student_layer, self.teacher_layer = cfg.student_layer, cfg.teacher_layer
@@ -126,8 +141,14 @@ class TorchSelfFlowStep:
         self.ema = [p for p in self.teacher.parameters()]
         oc = cfg.optim
         self.clip = oc.grad_clip_norm
-        self.opt = torch.optim.AdamW(self.params, lr=oc.learning_rate, betas=(oc.b1, oc.b2), eps=1e-8,
-                                     weight_decay=oc.weight_decay, foreach=True)
+        self.opt = torch.optim.AdamW(
+            self.params,
+            lr=oc.learning_rate,
+            betas=(oc.b1, oc.b2),
+            eps=1e-8,
+            weight_decay=oc.weight_decay,
+            foreach=True,
+        )
 
     def loss(self, x0, labels, noise, t, s, mask):
         """(loss, fm, rep) as tensors; gradients flow into the student only."""
@@ -135,18 +156,30 @@ class TorchSelfFlowStep:
         self_flow = self.kind == "self_flow"
         s = s if self.kind != "flow_matching" else t
         index = mask.long() if self.kind != "flow_matching" else torch.zeros_like(mask, dtype=torch.long)
-        tau = torch.where(mask, s[:, None], t[:, None])[..., None] if self.kind != "flow_matching" \
+        tau = (
+            torch.where(mask, s[:, None], t[:, None])[..., None]
+            if self.kind != "flow_matching"
             else t[:, None, None]
-        velocity, hidden = self.student((1 - tau) * x0 + tau * noise, torch.stack([t, s, zero], 1), index,
-                                        labels, self.student_layer if self_flow else None)
+        )
+        velocity, hidden = self.student(
+            (1 - tau) * x0 + tau * noise,
+            torch.stack([t, s, zero], 1),
+            index,
+            labels,
+            self.student_layer if self_flow else None,
+        )
         fm = F.mse_loss(velocity, noise - x0)
         if not self_flow:
             return fm, fm, torch.zeros(())
         with torch.no_grad():
             tmin = torch.minimum(t, s)
-            target = self.teacher.forward_until((1 - tmin[:, None, None]) * x0 + tmin[:, None, None] * noise,
-                                                torch.stack([tmin, tmin, zero], 1), torch.zeros_like(index),
-                                                labels, self.teacher_layer)
+            target = self.teacher.forward_until(
+                (1 - tmin[:, None, None]) * x0 + tmin[:, None, None] * noise,
+                torch.stack([tmin, tmin, zero], 1),
+                torch.zeros_like(index),
+                labels,
+                self.teacher_layer,
+            )
         a, b = self.student.project(hidden), target
         cos = (a * b).sum(-1) / torch.clamp(a.norm(dim=-1) * b.norm(dim=-1), min=1e-6)
         rep = 1 - cos.mean()
@@ -163,20 +196,26 @@ class TorchSelfFlowStep:
         return loss.detach()
 
 
-def random_inputs(batch: int, tokens: int, channels: int, num_classes: int, mask_ratio: float,
-                  seed: int = 0) -> dict:
+def random_inputs(
+    batch: int, tokens: int, channels: int, num_classes: int, mask_ratio: float, seed: int = 0
+) -> dict:
     """x0, labels, noise, t, s and a mask with round(mask_ratio·N) True per row."""
     g = torch.Generator().manual_seed(seed)
     count = round(mask_ratio * tokens)
     mask = torch.rand(batch, tokens, generator=g).argsort(-1).argsort(-1) < count
-    return {"x0": torch.randn(batch, tokens, channels, generator=g),
-            "labels": torch.randint(0, num_classes, (batch,), generator=g),
-            "noise": torch.randn(batch, tokens, channels, generator=g),
-            "t": torch.rand(batch, generator=g), "s": torch.rand(batch, generator=g), "mask": mask}
+    return {
+        "x0": torch.randn(batch, tokens, channels, generator=g),
+        "labels": torch.randint(0, num_classes, (batch,), generator=g),
+        "noise": torch.randn(batch, tokens, channels, generator=g),
+        "t": torch.rand(batch, generator=g),
+        "s": torch.rand(batch, generator=g),
+        "mask": mask,
+    }
 
 
-def build_bench_step(cfg: Config, kind: str, params: dict, batch: int, tokens: int, channels: int,
-                     positions: np.ndarray):
+def build_bench_step(
+    cfg: Config, kind: str, params: dict, batch: int, tokens: int, channels: int, positions: np.ndarray
+):
     """(step, inputs) for timing ``step.step(**inputs)``."""
     step = TorchSelfFlowStep(cfg, kind, params, positions)
     cfg = resolve(cfg)

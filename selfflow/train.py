@@ -28,9 +28,9 @@ from selfflow import hooks as hooks_lib
 from selfflow import sharding
 from selfflow.checkpoint import RunCheckpoints
 from selfflow.config import Config, ConfigError
-from selfflow.layout_samples import write_run_samples
 from selfflow.errors import TrainingError
 from selfflow.layout import layout_schedule
+from selfflow.layout_samples import write_run_samples
 from selfflow.metrics_writer import MetricsWriter, plot_losses
 from selfflow.model import build_model, count_params
 from selfflow.run import Placement, check_resumable, init_state, make_optimizer
@@ -65,8 +65,15 @@ def _layout_at(cfg: Config, task: Task, step: int) -> int:
     return layout_schedule(cfg.seed, step, task.weights) if len(task.layouts) > 1 else 0
 
 
-def train(cfg: Config, run_dir: str | Path, *, dataset=None, progress: bool = True,
-          write_samples: bool = True, hooks=None) -> TrainResult:
+def train(
+    cfg: Config,
+    run_dir: str | Path,
+    *,
+    dataset=None,
+    progress: bool = True,
+    write_samples: bool = True,
+    hooks=None,
+) -> TrainResult:
     """Trains ``cfg`` in ``run_dir``, resuming from its latest checkpoint if there is one.
 
     ``dataset`` overrides the configured data of a one-layout run: a random-access sequence whose
@@ -78,8 +85,10 @@ def train(cfg: Config, run_dir: str | Path, *, dataset=None, progress: bool = Tr
     run_dir.mkdir(parents=True, exist_ok=True)
     task = Task(cfg)
     if cfg.train.best_metric.startswith("val/") and cfg.train.best_metric not in validation_keys(task):
-        raise ConfigError(f"train.best_metric={cfg.train.best_metric!r}: expected one of the validation "
-                          f"metrics of this run's layouts ({', '.join(validation_keys(task))})")
+        raise ConfigError(
+            f"train.best_metric={cfg.train.best_metric!r}: expected one of the validation "
+            f"metrics of this run's layouts ({', '.join(validation_keys(task))})"
+        )
     if dataset is not None and len(task.layouts) != 1:
         raise ValueError("a dataset override needs a one-layout config")
     model = build_model(cfg, task.token_dims)
@@ -94,19 +103,35 @@ def train(cfg: Config, run_dir: str | Path, *, dataset=None, progress: bool = Tr
         if jax.process_index() == 0:
             (run_dir / "config.json").write_text(config_lib.dumps(cfg))
         if start >= cfg.train.steps:
-            print(f"{run_dir}: already trained for {start} steps (train.steps={cfg.train.steps})",
-                  file=sys.stderr)
+            print(
+                f"{run_dir}: already trained for {start} steps (train.steps={cfg.train.steps})",
+                file=sys.stderr,
+            )
             return TrainResult(state, start, None, run_dir)
         datasets = [dataset] if dataset is not None else [task.dataset(i) for i in range(len(task.layouts))]
         with sharding.use_mesh(placement.mesh, placement.rules):
-            result = _loop(cfg, task, state, start, datasets, graphdef, tx, ckpts, run_dir, progress,
-                           placement, list(hooks or ()))
+            result = _loop(
+                cfg,
+                task,
+                state,
+                start,
+                datasets,
+                graphdef,
+                tx,
+                ckpts,
+                run_dir,
+                progress,
+                placement,
+                list(hooks or ()),
+            )
     finally:
         ckpts.close()
     if write_samples and not result.interrupted:
         if jax.process_count() > 1:  # the EMA is split over hosts: sample afterwards on one
-            print(f"multi-host run: write samples with `selfflow sample --run-dir {run_dir}` on one host",
-                  file=sys.stderr)
+            print(
+                f"multi-host run: write samples with `selfflow sample --run-dir {run_dir}` on one host",
+                file=sys.stderr,
+            )
             return result
         plot_losses(run_dir / "metrics.jsonl", run_dir / "loss.png")
         ema = jax.device_get(result.state["ema"])  # sampling runs on one device, whatever the mesh
@@ -125,36 +150,58 @@ def _resume(cfg: Config, task: Task, ckpts: RunCheckpoints, run_dir: Path, state
     print(f"{run_dir}: resuming from the checkpoint of step {start}", file=sys.stderr)
     expected = layout_counts(cfg, task, start)
     if data_state.get("layout_batches", [data_state.get("next_index")]) != expected:
-        raise TrainingError(f"{ckpts.directory}/{last}: data iterators at {data_state} but step {start} "
-                            f"implies batches {expected}")
+        raise TrainingError(
+            f"{ckpts.directory}/{last}: data iterators at {data_state} but step {start} "
+            f"implies batches {expected}"
+        )
     return state, start
 
 
 def default_hooks(cfg, task, graphdef, run_dir, ckpts, iterators, guard, writer, bar) -> list:
     """The loop's periodic actions in the order they run (see :mod:`selfflow.hooks`)."""
-    sample = hooks_lib.Sample(cfg, lambda model, out: write_run_samples(cfg, task, model, out), graphdef, run_dir)
-    return [hooks_lib.Validate(cfg, task, graphdef), hooks_lib.Evaluate(cfg, task, graphdef, run_dir),
-            hooks_lib.Log(cfg, task, writer, bar), sample,
-            hooks_lib.Checkpoint(cfg, task, ckpts, iterators, guard)]
+    sample = hooks_lib.Sample(
+        cfg, lambda model, out: write_run_samples(cfg, task, model, out), graphdef, run_dir
+    )
+    return [
+        hooks_lib.Validate(cfg, task, graphdef),
+        hooks_lib.Evaluate(cfg, task, graphdef, run_dir),
+        hooks_lib.Log(cfg, task, writer, bar),
+        sample,
+        hooks_lib.Checkpoint(cfg, task, ckpts, iterators, guard),
+    ]
 
 
-def _loop(cfg, task, state, start, datasets, graphdef, tx, ckpts, run_dir, progress, placement,
-          extra_hooks) -> TrainResult:
+def _loop(
+    cfg, task, state, start, datasets, graphdef, tx, ckpts, run_dir, progress, placement, extra_hooks
+) -> TrainResult:
     from tqdm import tqdm
 
     from data_pipelines import loader
 
     step_fn = make_train_step(cfg, graphdef, tx, task, placement.state)
     iterators = [
-        loader.BatchIterator(ds, start=k, read_threads=cfg.data.read_threads, prefetch=cfg.data.prefetch,
-                             worker_count=cfg.data.worker_count)
-        if hasattr(ds, "to_iter_dataset") else _IndexIterator(ds, k)
-        for ds, k in zip(datasets, layout_counts(cfg, task, start))]
+        loader.BatchIterator(
+            ds,
+            start=k,
+            read_threads=cfg.data.read_threads,
+            prefetch=cfg.data.prefetch,
+            worker_count=cfg.data.worker_count,
+        )
+        if hasattr(ds, "to_iter_dataset")
+        else _IndexIterator(ds, k)
+        for ds, k in zip(datasets, layout_counts(cfg, task, start))
+    ]
     main = jax.process_index() == 0  # one process writes logs; all take part in every step
     writer = MetricsWriter(run_dir, resume_step=start, enabled=main)
     n_params = count_params(nnx.merge(graphdef, state["params"]))
-    bar = tqdm(total=cfg.train.steps, initial=start, disable=not (progress and main), dynamic_ncols=True,
-               desc=f"{cfg.objective.kind} {n_params / 1e6:.2f}M params", file=sys.stderr)
+    bar = tqdm(
+        total=cfg.train.steps,
+        initial=start,
+        disable=not (progress and main),
+        dynamic_ncols=True,
+        desc=f"{cfg.objective.kind} {n_params / 1e6:.2f}M params",
+        file=sys.stderr,
+    )
     guard = hooks_lib.NonFinite(ckpts.directory, ckpts.latest_step())
     perf = hooks_lib.PerfWindow(cfg, task)
     hooks = default_hooks(cfg, task, graphdef, run_dir, ckpts, iterators, guard, writer, bar) + extra_hooks
@@ -180,9 +227,13 @@ def _loop(cfg, task, state, start, datasets, graphdef, tx, ckpts, run_dir, progr
                 perf.add(index)
                 bar.update(1)
                 info = hooks_lib.StepInfo(
-                    step=step + 1, final=step + 1 == cfg.train.steps or stop.signal is not None, index=index,
-                    state=state, metrics=metrics, make_record=lambda i=index, m=metrics, d=step + 1: _checked(
-                        guard, d, record(i, m)))
+                    step=step + 1,
+                    final=step + 1 == cfg.train.steps or stop.signal is not None,
+                    index=index,
+                    state=state,
+                    metrics=metrics,
+                    make_record=lambda i=index, m=metrics, d=step + 1: _checked(guard, d, record(i, m)),
+                )
                 for hook in hooks:
                     if hook.due(info):
                         hook(info)

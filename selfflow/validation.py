@@ -26,12 +26,15 @@ TAU_GRID = (0.1, 0.3, 0.5, 0.7, 0.9)
 VALIDATION_BATCHES = 2  # held-out batches per layout at each checkpoint (with train.keep_best)
 
 
-def validation_losses(task: Task, model, index: int, *, batches: int = 4, seed: int = 0,
-                      taus=TAU_GRID) -> dict[str, float]:
+def validation_losses(
+    task: Task, model, index: int, *, batches: int = 4, seed: int = 0, taus=TAU_GRID
+) -> dict[str, float]:
     """Mean velocity MSE per generated modality of layout ``index`` on held-out batches."""
     dataset = task.dataset(index, heldout=True)
     batch_losses = _batch_losses(task, index, tuple(taus))
-    per_batch = [jax.device_get(batch_losses(model, dataset[k], jax.random.key(seed + k))) for k in range(batches)]
+    per_batch = [
+        jax.device_get(batch_losses(model, dataset[k], jax.random.key(seed + k))) for k in range(batches)
+    ]
     return {m: float(np.mean([b[m] for b in per_batch])) for m in per_batch[0]}
 
 
@@ -50,8 +53,13 @@ def _batch_losses(task: Task, index: int, taus: tuple):
         for ti, tau in enumerate(taus):
             noise = noise_like(jax.random.fold_in(key, ti), x0)
             taus_b = jnp.full((b,), tau, jnp.float32)
-            out = model(noised_segments(x0, noise, taus_b, lt.layout), inference_timesteps(lt.layout, taus_b),
-                        batch.labels, jnp.asarray(lt.positions), modalities=lt.layout.modalities)
+            out = model(
+                noised_segments(x0, noise, taus_b, lt.layout),
+                inference_timesteps(lt.layout, taus_b),
+                batch.labels,
+                jnp.asarray(lt.positions),
+                modalities=lt.layout.modalities,
+            )
             per_tau.append(velocity_mse(out.velocity, x0, noise, lt.layout))
         return {m: jnp.mean(jnp.stack([d[m] for d in per_tau])) for m in per_tau[0]}
 
@@ -64,14 +72,22 @@ def _prefix(task: Task, index: int) -> str:
 
 def validation_keys(task: Task) -> list[str]:
     """The names :func:`validation_metrics` returns, known before anything runs."""
-    return ["val/loss"] + list(dict.fromkeys(
-        _prefix(task, i) + seg.modality for i, lt in enumerate(task.layouts)
-        for seg in lt.layout.segments if seg.role != CONDITION))
+    return ["val/loss"] + list(
+        dict.fromkeys(
+            _prefix(task, i) + seg.modality
+            for i, lt in enumerate(task.layouts)
+            for seg in lt.layout.segments
+            if seg.role != CONDITION
+        )
+    )
 
 
 def validation_metrics(task: Task, model) -> dict[str, float]:
     """Held-out velocity MSE of every layout's generated modalities and their mean ``val/loss``:
     a measure comparable across checkpoints (fixed data, noise and τ), unlike the training loss."""
-    out = {_prefix(task, i) + m: v for i in range(len(task.layouts))
-           for m, v in validation_losses(task, model, i, batches=VALIDATION_BATCHES).items()}
+    out = {
+        _prefix(task, i) + m: v
+        for i in range(len(task.layouts))
+        for m, v in validation_losses(task, model, i, batches=VALIDATION_BATCHES).items()
+    }
     return {"val/loss": float(np.mean(list(out.values()))), **out}

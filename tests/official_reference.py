@@ -116,22 +116,32 @@ class PatchEmbed(nn.Module):
 
 
 class OfficialSelfFlow(nn.Module):
-    def __init__(self, input_size=32, patch_size=2, in_channels=4, hidden_size=1152, depth=28,
-                 num_heads=16, mlp_ratio=4.0, num_classes=1000, learn_sigma=False):
+    def __init__(
+        self,
+        input_size=32,
+        patch_size=2,
+        in_channels=4,
+        hidden_size=1152,
+        depth=28,
+        num_heads=16,
+        mlp_ratio=4.0,
+        num_classes=1000,
+        learn_sigma=False,
+    ):
         super().__init__()
         self.patch_size, self.in_channels, self.learn_sigma = patch_size, in_channels, learn_sigma
         self.out_channels = in_channels * (2 if learn_sigma else 1)
         grid = input_size // patch_size
-        self.x_embedder = PatchEmbed(in_channels * patch_size ** 2, hidden_size)
+        self.x_embedder = PatchEmbed(in_channels * patch_size**2, hidden_size)
         self.t_embedder = Timesteps(hidden_size)
         self.y_embedder = Labels(num_classes, hidden_size)
         table = torch.from_numpy(sincos_pos_embed(hidden_size, grid)).float()[None]
         self.pos_embed = nn.Parameter(table, requires_grad=False)
         self.blocks = nn.ModuleList([Block(hidden_size, num_heads, mlp_ratio) for _ in range(depth)])
-        self.final_layer = Final(hidden_size, patch_size ** 2 * self.out_channels)
+        self.final_layer = Final(hidden_size, patch_size**2 * self.out_channels)
         self.projector = Head(hidden_size)
 
-    def randomize(self, seed: int, scale: float = 0.15) -> "OfficialSelfFlow":
+    def randomize(self, seed: int, scale: float = 0.15) -> OfficialSelfFlow:
         """Random non-zero values in every trainable tensor (the zero-initialised ones included)."""
         g = torch.Generator().manual_seed(seed)
         with torch.no_grad():
@@ -144,8 +154,11 @@ class OfficialSelfFlow(nn.Module):
         s = 1 - timesteps  # the official forward works in SiT time
         x = self.x_embedder.proj(x) + self.pos_embed
         b, n, _ = x.shape
-        t_emb = (self.t_embedder(s)[:, None].expand(-1, n, -1) if s.ndim == 1
-                 else self.t_embedder(s.reshape(-1)).reshape(b, n, -1))
+        t_emb = (
+            self.t_embedder(s)[:, None].expand(-1, n, -1)
+            if s.ndim == 1
+            else self.t_embedder(s.reshape(-1)).reshape(b, n, -1)
+        )
         c = t_emb + self.y_embedder.embedding_table(vector)[:, None].expand(-1, n, -1)
         feats = None
         for i, block in enumerate(self.blocks):
@@ -156,7 +169,9 @@ class OfficialSelfFlow(nn.Module):
                 feats = x
         out = self.final_layer(x, c)
         p, co = self.patch_size, self.out_channels
-        out = out.reshape(b, n, p, p, co).permute(0, 1, 4, 2, 3).reshape(b, n, co * p * p)  # (p q c) -> (c p q)
+        out = (
+            out.reshape(b, n, p, p, co).permute(0, 1, 4, 2, 3).reshape(b, n, co * p * p)
+        )  # (p q c) -> (c p q)
         if self.learn_sigma:
             out = out[..., : self.in_channels * p * p]
         return -out if feats is None else (-out, feats)

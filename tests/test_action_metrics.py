@@ -9,8 +9,9 @@ from modalities.action import ActionSpec
 from selfflow.eval import actions
 
 # PushT-like statistics: targets around (256, 128) px with stds 100 and 50; proprio (agent x, y).
-SPEC = ActionSpec(steps=4, action_dim=2, proprio_dim=2, mean=(256.0, 128.0, 250.0, 250.0),
-                  std=(100.0, 50.0, 80.0, 80.0))
+SPEC = ActionSpec(
+    steps=4, action_dim=2, proprio_dim=2, mean=(256.0, 128.0, 250.0, 250.0), std=(100.0, 50.0, 80.0, 80.0)
+)
 
 
 # ------------------------------------------------------------------------------ action error
@@ -31,8 +32,9 @@ def test_known_offset_in_original_units():
     np.testing.assert_allclose([out["mse"], out["l2"]], [12.5, 5.0], rtol=1e-9)
     # The same error from (actions + proprio) features (proprio dropped), and from raw units.
     proprio = np.random.default_rng(2).normal(size=(3, 4, 2))
-    full = actions.action_error(np.concatenate([pred, proprio + 1.0], -1),
-                                np.concatenate([demo, proprio], -1), SPEC)
+    full = actions.action_error(
+        np.concatenate([pred, proprio + 1.0], -1), np.concatenate([demo, proprio], -1), SPEC
+    )
     np.testing.assert_allclose([full["mse"], full["l2"]], [12.5, 5.0], rtol=1e-9)
     raw_demo = action_mod.denormalize(np.concatenate([demo, proprio], -1), SPEC)[..., :2]
     raw = actions.action_error(raw_demo + np.array([3.0, 4.0]), raw_demo)
@@ -43,7 +45,7 @@ def test_known_offset_in_original_units():
 
 
 def test_per_step_error_grows_with_the_offset():
-    demo = np.zeros((5, 2))                          # one sequence (T, A)
+    demo = np.zeros((5, 2))  # one sequence (T, A)
     pred = np.arange(5)[:, None] * np.array([3.0, 4.0])
     out = actions.action_error(pred, demo)
     np.testing.assert_allclose(out["l2_per_step"], 5.0 * np.arange(5))
@@ -51,12 +53,15 @@ def test_per_step_error_grows_with_the_offset():
     np.testing.assert_allclose(out["l2"], 10.0)
 
 
-@pytest.mark.parametrize("pred, demo, spec, match", [
-    (np.zeros((2, 4, 2)), np.zeros((2, 3, 2)), None, r"\(2, 4, 2\).*\(2, 3, 2\)"),
-    (np.zeros(4), np.zeros(4), None, r"\(B, T, A\) or \(T, A\)"),
-    (np.zeros((2, 4, 3)), np.zeros((2, 4, 3)), SPEC, r"last axis must be 2.*or 4"),
-    (np.full((4, 2), np.nan), np.zeros((4, 2)), None, r"pred_actions.*NaN"),
-])
+@pytest.mark.parametrize(
+    "pred, demo, spec, match",
+    [
+        (np.zeros((2, 4, 2)), np.zeros((2, 3, 2)), None, r"\(2, 4, 2\).*\(2, 3, 2\)"),
+        (np.zeros(4), np.zeros(4), None, r"\(B, T, A\) or \(T, A\)"),
+        (np.zeros((2, 4, 3)), np.zeros((2, 4, 3)), SPEC, r"last axis must be 2.*or 4"),
+        (np.full((4, 2), np.nan), np.zeros((4, 2)), None, r"pred_actions.*NaN"),
+    ],
+)
 def test_action_error_bad_inputs(pred, demo, spec, match):
     with pytest.raises(ValueError, match=match):
         actions.action_error(pred, demo, spec)
@@ -85,8 +90,13 @@ class FakeEnv:
         self.count += 1
         coverage = float(np.clip(action[0] / 100.0, 0.0, 1.0))
         success = coverage > 0.95
-        return ({"agent_pos": np.zeros(2), "step": self.count}, coverage, success,
-                self.count >= self.limit, {"coverage": coverage, "is_success": success})
+        return (
+            {"agent_pos": np.zeros(2), "step": self.count},
+            coverage,
+            success,
+            self.count >= self.limit,
+            {"coverage": coverage, "is_success": success},
+        )
 
     def close(self):
         raise AssertionError("rollout_success must not close an env it did not create")
@@ -137,8 +147,14 @@ def test_rollout_executes_part_of_each_chunk_and_stops_at_truncation():
     assert out["final_coverage"] == [0.4, 0.4]
 
 
-@pytest.mark.parametrize("bad, match", [(np.zeros(3), r"shape \(3,\)"), (np.zeros((0, 2)), r"\(0, 2\)"),
-                                        (np.array([np.inf, 0.0]), "non-finite")])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (np.zeros(3), r"shape \(3,\)"),
+        (np.zeros((0, 2)), r"\(0, 2\)"),
+        (np.array([np.inf, 0.0]), "non-finite"),
+    ],
+)
 def test_rollout_rejects_bad_policy_output(bad, match):
     with pytest.raises(ValueError, match=match):
         actions.rollout_success(lambda obs: bad, 1, seed=0, max_steps=5, env=FakeEnv())

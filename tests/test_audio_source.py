@@ -42,6 +42,7 @@ def peak_band(logmel):
 
 # ----------------------------------------------------------------------- layout (no decoding)
 
+
 def touch(root, *relative):
     for rel in relative:
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -49,8 +50,18 @@ def touch(root, *relative):
 
 
 def test_layout_labels_and_schema(tmp_path):
-    touch(tmp_path, "dog/b.wav", "dog/deep/er/a.FLAC", "cat/x.Mp3", "cat/y.oga", "cat/notes.txt",
-          "readme.md", ".hidden/z.wav", "cat/._x.wav", ".y.wav")
+    touch(
+        tmp_path,
+        "dog/b.wav",
+        "dog/deep/er/a.FLAC",
+        "cat/x.Mp3",
+        "cat/y.oga",
+        "cat/notes.txt",
+        "readme.md",
+        ".hidden/z.wav",
+        "cat/._x.wav",
+        ".y.wav",
+    )
     source = AudioFileSource(tmp_path, SPEC, crop="start")
     assert source.classes == ("cat", "dog")
     rel = [os.path.relpath(source.files[i], tmp_path) for i in range(len(source))]
@@ -58,7 +69,9 @@ def test_layout_labels_and_schema(tmp_path):
     assert source.labels.tolist() == [0, 0, 1, 1]
     assert source.where(2) == str(tmp_path / "dog/b.wav")
     assert {k: (f.shape, f.dtype) for k, f in source.schema.items()} == {
-        "audio": ((48, 32), "float32"), "label": ((), "int32")}
+        "audio": ((48, 32), "float32"),
+        "label": ((), "int32"),
+    }
     assert "waveform" in AudioFileSource(tmp_path, SPEC, return_waveform=True).schema
 
     touch(tmp_path / "flat", "b.ogg", "a.wav", "notes.txt")  # no sub-folders: one class
@@ -86,8 +99,10 @@ def test_source_errors(tmp_path):
 
 # ----------------------------------------------------------------------- decoding (librosa)
 
-@pytest.mark.parametrize("name, sr", [("a.wav", 22050), ("a.FLAC", 48000), ("a.ogg", 16000),
-                                      ("a.mp3", 44100)])
+
+@pytest.mark.parametrize(
+    "name, sr", [("a.wav", 22050), ("a.FLAC", 48000), ("a.ogg", 16000), ("a.mp3", 44100)]
+)
 def test_resampled_sine_peaks_in_the_same_band(tmp_path, name, sr):
     path = write(tmp_path / name, sine(sr), sr)
     ex = only(path, return_waveform=True)
@@ -95,7 +110,7 @@ def test_resampled_sine_peaks_in_the_same_band(tmp_path, name, sr):
     assert ex["waveform"].shape == (SPEC.num_samples,) and ex["waveform"].dtype == np.float32
     assert np.abs(ex["waveform"]).max() <= 1.0 and ex["label"] == 0 and ex["label"].dtype == np.int32
     np.testing.assert_array_equal(ex["audio"], waveform_to_logmel(ex["waveform"], SPEC)[0])
-    reference = waveform_to_logmel(sine(SR)[:SPEC.num_samples], SPEC)[0]
+    reference = waveform_to_logmel(sine(SR)[: SPEC.num_samples], SPEC)[0]
     assert peak_band(ex["audio"]) == peak_band(reference)
     assert ex["audio"].max() > 0.3  # an amplitude-0.5 tone is loud, not near the floor
 
@@ -132,7 +147,7 @@ def test_crop_and_pad(tmp_path):
     first = window(3)
     np.testing.assert_array_equal(first, window(3))  # a pure function of (seed, index)
     start = int(np.random.default_rng([3, 0]).integers(0, len(noise) - n + 1))
-    np.testing.assert_array_equal(first, noise[start:start + n])
+    np.testing.assert_array_equal(first, noise[start : start + n])
     assert any(not np.array_equal(first, window(seed)) for seed in (4, 5))
 
 
@@ -141,14 +156,18 @@ def test_bad_files_raise_bad_sample_error(tmp_path):
     (tmp_path / "empty.wav").write_bytes(b"")
     whole = write(tmp_path / "whole.wav", sine(SR), SR).read_bytes()
     (tmp_path / "whole.wav").unlink()
-    (tmp_path / "truncated.wav").write_bytes(whole[:len(whole) // 2])
+    (tmp_path / "truncated.wav").write_bytes(whole[: len(whole) // 2])
     nan = sine(SR)
     nan[1000] = np.nan
     write(tmp_path / "nan.wav", nan, SR, "FLOAT")
     write(tmp_path / "silent.wav", np.zeros(SR // 2, np.float32), SR)
     source = AudioFileSource(tmp_path, SPEC)
-    reasons = {"empty.wav": "empty file", "nan.wav": "NaN", "text.wav": "cannot decode",
-               "truncated.wav": "truncated"}
+    reasons = {
+        "empty.wav": "empty file",
+        "nan.wav": "NaN",
+        "text.wav": "cannot decode",
+        "truncated.wav": "truncated",
+    }
     for i, path in enumerate(source.files):
         name = os.path.basename(path)
         if name == "silent.wav":

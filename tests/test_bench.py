@@ -12,8 +12,12 @@ from selfflow.tasks import Task
 
 from helpers_config import tiny_model
 
-CFG = Config(model=tiny_model(depth=3), data=DataConfig(image_size=8),
-             objective=ObjectiveConfig(student_layer=1, teacher_layer=2), train=TrainConfig(batch_size=4))
+CFG = Config(
+    model=tiny_model(depth=3),
+    data=DataConfig(image_size=8),
+    objective=ObjectiveConfig(student_layer=1, teacher_layer=2),
+    train=TrainConfig(batch_size=4),
+)
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +27,15 @@ def report():
 
 def test_bench_times_every_candidate_with_its_model_flops(report):
     rows = report["rows"]
-    assert set(rows) >= {"fm", "selfflow", "selfflow_bf16", "per_token_conditioning", "untruncated_teacher",
-                         "remat", "sampling"}
+    assert set(rows) >= {
+        "fm",
+        "selfflow",
+        "selfflow_bf16",
+        "per_token_conditioning",
+        "untruncated_teacher",
+        "remat",
+        "sampling",
+    }
     lt = Task(CFG).layouts[0]
     sf = flops.train_step_flops(CFG, lt.layout, Task(CFG).token_dims, 4)
     assert rows["selfflow"]["flops"] == rows["selfflow_bf16"]["flops"] == sf
@@ -41,7 +52,9 @@ def test_bench_times_every_candidate_with_its_model_flops(report):
 
 def test_report_ends_with_the_summary_line(report):
     last = format_report(report).splitlines()[-1]
-    m = re.fullmatch(r"selfflow_over_fm=(\d+\.\d{3}) mfu=(\d+\.\d{3}) selfflow_over_torch=(\d+\.\d{3}|nan)", last)
+    m = re.fullmatch(
+        r"selfflow_over_fm=(\d+\.\d{3}) mfu=(\d+\.\d{3}) selfflow_over_torch=(\d+\.\d{3}|nan)", last
+    )
     assert m, last
     assert float(m[1]) == round(report["selfflow_over_fm"], 3)
     assert float(m[2]) == round(report["mfu"], 3)

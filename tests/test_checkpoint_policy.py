@@ -27,12 +27,21 @@ from selfflow import validation as validation_lib
 from selfflow.checkpoint import RunCheckpoints, retention_policy
 from selfflow.config import ConfigError, OptimConfig, TrainConfig
 from selfflow.metrics_writer import read_metrics
-from selfflow.tasks import Task
 from selfflow.run import load_run
+from selfflow.tasks import Task
 
 from helpers_config import mixed_config
-from helpers_train import (assert_bit_identical, checkpoint_steps, cli_output, host, logged_steps, run,
-                           start_cli_train, tiny_config, with_steps)
+from helpers_train import (
+    assert_bit_identical,
+    checkpoint_steps,
+    cli_output,
+    host,
+    logged_steps,
+    run,
+    start_cli_train,
+    tiny_config,
+    with_steps,
+)
 
 # ------------------------------------------------------------------------------- the policy alone
 
@@ -44,23 +53,26 @@ VALUES = {step: (7 * step) % 20 for step in range(1, 21)}
 def kept(metrics: dict[int, dict | None], **train_kw) -> set[int]:
     """Steps of ``metrics`` ({step: checkpoint metrics}) that the policy of TrainConfig(**train_kw) keeps."""
     tcfg = config_lib.validate(dataclasses.replace(tiny_config(), train=TrainConfig(**train_kw))).train
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     infos = [SimpleNamespace(step=s, time=now, metrics=m) for s, m in sorted(metrics.items())]
     flags = retention_policy(tcfg).should_preserve(infos, context=PreservationContext())
     return {info.step for info, keep in zip(infos, flags) if keep}
 
 
-@pytest.mark.parametrize("train_kw, expected", [
-    (dict(keep_checkpoints=3), {18, 19, 20}),
-    (dict(keep_checkpoints=1, keep_every=5), {5, 10, 15, 20}),
-    (dict(keep_checkpoints=1, keep_every=8), {8, 16, 20}),
-    (dict(keep_checkpoints=1, keep_best=3), {3, 6, 20}),
-    (dict(keep_checkpoints=1, keep_best=3, best_mode="max"), {11, 14, 17, 20}),
-    (dict(keep_checkpoints=2, keep_every=8, keep_best=2), {3, 8, 16, 19, 20}),
-    (dict(keep_checkpoints=2, keep_every=8, keep_best=2, best_mode="max"), {8, 14, 16, 17, 19, 20}),
-    # ranks by the named metric: "loss" is 19 - val/loss here, so its minima are val/loss's maxima
-    (dict(keep_checkpoints=1, keep_best=3, best_metric="loss"), {11, 14, 17, 20}),
-])
+@pytest.mark.parametrize(
+    "train_kw, expected",
+    [
+        (dict(keep_checkpoints=3), {18, 19, 20}),
+        (dict(keep_checkpoints=1, keep_every=5), {5, 10, 15, 20}),
+        (dict(keep_checkpoints=1, keep_every=8), {8, 16, 20}),
+        (dict(keep_checkpoints=1, keep_best=3), {3, 6, 20}),
+        (dict(keep_checkpoints=1, keep_best=3, best_mode="max"), {11, 14, 17, 20}),
+        (dict(keep_checkpoints=2, keep_every=8, keep_best=2), {3, 8, 16, 19, 20}),
+        (dict(keep_checkpoints=2, keep_every=8, keep_best=2, best_mode="max"), {8, 14, 16, 17, 19, 20}),
+        # ranks by the named metric: "loss" is 19 - val/loss here, so its minima are val/loss's maxima
+        (dict(keep_checkpoints=1, keep_best=3, best_metric="loss"), {11, 14, 17, 20}),
+    ],
+)
 def test_policy_keeps_the_union_of_its_rules(train_kw, expected):
     metrics = {s: {"val/loss": v, "loss": 19 - v} for s, v in VALUES.items()}
     assert kept(metrics, **train_kw) == expected
@@ -76,13 +88,16 @@ def test_policy_does_not_keep_unranked_checkpoints_as_best(old, best_mode, expec
     assert kept(metrics, keep_checkpoints=1, keep_best=2, best_mode=best_mode) == expected
 
 
-@pytest.mark.parametrize("key, value, message", [
-    ("keep_every", -1, "train.keep_every=-1: expected >= 0"),
-    ("keep_best", -2, "train.keep_best=-2: expected >= 0"),
-    ("keep_checkpoints", 0, "train.keep_checkpoints=0: expected a positive integer"),
-    ("best_metric", "accuracy", "train.best_metric='accuracy': expected 'val/loss'"),
-    ("best_mode", "lowest", "train.best_mode='lowest': expected one of 'min', 'max'"),
-])
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("keep_every", -1, "train.keep_every=-1: expected >= 0"),
+        ("keep_best", -2, "train.keep_best=-2: expected >= 0"),
+        ("keep_checkpoints", 0, "train.keep_checkpoints=0: expected a positive integer"),
+        ("best_metric", "accuracy", "train.best_metric='accuracy': expected 'val/loss'"),
+        ("best_mode", "lowest", "train.best_mode='lowest': expected one of 'min', 'max'"),
+    ],
+)
 def test_bad_retention_settings_are_config_errors(key, value, message):
     cfg = tiny_config()
     with pytest.raises(ConfigError, match=re.escape(message)):
@@ -99,8 +114,12 @@ def test_unknown_validation_metric_fails_before_training(tmp_path):
 
 def test_retention_settings_may_change_on_resume(tmp_path):
     cfg = tiny_config()
-    changed = dataclasses.replace(cfg, train=dataclasses.replace(
-        cfg.train, keep_checkpoints=5, keep_every=10, keep_best=2, best_metric="loss", best_mode="max"))
+    changed = dataclasses.replace(
+        cfg,
+        train=dataclasses.replace(
+            cfg.train, keep_checkpoints=5, keep_every=10, keep_best=2, best_metric="loss", best_mode="max"
+        ),
+    )
     run_lib.check_resumable(cfg, changed, tmp_path)
     with pytest.raises(ConfigError, match="seed"):  # the check itself still works
         run_lib.check_resumable(cfg, dataclasses.replace(changed, seed=1), tmp_path)
@@ -109,16 +128,30 @@ def test_retention_settings_may_change_on_resume(tmp_path):
 def test_validation_metric_names_of_a_mixed_run(monkeypatch):
     """Several layouts: val/<layout>/<modality> for every generated (not condition) segment, and
     val/loss their mean; validation_keys (checked before training) names exactly those."""
-    fake = {"image": {"image": 1.0}, "video": {"video": 2.0}, "audio": {"audio": 3.0},
-            "audio_video": {"video": 4.0, "audio": 5.0}, "video_to_audio": {"audio": 6.0},
-            "robot": {"video": 7.0, "action": 8.0}}
+    fake = {
+        "image": {"image": 1.0},
+        "video": {"video": 2.0},
+        "audio": {"audio": 3.0},
+        "audio_video": {"video": 4.0, "audio": 5.0},
+        "video_to_audio": {"audio": 6.0},
+        "robot": {"video": 7.0, "action": 8.0},
+    }
     task = Task(mixed_config(1))
-    monkeypatch.setattr(validation_lib, "validation_losses",
-                        lambda task, model, index, batches: fake[task.names[index]])
+    monkeypatch.setattr(
+        validation_lib, "validation_losses", lambda task, model, index, batches: fake[task.names[index]]
+    )
     metrics = validation_lib.validation_metrics(task, model=None)
-    assert metrics == {"val/loss": 4.5, "val/image/image": 1.0, "val/video/video": 2.0,
-                       "val/audio/audio": 3.0, "val/audio_video/video": 4.0, "val/audio_video/audio": 5.0,
-                       "val/video_to_audio/audio": 6.0, "val/robot/video": 7.0, "val/robot/action": 8.0}
+    assert metrics == {
+        "val/loss": 4.5,
+        "val/image/image": 1.0,
+        "val/video/video": 2.0,
+        "val/audio/audio": 3.0,
+        "val/audio_video/video": 4.0,
+        "val/audio_video/audio": 5.0,
+        "val/video_to_audio/audio": 6.0,
+        "val/robot/video": 7.0,
+        "val/robot/action": 8.0,
+    }
     assert validation_lib.validation_keys(task) == list(metrics)
 
 
@@ -132,8 +165,9 @@ def diverging(cfg: config_lib.Config) -> config_lib.Config:
 
 
 def test_retention_in_a_run_and_across_a_resume(tmp_path):
-    cfg = diverging(tiny_config(steps=6, checkpoint_every=1, log_every=3, keep_checkpoints=2,
-                                keep_every=4, keep_best=1))
+    cfg = diverging(
+        tiny_config(steps=6, checkpoint_every=1, log_every=3, keep_checkpoints=2, keep_every=4, keep_best=1)
+    )
     run(cfg, tmp_path)
     records = {r["step"]: r for r in read_metrics(tmp_path / "metrics.jsonl")}
     # keep_best logs every checkpoint step (log_every=3 alone would log 3 and 6), with validation
@@ -143,9 +177,11 @@ def test_retention_in_a_run_and_across_a_resume(tmp_path):
         assert set(config_lib.TRAINING_METRICS) <= set(r), sorted(r)
         assert r["val/loss"] == r["val/image"] > 0  # one layout, one modality: the mean is itself
     best = min(records, key=lambda s: records[s]["val/loss"])
-    assert best not in {4, 5, 6}, (f"val/loss {[records[s]['val/loss'] for s in sorted(records)]}: "
-                                   "the best step is kept by the other rules too; the test needs a run "
-                                   "whose best is an early step")
+    assert best not in {4, 5, 6}, (
+        f"val/loss {[records[s]['val/loss'] for s in sorted(records)]}: "
+        "the best step is kept by the other rules too; the test needs a run "
+        "whose best is an early step"
+    )
     assert checkpoint_steps(tmp_path) == sorted({5, 6} | {4} | {best})
     # Orbax stored the logged record with the checkpoint (what the policy ranks after a restart).
     ckpts = RunCheckpoints(tmp_path)
@@ -157,8 +193,9 @@ def test_retention_in_a_run_and_across_a_resume(tmp_path):
     run(with_steps(cfg, 10), tmp_path)
     records = {r["step"]: r for r in read_metrics(tmp_path / "metrics.jsonl")}
     assert sorted(records) == list(range(1, 11))
-    assert min(records, key=lambda s: records[s]["val/loss"]) == best, \
+    assert min(records, key=lambda s: records[s]["val/loss"]) == best, (
         "steps 7-10 beat the earlier best; the resume check below then proves nothing"
+    )
     # Kept only because its metrics were read back from disk: without them BestN would not rank
     # it (checkpoints without metrics are not kept as best) and it would be gone.
     assert checkpoint_steps(tmp_path) == sorted({9, 10} | {4, 8} | {best})
@@ -174,8 +211,11 @@ STEPS = 12
 
 def unfinished_steps(run_dir: Path) -> list[int]:
     try:
-        return [int(m.group(1)) for e in os.scandir(run_dir / "checkpoints")
-                if (m := UNFINISHED.fullmatch(e.name))]
+        return [
+            int(m.group(1))
+            for e in os.scandir(run_dir / "checkpoints")
+            if (m := UNFINISHED.fullmatch(e.name))
+        ]
     except FileNotFoundError:
         return []
 
@@ -198,8 +238,10 @@ def kill_during_save(tmp_path: Path, cache_dir, overrides, attempts: int = 3) ->
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         if proc.returncode != -signal.SIGKILL:
-            pytest.fail(f"selfflow train exited with {proc.returncode} before a save could be "
-                        f"interrupted:\n{cli_output(tmp_path)[1]}")
+            pytest.fail(
+                f"selfflow train exited with {proc.returncode} before a save could be "
+                f"interrupted:\n{cli_output(tmp_path)[1]}"
+            )
         if left := unfinished_steps(run_dir):
             return run_dir, left
     pytest.fail(f"in {attempts} attempts every save seen in flight completed before SIGKILL landed")

@@ -114,23 +114,33 @@ def test_dataset_key_fields():
     """The key changes with what defines the images, not with how the generator is trained."""
     base = shapes_config()
     key = clf.dataset_key(base, Task(base), "shapes")
-    for changed in (shapes_config(image_size=8), shapes_config(num_examples=500),
-                    dataclasses.replace(base, seed=1)):
+    for changed in (
+        shapes_config(image_size=8),
+        shapes_config(num_examples=500),
+        dataclasses.replace(base, seed=1),
+    ):
         assert clf.dataset_key(changed, Task(changed), "shapes") != key
     # (12 classes is not a valid shapes run, so its task is the base's)
     assert clf.dataset_key(shapes_config(num_classes=12), Task(base), "shapes") != key
-    same = dataclasses.replace(base, train=dataclasses.replace(base.train, batch_size=8, steps=3),
-                               optim=dataclasses.replace(base.optim, learning_rate=0.1))
+    same = dataclasses.replace(
+        base,
+        train=dataclasses.replace(base.train, batch_size=8, steps=3),
+        optim=dataclasses.replace(base.optim, learning_rate=0.1),
+    )
     assert clf.dataset_key(same, Task(same), "shapes") == key
-    named = Config(data=DataConfig(image_size=16, sources=(SourceConfig("other_name", "shapes", weight=2.0),)),
-                   mesh=MeshConfig(data=1))
+    named = Config(
+        data=DataConfig(image_size=16, sources=(SourceConfig("other_name", "shapes", weight=2.0),)),
+        mesh=MeshConfig(data=1),
+    )
     assert clf.dataset_key(named, Task(named), "other_name") == key
 
 
 def test_world_frames_are_images():
     """Video sources are classified frame by frame: each clip gives T images with its label."""
-    cfg = Config(data=DataConfig(source="world", image_size=16, num_classes=3, num_examples=64),
-                 mesh=MeshConfig(data=1))
+    cfg = Config(
+        data=DataConfig(source="world", image_size=16, num_classes=3, num_examples=64),
+        mesh=MeshConfig(data=1),
+    )
     task = Task(cfg)
     frames = task.sources["world"].schema["video"].shape[0]
     batch = clf.image_batches(task, "world", 2 * frames, seed=0)[0]

@@ -13,7 +13,6 @@ import json
 import shutil
 from pathlib import Path
 
-import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -30,8 +29,9 @@ from helpers_config import tiny_image_config
 STEPS = 3
 PER_CLASS = 2  # != 1 so that rows (classes) and columns (samples per class) are told apart
 
-CONFIG = tiny_image_config(train=dict(steps=STEPS, log_every=1, checkpoint_every=2),
-                           sample=dict(per_class=PER_CLASS))
+CONFIG = tiny_image_config(
+    train=dict(steps=STEPS, log_every=1, checkpoint_every=2), sample=dict(per_class=PER_CLASS)
+)
 
 
 def write_experiment(directory: Path, cfg: Config = CONFIG) -> Path:
@@ -84,8 +84,11 @@ BAD_OVERRIDES = [
     pytest.param(["objective.gama=0.5"], "objective.gama", id="unknown_key"),
     pytest.param(["objective.teacher_layer=3"], "objective.teacher_layer", id="teacher_past_depth"),
     pytest.param(["objective.student_layer=2"], "objective.student_layer", id="student_eq_teacher"),
-    pytest.param(["objective.student_layer=2", "objective.teacher_layer=1"],
-                 "objective.student_layer", id="student_gt_teacher"),
+    pytest.param(
+        ["objective.student_layer=2", "objective.teacher_layer=1"],
+        "objective.student_layer",
+        id="student_gt_teacher",
+    ),
     pytest.param(["objective.mask_ratio=0.6"], "objective.mask_ratio", id="mask_ratio_0.6"),
     pytest.param(["objective.mask_ratio=-0.1"], "objective.mask_ratio", id="mask_ratio_-0.1"),
     pytest.param(["train.steps=abc"], "train.steps", id="steps_not_int"),
@@ -104,6 +107,7 @@ BAD_OVERRIDES = [
 @pytest.fixture
 def no_compile(monkeypatch):
     """Fails the test if training gets as far as building the model or the jitted step."""
+
     def forbidden(*args, **kwargs):
         raise AssertionError("a bad configuration reached model building / compilation")
 
@@ -133,9 +137,17 @@ def test_missing_config_file_is_a_usage_error(tmp_path, no_compile):
 
 def test_set_takes_several_pairs_and_repeats():
     """``--set a=1 b=2`` (as the README's ``[--set key=value ...]``) and repeated ``--set`` add up, in order."""
-    for command in (["train", "x.py"], ["bench"], ["bench-data", "x.py"], ["prepare", "world", "--out", "d"],
-                    ["compile", "x.py"], ["import", "--official", "f.pt", "--config", "x.py", "--out", "d"]):
-        args = cli._parser().parse_args([*command, "--set", "train.steps=2", "seed=3", "--set", "train.log_every=1"])
+    for command in (
+        ["train", "x.py"],
+        ["bench"],
+        ["bench-data", "x.py"],
+        ["prepare", "world", "--out", "d"],
+        ["compile", "x.py"],
+        ["import", "--official", "f.pt", "--config", "x.py", "--out", "d"],
+    ):
+        args = cli._parser().parse_args(
+            [*command, "--set", "train.steps=2", "seed=3", "--set", "train.log_every=1"]
+        )
         assert args.overrides == ["train.steps=2", "seed=3", "train.log_every=1"], command
 
 
@@ -155,19 +167,23 @@ def test_sample_rejects_non_positive_steps(tmp_path, no_compile):
 @pytest.mark.parametrize("kind", ["flow_matching", "self_flow"])
 def test_default_layers_are_valid_for_depth_2(kind, tmp_path):
     experiment = write_experiment(tmp_path)
-    cfg = load_config_file(experiment, ["objective.student_layer=None",
-                                        "objective.teacher_layer=None", f"objective.kind={kind}"])
+    cfg = load_config_file(
+        experiment, ["objective.student_layer=None", "objective.teacher_layer=None", f"objective.kind={kind}"]
+    )
     assert cfg.depth == 2 and 1 <= cfg.student_layer < cfg.teacher_layer <= 2
 
 
 # ------------------------------------------------------------------------------- resume
 
 
-@pytest.mark.parametrize("override, key", [
-    ("objective.gamma=0.5", "objective.gamma"),
-    ("model.dtype=bfloat16", "model.dtype"),
-    ("seed=1", "seed"),
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("objective.gamma=0.5", "objective.gamma"),
+        ("model.dtype=bfloat16", "model.dtype"),
+        ("seed=1", "seed"),
+    ],
+)
 def test_resume_with_changed_setting_is_rejected(override, key, trained, tmp_path):
     experiment, src, rc, _, _ = trained
     assert rc == 0
@@ -214,8 +230,9 @@ def test_sample_writes_class_grid(trained, tmp_path, monkeypatch):
         return real(cfg, task, model, index, raw, key, **kwargs)
 
     monkeypatch.setattr(selfflow.layout_samples, "generate", spy)
-    rc, stdout, err = call(["sample", "--run-dir", run_dir, "--out", tmp_path / "grid", "--steps", "3",
-                            "--cfg", "1.5"])
+    rc, stdout, err = call(
+        ["sample", "--run-dir", run_dir, "--out", tmp_path / "grid", "--steps", "3", "--cfg", "1.5"]
+    )
     out = tmp_path / "grid" / "image" / "0_image.png"
     assert rc == 0, err
     assert f"step {STEPS}" in stdout
@@ -223,7 +240,9 @@ def test_sample_writes_class_grid(trained, tmp_path, monkeypatch):
     # the guidance scale to change the 8-bit image, so this is checked on the call).
     assert len(calls) == 1
     assert calls[0]["steps"] == 3 and calls[0]["cfg_scale"] == 1.5
-    np.testing.assert_array_equal(calls[0]["labels"], np.repeat(np.arange(CONFIG.data.num_classes), PER_CLASS))
+    np.testing.assert_array_equal(
+        calls[0]["labels"], np.repeat(np.arange(CONFIG.data.num_classes), PER_CLASS)
+    )
     scale = inspect.signature(save_grid).parameters["scale"].default
     size = CONFIG.data.image_size * scale
     with Image.open(out) as image:
@@ -234,8 +253,9 @@ def test_sample_writes_class_grid(trained, tmp_path, monkeypatch):
     assert pixels.std() > 0  # not a blank image
 
     # Deterministic for the same arguments.
-    rc, _, _ = call(["sample", "--run-dir", run_dir, "--out", tmp_path / "again",
-                     "--steps", "3", "--cfg", "1.5"])
+    rc, _, _ = call(
+        ["sample", "--run-dir", run_dir, "--out", tmp_path / "again", "--steps", "3", "--cfg", "1.5"]
+    )
     assert rc == 0
     with Image.open(tmp_path / "again" / "image" / "0_image.png") as again:
         assert np.array_equal(np.asarray(again), pixels)
@@ -289,12 +309,15 @@ def test_overrides_are_applied_and_recorded(trained, tmp_path):
     """--set values reach the run: config.json of a one-step run holds them."""
     experiment, *_ = trained
     run_dir = tmp_path / "run"
-    rc, _, err = call(train_argv(experiment, run_dir, "train.steps=1", "sample.per_class=1",
-                                 "train.log_every=5"))
+    rc, _, err = call(
+        train_argv(experiment, run_dir, "train.steps=1", "sample.per_class=1", "train.log_every=5")
+    )
     assert rc == 0, err
     expected = dataclasses.replace(
-        CONFIG, train=dataclasses.replace(CONFIG.train, steps=1, log_every=5),
-        sample=dataclasses.replace(CONFIG.sample, per_class=1))
+        CONFIG,
+        train=dataclasses.replace(CONFIG.train, steps=1, log_every=5),
+        sample=dataclasses.replace(CONFIG.sample, per_class=1),
+    )
     assert from_dict(json.loads((run_dir / "config.json").read_text())) == resolve(expected)
     assert checkpoint_steps(run_dir) == [1]
     assert [r["step"] for r in read_metrics(run_dir / "metrics.jsonl")] == [1]  # final step logged

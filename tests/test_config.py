@@ -21,8 +21,10 @@ def test_depth_one_flow_matching_is_valid_but_self_flow_is_not():
 
 
 def test_overrides_parse_types_and_reject_unknown_keys():
-    cfg = config_lib.apply_overrides(Config(), ["objective.gamma=0.5", "model.preset=B/2",
-                                                "objective.teacher_layer=9", "optim.learning_rate=3e-4"])
+    cfg = config_lib.apply_overrides(
+        Config(),
+        ["objective.gamma=0.5", "model.preset=B/2", "objective.teacher_layer=9", "optim.learning_rate=3e-4"],
+    )
     assert cfg.objective.gamma == 0.5 and cfg.model.preset == "B/2"
     assert cfg.teacher_layer == 9 and cfg.optim.learning_rate == 3e-4
     assert config_lib.apply_overrides(Config(), ["objective.gamma=1"]).objective.gamma == 1.0
@@ -39,12 +41,17 @@ def test_json_round_trip_keeps_resolved_values():
         config_lib.from_dict({"model": {"colour": 1}})
 
 
-@pytest.mark.parametrize("body, expected", [
-    ("from selfflow.config import Config, ModelConfig\nCONFIG = Config(model=ModelConfig(widht=3))\n",
-     r"exp\.py:2: TypeError: .*widht"),
-    ("CONFIG = (\n", r"exp\.py:1: SyntaxError"),
-    ("CONFIG = {'seed': 0}\n", r"exp\.py: expected a module-level CONFIG"),
-])
+@pytest.mark.parametrize(
+    "body, expected",
+    [
+        (
+            "from selfflow.config import Config, ModelConfig\nCONFIG = Config(model=ModelConfig(widht=3))\n",
+            r"exp\.py:2: TypeError: .*widht",
+        ),
+        ("CONFIG = (\n", r"exp\.py:1: SyntaxError"),
+        ("CONFIG = {'seed': 0}\n", r"exp\.py: expected a module-level CONFIG"),
+    ],
+)
 def test_broken_experiment_file_names_file_and_line(tmp_path, body, expected):
     path = tmp_path / "exp.py"
     path.write_text(body)
@@ -54,6 +61,7 @@ def test_broken_experiment_file_names_file_and_line(tmp_path, body, expected):
 
 def test_configs_saved_before_time_embedding_existed_keep_embedding_tau():
     from selfflow.config import from_dict, resolved_dict
+
     saved = resolved_dict(Config())
     assert saved["model"]["time_embedding"] == "sit"  # new runs embed 1 - tau, as the official model
     del saved["model"]["time_embedding"]

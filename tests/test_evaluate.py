@@ -16,14 +16,24 @@ from selfflow.train import train
 
 from helpers_config import tiny_image_config, tiny_world_config
 
-IMAGE = tiny_image_config(data=dict(num_examples=512), objective=dict(ema_decay=0.5), optim=dict(learning_rate=1e-2),
-                          train=dict(steps=4, checkpoint_every=4, log_every=4, eval_every=2, eval_samples=16,
-                                     eval_classifier_steps=5))
+IMAGE = tiny_image_config(
+    data=dict(num_examples=512),
+    objective=dict(ema_decay=0.5),
+    optim=dict(learning_rate=1e-2),
+    train=dict(
+        steps=4, checkpoint_every=4, log_every=4, eval_every=2, eval_samples=16, eval_classifier_steps=5
+    ),
+)
 
-WORLD = tiny_world_config((LayoutConfig("audio_video", ("video", "audio"), 0.5, 4),
-                           LayoutConfig("robot", ("image:condition", "video", "action"), 0.5, 4)),
-                          objective=dict(ema_decay=0.5), train=dict(steps=1, checkpoint_every=1),
-                          sample=dict(per_class=1, method="heun"))
+WORLD = tiny_world_config(
+    (
+        LayoutConfig("audio_video", ("video", "audio"), 0.5, 4),
+        LayoutConfig("robot", ("image:condition", "video", "action"), 0.5, 4),
+    ),
+    objective=dict(ema_decay=0.5),
+    train=dict(steps=1, checkpoint_every=1),
+    sample=dict(per_class=1, method="heun"),
+)
 
 
 @pytest.fixture(scope="module")
@@ -58,16 +68,42 @@ def test_trainer_logs_probes_with_eval_probe(tmp_path):
 
 def test_eval_writes_json_and_markdown_with_probes(image_run, capsys):
     out = image_run / "report"
-    assert cli.main(["eval", "--run-dir", str(image_run), "--num", "16", "--classifier-steps", "5",
-                     "--probe-examples", "64", "32", "--out", str(out)]) == 0
+    assert (
+        cli.main(
+            [
+                "eval",
+                "--run-dir",
+                str(image_run),
+                "--num",
+                "16",
+                "--classifier-steps",
+                "5",
+                "--probe-examples",
+                "64",
+                "32",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     report = json.loads((out / "step_4.json").read_text())
     metrics = report["metrics"]
     assert report["step"] == 4 and report["settings"]["num"] == 16
-    assert set(metrics) == {"image/image_fd", "image/image_fd_real", "val/loss", "val/image",
-                            "probe/layer_1", "probe/layer_2"}
+    assert set(metrics) == {
+        "image/image_fd",
+        "image/image_fd_real",
+        "val/loss",
+        "val/image",
+        "probe/layer_1",
+        "probe/layer_2",
+    }
     assert all(0.0 <= metrics[f"probe/layer_{l}"] <= 1.0 for l in (1, 2))
     table = (out / "step_4.md").read_text()
-    assert f"| image/image_fd | {metrics['image/image_fd']:.4g} | {metrics['image/image_fd_real']:.4g} |" in table
+    assert (
+        f"| image/image_fd | {metrics['image/image_fd']:.4g} | {metrics['image/image_fd_real']:.4g} |"
+        in table
+    )
     assert "image_fd_real |" not in table  # floors sit beside their metric, not on rows of their own
     assert table in capsys.readouterr().out
 
@@ -79,10 +115,19 @@ def test_multimodal_layouts_get_their_own_measures(tmp_path):
     task = Task(WORLD)
     model = build_model(WORLD, task.token_dims)
     results = evaluate(WORLD, task, model, EvalSettings(num=8, probe=False), tmp_path)
-    assert {"audio_video/video_frame_fd", "audio_video/video_frame_fd_real", "audio_video/video_motion_fd",
-            "audio_video/video_temporal_ratio", "audio_video/audio_fd", "audio_video/audio_fd_real",
-            "audio_video/av_synchrony", "audio_video/av_synchrony_real", "robot/video_frame_fd",
-            "robot/action_l2", "robot/action_mse"} <= set(results)
+    assert {
+        "audio_video/video_frame_fd",
+        "audio_video/video_frame_fd_real",
+        "audio_video/video_motion_fd",
+        "audio_video/video_temporal_ratio",
+        "audio_video/audio_fd",
+        "audio_video/audio_fd_real",
+        "audio_video/av_synchrony",
+        "audio_video/av_synchrony_real",
+        "robot/video_frame_fd",
+        "robot/action_l2",
+        "robot/action_mse",
+    } <= set(results)
     assert "robot/image_fd" not in results  # the image is a condition there, never generated
     assert results["audio_video/av_synchrony_real"] > 0.3  # real world clips: sounds at the collisions
     assert results["audio_video/audio_fd"] > results["audio_video/audio_fd_real"]  # an untrained model

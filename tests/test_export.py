@@ -1,7 +1,6 @@
 """safetensors export of a run: reloads into the same model with identical outputs; a file that
 does not match the model is rejected with every problem listed."""
 
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -28,6 +27,7 @@ def exported(tmp_path_factory):
 
 def test_export_reloads_bit_identical_weights_and_outputs(exported):
     from flax import nnx
+
     _, state, graphdef, task, _ = load_run(exported / "run")
     model, cfg = load_safetensors(exported / "model.safetensors")
     assert cfg == resolve(CFG)  # the (resolved) config comes back from the JSON

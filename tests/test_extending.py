@@ -13,8 +13,19 @@ import modalities
 from data_pipelines.base import Field
 from data_pipelines.latents import prepare
 from modalities.base import ModalitySpec, grid_positions
-from selfflow.config import (Config, ConfigError, DataConfig, LayoutConfig, MeshConfig, ModelConfig,
-                             ObjectiveConfig, SampleConfig, SourceConfig, TrainConfig, validate)
+from selfflow.config import (
+    Config,
+    ConfigError,
+    DataConfig,
+    LayoutConfig,
+    MeshConfig,
+    ModelConfig,
+    ObjectiveConfig,
+    SampleConfig,
+    SourceConfig,
+    TrainConfig,
+    validate,
+)
 from selfflow.metrics_writer import read_metrics
 from selfflow.objective import noised_segments
 from selfflow.objectives import OBJECTIVES, FlowMatching, register_objective
@@ -26,9 +37,11 @@ LENGTH, CHUNK = 16, 4
 
 # ---------------------------------------------------------------------------- a toy modality
 
+
 @dataclasses.dataclass(frozen=True)
 class SignalSpec(ModalitySpec):
     """A 1-D signal of ``length`` samples, ``chunk`` samples per token."""
+
     length: int
     chunk: int = CHUNK
 
@@ -42,8 +55,9 @@ class SignalSpec(ModalitySpec):
 
 
 def _toy_modality():
-    m = types.SimpleNamespace(NAME="signal", KEYS=("signal",), DEFAULT_MASK_RATIO=0.25, DEFAULT_TIME_SHIFT=1.0,
-                              Spec=SignalSpec)
+    m = types.SimpleNamespace(
+        NAME="signal", KEYS=("signal",), DEFAULT_MASK_RATIO=0.25, DEFAULT_TIME_SHIFT=1.0, Spec=SignalSpec
+    )
     m.spec_for = lambda shapes, cfg, examples: SignalSpec(length=shapes["signal"][0])
     m.tokenize = lambda x, spec: x.reshape(x.shape[0], spec.num_tokens, spec.chunk)
     m.detokenize = lambda tokens, spec: tokens.reshape(tokens.shape[0], spec.length)
@@ -54,6 +68,7 @@ def _toy_modality():
 
 class SineSource:
     """Class 0: a slow sine, class 1: a fast one."""
+
     schema = {"signal": Field((LENGTH,), "float32"), "label": Field((), "int32")}
 
     def __len__(self):
@@ -62,8 +77,10 @@ class SineSource:
     def __getitem__(self, i):
         label = i % 2
         t = np.arange(LENGTH) / LENGTH
-        return {"signal": np.sin(2 * np.pi * (1 + 3 * label) * t + i).astype(np.float32),
-                "label": np.int32(label)}
+        return {
+            "signal": np.sin(2 * np.pi * (1 + 3 * label) * t + i).astype(np.float32),
+            "label": np.int32(label),
+        }
 
     def where(self, i):
         return f"sine[{i}]"
@@ -71,8 +88,10 @@ class SineSource:
 
 # ---------------------------------------------------------------------------- a toy objective
 
+
 class MeanAbsoluteVelocity(FlowMatching):
     """Flow matching with an L1 velocity loss (one τ per sample, no teacher)."""
+
     kind = "toy_l1"
 
     def loss(self, *, student, teacher, batch, layout, key):
@@ -97,10 +116,17 @@ def _config(data_dir, kind="toy_l1"):
     return Config(
         model=ModelConfig(depth=2, hidden_size=32, num_heads=2, positions="rope"),
         objective=ObjectiveConfig(kind=kind, ema_decay=0.5),
-        data=DataConfig(sources=(SourceConfig("sines", "latents", path=str(data_dir)),), num_classes=2,
-                        read_threads=1, prefetch=1),
-        train=TrainConfig(steps=4, log_every=1, checkpoint_every=4), sample=SampleConfig(steps=2, per_class=3),
-        mesh=MeshConfig(data=1), layouts=(LayoutConfig("signal", ("signal",), 1.0, 8),))
+        data=DataConfig(
+            sources=(SourceConfig("sines", "latents", path=str(data_dir)),),
+            num_classes=2,
+            read_threads=1,
+            prefetch=1,
+        ),
+        train=TrainConfig(steps=4, log_every=1, checkpoint_every=4),
+        sample=SampleConfig(steps=2, per_class=3),
+        mesh=MeshConfig(data=1),
+        layouts=(LayoutConfig("signal", ("signal",), 1.0, 8),),
+    )
 
 
 def test_unregistered_names_are_config_errors(tmp_path):

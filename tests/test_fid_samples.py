@@ -25,8 +25,17 @@ DECODE = pixel_decoder(lambda t: detokenize(t, 4, 4, 2))
 
 
 def generate(out, decode=DECODE, **kw):
-    args = dict(out=out, num=7, batch_size=3, token_shape=(TOKENS, DIM), num_classes=2,
-                null_class=NULL, decode=decode, seed=0, steps=12)
+    args = dict(
+        out=out,
+        num=7,
+        batch_size=3,
+        token_shape=(TOKENS, DIM),
+        num_classes=2,
+        null_class=NULL,
+        decode=decode,
+        seed=0,
+        steps=12,
+    )
     return generate_npz(velocity, **{**args, **kw})
 
 
@@ -36,7 +45,7 @@ def test_streamed_npz_equals_np_savez(tmp_path):
     with NpzWriter(tmp_path / "s.npz") as npz:
         with npz.member("arr_0", images.shape, np.uint8) as m:
             for i in range(0, 5, 2):  # blocks of 2, 2, 1 rows
-                m.write(images[i:i + 2])
+                m.write(images[i : i + 2])
         npz.add("arr_1", labels)
     np.savez(tmp_path / "ref.npz", images, labels)
     with np.load(tmp_path / "s.npz") as ours:
@@ -92,8 +101,7 @@ def test_interrupted_run_resumes_to_the_same_file(tmp_path):
 
     with pytest.raises(RuntimeError, match="killed"):
         generate(tmp_path / "run.npz", decode=failing)
-    assert sorted(p.name for p in (tmp_path / "run.npz.parts").glob("0*.npz")) == \
-        ["000000.npz", "000001.npz"]
+    assert sorted(p.name for p in (tmp_path / "run.npz.parts").glob("0*.npz")) == ["000000.npz", "000001.npz"]
     assert not (tmp_path / "run.npz").exists()
     with pytest.raises(ValueError, match="other settings"):  # the parts belong to seed 0
         generate(tmp_path / "run.npz", seed=5)
@@ -114,19 +122,31 @@ def test_module_velocity_goes_through_nnx_jit(tmp_path):
             return (x - self.levels[...][labels][:, None, None]) / tau[:, None, None]
 
     generate(tmp_path / "plain.npz")
-    args = dict(out=tmp_path / "module.npz", num=7, batch_size=3, token_shape=(TOKENS, DIM),
-                num_classes=2, null_class=NULL, decode=DECODE, seed=0, steps=12)
+    args = dict(
+        out=tmp_path / "module.npz",
+        num=7,
+        batch_size=3,
+        token_shape=(TOKENS, DIM),
+        num_classes=2,
+        null_class=NULL,
+        decode=DECODE,
+        seed=0,
+        steps=12,
+    )
     generate_npz(Velocity(), **args)
     with np.load(tmp_path / "plain.npz") as a, np.load(tmp_path / "module.npz") as b:
         np.testing.assert_array_equal(a["arr_0"], b["arr_0"])
 
 
-@pytest.mark.parametrize("kw, match", [
-    (dict(num=0), "num must be an integer >= 1"),
-    (dict(batch_size=0), "batch_size must be an integer >= 1"),
-    (dict(steps=1), "steps must be an integer >= 2"),
-    (dict(decode=lambda t: np.zeros((3, 4, 4, 3), np.float32)), r"decode must return uint8"),
-])
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(num=0), "num must be an integer >= 1"),
+        (dict(batch_size=0), "batch_size must be an integer >= 1"),
+        (dict(steps=1), "steps must be an integer >= 2"),
+        (dict(decode=lambda t: np.zeros((3, 4, 4, 3), np.float32)), r"decode must return uint8"),
+    ],
+)
 def test_bad_arguments_are_named(tmp_path, kw, match):
     with pytest.raises(ValueError, match=match):
         generate(tmp_path / "x.npz", **kw)
@@ -167,8 +187,9 @@ def test_sd_vae_decoder_scales_transposes_and_converts(monkeypatch):
     fake = types.SimpleNamespace(AutoencoderKL=AutoencoderKL)
     monkeypatch.setitem(sys.modules, "diffusers", fake)
     latents = np.random.default_rng(0).normal(0, 1.5, (5, 4, 6, 4)).astype(np.float32)  # NHWC
-    decode = sd_vae_decoder("some/vae", lambda t: detokenize(t, 4, 6, 2), latent_shape=(4, 6, 4),
-                            batch=2, device="cpu")
+    decode = sd_vae_decoder(
+        "some/vae", lambda t: detokenize(t, 4, 6, 2), latent_shape=(4, 6, 4), batch=2, device="cpu"
+    )
     images = decode(tokenize(latents, 2))
     assert record["path"] == "some/vae"
     assert [tuple(z.shape) for z in record["inputs"]] == [(2, 4, 4, 6), (2, 4, 4, 6), (1, 4, 4, 6)]
@@ -179,7 +200,8 @@ def test_sd_vae_decoder_scales_transposes_and_converts(monkeypatch):
     expected = (np.clip((x + 1) / 2, 0, 1) * 255).astype(np.uint8)  # truncation, as torch's cast
     np.testing.assert_array_equal(images, expected)
     assert images.min() == 0 and images.max() == 255  # the clamp was exercised
-    transposed = sd_vae_decoder("some/vae", lambda t: detokenize(t, 4, 6, 2),
-                                latent_shape=(6, 4, 4), device="cpu")
+    transposed = sd_vae_decoder(
+        "some/vae", lambda t: detokenize(t, 4, 6, 2), latent_shape=(6, 4, 4), device="cpu"
+    )
     with pytest.raises(ValueError, match=r"latent_shape \(6, 4, 4\)"):
         transposed(tokenize(latents, 2))

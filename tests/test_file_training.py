@@ -30,8 +30,11 @@ def png_folder(tmp_path_factory):
 
 
 def config(sources, steps=3, on_bad_sample="error", layouts=()) -> Config:
-    return tiny_image_config(data=dict(num_classes=10, sources=tuple(sources), on_bad_sample=on_bad_sample),
-                             train=dict(steps=steps, log_every=1, checkpoint_every=10), layouts=tuple(layouts))
+    return tiny_image_config(
+        data=dict(num_classes=10, sources=tuple(sources), on_bad_sample=on_bad_sample),
+        train=dict(steps=steps, log_every=1, checkpoint_every=10),
+        layouts=tuple(layouts),
+    )
 
 
 def folder_with_bad_png(png_folder, tmp_path):
@@ -46,8 +49,12 @@ def folder_with_bad_png(png_folder, tmp_path):
 
 
 def test_mixture_of_sources_in_one_layout(png_folder):
-    cfg = config([SourceConfig("pngs", "image_folder", path=str(png_folder), weight=1.0),
-                  SourceConfig("shapes", "shapes", weight=1.0)])
+    cfg = config(
+        [
+            SourceConfig("pngs", "image_folder", path=str(png_folder), weight=1.0),
+            SourceConfig("shapes", "shapes", weight=1.0),
+        ]
+    )
     task = Task(cfg)
     assert task.layout_sources(0) == ("pngs", "shapes")
     images = np.concatenate([task.dataset(0)[k]["image"] for k in range(8)])  # 64 examples
@@ -74,11 +81,16 @@ def test_skip_replaces_the_bad_file_and_counts_it(png_folder, tmp_path):
 
 
 def test_layout_without_a_source_for_its_modality_is_rejected(png_folder):
-    cfg = config([SourceConfig("pngs", "image_folder", path=str(png_folder))],
-                 layouts=[LayoutConfig("v", ("video",), batch_size=4)])
+    cfg = config(
+        [SourceConfig("pngs", "image_folder", path=str(png_folder))],
+        layouts=[LayoutConfig("v", ("video",), batch_size=4)],
+    )
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, positions="rope"))
-    with pytest.raises(ConfigError, match=r"layouts\['v'\]: no data source yields all of \['video'\] "
-                                          r"\(sources: pngs \(image_folder: image, label\)\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"layouts\['v'\]: no data source yields all of \['video'\] "
+        r"\(sources: pngs \(image_folder: image, label\)\)",
+    ):
         Task(cfg)
 
 
@@ -86,16 +98,26 @@ def test_sources_of_different_shapes_in_one_layout_are_rejected(png_folder, tmp_
     gray = tmp_path / "gray" / "a"
     gray.mkdir(parents=True)
     Image.new("L", (16, 16)).save(gray / "0.png")
-    cfg = config([SourceConfig("pngs", "image_folder", path=str(png_folder)),
-                  SourceConfig("gray", "image_folder", path=str(gray.parent), channels=1)])
-    with pytest.raises(ConfigError, match=r"sources 'pngs' and 'gray' yield 'image' of shapes "
-                                          r"\(16, 16, 3\) and \(16, 16, 1\)"):
+    cfg = config(
+        [
+            SourceConfig("pngs", "image_folder", path=str(png_folder)),
+            SourceConfig("gray", "image_folder", path=str(gray.parent), channels=1),
+        ]
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"sources 'pngs' and 'gray' yield 'image' of shapes "
+        r"\(16, 16, 3\) and \(16, 16, 1\)",
+    ):
         Task(cfg)
 
 
 def test_unknown_source_name_in_a_layout_is_rejected():
     from selfflow.config import validate
-    cfg = config([SourceConfig("shapes", "shapes")], layouts=[LayoutConfig("i", ("image",), sources=("nope",))])
+
+    cfg = config(
+        [SourceConfig("shapes", "shapes")], layouts=[LayoutConfig("i", ("image",), sources=("nope",))]
+    )
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, positions="rope"))
     with pytest.raises(ConfigError, match=r"source 'nope' is not in data.sources \(it has shapes\)"):
         validate(cfg)
@@ -103,24 +125,36 @@ def test_unknown_source_name_in_a_layout_is_rejected():
 
 def test_file_source_without_a_path_is_rejected():
     from selfflow.config import validate
+
     with pytest.raises(ConfigError, match=r"data.sources\[0\] \('clips'\): kind 'video_files' reads files"):
         validate(config([SourceConfig("clips", "video_files")]))
 
 
 def test_robot_episodes_train_a_video_action_layout(tmp_path):
     from data_pipelines.trajectories import write_episode
+
     rng = np.random.default_rng(0)
     for e in range(2):
         length = 12
-        write_episode(tmp_path / "eps" / f"episode_{e}.npz",
-                      frames=rng.integers(0, 256, (length, 8, 8, 3), dtype=np.uint8),
-                      proprio=rng.uniform(0, 512, (length, 2)), actions=rng.uniform(0, 512, (length, 2)))
-    cfg = config([SourceConfig("pusht", "trajectories", path=str(tmp_path / "eps"), stride=2)], steps=2,
-                 layouts=[LayoutConfig("inverse", ("video:condition", "action"), batch_size=4),
-                          LayoutConfig("policy", ("image:condition", "video", "action"), batch_size=4)])
+        write_episode(
+            tmp_path / "eps" / f"episode_{e}.npz",
+            frames=rng.integers(0, 256, (length, 8, 8, 3), dtype=np.uint8),
+            proprio=rng.uniform(0, 512, (length, 2)),
+            actions=rng.uniform(0, 512, (length, 2)),
+        )
+    cfg = config(
+        [SourceConfig("pusht", "trajectories", path=str(tmp_path / "eps"), stride=2)],
+        steps=2,
+        layouts=[
+            LayoutConfig("inverse", ("video:condition", "action"), batch_size=4),
+            LayoutConfig("policy", ("image:condition", "video", "action"), batch_size=4),
+        ],
+    )
     cfg = dataclasses.replace(
-        cfg, model=dataclasses.replace(cfg.model, positions="rope"),
-        data=dataclasses.replace(cfg.data, image_size=8, clip_seconds=0.8, fps=10.0, num_classes=1))
+        cfg,
+        model=dataclasses.replace(cfg.model, positions="rope"),
+        data=dataclasses.replace(cfg.data, image_size=8, clip_seconds=0.8, fps=10.0, num_classes=1),
+    )
     task = Task(cfg)
     spec = task.specs["action"]
     assert (spec.steps, spec.action_dim, spec.proprio_dim) == (8, 2, 2)
@@ -136,10 +170,18 @@ def test_resumed_mixture_with_workers_continues_exactly(png_folder, tmp_path):
     parameters of 4 uninterrupted steps (the iterator position comes back from the checkpoint)."""
     import jax
 
-    cfg = config([SourceConfig("pngs", "image_folder", path=str(png_folder), weight=2.0),
-                  SourceConfig("shapes", "shapes")], steps=4)
-    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, worker_count=2),
-                              train=dataclasses.replace(cfg.train, checkpoint_every=2))
+    cfg = config(
+        [
+            SourceConfig("pngs", "image_folder", path=str(png_folder), weight=2.0),
+            SourceConfig("shapes", "shapes"),
+        ],
+        steps=4,
+    )
+    cfg = dataclasses.replace(
+        cfg,
+        data=dataclasses.replace(cfg.data, worker_count=2),
+        train=dataclasses.replace(cfg.train, checkpoint_every=2),
+    )
     straight = train(cfg, tmp_path / "straight", progress=False, write_samples=False).state
     half = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=2))
     train(half, tmp_path / "resumed", progress=False, write_samples=False)
@@ -150,15 +192,30 @@ def test_resumed_mixture_with_workers_continues_exactly(png_folder, tmp_path):
 
 def test_action_sources_of_different_dims_cannot_share_the_modality(tmp_path):
     from data_pipelines.trajectories import write_episode
-    write_episode(tmp_path / "eps" / "e.npz", frames=np.zeros((20, 16, 16, 3), np.uint8),
-                  proprio=np.zeros((20, 2)), actions=np.zeros((20, 2)))
-    cfg = config([SourceConfig("world", "world"), SourceConfig("pusht", "trajectories", path=str(tmp_path / "eps"))],
-                 layouts=[LayoutConfig("world_actions", ("video:condition", "action"), sources=("world",)),
-                          LayoutConfig("pusht_actions", ("video:condition", "action"), sources=("pusht",))])
-    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, positions="rope"),
-                              data=dataclasses.replace(cfg.data, num_classes=3, num_examples=50))
-    with pytest.raises(ConfigError, match=r"sources 'world' and 'pusht' yield 'proprio' of shapes \(16, 4\) "
-                                          r"and \(16, 2\)"):
+
+    write_episode(
+        tmp_path / "eps" / "e.npz",
+        frames=np.zeros((20, 16, 16, 3), np.uint8),
+        proprio=np.zeros((20, 2)),
+        actions=np.zeros((20, 2)),
+    )
+    cfg = config(
+        [SourceConfig("world", "world"), SourceConfig("pusht", "trajectories", path=str(tmp_path / "eps"))],
+        layouts=[
+            LayoutConfig("world_actions", ("video:condition", "action"), sources=("world",)),
+            LayoutConfig("pusht_actions", ("video:condition", "action"), sources=("pusht",)),
+        ],
+    )
+    cfg = dataclasses.replace(
+        cfg,
+        model=dataclasses.replace(cfg.model, positions="rope"),
+        data=dataclasses.replace(cfg.data, num_classes=3, num_examples=50),
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"sources 'world' and 'pusht' yield 'proprio' of shapes \(16, 4\) "
+        r"and \(16, 2\)",
+    ):
         Task(cfg)
 
 
@@ -166,8 +223,13 @@ def test_a_stopped_run_resumes_with_skip_and_workers(png_folder, tmp_path):
     """The error message suggests on_bad_sample=skip: a resume with it (and with worker
     processes) is accepted on the same run directory; a model change is not."""
     from selfflow.run import check_resumable as _check_resumable
+
     cfg = config([SourceConfig("pngs", "image_folder", path=str(png_folder))])
-    changed = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, on_bad_sample="skip", worker_count=2))
+    changed = dataclasses.replace(
+        cfg, data=dataclasses.replace(cfg.data, on_bad_sample="skip", worker_count=2)
+    )
     _check_resumable(cfg, changed, tmp_path)
     with pytest.raises(ConfigError, match="model.depth"):
-        _check_resumable(cfg, dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, depth=3)), tmp_path)
+        _check_resumable(
+            cfg, dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, depth=3)), tmp_path
+        )

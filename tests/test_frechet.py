@@ -8,9 +8,16 @@ import pytest
 import scipy.linalg
 
 from selfflow.eval import frechet
-from selfflow.eval.frechet import (FeatureExtractor, compare, frechet_distance,
-                                   frechet_from_features, gaussian_stats, inception_score,
-                                   manifold_radii, precision_recall)
+from selfflow.eval.frechet import (
+    FeatureExtractor,
+    compare,
+    frechet_distance,
+    frechet_from_features,
+    gaussian_stats,
+    inception_score,
+    manifold_radii,
+    precision_recall,
+)
 
 
 def _features(seed, n=400, d=24, shift=0.0):
@@ -52,8 +59,7 @@ def test_fd_matches_scipy_reference():
     # Third route: tr sqrt(Sa Sb) = sum of square roots of its (real, non-negative) eigenvalues.
     sa, sb = np.cov(a.T), np.cov(b.T)
     eig = np.clip(np.linalg.eigvals(sa @ sb).real, 0, None)
-    ref_eig = (((a.mean(0) - b.mean(0)) ** 2).sum() + np.trace(sa) + np.trace(sb)
-               - 2 * np.sqrt(eig).sum())
+    ref_eig = ((a.mean(0) - b.mean(0)) ** 2).sum() + np.trace(sa) + np.trace(sb) - 2 * np.sqrt(eig).sum()
     assert fd == pytest.approx(ref_eig, rel=1e-6)
 
 
@@ -155,7 +161,7 @@ def test_inception_score_matches_adm_formula():
     p /= p.sum(1, keepdims=True)
     scores = []
     for i in range(0, len(p), 50):  # 4 chunks of 50 and one of 30
-        part = p[i:i + 50]
+        part = p[i : i + 50]
         kl = part * (np.log(part) - np.log(part.mean(0, keepdims=True)))
         scores.append(np.exp(kl.sum(1).mean()))
     ref = float(np.mean(scores))
@@ -171,10 +177,8 @@ def test_manifold_radii_batched_equals_bruteforce():
     d2 = ((x[:, None] - x[None]) ** 2).sum(-1)
     ref = np.sort(d2, axis=1)[:, 3]  # index 0 is the sample itself
     for bs in (7, 16, 1000):
-        np.testing.assert_allclose(manifold_radii(x, k=3, batch_size=bs), ref, rtol=1e-5,
-                                   atol=1e-5)
-    np.testing.assert_allclose(manifold_radii(x, k=3, batch_size=7, dtype=np.float64), ref,
-                               rtol=1e-12)
+        np.testing.assert_allclose(manifold_radii(x, k=3, batch_size=bs), ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(manifold_radii(x, k=3, batch_size=7, dtype=np.float64), ref, rtol=1e-12)
 
 
 def test_precision_recall_identical_and_disjoint():
@@ -185,8 +189,7 @@ def test_precision_recall_identical_and_disjoint():
     assert precision_recall(real, far) == (0.0, 0.0)
     # Batching does not change the answer.
     fake = rng.normal(size=(250, 8)) * 1.2
-    assert precision_recall(real, fake, batch_size=64) == precision_recall(real, fake,
-                                                                         batch_size=10_000)
+    assert precision_recall(real, fake, batch_size=64) == precision_recall(real, fake, batch_size=10_000)
 
 
 def test_precision_recall_half_of_the_modes():

@@ -13,8 +13,12 @@ from PIL import Image
 
 from data_pipelines import loader
 from data_pipelines.base import BadSampleError, SourceError
-from data_pipelines.image_files import (FASHION_MNIST_CLASSES, FASHION_MNIST_DIR,
-                                        FashionMnistSource, ImageFolderSource)
+from data_pipelines.image_files import (
+    FASHION_MNIST_CLASSES,
+    FASHION_MNIST_DIR,
+    FashionMnistSource,
+    ImageFolderSource,
+)
 
 
 def _unit(pixels):
@@ -79,10 +83,22 @@ def test_jpeg_values_within_tolerance(tmp_path):
 def test_class_ids_and_deterministic_order(tmp_path):
     # Written in non-sorted order, nested sub-folders, mixed-case extensions, ignored files.
     made = {}
-    for k, rel in enumerate(["zebra/b.png", "ant/z/deep/q.PNG", "ant/a.JPG", "mole/x.jpeg",
-                             "zebra/a/c.Jpeg", "ant/m.png", "mole/w.png"]):
-        made[rel] = _save(tmp_path / rel, np.full((4, 4, 3), k * 30, np.uint8),
-                          **({"quality": 100} if rel.lower().endswith(("jpg", "jpeg")) else {}))
+    for k, rel in enumerate(
+        [
+            "zebra/b.png",
+            "ant/z/deep/q.PNG",
+            "ant/a.JPG",
+            "mole/x.jpeg",
+            "zebra/a/c.Jpeg",
+            "ant/m.png",
+            "mole/w.png",
+        ]
+    ):
+        made[rel] = _save(
+            tmp_path / rel,
+            np.full((4, 4, 3), k * 30, np.uint8),
+            **({"quality": 100} if rel.lower().endswith(("jpg", "jpeg")) else {}),
+        )
     (tmp_path / "ant" / "notes.txt").write_text("not an image")
     (tmp_path / "zebra" / "labels.csv").write_text("a,b")
     (tmp_path / "mole" / "._w.png").write_bytes(b"macOS resource fork")
@@ -92,8 +108,15 @@ def test_class_ids_and_deterministic_order(tmp_path):
 
     src = ImageFolderSource(tmp_path, image_size=4)
     assert src.classes == ("ant", "mole", "zebra")
-    expected = ["ant/a.JPG", "ant/m.png", "ant/z/deep/q.PNG", "mole/w.png", "mole/x.jpeg",
-                "zebra/a/c.Jpeg", "zebra/b.png"]
+    expected = [
+        "ant/a.JPG",
+        "ant/m.png",
+        "ant/z/deep/q.PNG",
+        "mole/w.png",
+        "mole/x.jpeg",
+        "zebra/a/c.Jpeg",
+        "zebra/b.png",
+    ]
     assert list(src.files) == [made[r] for r in expected]
     assert len(src) == 7
     assert [int(src[i]["label"]) for i in range(7)] == [0, 0, 0, 1, 1, 2, 2]
@@ -155,11 +178,17 @@ def test_source_errors(tmp_path):
     assert str(empty / "cat") in str(info.value)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"image_size": 0}, "image_size"), ({"image_size": 2.5}, "image_size"),
-    ({"channels": 4}, "channels"), ({"channels": 2}, "channels"),
-    ({"resize": "crop"}, "resize"), ({"seed": -1}, "seed"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"image_size": 0}, "image_size"),
+        ({"image_size": 2.5}, "image_size"),
+        ({"channels": 4}, "channels"),
+        ({"channels": 2}, "channels"),
+        ({"resize": "crop"}, "resize"),
+        ({"seed": -1}, "seed"),
+    ],
+)
 def test_bad_options(tmp_path, kwargs, match):
     _save(tmp_path / "c" / "a.png", np.zeros((8, 8, 3)))
     args = {"image_size": 8, **kwargs}
@@ -182,7 +211,7 @@ def test_bad_inputs_raise_bad_sample_error(tmp_path):
     _save(root / "c" / "00_good.png", _noise((16, 16, 3)))
     trunc = _save(root / "c" / "01_truncated.png", _noise((64, 64, 3)))
     data = open(trunc, "rb").read()
-    open(trunc, "wb").write(data[:len(data) // 2])
+    open(trunc, "wb").write(data[: len(data) // 2])
     text = str(root / "c" / "02_text.png")
     open(text, "w").write("this is not an image\n" * 10)
     gray = _save(root / "c" / "03_gray.png", _noise((16, 16)))
@@ -192,7 +221,7 @@ def test_bad_inputs_raise_bad_sample_error(tmp_path):
     small = _save(root / "c" / "06_size.png", _noise((12, 10, 3)))  # 10 wide, 12 high
     tjpg = _save(root / "c" / "07_truncated.jpg", _noise((64, 64, 3)), quality=90)
     data = open(tjpg, "rb").read()
-    open(tjpg, "wb").write(data[:len(data) // 2])
+    open(tjpg, "wb").write(data[: len(data) // 2])
 
     src = ImageFolderSource(root, image_size=16)
     assert len(src) == 8
@@ -261,17 +290,19 @@ def write_idx(path, array, magic=None, gz=False):
         magic = 0x0800 | array.ndim
     payload = struct.pack(f">I{array.ndim}I", magic, *array.shape) + array.tobytes()
     path = str(path) + (".gz" if gz else "")
-    with (gzip.open(path, "wb") if gz else open(path, "wb")) as f:
+    with gzip.open(path, "wb") if gz else open(path, "wb") as f:
         f.write(payload)
     return path
 
 
 def _write_split(directory, images, labels, prefix="train", gz=False, **kw):
     os.makedirs(directory, exist_ok=True)
-    ip = write_idx(os.path.join(directory, f"{prefix}-images-idx3-ubyte"), images, gz=gz,
-                   magic=kw.get("images_magic"))
-    lp = write_idx(os.path.join(directory, f"{prefix}-labels-idx1-ubyte"), labels, gz=gz,
-                   magic=kw.get("labels_magic"))
+    ip = write_idx(
+        os.path.join(directory, f"{prefix}-images-idx3-ubyte"), images, gz=gz, magic=kw.get("images_magic")
+    )
+    lp = write_idx(
+        os.path.join(directory, f"{prefix}-labels-idx1-ubyte"), labels, gz=gz, magic=kw.get("labels_magic")
+    )
     return ip, lp
 
 
@@ -377,14 +408,14 @@ def test_bad_idx_contents(tmp_path):
     # Truncated plain file: caught from its size when the source is built.
     ip, _ = _write_split(tmp_path / "trunc", images, labels)
     data = open(ip, "rb").read()
-    open(ip, "wb").write(data[:len(data) // 2])
+    open(ip, "wb").write(data[: len(data) // 2])
     with pytest.raises(SourceError, match="expected 3936") as info:
         FashionMnistSource(tmp_path / "trunc")
     assert ip in str(info.value)
     # Truncated gzip stream: the header still reads, the data fails on first access.
     ip, _ = _write_split(tmp_path / "tgz", images, labels, gz=True)
     data = open(ip, "rb").read()
-    open(ip, "wb").write(data[:len(data) // 2])
+    open(ip, "wb").write(data[: len(data) // 2])
     src = FashionMnistSource(tmp_path / "tgz")
     with pytest.raises(SourceError, match="expected 3920 bytes") as info:
         src[0]
@@ -414,8 +445,9 @@ def test_bad_idx_contents(tmp_path):
         FashionMnistSource(bad)
 
 
-@pytest.mark.skipif(not os.path.isdir(FASHION_MNIST_DIR),
-                    reason=f"Fashion-MNIST not installed at {FASHION_MNIST_DIR}")
+@pytest.mark.skipif(
+    not os.path.isdir(FASHION_MNIST_DIR), reason=f"Fashion-MNIST not installed at {FASHION_MNIST_DIR}"
+)
 def test_real_fashion_mnist():
     train, test = FashionMnistSource(split="train"), FashionMnistSource(split="test")
     assert len(train) == 60_000 and len(test) == 10_000

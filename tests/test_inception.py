@@ -17,8 +17,14 @@ import pytest
 from flax import nnx
 
 from selfflow.eval import inception as inc
-from selfflow.eval.inception import (InceptionV3, expected_state_dict_shapes, extract,
-                                     load_pytorch_fid_weights, preprocess, resize_bilinear)
+from selfflow.eval.inception import (
+    InceptionV3,
+    expected_state_dict_shapes,
+    extract,
+    load_pytorch_fid_weights,
+    preprocess,
+    resize_bilinear,
+)
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
@@ -35,11 +41,11 @@ def abstract_model():
 def test_model_builds_with_expected_shapes(abstract_model):
     model = abstract_model
     # NNX kernels are HWIO; the torch (O, I, H, W) equivalents in the comments.
-    assert model.Conv2d_1a_3x3.conv.kernel.shape == (3, 3, 3, 32)            # (32, 3, 3, 3)
-    assert model.Conv2d_1a_3x3.conv.bias is None                               # conv without bias
+    assert model.Conv2d_1a_3x3.conv.kernel.shape == (3, 3, 3, 32)  # (32, 3, 3, 3)
+    assert model.Conv2d_1a_3x3.conv.bias is None  # conv without bias
     assert model.Conv2d_1a_3x3.bn.epsilon == 1e-3
     assert model.Conv2d_4a_3x3.conv.kernel.shape == (3, 3, 80, 192)
-    assert model.Mixed_6b.branch7x7_2.conv.kernel.shape == (1, 7, 128, 128)   # (128, 128, 1, 7)
+    assert model.Mixed_6b.branch7x7_2.conv.kernel.shape == (1, 7, 128, 128)  # (128, 128, 1, 7)
     c = model.Mixed_7c
     assert c.branch1x1.conv.kernel.shape == (1, 1, 2048, 320)
     assert c.branch3x3_1.conv.kernel.shape == (1, 1, 2048, 384)
@@ -69,8 +75,7 @@ def _aux_logits_params(num_classes=1000):
 
 def test_parameter_count_matches_pytorch_fid_inception(abstract_model):
     table = expected_state_dict_shapes()
-    params = sum(math.prod(s) for k, s in table.items()
-                 if not k.endswith(("running_mean", "running_var")))
+    params = sum(math.prod(s) for k, s in table.items() if not k.endswith(("running_mean", "running_var")))
     # torchvision documents num_params = 27,161,264 for inception_v3 (IMAGENET1K_V1: 1000
     # classes, with the AuxLogits head). pytorch-fid's model has no AuxLogits and a 1008-way fc:
     torchvision_count = 27_161_264
@@ -80,8 +85,7 @@ def test_parameter_count_matches_pytorch_fid_inception(abstract_model):
     # 94 conv+BN layers (5 stem, 3x7 A, 4 B, 4x10 C, 6 D, 2x9 E), 5 tensors each, plus fc.
     assert len(table) == 94 * 5 + 2
     # And the live model agrees with the table.
-    n_param = sum(math.prod(x.shape) for x in
-                  jax.tree_util.tree_leaves(nnx.state(abstract_model, nnx.Param)))
+    n_param = sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(nnx.state(abstract_model, nnx.Param)))
     assert n_param == expected
 
 
@@ -132,10 +136,13 @@ def test_load_and_forward_shapes(forward):
     assert np.isfinite(pool3).all() and np.isfinite(logits).all()
     assert pool3.std() > 1e-3  # not a degenerate constant
     # The loaded values are the file's, converted OIHW -> HWIO and (out, in) -> (in, out).
-    np.testing.assert_array_equal(np.asarray(model.Conv2d_1a_3x3.conv.kernel[...]),
-                                  sd["Conv2d_1a_3x3.conv.weight"].numpy().transpose(2, 3, 1, 0))
-    np.testing.assert_array_equal(np.asarray(model.Mixed_7c.branch_pool.bn.var[...]),
-                                  sd["Mixed_7c.branch_pool.bn.running_var"].numpy())
+    np.testing.assert_array_equal(
+        np.asarray(model.Conv2d_1a_3x3.conv.kernel[...]),
+        sd["Conv2d_1a_3x3.conv.weight"].numpy().transpose(2, 3, 1, 0),
+    )
+    np.testing.assert_array_equal(
+        np.asarray(model.Mixed_7c.branch_pool.bn.var[...]), sd["Mixed_7c.branch_pool.bn.running_var"].numpy()
+    )
     np.testing.assert_array_equal(np.asarray(model.fc.kernel[...]), sd["fc.weight"].numpy().T)
 
 
@@ -145,25 +152,45 @@ def _torch_reference(sd, images_uint8):
 
     def conv(name, x, stride=1, padding=0):
         x = F.conv2d(x, t[f"{name}.conv.weight"], stride=stride, padding=padding)
-        x = F.batch_norm(x, t[f"{name}.bn.running_mean"], t[f"{name}.bn.running_var"],
-                         t[f"{name}.bn.weight"], t[f"{name}.bn.bias"], training=False, eps=1e-3)
+        x = F.batch_norm(
+            x,
+            t[f"{name}.bn.running_mean"],
+            t[f"{name}.bn.running_var"],
+            t[f"{name}.bn.weight"],
+            t[f"{name}.bn.bias"],
+            training=False,
+            eps=1e-3,
+        )
         return F.relu(x)
 
     def avg(x):  # TF-style: padded zeros not counted
         return F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
 
     def block_a(p, x):
-        return torch.cat([conv(f"{p}.branch1x1", x),
-                          conv(f"{p}.branch5x5_2", conv(f"{p}.branch5x5_1", x), padding=2),
-                          conv(f"{p}.branch3x3dbl_3", conv(f"{p}.branch3x3dbl_2",
-                               conv(f"{p}.branch3x3dbl_1", x), padding=1), padding=1),
-                          conv(f"{p}.branch_pool", avg(x))], 1)
+        return torch.cat(
+            [
+                conv(f"{p}.branch1x1", x),
+                conv(f"{p}.branch5x5_2", conv(f"{p}.branch5x5_1", x), padding=2),
+                conv(
+                    f"{p}.branch3x3dbl_3",
+                    conv(f"{p}.branch3x3dbl_2", conv(f"{p}.branch3x3dbl_1", x), padding=1),
+                    padding=1,
+                ),
+                conv(f"{p}.branch_pool", avg(x)),
+            ],
+            1,
+        )
 
     def block_b(p, x):
         d = conv(f"{p}.branch3x3dbl_2", conv(f"{p}.branch3x3dbl_1", x), padding=1)
-        return torch.cat([conv(f"{p}.branch3x3", x, stride=2),
-                          conv(f"{p}.branch3x3dbl_3", d, stride=2),
-                          F.max_pool2d(x, 3, stride=2)], 1)
+        return torch.cat(
+            [
+                conv(f"{p}.branch3x3", x, stride=2),
+                conv(f"{p}.branch3x3dbl_3", d, stride=2),
+                F.max_pool2d(x, 3, stride=2),
+            ],
+            1,
+        )
 
     def block_c(p, x):
         b7 = conv(f"{p}.branch7x7_1", x)
@@ -184,11 +211,17 @@ def _torch_reference(sd, images_uint8):
 
     def block_e(p, x, pool):
         b3 = conv(f"{p}.branch3x3_1", x)
-        b3 = torch.cat([conv(f"{p}.branch3x3_2a", b3, padding=(0, 1)),
-                        conv(f"{p}.branch3x3_2b", b3, padding=(1, 0))], 1)
+        b3 = torch.cat(
+            [conv(f"{p}.branch3x3_2a", b3, padding=(0, 1)), conv(f"{p}.branch3x3_2b", b3, padding=(1, 0))], 1
+        )
         d = conv(f"{p}.branch3x3dbl_2", conv(f"{p}.branch3x3dbl_1", x), padding=1)
-        d = torch.cat([conv(f"{p}.branch3x3dbl_3a", d, padding=(0, 1)),
-                       conv(f"{p}.branch3x3dbl_3b", d, padding=(1, 0))], 1)
+        d = torch.cat(
+            [
+                conv(f"{p}.branch3x3dbl_3a", d, padding=(0, 1)),
+                conv(f"{p}.branch3x3dbl_3b", d, padding=(1, 0)),
+            ],
+            1,
+        )
         pooled = avg(x) if pool == "avg" else F.max_pool2d(x, 3, stride=1, padding=1)
         return torch.cat([conv(f"{p}.branch1x1", x), b3, d, conv(f"{p}.branch_pool", pooled)], 1)
 
@@ -213,8 +246,11 @@ def _torch_reference(sd, images_uint8):
         x = block_e("Mixed_7c", x, "max")
         assert x.shape[1:] == (2048, 8, 8)
         pool3 = x.mean((2, 3))
-        return pool3.numpy(), (pool3 @ t["fc.weight"].T).numpy(), F.linear(
-            pool3, t["fc.weight"], t["fc.bias"]).numpy()
+        return (
+            pool3.numpy(),
+            (pool3 @ t["fc.weight"].T).numpy(),
+            F.linear(pool3, t["fc.weight"], t["fc.bias"]).numpy(),
+        )
 
 
 def test_matches_functional_torch_forward(forward):
@@ -240,15 +276,13 @@ def _torchvision_fid_inception():
     class A(tvi.InceptionA):
         def _forward(self, x):
             d = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
-            return [self.branch1x1(x), self.branch5x5_2(self.branch5x5_1(x)), d,
-                    self.branch_pool(avg(x))]
+            return [self.branch1x1(x), self.branch5x5_2(self.branch5x5_1(x)), d, self.branch_pool(avg(x))]
 
     class C(tvi.InceptionC):
         def _forward(self, x):
             b7 = self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x)))
             d = self.branch7x7dbl_1(x)
-            for layer in (self.branch7x7dbl_2, self.branch7x7dbl_3, self.branch7x7dbl_4,
-                          self.branch7x7dbl_5):
+            for layer in (self.branch7x7dbl_2, self.branch7x7dbl_3, self.branch7x7dbl_4, self.branch7x7dbl_5):
                 d = layer(d)
             return [self.branch1x1(x), b7, d, self.branch_pool(avg(x))]
 
@@ -289,10 +323,27 @@ def test_matches_torchvision_blocks(forward):
         x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
         x = 2 * F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False) - 1
         feats = x
-        for name in ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "maxpool1",
-                     "Conv2d_3b_1x1", "Conv2d_4a_3x3", "maxpool2", "Mixed_5b", "Mixed_5c",
-                     "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e",
-                     "Mixed_7a", "Mixed_7b", "Mixed_7c", "avgpool"):
+        for name in (
+            "Conv2d_1a_3x3",
+            "Conv2d_2a_3x3",
+            "Conv2d_2b_3x3",
+            "maxpool1",
+            "Conv2d_3b_1x1",
+            "Conv2d_4a_3x3",
+            "maxpool2",
+            "Mixed_5b",
+            "Mixed_5c",
+            "Mixed_5d",
+            "Mixed_6a",
+            "Mixed_6b",
+            "Mixed_6c",
+            "Mixed_6d",
+            "Mixed_6e",
+            "Mixed_7a",
+            "Mixed_7b",
+            "Mixed_7c",
+            "avgpool",
+        ):
             feats = getattr(net, name)(feats)
         feats = feats.flatten(1)
         unbiased = feats @ net.fc.weight.T
@@ -341,13 +392,15 @@ def test_missing_torch_names_pip_install(fake_weights, monkeypatch):
 # ------------------------------------------------------------------------------- preprocessing
 
 
-@pytest.mark.parametrize("src,dst", [((37, 53), (299, 299)), ((512, 400), (299, 299)),
-                                     ((8, 8), (3, 5))])
+@pytest.mark.parametrize("src,dst", [((37, 53), (299, 299)), ((512, 400), (299, 299)), ((8, 8), (3, 5))])
 def test_resize_matches_torch_interpolate(src, dst):
     x = np.random.default_rng(0).uniform(size=(2,) + src + (3,)).astype(np.float32)
     ours = np.asarray(resize_bilinear(x, dst))
-    ref = F.interpolate(torch.from_numpy(x).permute(0, 3, 1, 2), size=dst, mode="bilinear",
-                        align_corners=False).permute(0, 2, 3, 1).numpy()
+    ref = (
+        F.interpolate(torch.from_numpy(x).permute(0, 3, 1, 2), size=dst, mode="bilinear", align_corners=False)
+        .permute(0, 2, 3, 1)
+        .numpy()
+    )
     np.testing.assert_allclose(ours, ref, atol=2e-6)
 
 
@@ -367,11 +420,13 @@ def test_pools_match_torch():
     def back(t):
         return t.permute(0, 2, 3, 1).numpy()
 
-    np.testing.assert_allclose(np.asarray(inc._avg_pool_3x3_same(x)),
-                               back(F.avg_pool2d(xt, 3, 1, 1, count_include_pad=False)),
-                               rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(np.asarray(inc._max_pool(x, 3, 1, 1)),
-                               back(F.max_pool2d(xt, 3, 1, 1)))
+    np.testing.assert_allclose(
+        np.asarray(inc._avg_pool_3x3_same(x)),
+        back(F.avg_pool2d(xt, 3, 1, 1, count_include_pad=False)),
+        rtol=1e-6,
+        atol=1e-6,
+    )
+    np.testing.assert_allclose(np.asarray(inc._max_pool(x, 3, 1, 1)), back(F.max_pool2d(xt, 3, 1, 1)))
     np.testing.assert_allclose(np.asarray(inc._max_pool(x)), back(F.max_pool2d(xt, 3, 2)))
 
 

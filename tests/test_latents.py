@@ -51,9 +51,13 @@ def _assert_same(a, b):
 
 
 def test_record_roundtrip():
-    ex = {"image": np.random.default_rng(0).standard_normal((16, 16, 3)).astype(np.float32),
-          "label": np.int32(7), "mask": np.array([True, False]), "big": np.arange(3, dtype=">i8"),
-          "empty": np.zeros((0, 5), np.float16)}
+    ex = {
+        "image": np.random.default_rng(0).standard_normal((16, 16, 3)).astype(np.float32),
+        "label": np.int32(7),
+        "mask": np.array([True, False]),
+        "big": np.arange(3, dtype=">i8"),
+        "empty": np.zeros((0, 5), np.float16),
+    }
     out = decode_example(encode_example(ex))
     _assert_same(out, ex)
     out["image"][0, 0, 0] = 1.0  # decoded arrays are writable copies
@@ -71,8 +75,10 @@ def test_prepare_and_read_back(tmp_path):
     files = [f"tiny-{i:05d}-of-00003.array_record" for i in range(3)]
     assert manifest["count"] == 10
     assert manifest["shards"] == [{"file": f, "count": c} for f, c in zip(files, (4, 4, 2))]
-    assert manifest["schema"] == {"image": {"shape": [4, 4, 3], "dtype": "float32"},
-                                  "label": {"shape": [], "dtype": "int32"}}
+    assert manifest["schema"] == {
+        "image": {"shape": [4, 4, 3], "dtype": "float32"},
+        "label": {"shape": [], "dtype": "int32"},
+    }
     assert manifest["name"] == "tiny" and manifest["modality"] == "image"
     assert manifest["format_version"] == latents.FORMAT_VERSION
     assert manifest["source"] == repr(src) and manifest["created"]
@@ -104,8 +110,9 @@ def test_encode_and_limit(tmp_path):
     def encode(ex):
         return {"latent": ex["image"][::2, ::2].astype(np.float16) * 2, "label": ex["label"]}
 
-    manifest = prepare(TinySource(), tmp_path, name="enc", modality="image", encode=encode,
-                       limit=5, shard_size=100)
+    manifest = prepare(
+        TinySource(), tmp_path, name="enc", modality="image", encode=encode, limit=5, shard_size=100
+    )
     assert manifest["count"] == 5 and len(manifest["shards"]) == 1 and manifest["limit"] == 5
     assert manifest["schema"]["latent"] == {"shape": [2, 2, 3], "dtype": "float16"}
     ls = LatentSource(tmp_path)
@@ -114,8 +121,9 @@ def test_encode_and_limit(tmp_path):
 
 
 def test_skip_bad_sample(tmp_path):
-    manifest = prepare(TinySource(bad=3), tmp_path, name="tiny", modality="image", shard_size=4,
-                       on_bad_sample="skip")
+    manifest = prepare(
+        TinySource(bad=3), tmp_path, name="tiny", modality="image", shard_size=4, on_bad_sample="skip"
+    )
     assert manifest["count"] == 9 and [s["count"] for s in manifest["shards"]] == [4, 4, 1]
     assert manifest["num_skipped"] == 1
     assert manifest["skipped"] == [{"index": 3, "where": "f3.png", "reason": "bad"}]
@@ -140,8 +148,9 @@ def test_example_unlike_first(tmp_path):
 
     with pytest.raises(BadSampleError, match=r"f6\.png.*'image'"):
         prepare(TinySource(), tmp_path, name="t", modality="image", encode=encode)
-    manifest = prepare(TinySource(), tmp_path, name="t", modality="image", encode=encode,
-                       on_bad_sample="skip")
+    manifest = prepare(
+        TinySource(), tmp_path, name="t", modality="image", encode=encode, on_bad_sample="skip"
+    )
     assert manifest["count"] == 8 and [s["where"] for s in manifest["skipped"]] == ["f6.png", "f8.png"]
 
 
@@ -181,7 +190,7 @@ def test_truncated_shard(tmp_path, keep):
     prepare(TinySource(), tmp_path, name="tiny", modality="image", shard_size=4)
     shard = tmp_path / "tiny-00002-of-00003.array_record"
     data = shard.read_bytes()
-    shard.write_bytes(data[:{"half": len(data) // 2, "64k": 65536, "100": 100}[keep]])
+    shard.write_bytes(data[: {"half": len(data) // 2, "64k": 65536, "100": 100}[keep]])
     with pytest.raises(SourceError, match="tiny-00002-of-00003.array_record"):
         LatentSource(tmp_path)
 
@@ -195,8 +204,9 @@ def test_shard_count_mismatch(tmp_path):
         LatentSource(tmp_path)
 
 
-@pytest.mark.parametrize("change", ["invalid_json", "version", "missing_key", "count", "not_object",
-                                    "path_escape"])
+@pytest.mark.parametrize(
+    "change", ["invalid_json", "version", "missing_key", "count", "not_object", "path_escape"]
+)
 def test_corrupted_manifest(tmp_path, change):
     manifest = prepare(TinySource(), tmp_path, name="tiny", modality="image", shard_size=4)
     path = tmp_path / "manifest.json"
@@ -262,8 +272,14 @@ def test_pickle(tmp_path, monkeypatch):
 
 
 def test_bad_arguments(tmp_path):
-    for kwargs in ({"name": "a/b"}, {"name": ""}, {"shard_size": 0}, {"on_bad_sample": "ignore"},
-                   {"limit": -1}, {"modality": ""}):
+    for kwargs in (
+        {"name": "a/b"},
+        {"name": ""},
+        {"shard_size": 0},
+        {"on_bad_sample": "ignore"},
+        {"limit": -1},
+        {"modality": ""},
+    ):
         args = {"name": "tiny", "modality": "image", **kwargs}
         with pytest.raises(ValueError):
             prepare(TinySource(), tmp_path, **args)

@@ -13,8 +13,7 @@ from selfflow.layout import CLEAN_INDEX, Layout, Segment, layout_schedule
 from selfflow.model import ModelOutput, SelfFlowTransformer
 from selfflow.objectives import make_objective
 
-ROBOT = Layout("robotics", (Segment("image", 4, "condition"), Segment("video", 8),
-                            Segment("action", 6)))
+ROBOT = Layout("robotics", (Segment("image", 4, "condition"), Segment("video", 8), Segment("action", 6)))
 RATIOS = {"image": 0.25, "video": 0.25, "action": 0.5}
 DIMS = {"image": 4, "video": 8, "action": 2}
 
@@ -31,13 +30,18 @@ def test_layout_geometry():
 
 def test_masks_apply_each_modality_ratio_to_its_generate_tokens_only():
     student, teacher, mask = objective.layout_timesteps(
-        jax.random.key(0), 500, ROBOT, ObjectiveConfig(), RATIOS, dual=True)
+        jax.random.key(0), 500, ROBOT, ObjectiveConfig(), RATIOS, dual=True
+    )
     mask, index = np.asarray(mask), np.asarray(student.index)
-    assert not mask[:, :4].any()                           # condition: never masked
-    assert np.all(mask[:, 4:12].sum(1) == 2)               # video: round(0.25 · 8)
-    assert np.all(mask[:, 12:].sum(1) == 3)                # action: round(0.5 · 6)
+    assert not mask[:, :4].any()  # condition: never masked
+    assert np.all(mask[:, 4:12].sum(1) == 2)  # video: round(0.25 · 8)
+    assert np.all(mask[:, 12:].sum(1) == 3)  # action: round(0.5 · 6)
     assert np.all(index[:, :4] == CLEAN_INDEX)
-    tau, t, s = np.asarray(student.dense()), np.asarray(student.values[:, 0]), np.asarray(student.values[:, 1])
+    tau, t, s = (
+        np.asarray(student.dense()),
+        np.asarray(student.values[:, 0]),
+        np.asarray(student.values[:, 1]),
+    )
     assert np.all(tau[:, :4] == 0.0)
     np.testing.assert_array_equal(tau[:, 4:], np.where(mask[:, 4:], s[:, None], t[:, None]))
     tt = np.asarray(teacher.dense())
@@ -46,8 +50,16 @@ def test_masks_apply_each_modality_ratio_to_its_generate_tokens_only():
 
 
 def _model():
-    model = SelfFlowTransformer(depth=2, hidden_size=16, num_heads=2, mlp_ratio=2.0, num_classes=10,
-                                token_dims=DIMS, positions="rope", rngs=nnx.Rngs(0))
+    model = SelfFlowTransformer(
+        depth=2,
+        hidden_size=16,
+        num_heads=2,
+        mlp_ratio=2.0,
+        num_classes=10,
+        token_dims=DIMS,
+        positions="rope",
+        rngs=nnx.Rngs(0),
+    )
     state = nnx.state(model, nnx.Param)
     keys = iter(jax.random.split(jax.random.key(1), len(jax.tree.leaves(state))))
     nnx.update(model, jax.tree.map(lambda x: 0.2 * jax.random.normal(next(keys), x.shape), state))
@@ -56,15 +68,21 @@ def _model():
 
 def _batch(b=3):
     ks = jax.random.split(jax.random.key(2), 3)
-    tokens = tuple(jax.random.normal(k, (b, seg.num_tokens, DIMS[seg.modality]))
-                   for k, seg in zip(ks, ROBOT.segments))
-    positions = jnp.stack([jnp.arange(ROBOT.num_tokens, dtype=jnp.float32),
-                           jnp.zeros(ROBOT.num_tokens), jnp.zeros(ROBOT.num_tokens)], 1)
+    tokens = tuple(
+        jax.random.normal(k, (b, seg.num_tokens, DIMS[seg.modality])) for k, seg in zip(ks, ROBOT.segments)
+    )
+    positions = jnp.stack(
+        [
+            jnp.arange(ROBOT.num_tokens, dtype=jnp.float32),
+            jnp.zeros(ROBOT.num_tokens),
+            jnp.zeros(ROBOT.num_tokens),
+        ],
+        1,
+    )
     return objective.SegmentBatch(tokens, jnp.arange(b) % 3, positions)
 
 
-CFG = Config(model=ModelConfig(depth=2),
-             objective=ObjectiveConfig(student_layer=1, teacher_layer=2))
+CFG = Config(model=ModelConfig(depth=2), objective=ObjectiveConfig(student_layer=1, teacher_layer=2))
 
 
 def _loss(student, teacher, batch, key, loss_weights=None):
@@ -77,8 +95,14 @@ def test_model_returns_one_velocity_per_segment():
     out = model(batch.tokens, jnp.full((3,), 0.5), batch.labels, batch.positions, modalities=ROBOT.modalities)
     assert isinstance(out, ModelOutput) and out.hidden is None
     assert [o.shape for o in out.velocity] == [(3, 4, 4), (3, 8, 8), (3, 6, 2)]
-    with_hidden = model(batch.tokens, jnp.full((3,), 0.5), batch.labels, batch.positions,
-                        modalities=ROBOT.modalities, hidden_layer=1)
+    with_hidden = model(
+        batch.tokens,
+        jnp.full((3,), 0.5),
+        batch.labels,
+        batch.positions,
+        modalities=ROBOT.modalities,
+        hidden_layer=1,
+    )
     assert with_hidden.hidden.shape == (3, ROBOT.num_tokens, 16)
 
 
@@ -116,7 +140,9 @@ def test_per_modality_loss_weights_and_metrics():
     _, m2 = _loss(model, model, batch, key, {"video": 2.0, "action": 0.5})
     assert "fm_loss/image" not in m1  # condition-only modality has no loss
     assert float(m1["fm_loss"]) == pytest.approx(float(m1["fm_loss/video"] + m1["fm_loss/action"]), rel=1e-6)
-    assert float(m2["fm_loss"]) == pytest.approx(2 * float(m1["fm_loss/video"]) + 0.5 * float(m1["fm_loss/action"]), rel=1e-6)
+    assert float(m2["fm_loss"]) == pytest.approx(
+        2 * float(m1["fm_loss/video"]) + 0.5 * float(m1["fm_loss/action"]), rel=1e-6
+    )
     assert float(m1["rep_loss"]) > 0
 
 

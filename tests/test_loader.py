@@ -32,8 +32,9 @@ class Numbered:
 
 
 def _dataset(seed=0, batch=8):
-    return loader.batched_dataset(ShapesSource(num_examples=20, image_size=8, seed=seed), batch, seed,
-                                  shard=(0, 1))
+    return loader.batched_dataset(
+        ShapesSource(num_examples=20, image_size=8, seed=seed), batch, seed, shard=(0, 1)
+    )
 
 
 def test_iterator_started_at_k_yields_batch_k_and_reports_its_position():
@@ -88,8 +89,10 @@ def test_two_hosts_see_disjoint_shards_that_cover_the_source():
 
 
 def test_mixture_follows_weights_and_is_deterministic():
-    streams = [loader.example_stream(Numbered(50), 0, shard=(0, 1)),
-               loader.example_stream(Numbered(50, offset=1000), 1, shard=(0, 1))]
+    streams = [
+        loader.example_stream(Numbered(50), 0, shard=(0, 1)),
+        loader.example_stream(Numbered(50, offset=1000), 1, shard=(0, 1)),
+    ]
     ds = loader.mixed_batches(streams, [3.0, 1.0], batch_size=40)
     labels = np.concatenate([ds[k]["label"] for k in range(10)])
     share = np.mean(labels >= 1000)
@@ -130,11 +133,14 @@ def test_worker_processes_work_without_parsed_absl_flags(tmp_path):
     """The CLI does not parse absl flags; grain 0.2.18's workers need them marked parsed."""
     import subprocess
     import sys
-    code = ("from data_pipelines import loader\n"
-            "from data_pipelines.shapes import ShapesSource\n"
-            "ds = loader.batched_dataset(ShapesSource(16, 8), 4, 0, shard=(0, 1))\n"
-            "it = loader.BatchIterator(ds, worker_count=2)\n"
-            "print(sorted(next(it)['label'].tolist()) == sorted(ds[0]['label'].tolist()))\n"
-            "it.close()\n")
+
+    code = (
+        "from data_pipelines import loader\n"
+        "from data_pipelines.shapes import ShapesSource\n"
+        "ds = loader.batched_dataset(ShapesSource(16, 8), 4, 0, shard=(0, 1))\n"
+        "it = loader.BatchIterator(ds, worker_count=2)\n"
+        "print(sorted(next(it)['label'].tolist()) == sorted(ds[0]['label'].tolist()))\n"
+        "it.close()\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "True", out.stderr[-2000:]

@@ -10,7 +10,7 @@ from selfflow.config import DataConfig
 from selfflow.eval import media
 
 SPEC = audio_spec(DataConfig(source="world"))  # 160 frames x 32 mel bands
-HALF = 64                                      # clips per set
+HALF = 64  # clips per set
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +42,8 @@ def test_audio_fd_separates_real_from_wrong_sounds(world):
 
 def test_logmel_features_are_the_documented_statistics():
     x = np.zeros((1, 4, 2))
-    x[0, :, 0] = [0.0, 1.0, 0.0, 1.0]       # band 0: up, down, up
-    x[0, :, 1] = [3.0, 2.0, 1.0, 0.0]       # band 1: only falls
+    x[0, :, 0] = [0.0, 1.0, 0.0, 1.0]  # band 0: up, down, up
+    x[0, :, 1] = [3.0, 2.0, 1.0, 0.0]  # band 1: only falls
     f = media.logmel_clip_features(x)
     np.testing.assert_allclose(f[0], [0.5, 1.5, 0.5, np.sqrt(1.25), np.sqrt(2 / 3), 0.0])
 
@@ -86,11 +86,11 @@ def test_motion_fd_sees_temporal_order(world):
 
 def test_frame_features_thumbnail_and_histogram():
     img = np.full((1, 4, 4, 3), -1.0)
-    img[0, :2, :2] = 1.0                           # top-left quarter white
+    img[0, :2, :2] = 1.0  # top-left quarter white
     f = media.frame_features(img, grid=2, bins=2)
     thumb, hist = f[0, :12], f[0, 12:]
-    np.testing.assert_allclose(thumb, [1, 1, 1] + [-1, -1, -1] * 3)   # cells row-major, RGB
-    np.testing.assert_allclose(hist, [0.75, 0.25] * 3)                # per channel: dark, bright
+    np.testing.assert_allclose(thumb, [1, 1, 1] + [-1, -1, -1] * 3)  # cells row-major, RGB
+    np.testing.assert_allclose(hist, [0.75, 0.25] * 3)  # per channel: dark, bright
     assert media.frame_features(np.zeros((5, 16, 16, 3))).shape == (5, 4 * 4 * 3 + 8 * 3)
 
 
@@ -106,22 +106,37 @@ def test_frame_fd_accepts_a_feature_extractor(world):
     assert seen == [(HALF * 16, 16, 16, 3), (10 * 16, 16, 16, 3)]
     from selfflow.eval.frechet import frechet_from_features
 
-    expected = frechet_from_features(a.reshape(-1, 16, 16, 3).mean(axis=(1, 2)),
-                                     b[:10].reshape(-1, 16, 16, 3).mean(axis=(1, 2)))
+    expected = frechet_from_features(
+        a.reshape(-1, 16, 16, 3).mean(axis=(1, 2)), b[:10].reshape(-1, 16, 16, 3).mean(axis=(1, 2))
+    )
     np.testing.assert_allclose(value, expected)
 
 
-@pytest.mark.parametrize("call, match", [
-    (lambda: media.audio_fd(np.zeros((4, 160, 32)), np.zeros((4, 160, 16))), r"real \(4, 160, 32\).*\(4, 160, 16\)"),
-    (lambda: media.audio_fd(np.zeros((160, 32)), np.zeros((4, 160, 32))), r"real has shape \(160, 32\)"),
-    (lambda: media.temporal_consistency_ratio(np.zeros((2, 4, 8, 8, 3)), np.ones((2, 4, 8, 8, 3))), "static"),
-    (lambda: media.frame_features(np.zeros((2, 6, 6, 3)), grid=4), r"6x6.*4x4"),
-    (lambda: media.video_frame_fd(np.zeros((8, 3)), np.zeros((8, 3))), r"real has shape \(8, 3\)"),
-    (lambda: media.video_frame_fd(np.zeros((2, 4, 8, 8, 3)), np.zeros((2, 4, 16, 16, 3))),
-     r"different shapes \(8, 8, 3\) and \(16, 16, 3\)"),
-    (lambda: media.motion_fd(np.zeros((4, 5, 8, 8, 3)), np.zeros((4, 6, 8, 8, 3))), r"\(4, 5, 8, 8, 3\).*\(4, 6, 8, 8, 3\)"),
-    (lambda: media.mean_frame_difference(np.full((2, 3, 4, 4, 3), np.nan)), "NaN"),
-])
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (
+            lambda: media.audio_fd(np.zeros((4, 160, 32)), np.zeros((4, 160, 16))),
+            r"real \(4, 160, 32\).*\(4, 160, 16\)",
+        ),
+        (lambda: media.audio_fd(np.zeros((160, 32)), np.zeros((4, 160, 32))), r"real has shape \(160, 32\)"),
+        (
+            lambda: media.temporal_consistency_ratio(np.zeros((2, 4, 8, 8, 3)), np.ones((2, 4, 8, 8, 3))),
+            "static",
+        ),
+        (lambda: media.frame_features(np.zeros((2, 6, 6, 3)), grid=4), r"6x6.*4x4"),
+        (lambda: media.video_frame_fd(np.zeros((8, 3)), np.zeros((8, 3))), r"real has shape \(8, 3\)"),
+        (
+            lambda: media.video_frame_fd(np.zeros((2, 4, 8, 8, 3)), np.zeros((2, 4, 16, 16, 3))),
+            r"different shapes \(8, 8, 3\) and \(16, 16, 3\)",
+        ),
+        (
+            lambda: media.motion_fd(np.zeros((4, 5, 8, 8, 3)), np.zeros((4, 6, 8, 8, 3))),
+            r"\(4, 5, 8, 8, 3\).*\(4, 6, 8, 8, 3\)",
+        ),
+        (lambda: media.mean_frame_difference(np.full((2, 3, 4, 4, 3), np.nan)), "NaN"),
+    ],
+)
 def test_bad_inputs_name_the_argument(call, match):
     with pytest.raises(ValueError, match=match):
         call()

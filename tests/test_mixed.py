@@ -49,10 +49,15 @@ def test_action_loss_falls(tmp_path):
     """Normalised actions have little structure for an untrained model (loss starts near 2 =
     var(ε − x0)); a longer action-only run shows the action path learns."""
     base = mixed_config(120)
-    cfg = dataclasses.replace(base, layouts=(LayoutConfig("action", ("action",), 1.0, 32),),
-                              train=dataclasses.replace(base.train, checkpoint_every=120))
+    cfg = dataclasses.replace(
+        base,
+        layouts=(LayoutConfig("action", ("action",), 1.0, 32),),
+        train=dataclasses.replace(base.train, checkpoint_every=120),
+    )
     train_lib.train(cfg, tmp_path, progress=False, write_samples=False)
-    losses = [json.loads(line)["fm_loss/action"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    losses = [
+        json.loads(line)["fm_loss/action"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
+    ]
     assert np.mean(losses[-10:]) < 0.85 * np.mean(losses[:10]), (losses[:10], losses[-10:])
 
 
@@ -61,8 +66,9 @@ def test_each_layout_compiles_once(mixed_run):
     used = {layout_schedule(0, n, [lc.weight for lc in LAYOUTS]) for n in range(60)}
     assert used == set(range(len(LAYOUTS)))
     assert step_fn._cache_size() == len(used)  # 60 steps, one program per layout: no recompiles
-    assert [int(r["layout"]) for r in records] == [layout_schedule(0, n, [lc.weight for lc in LAYOUTS])
-                                                   for n in range(60)]
+    assert [int(r["layout"]) for r in records] == [
+        layout_schedule(0, n, [lc.weight for lc in LAYOUTS]) for n in range(60)
+    ]
 
 
 def test_mixed_run_resumes_bit_identically(mixed_run, tmp_path):
@@ -73,11 +79,14 @@ def test_mixed_run_resumes_bit_identically(mixed_run, tmp_path):
     assert resumed.final_step == 60
     for key in ("params", "ema", "opt_state"):
         a, b = jax.tree.leaves(resumed.state[key]), jax.tree.leaves(reference.state[key])
-        assert len(a) == len(b) and all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(a, b)), key
+        assert len(a) == len(b) and all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(a, b)), (
+            key
+        )
 
 
 def test_multimodal_config_errors_name_the_layout():
     from selfflow.config import ConfigError
+
     base = mixed_config(1)
     with pytest.raises(ConfigError, match=r"layouts\[0\].*segment 'smell'"):
         validate(dataclasses.replace(base, layouts=(LayoutConfig("x", ("smell",)),)))
@@ -100,12 +109,23 @@ def test_samples_are_written_per_layout_and_modality(mixed_run, tmp_path):
     model = nnx.merge(nnx.graphdef(build_model(cfg, task.token_dims)), result.state["ema"])
     paths = write_layout_samples(cfg, task, model, tmp_path, steps=2, cfg_scale=1.0, seed=0, per_layout=2)
     names = {p.relative_to(tmp_path).as_posix() for p in paths}
-    assert {"image/0_image.png", "video/0_video.mp4", "audio/0_audio_00.wav", "audio/0_audio_01.wav",
-            "audio_video/0_video.mp4", "video_to_audio/0_video_given.mp4", "video_to_audio/1_audio_mel.png",
-            "audio_video/0_video_with_1_audio_00.mp4", "audio_video/0_video_with_1_audio_01.mp4",
-            "video_to_audio/0_video_given_with_1_audio_01.mp4",
-            "robot/0_image_given.png", "robot/1_video.mp4", "robot/2_action.png"} <= names
+    assert {
+        "image/0_image.png",
+        "video/0_video.mp4",
+        "audio/0_audio_00.wav",
+        "audio/0_audio_01.wav",
+        "audio_video/0_video.mp4",
+        "video_to_audio/0_video_given.mp4",
+        "video_to_audio/1_audio_mel.png",
+        "audio_video/0_video_with_1_audio_00.mp4",
+        "audio_video/0_video_with_1_audio_01.mp4",
+        "video_to_audio/0_video_given_with_1_audio_01.mp4",
+        "robot/0_image_given.png",
+        "robot/1_video.mp4",
+        "robot/2_action.png",
+    } <= names
     import av
+
     with av.open(str(tmp_path / "robot/1_video.mp4")) as mp4:
         stream = mp4.streams.video[0]
         assert (stream.width, stream.height) == (2 * 16 * 4, 16 * 4)  # two clips side by side, 4x
@@ -148,5 +168,7 @@ def test_log_shows_compiles_flops_and_mfu_per_step(mixed_run):
         lt = task.layouts[int(r["layout"])]
         seen.add(int(r["layout"]))
         assert r["perf/compiles"] == len(seen)  # a new program only for a layout's first step
-        assert r["perf/flops_per_step"] == flops.train_step_flops(cfg, lt.layout, task.token_dims, lt.batch_size)
+        assert r["perf/flops_per_step"] == flops.train_step_flops(
+            cfg, lt.layout, task.token_dims, lt.batch_size
+        )
         assert 0 < r["perf/mfu"] < 1

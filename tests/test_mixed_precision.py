@@ -12,9 +12,20 @@ from selfflow.train import train
 
 
 def _losses(tmp_path, name, *overrides):
-    cfg = load_config_file("experiments/quickstart.py", [
-        "model.depth=2", "model.hidden_size=64", "model.num_heads=2", "train.steps=80", "train.batch_size=16",
-        "train.log_every=1", "train.checkpoint_every=1000", "data.num_examples=2048", *overrides])
+    cfg = load_config_file(
+        "experiments/quickstart.py",
+        [
+            "model.depth=2",
+            "model.hidden_size=64",
+            "model.num_heads=2",
+            "train.steps=80",
+            "train.batch_size=16",
+            "train.log_every=1",
+            "train.checkpoint_every=1000",
+            "data.num_examples=2048",
+            *overrides,
+        ],
+    )
     train(cfg, tmp_path / name, progress=False, write_samples=False)
     lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
     return np.array([json.loads(line)["fm_loss"] for line in lines])

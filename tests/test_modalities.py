@@ -16,6 +16,7 @@ def _rand(shape, seed=0):
 
 # ---------------------------------------------------------------- roundtrips and shapes
 
+
 @pytest.mark.parametrize("h, w, c, p", [(8, 12, 3, 2), (12, 8, 4, 4), (6, 10, 1, 1)])
 def test_image_roundtrip_is_exact(h, w, c, p):
     spec = image.ImageSpec(h, w, c, p)
@@ -25,8 +26,9 @@ def test_image_roundtrip_is_exact(h, w, c, p):
     np.testing.assert_array_equal(np.asarray(image.detokenize(tokens, spec)), x)
 
 
-@pytest.mark.parametrize("t, h, w, c, p, tt", [(4, 8, 12, 3, 2, 2), (6, 12, 8, 2, 4, 3),
-                                               (3, 4, 6, 1, 1, 1), (8, 4, 4, 4, 2, 4)])
+@pytest.mark.parametrize(
+    "t, h, w, c, p, tt", [(4, 8, 12, 3, 2, 2), (6, 12, 8, 2, 4, 3), (3, 4, 6, 1, 1, 1), (8, 4, 4, 4, 2, 4)]
+)
 def test_video_roundtrip_is_exact(t, h, w, c, p, tt):
     spec = video.VideoSpec(t, h, w, c, patch_size=p, tubelet=tt)
     x = _rand((2, t, h, w, c))
@@ -46,7 +48,7 @@ def test_audio_roundtrip_is_exact(frames, n_mels, pf):
     assert tokens.shape == (3, frames // pf, pf * n_mels) == (3, spec.num_tokens, spec.token_dim)
     np.testing.assert_array_equal(np.asarray(audio.detokenize(tokens, spec)), x)
     # frame-major: token 1 is frames pf..2pf-1 laid end to end
-    np.testing.assert_array_equal(tokens[0, 1], x[0, pf:2 * pf].ravel())
+    np.testing.assert_array_equal(tokens[0, 1], x[0, pf : 2 * pf].ravel())
 
 
 @pytest.mark.parametrize("chunk, p_dim", [(1, 0), (2, 3), (4, 1)])
@@ -73,6 +75,7 @@ def test_bfloat16_roundtrip_keeps_dtype():
 
 # ---------------------------------------------------------------- feature order
 
+
 def test_image_feature_order_matches_manual_reference():
     h, w, c, p = 4, 6, 2, 2
     x = np.arange(2 * h * w * c, dtype=np.float32).reshape(2, h, w, c)
@@ -81,7 +84,7 @@ def test_image_feature_order_matches_manual_reference():
     for b in range(2):
         for i in range(h // p):
             for j in range(gw):
-                patch = x[b, i * p:(i + 1) * p, j * p:(j + 1) * p]  # (p1, p2, c)
+                patch = x[b, i * p : (i + 1) * p, j * p : (j + 1) * p]  # (p1, p2, c)
                 ref = [patch[p1, p2, ch] for ch in range(c) for p1 in range(p) for p2 in range(p)]
                 np.testing.assert_array_equal(tokens[b, i * gw + j], ref)
 
@@ -128,6 +131,7 @@ def test_action_features_are_actions_then_proprio_step_major():
 
 # ---------------------------------------------------------------- positions
 
+
 def _check_positions(pos, n):
     assert pos.shape == (n, 3) and pos.dtype == np.float32
 
@@ -154,10 +158,12 @@ def test_image_positions():
 
 
 def test_one_second_of_each_modality_shares_the_time_range():
-    specs = {video: video.VideoSpec(10, 4, 4, tubelet=2, fps=10.0),
-             audio: audio.AudioSpec(100, patch_frames=4),  # 100 frames of 10 ms
-             action: action.ActionSpec(10, 7, hz=10.0),
-             image: image.ImageSpec(4, 4)}
+    specs = {
+        video: video.VideoSpec(10, 4, 4, tubelet=2, fps=10.0),
+        audio: audio.AudioSpec(100, patch_frames=4),  # 100 frames of 10 ms
+        action: action.ActionSpec(10, 7, hz=10.0),
+        image: image.ImageSpec(4, 4),
+    }
     for mod, spec in specs.items():
         pos = mod.positions(spec)
         _check_positions(pos, spec.num_tokens)
@@ -169,10 +175,15 @@ def test_one_second_of_each_modality_shares_the_time_range():
     assert set(video_t) <= set(action.positions(specs[action])[:, 0])
 
 
-@pytest.mark.parametrize("mod, spec", [(image, image.ImageSpec(4, 4)),
-                                       (video, video.VideoSpec(4, 4, 4)),
-                                       (audio, audio.AudioSpec(8, n_mels=4, patch_frames=2)),
-                                       (action, action.ActionSpec(6, 2, chunk=3, hz=5.0))])
+@pytest.mark.parametrize(
+    "mod, spec",
+    [
+        (image, image.ImageSpec(4, 4)),
+        (video, video.VideoSpec(4, 4, 4)),
+        (audio, audio.AudioSpec(8, n_mels=4, patch_frames=2)),
+        (action, action.ActionSpec(6, 2, chunk=3, hz=5.0)),
+    ],
+)
 def test_time_offset_shifts_t_only(mod, spec):
     base, shifted = mod.positions(spec), mod.positions(spec, time_offset=250.0)
     np.testing.assert_array_equal(shifted[:, 0], base[:, 0] + 250.0)
@@ -180,6 +191,7 @@ def test_time_offset_shifts_t_only(mod, spec):
 
 
 # ---------------------------------------------------------------- audio analysis / resynthesis
+
 
 @pytest.fixture(scope="module")
 def tone():
@@ -209,6 +221,7 @@ def test_logmel_to_waveform_recovers_tone(tone, tmp_path):
     again = audio.waveform_to_logmel(wave, spec)
     assert np.abs(again - logmel).mean() < 0.1  # measured 0.044 (0.19 without KL refinement)
     import soundfile
+
     audio.write_wav(tmp_path / "tone.wav", wave[0], spec.sample_rate)
     read, sr = soundfile.read(tmp_path / "tone.wav")
     assert sr == spec.sample_rate and read.shape == (spec.num_samples,)
@@ -216,6 +229,7 @@ def test_logmel_to_waveform_recovers_tone(tone, tmp_path):
 
 
 # ---------------------------------------------------------------- action normalisation, errors
+
 
 def test_fit_stats_then_tokenize_standardises_features():
     rng = np.random.default_rng(3)
@@ -258,6 +272,7 @@ def test_other_bad_shapes_raise():
 
 # ---------------------------------------------------------------- registry and interface
 
+
 def test_registry():
     assert modalities.get("video") is modalities.video
     assert set(modalities.MODALITIES) == {"image", "video", "audio", "action"}
@@ -265,11 +280,13 @@ def test_registry():
         modalities.get("smell")
 
 
-EXAMPLE_SPECS = {"image": image.ImageSpec(4, 6), "video": video.VideoSpec(4, 4, 6),
-                 "audio": audio.AudioSpec(8, n_mels=4, patch_frames=2),
-                 "action": action.ActionSpec(6, 3, chunk=2)}
-EXAMPLE_INPUTS = {"image": (2, 4, 6, 3), "video": (2, 4, 4, 6, 3), "audio": (2, 8, 4),
-                  "action": (2, 6, 3)}
+EXAMPLE_SPECS = {
+    "image": image.ImageSpec(4, 6),
+    "video": video.VideoSpec(4, 4, 6),
+    "audio": audio.AudioSpec(8, n_mels=4, patch_frames=2),
+    "action": action.ActionSpec(6, 3, chunk=2),
+}
+EXAMPLE_INPUTS = {"image": (2, 4, 6, 3), "video": (2, 4, 4, 6, 3), "audio": (2, 8, 4), "action": (2, 6, 3)}
 
 
 @pytest.mark.parametrize("name", ["image", "video", "audio", "action"])

@@ -10,11 +10,11 @@ from flax import nnx
 
 from modalities import image as image_modality
 from selfflow import layers, objective
+from selfflow.config import Config, DataConfig, ModelConfig, ObjectiveConfig, OptimConfig
+from selfflow.model import SelfFlowTransformer, build_model, count_params
 from selfflow.objectives import make_objective
 from selfflow.run import init_state, make_optimizer
 from selfflow.step import make_train_step
-from selfflow.config import Config, DataConfig, ModelConfig, ObjectiveConfig, OptimConfig
-from selfflow.model import SelfFlowTransformer, build_model, count_params
 from selfflow.tasks import Task
 
 B, GRID, PATCH, CH = 3, 4, 2, 3
@@ -24,9 +24,17 @@ IMAGE = ("image",)
 
 
 def _model(positions="sincos", depth=4, seed=0, dtype=jnp.float32):
-    model = SelfFlowTransformer(depth=depth, hidden_size=32, num_heads=4, mlp_ratio=2.0,
-                                num_classes=10, token_dims={"image": TOKEN_DIM}, positions=positions,
-                                dtype=dtype, rngs=nnx.Rngs(seed))
+    model = SelfFlowTransformer(
+        depth=depth,
+        hidden_size=32,
+        num_heads=4,
+        mlp_ratio=2.0,
+        num_classes=10,
+        token_dims={"image": TOKEN_DIM},
+        positions=positions,
+        dtype=dtype,
+        rngs=nnx.Rngs(seed),
+    )
     # adaLN-Zero makes a fresh model output 0; give every weight a non-zero value.
     state = nnx.state(model, nnx.Param)
     keys = iter(jax.random.split(jax.random.key(seed + 1), len(jax.tree.leaves(state))))
@@ -145,21 +153,30 @@ def test_bfloat16_compute_tracks_float32():
 
 def test_sit_xl2_preset_has_the_published_size():
     # SiT-XL/2 (SD-VAE latents: 4 channels, patch 2 -> token dim 16, 1000 classes): ≈675 M + 5.3 M projector.
-    model = nnx.eval_shape(lambda: SelfFlowTransformer(
-        depth=28, hidden_size=1152, num_heads=16, mlp_ratio=4.0, num_classes=1000,
-        token_dims={"image": 16}, rngs=nnx.Rngs(0)))
+    model = nnx.eval_shape(
+        lambda: SelfFlowTransformer(
+            depth=28,
+            hidden_size=1152,
+            num_heads=16,
+            mlp_ratio=4.0,
+            num_classes=1000,
+            token_dims={"image": 16},
+            rngs=nnx.Rngs(0),
+        )
+    )
     total = count_params(model)
     projector = 2 * 1152 * 2304 + 2304 + 1152
     assert math.isclose(total - projector, 675e6, rel_tol=0.005), total
 
 
 def test_train_step_changes_teacher_only_through_ema_and_no_gradient_reaches_it():
-    cfg = Config(model=ModelConfig(depth=2, hidden_size=32, num_heads=2, patch_size=4),
-                 data=DataConfig(image_size=8),
-                 objective=ObjectiveConfig(student_layer=1, teacher_layer=2, ema_decay=0.9),
-                 optim=OptimConfig(learning_rate=1e-2))
+    cfg = Config(
+        model=ModelConfig(depth=2, hidden_size=32, num_heads=2, patch_size=4),
+        data=DataConfig(image_size=8),
+        objective=ObjectiveConfig(student_layer=1, teacher_layer=2, ema_decay=0.9),
+        optim=OptimConfig(learning_rate=1e-2),
+    )
     full_task = Task(cfg)
-    task = full_task.specs["image"]
     model = build_model(cfg, full_task.token_dims)
     graphdef = nnx.graphdef(model)
     tx = make_optimizer(cfg.optim)
@@ -177,8 +194,14 @@ def test_train_step_changes_teacher_only_through_ema_and_no_gradient_reaches_it(
 
     def loss_of_teacher(ema):
         student = nnx.merge(graphdef, state["params"])
-        return obj.loss(student=student, teacher=nnx.merge(graphdef, ema), batch=batch,
-                        layout=full_task.layouts[0].layout, key=jax.random.key(1))[0]
+        return obj.loss(
+            student=student,
+            teacher=nnx.merge(graphdef, ema),
+            batch=batch,
+            layout=full_task.layouts[0].layout,
+            key=jax.random.key(1),
+        )[0]
+
     teacher_grads = jax.grad(loss_of_teacher)(state["ema"])
     assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(teacher_grads))
 
@@ -187,8 +210,9 @@ def test_train_step_changes_teacher_only_through_ema_and_no_gradient_reaches_it(
     assert float(metrics["rep_loss"]) > 0
     expected = objective.ema_update(ema_before, new_state["params"], 0.9)
     moved = 0
-    for want, got, old in zip(jax.tree.leaves(expected), jax.tree.leaves(new_state["ema"]),
-                              jax.tree.leaves(ema_before)):
+    for want, got, old in zip(
+        jax.tree.leaves(expected), jax.tree.leaves(new_state["ema"]), jax.tree.leaves(ema_before)
+    ):
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-7)
         moved += int(not np.array_equal(np.asarray(got), old))
     assert moved > 0
@@ -196,6 +220,7 @@ def test_train_step_changes_teacher_only_through_ema_and_no_gradient_reaches_it(
 
 def test_factored_timesteps_match_per_token_timesteps():
     from selfflow.model import FactoredTimesteps
+
     model = _model()
     x, t, y = _inputs()
     s = jnp.array([0.9, 0.05, 0.5])
@@ -209,8 +234,11 @@ def test_factored_timesteps_match_per_token_timesteps():
 
 
 def _loss_and_grads(cfg_overrides):
-    cfg = Config(model=ModelConfig(depth=3, hidden_size=32, num_heads=2, patch_size=2, **cfg_overrides),
-                 data=DataConfig(image_size=8), objective=ObjectiveConfig(student_layer=1, teacher_layer=2))
+    cfg = Config(
+        model=ModelConfig(depth=3, hidden_size=32, num_heads=2, patch_size=2, **cfg_overrides),
+        data=DataConfig(image_size=8),
+        objective=ObjectiveConfig(student_layer=1, teacher_layer=2),
+    )
     task = Task(cfg)
     model = build_model(cfg, task.token_dims)
     state = nnx.state(model, nnx.Param)
@@ -225,6 +253,7 @@ def _loss_and_grads(cfg_overrides):
     def loss(p):
         m = nnx.merge(graphdef, p)
         return obj.loss(student=m, teacher=m, batch=batch, layout=layout, key=jax.random.key(1))[0]
+
     value, grads = jax.jit(jax.value_and_grad(loss))(params)
     remats = sum(e.primitive.name == "remat2" for e in jax.make_jaxpr(loss)(params).eqns)
     assert remats == (task.cfg.depth + task.cfg.teacher_layer if cfg_overrides.get("remat") else 0)

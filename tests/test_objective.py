@@ -29,22 +29,37 @@ class _Times(NamedTuple):
 def _dual(key_seed=0, batch=4000, tokens=16, ocfg=OCFG):
     """The timesteps the training objective draws for a one-segment layout."""
     student, teacher, mask = objective.layout_timesteps(
-        jax.random.key(key_seed), batch, single("image", tokens), ocfg,
-        {"image": 0.25 if ocfg.mask_ratio is None else ocfg.mask_ratio}, dual=True)
-    return _Times(np.asarray(student.dense()), np.asarray(teacher.dense()),
-                  np.asarray(student.values[:, 0]), np.asarray(student.values[:, 1]), np.asarray(mask))
+        jax.random.key(key_seed),
+        batch,
+        single("image", tokens),
+        ocfg,
+        {"image": 0.25 if ocfg.mask_ratio is None else ocfg.mask_ratio},
+        dual=True,
+    )
+    return _Times(
+        np.asarray(student.dense()),
+        np.asarray(teacher.dense()),
+        np.asarray(student.values[:, 0]),
+        np.asarray(student.values[:, 1]),
+        np.asarray(mask),
+    )
 
 
 # ---------------------------------------------------------------------------- p(t) and the mask
 
 
-@pytest.mark.parametrize("ocfg, cdf", [
-    (ObjectiveConfig(), stats.uniform.cdf),
-    (ObjectiveConfig(time_distribution="logit_normal", logit_normal_mean=0.3, logit_normal_std=0.8),
-     lambda x: stats.norm.cdf((np.log(x) - np.log1p(-x) - 0.3) / 0.8)),
-    # SD3 shift a=3 of a uniform: P(t' <= x) = P(t <= x / (a - (a - 1) x)).
-    (ObjectiveConfig(time_shift=3.0), lambda x: x / (3.0 - 2.0 * x)),
-])
+@pytest.mark.parametrize(
+    "ocfg, cdf",
+    [
+        (ObjectiveConfig(), stats.uniform.cdf),
+        (
+            ObjectiveConfig(time_distribution="logit_normal", logit_normal_mean=0.3, logit_normal_std=0.8),
+            lambda x: stats.norm.cdf((np.log(x) - np.log1p(-x) - 0.3) / 0.8),
+        ),
+        # SD3 shift a=3 of a uniform: P(t' <= x) = P(t <= x / (a - (a - 1) x)).
+        (ObjectiveConfig(time_shift=3.0), lambda x: x / (3.0 - 2.0 * x)),
+    ],
+)
 def test_every_token_timestep_is_distributed_as_p_t(ocfg, cdf):
     times = _dual(ocfg=ocfg)
     tau = np.asarray(times.student)
@@ -83,7 +98,9 @@ def test_t_and_s_are_unordered_and_independent():
     frac = np.mean(s < t)
     assert abs(frac - 0.5) < 0.02
     assert abs(np.corrcoef(t, s)[0, 1]) < 0.03
-    np.testing.assert_array_equal(times.teacher, np.broadcast_to(np.minimum(t, s)[:, None], times.teacher.shape))
+    np.testing.assert_array_equal(
+        times.teacher, np.broadcast_to(np.minimum(t, s)[:, None], times.teacher.shape)
+    )
 
 
 @pytest.mark.parametrize("gap", [0.2, 0.5])
@@ -101,6 +118,7 @@ def test_time_gap_puts_s_within_the_gap_below_t(gap):
 
 def test_time_gap_needs_a_second_timestep():
     from selfflow.config import ConfigError, validate
+
     with pytest.raises(ConfigError, match="objective.time_gap=0.2 needs a second timestep"):
         validate(Config(objective=ObjectiveConfig(kind="flow_matching", time_gap=0.2)))
     with pytest.raises(ConfigError, match=r"objective.time_gap=1.5: expected a value in \[0, 1\]"):
@@ -121,14 +139,26 @@ class _Recorder:
         return jnp.concatenate([jnp.tile(fn(x), (1, 1, self.width // x.shape[-1])) for x in xs], 1)
 
     def __call__(self, xs, times, labels, positions, *, modalities, hidden_layer=None):
-        self.calls.append(("student", jnp.concatenate(xs, 1) if len(set(x.shape[-1] for x in xs)) == 1
-                           else xs, times.dense(), labels))
+        self.calls.append(
+            (
+                "student",
+                jnp.concatenate(xs, 1) if len(set(x.shape[-1] for x in xs)) == 1 else xs,
+                times.dense(),
+                labels,
+            )
+        )
         out = tuple(jnp.tanh(x) for x in xs)
         return ModelOutput(out, None if hidden_layer is None else self._features(xs, lambda x: x))
 
     def forward_until(self, xs, times, labels, positions, *, layer, modalities):
-        self.calls.append(("teacher", jnp.concatenate(xs, 1) if len(set(x.shape[-1] for x in xs)) == 1
-                           else xs, times.dense(), labels))
+        self.calls.append(
+            (
+                "teacher",
+                jnp.concatenate(xs, 1) if len(set(x.shape[-1] for x in xs)) == 1 else xs,
+                times.dense(),
+                labels,
+            )
+        )
         return self._features(xs, jnp.cos)
 
     def project(self, h):
@@ -178,8 +208,9 @@ def _np_cos_per_token(a, b):
 def test_velocity_mse_matches_numpy_per_modality():
     """Segments of one modality pool by element count; condition segments carry no loss."""
     rng = np.random.default_rng(0)
-    layout = Layout("l", (Segment("video", 5), Segment("audio", 3), Segment("video", 2),
-                          Segment("image", 4, CONDITION)))
+    layout = Layout(
+        "l", (Segment("video", 5), Segment("audio", 3), Segment("video", 2), Segment("image", 4, CONDITION))
+    )
     shapes = [(3, 5, 4), (3, 3, 6), (3, 2, 4), (3, 4, 2)]
     v, x0, eps = ([rng.normal(size=sh).astype(np.float32) for sh in shapes] for _ in range(3))
     got = objective.velocity_mse(*(tuple(map(jnp.asarray, a)) for a in (v, x0, eps)), layout)
@@ -218,12 +249,18 @@ def test_l1_representation_loss_is_mean_absolute_difference_per_token():
     a, b = rng.normal(size=(2, 6, 8)), rng.normal(size=(2, 6, 8))
     mask = np.array([True, True, False, True, False, True])
     expected = np.abs(a - b).mean(-1)[:, mask].mean()
-    got = float(objective.representation_loss(jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32),
-                                              jnp.asarray(mask), distance="l1"))
+    got = float(
+        objective.representation_loss(
+            jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32), jnp.asarray(mask), distance="l1"
+        )
+    )
     assert got == pytest.approx(expected, rel=1e-5)
     # l1 is not scale-invariant: doubling both features doubles it (the cosine would not move)
-    got2 = float(objective.representation_loss(jnp.asarray(2 * a, jnp.float32), jnp.asarray(2 * b, jnp.float32),
-                                               jnp.asarray(mask), distance="l1"))
+    got2 = float(
+        objective.representation_loss(
+            jnp.asarray(2 * a, jnp.float32), jnp.asarray(2 * b, jnp.float32), jnp.asarray(mask), distance="l1"
+        )
+    )
     assert got2 == pytest.approx(2 * expected, rel=1e-5)
 
 

@@ -9,14 +9,23 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from official_reference import OfficialSelfFlow  # noqa: E402
-
 from selfflow import official  # noqa: E402
 from selfflow.export import load_official  # noqa: E402
 from selfflow.official import OfficialFormatError  # noqa: E402
 
-ARCH = dict(input_size=8, patch_size=2, in_channels=4, hidden_size=48, depth=4, num_heads=4,
-            mlp_ratio=4.0, num_classes=11, learn_sigma=True)
+from official_reference import OfficialSelfFlow  # noqa: E402
+
+ARCH = dict(
+    input_size=8,
+    patch_size=2,
+    in_channels=4,
+    hidden_size=48,
+    depth=4,
+    num_heads=4,
+    mlp_ratio=4.0,
+    num_classes=11,
+    learn_sigma=True,
+)
 B, N, C = 3, 16, 16
 
 
@@ -75,7 +84,9 @@ def test_projected_and_raw_features_match(reference, inputs, layer):
         _, expected = torch_run(module, x, t_token, y, **{key: layer})
         got = np.asarray(ours.features(x, t_token, y, layer=layer, projected=projected))
         error = relative(got, expected)
-        print(f"{'projected' if projected else 'raw'} features after block {layer}: relative error {error:.2e}")
+        print(
+            f"{'projected' if projected else 'raw'} features after block {layer}: relative error {error:.2e}"
+        )
         assert error < 1e-5, (layer, projected)
 
 
@@ -106,7 +117,9 @@ def test_wrapped_and_ddp_prefixed_checkpoints_load(reference, inputs, tmp_path):
     torch.save({"ema": {f"module.{k}": v for k, v in module.state_dict().items()}, "step": 7}, wrapped)
     x, t_scalar, _, y = inputs
     plain = np.asarray(load_official(path, **ARCH).velocity(x, t_scalar, y))
-    np.testing.assert_array_equal(np.asarray(load_official(wrapped, key="ema", **ARCH).velocity(x, t_scalar, y)), plain)
+    np.testing.assert_array_equal(
+        np.asarray(load_official(wrapped, key="ema", **ARCH).velocity(x, t_scalar, y)), plain
+    )
 
 
 def test_malformed_checkpoint_lists_every_problem(reference, tmp_path):
@@ -172,9 +185,12 @@ def test_runs_that_embed_tau_export_the_same_velocity(reference, inputs):
     for t in (t_scalar, t_token):
         assert relative(ours.velocity(x, t, y), torch_run(module, x, t, y)) < 1e-5
     from selfflow.export import flatten
+
     flat = flatten(nnx.to_pure_dict(nnx.state(ours.model, nnx.Param)))
     back = official.to_official(flat, ARCH, time_embedding="tau")["t_embedder.mlp.0.weight"]
-    np.testing.assert_allclose(back, module.state_dict()["t_embedder.mlp.0.weight"].numpy(), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(
+        back, module.state_dict()["t_embedder.mlp.0.weight"].numpy(), rtol=0, atol=1e-6
+    )
 
 
 # ---------------------------------------------------------------------------- runs <-> official .pt
@@ -195,8 +211,20 @@ def exported_run(tmp_path_factory):
     base = tmp_path_factory.mktemp("run")
     (base / "tiny.py").write_text(RUN_CONFIG.format(model=""))
     train(load_config_file(base / "tiny.py"), base / "run", progress=False, write_samples=False)
-    assert cli.main(["export", "--run-dir", str(base / "run"), "--format", "official",
-                     "--out", str(base / "model.pt")]) == 0
+    assert (
+        cli.main(
+            [
+                "export",
+                "--run-dir",
+                str(base / "run"),
+                "--format",
+                "official",
+                "--out",
+                str(base / "model.pt"),
+            ]
+        )
+        == 0
+    )
     return base
 
 
@@ -209,16 +237,30 @@ def test_exported_run_loads_in_the_official_model_and_matches_ours(exported_run)
     from selfflow.run import load_run
 
     arch = json.loads((exported_run / "model.json").read_text())["architecture"]
-    assert arch == dict(input_size=16, patch_size=4, in_channels=3, hidden_size=32, depth=2, num_heads=2,
-                        mlp_ratio=4.0, num_classes=11, learn_sigma=True)
+    assert arch == dict(
+        input_size=16,
+        patch_size=4,
+        in_channels=3,
+        hidden_size=32,
+        depth=2,
+        num_heads=2,
+        mlp_ratio=4.0,
+        num_classes=11,
+        learn_sigma=True,
+    )
     module = OfficialSelfFlow(**arch).eval()
     module.load_state_dict(torch.load(exported_run / "model.pt", weights_only=True), strict=True)
     _, state, graphdef, task, _ = load_run(exported_run / "run")
     rng = np.random.default_rng(1)
     x = rng.normal(size=(2, 16, 48)).astype(np.float32)
     t, y = np.array([0.2, 0.9], np.float32), np.array([3, 10])
-    ours = nnx.merge(graphdef, state["ema"])((jnp.asarray(x),), jnp.asarray(t), jnp.asarray(y),
-                                             jnp.asarray(task.layouts[0].positions), modalities=("image",)).velocity[0]
+    ours = nnx.merge(graphdef, state["ema"])(
+        (jnp.asarray(x),),
+        jnp.asarray(t),
+        jnp.asarray(y),
+        jnp.asarray(task.layouts[0].positions),
+        modalities=("image",),
+    ).velocity[0]
     assert relative(torch_run(module, x, t, y), ours) < 1e-5
 
 
@@ -232,8 +274,20 @@ def test_export_then_import_is_bit_identical_and_fine_tunes(exported_run):
     from selfflow.run import load_run
 
     config, imported = str(exported_run / "tiny.py"), exported_run / "imported"
-    assert cli.main(["import", "--official", str(exported_run / "model.pt"), "--config", config,
-                     "--out", str(imported)]) == 0
+    assert (
+        cli.main(
+            [
+                "import",
+                "--official",
+                str(exported_run / "model.pt"),
+                "--config",
+                config,
+                "--out",
+                str(imported),
+            ]
+        )
+        == 0
+    )
     _, source, graphdef, task, _ = load_run(exported_run / "run")
     _, state, _, _, step = load_run(imported)
     assert step == 0
@@ -245,16 +299,33 @@ def test_export_then_import_is_bit_identical_and_fine_tunes(exported_run):
             np.testing.assert_array_equal(got[k], ema[k], err_msg=f"{weights} {k}")
     x, pos = jax.random.normal(jax.random.key(0), (2, 16, 48)), jnp.asarray(task.layouts[0].positions)
     t, y = jnp.array([0.3, 0.6]), jnp.array([1, 2])
-    np.testing.assert_array_equal(nnx.merge(graphdef, state["ema"])((x,), t, y, pos, modalities=("image",)).velocity,
-                                  nnx.merge(graphdef, source["ema"])((x,), t, y, pos, modalities=("image",)).velocity)
+    np.testing.assert_array_equal(
+        nnx.merge(graphdef, state["ema"])((x,), t, y, pos, modalities=("image",)).velocity,
+        nnx.merge(graphdef, source["ema"])((x,), t, y, pos, modalities=("image",)).velocity,
+    )
     assert cli.main(["sample", "--run-dir", str(imported), "--out", str(exported_run / "s.png")]) == 0
-    assert cli.main(["train", config, "--run-dir", str(imported), "--set", "train.steps=1", "--no-progress"]) == 0
+    assert (
+        cli.main(["train", config, "--run-dir", str(imported), "--set", "train.steps=1", "--no-progress"])
+        == 0
+    )
     _, tuned, _, _, step = load_run(imported)
     assert step == 1 and int(tuned["step"]) == 1  # resumed from the imported step 0, one optimizer step
     moved = flatten(jax.device_get(tuned["params"]))
     assert any(not np.array_equal(moved[k], ema[k]) for k in ema)
-    assert cli.main(["import", "--official", str(exported_run / "model.pt"), "--config", config,
-                     "--out", str(imported)]) == 1  # never over an existing run
+    assert (
+        cli.main(
+            [
+                "import",
+                "--official",
+                str(exported_run / "model.pt"),
+                "--config",
+                config,
+                "--out",
+                str(imported),
+            ]
+        )
+        == 1
+    )  # never over an existing run
 
 
 def test_runs_without_an_official_counterpart_are_refused(exported_run, tmp_path, capsys):
@@ -262,13 +333,31 @@ def test_runs_without_an_official_counterpart_are_refused(exported_run, tmp_path
 
     rope = tmp_path / "rope.py"
     rope.write_text(RUN_CONFIG.format(model=", positions='rope'"))
-    code = cli.main(["import", "--official", str(exported_run / "model.pt"), "--config", str(rope),
-                     "--out", str(tmp_path / "x")])
+    code = cli.main(
+        [
+            "import",
+            "--official",
+            str(exported_run / "model.pt"),
+            "--config",
+            str(rope),
+            "--out",
+            str(tmp_path / "x"),
+        ]
+    )
     assert code == 1 and "model.positions='rope'" in capsys.readouterr().err
     wide = tmp_path / "wide.py"
     wide.write_text(RUN_CONFIG.format(model=", hidden_size=64"))
-    code = cli.main(["import", "--official", str(exported_run / "model.pt"), "--config", str(wide),
-                     "--out", str(tmp_path / "y")])
+    code = cli.main(
+        [
+            "import",
+            "--official",
+            str(exported_run / "model.pt"),
+            "--config",
+            str(wide),
+            "--out",
+            str(tmp_path / "y"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 1 and "x_embedder.proj.weight: shape (32, 48), expected (64, 48)" in err
 
@@ -277,17 +366,41 @@ def test_fid_samples_from_a_run_and_from_an_official_checkpoint(exported_run, re
     from selfflow import cli
 
     out = tmp_path / "run.npz"
-    assert cli.main(["fid-samples", "--run-dir", str(exported_run / "run"), "--out", str(out), "--num", "5",
-                     "--batch-size", "2", "--steps", "3", "--cfg", "2", "--seed", "4"]) == 0
+    assert (
+        cli.main(
+            [
+                "fid-samples",
+                "--run-dir",
+                str(exported_run / "run"),
+                "--out",
+                str(out),
+                "--num",
+                "5",
+                "--batch-size",
+                "2",
+                "--steps",
+                "3",
+                "--cfg",
+                "2",
+                "--seed",
+                "4",
+            ]
+        )
+        == 0
+    )
     with np.load(out) as npz:
         images, labels = npz["arr_0"], npz["arr_1"]
     assert images.shape == (5, 16, 16, 3) and images.dtype == np.uint8 and images.std() > 0
     assert labels.shape == (5,) and set(labels) <= set(range(10))
     _, path = reference  # 4-channel latents: decoding them needs the SD-VAE
     arch = [f"--arch={k}={v}" for k, v in ARCH.items()]
-    code = cli.main(["fid-samples", "--official", str(path), *arch, "--out", str(tmp_path / "o.npz"), "--num", "2"])
+    code = cli.main(
+        ["fid-samples", "--official", str(path), *arch, "--out", str(tmp_path / "o.npz"), "--num", "2"]
+    )
     assert code == 2 and "pass --vae DIR" in capsys.readouterr().err
-    code = cli.main(["fid-samples", "--official", str(path), "--arch", "depth=four", "--out", str(tmp_path / "o.npz")])
+    code = cli.main(
+        ["fid-samples", "--official", str(path), "--arch", "depth=four", "--out", str(tmp_path / "o.npz")]
+    )
     assert code == 2 and "expected int for depth" in capsys.readouterr().err
 
 
@@ -297,10 +410,23 @@ def test_imagenet_experiment_describes_the_released_checkpoint():
 
     cfg = load_config_file("experiments/imagenet256_xl2.py")
     m = cfg.model
-    assert (m.resolved("depth"), m.resolved("hidden_size"), m.resolved("num_heads"), m.resolved("patch_size"),
-            m.mlp_ratio, m.positions, m.time_embedding) == (
-        RELEASED_XL2["depth"], RELEASED_XL2["hidden_size"], RELEASED_XL2["num_heads"], RELEASED_XL2["patch_size"],
-        RELEASED_XL2["mlp_ratio"], "sincos", "sit")
+    assert (
+        m.resolved("depth"),
+        m.resolved("hidden_size"),
+        m.resolved("num_heads"),
+        m.resolved("patch_size"),
+        m.mlp_ratio,
+        m.positions,
+        m.time_embedding,
+    ) == (
+        RELEASED_XL2["depth"],
+        RELEASED_XL2["hidden_size"],
+        RELEASED_XL2["num_heads"],
+        RELEASED_XL2["patch_size"],
+        RELEASED_XL2["mlp_ratio"],
+        "sincos",
+        "sit",
+    )
     assert cfg.data.num_classes + 1 == RELEASED_XL2["num_classes"]  # + the null class
     assert (cfg.student_layer, cfg.teacher_layer) == (8, 20)  # the official README's blocks
 

@@ -34,11 +34,11 @@ def test_video_gif_frames_size_duration_and_order(tmp_path):
     assert size == (b * w * scale, h * scale)
     assert loop == 0
     assert all(abs(d - 1000 / 8.0) <= 10 for d in durations)  # GIF stores centiseconds
-    grey = [f[:h * scale, w * scale:2 * w * scale].mean() for f in frames]  # middle clip
+    grey = [f[: h * scale, w * scale : 2 * w * scale].mean() for f in frames]  # middle clip
     assert np.all(np.diff(grey) > 20), grey
     expected = np.clip((levels + 1) * 127.5 + 0.5, 0, 255)
     np.testing.assert_allclose(grey, expected, atol=3)
-    assert frames[0][:h * scale, w * scale:2 * w * scale].std() < 1.0  # solid, not dithered
+    assert frames[0][: h * scale, w * scale : 2 * w * scale].std() < 1.0  # solid, not dithered
 
 
 def test_video_gif_rejects_wrong_shape(tmp_path):
@@ -51,8 +51,9 @@ def _decode_mp4(path):
     with av.open(str(path)) as c:
         info = {"video": len(c.streams.video), "audio": len(c.streams.audio)}
         v = c.streams.video[0]
-        info.update(codec=v.codec_context.name, size=(v.width, v.height),
-                    duration=float(v.duration * v.time_base))
+        info.update(
+            codec=v.codec_context.name, size=(v.width, v.height), duration=float(v.duration * v.time_base)
+        )
         frames, times = [], []
         for f in c.decode(v):
             frames.append(f.to_ndarray(format="rgb24"))
@@ -62,8 +63,7 @@ def _decode_mp4(path):
             c.seek(0)
             a = c.streams.audio[0]
             rate = a.sample_rate
-            info.update(audio_codec=a.codec_context.name,
-                        audio_duration=float(a.duration * a.time_base))
+            info.update(audio_codec=a.codec_context.name, audio_duration=float(a.duration * a.time_base))
             audio = np.concatenate([f.to_ndarray().reshape(-1) for f in c.decode(a)])
         return info, frames, times, audio, rate
 
@@ -74,7 +74,7 @@ def _moving_square(b, t, h, w):
     videos = np.full((b, t, h, w, 3), -1.0, np.float32)
     cols = np.arange(t) + 1
     for i, col in enumerate(cols):
-        videos[0, i, 3:5, col:col + 2] = 1.0
+        videos[0, i, 3:5, col : col + 2] = 1.0
     videos[1:] = np.linspace(-0.8, 0.8, t)[None, :, None, None, None]
     return videos, cols
 
@@ -103,12 +103,12 @@ def test_video_mp4_frames_size_timing_and_content(tmp_path, monkeypatch, codec):
     for i, (frame, col) in enumerate(zip(frames, cols)):
         err = np.abs(frame.astype(np.float32) - expected[i])
         assert err.mean() < 4.0 and np.percentile(err, 99) < 40, (i, err.mean())
-        clip0 = frame[:, :w * scale].mean(axis=2)
+        clip0 = frame[:, : w * scale].mean(axis=2)
         ys, xs = np.nonzero(clip0 > 128)  # the square, found in the decoded frame
         assert abs(xs.mean() - (col + 1) * scale) < 1.0, (i, xs.mean())
         assert abs(ys.mean() - 4 * scale) < 1.0, (i, ys.mean())
         assert abs(len(xs) - (2 * scale) ** 2) <= 0.25 * (2 * scale) ** 2
-        grey = frame[:, w * scale:].mean()  # clip 1: solid grey level of frame i
+        grey = frame[:, w * scale :].mean()  # clip 1: solid grey level of frame i
         assert abs(grey - expected[i, 0, w * scale, 0]) < 4.0
 
 
@@ -124,12 +124,12 @@ def test_video_mp4_odd_size_is_padded_to_even(tmp_path):
 def test_video_mp4_with_soundtrack(tmp_path):
     sr, seconds_tone, seconds_quiet = 16000, 0.75, 0.5
     n_tone, n_quiet = int(sr * seconds_tone), int(sr * seconds_quiet)
-    wave = np.concatenate([0.6 * np.sin(2 * np.pi * 440.0 * np.arange(n_tone) / sr),
-                           np.zeros(n_quiet)]).astype(np.float32)  # loud tone, then silence
+    wave = np.concatenate(
+        [0.6 * np.sin(2 * np.pi * 440.0 * np.arange(n_tone) / sr), np.zeros(n_quiet)]
+    ).astype(np.float32)  # loud tone, then silence
     b, t, h, w, fps = 1, 15, 8, 12, 12.5  # 1.2 s of video, 1.25 s of audio
     videos, _ = _moving_square(b, t, h, w)
-    path = outputs.save_video_mp4(videos, tmp_path / "av.mp4", fps=fps, scale=2, audio=wave,
-                                  sample_rate=sr)
+    path = outputs.save_video_mp4(videos, tmp_path / "av.mp4", fps=fps, scale=2, audio=wave, sample_rate=sr)
     info, frames, times, audio, rate = _decode_mp4(path)
     assert info["video"] == 1 and info["audio"] == 1
     assert info["audio_codec"] == ("aac" if "aac" in av.codecs_available else "mp3")
@@ -140,8 +140,8 @@ def test_video_mp4_with_soundtrack(tmp_path):
     assert abs(info["audio_duration"] - len(wave) / sr) <= frame / sr
     assert abs(len(audio) - len(wave)) <= frame
     # the tone is loud where it was, and quiet where the input was silent
-    tone, quiet = audio[int(0.1 * sr):int(0.6 * sr)], audio[int(0.95 * sr):int(1.2 * sr)]
-    rms_tone, rms_quiet = np.sqrt(np.mean(tone ** 2)), np.sqrt(np.mean(quiet ** 2))
+    tone, quiet = audio[int(0.1 * sr) : int(0.6 * sr)], audio[int(0.95 * sr) : int(1.2 * sr)]
+    rms_tone, rms_quiet = np.sqrt(np.mean(tone**2)), np.sqrt(np.mean(quiet**2))
     assert rms_tone == pytest.approx(0.6 / np.sqrt(2), rel=0.2), rms_tone
     assert rms_quiet < 0.01 * rms_tone, (rms_tone, rms_quiet)
     spectrum = np.abs(np.fft.rfft(tone * np.hanning(len(tone))))
@@ -151,17 +151,20 @@ def test_video_mp4_with_soundtrack(tmp_path):
 def test_video_mp4_soundtrack_at_a_rate_the_encoder_lacks(tmp_path):
     sr = 12345  # not an AAC rate: resampled, same duration
     wave = 0.5 * np.sin(2 * np.pi * 300.0 * np.arange(sr) / sr)
-    path = outputs.save_video_mp4(np.zeros((1, 4, 4, 4, 3)), tmp_path / "v.mp4", fps=4.0,
-                                  audio=wave, sample_rate=sr)
+    path = outputs.save_video_mp4(
+        np.zeros((1, 4, 4, 4, 3)), tmp_path / "v.mp4", fps=4.0, audio=wave, sample_rate=sr
+    )
     info, _, _, audio, rate = _decode_mp4(path)
     assert info["audio"] == 1 and rate >= sr
     assert abs(info["audio_duration"] - 1.0) <= 1152 / rate
-    assert np.sqrt(np.mean(audio[rate // 10:-rate // 10] ** 2)) > 0.2
+    assert np.sqrt(np.mean(audio[rate // 10 : -rate // 10] ** 2)) > 0.2
 
 
 def test_video_mp4_rejects_bad_arguments(tmp_path):
     good = np.zeros((1, 2, 4, 4, 3), np.float32)
-    with pytest.raises(ValueError, match=r"videos has shape \(2, 4, 4, 3\).*\(batch, frames, height, width, 3\)"):
+    with pytest.raises(
+        ValueError, match=r"videos has shape \(2, 4, 4, 3\).*\(batch, frames, height, width, 3\)"
+    ):
         outputs.save_video_mp4(np.zeros((2, 4, 4, 3)), tmp_path / "v.mp4")
     with pytest.raises(ValueError, match=r"videos has shape \(1, 2, 4, 4, 4\)"):
         outputs.save_video_mp4(np.zeros((1, 2, 4, 4, 4)), tmp_path / "v.mp4")
@@ -210,7 +213,7 @@ def test_audio_wavs_writes_given_waveforms(tmp_path):
     logmels = np.zeros((2, spec.frames, spec.n_mels), np.float32)
     paths = outputs.save_audio_wavs(logmels, spec, tmp_path, prefix="x", waveforms=waves)
     for path, wave in zip(paths[:2], waves):
-        np.testing.assert_allclose(soundfile.read(path)[0], wave, atol=1 / 2 ** 14)
+        np.testing.assert_allclose(soundfile.read(path)[0], wave, atol=1 / 2**14)
     with pytest.raises(ValueError, match=r"waveforms has shape \(1, 1280\)"):
         outputs.save_audio_wavs(logmels, spec, tmp_path, waveforms=waves[:1])
 
@@ -228,8 +231,7 @@ def test_action_plot_size_and_validation(tmp_path):
     many = rng.normal(size=(outputs.MAX_ACTION_PANELS + 3, t, a))
     path = outputs.save_action_plot(many, tmp_path / "b.png")
     with Image.open(path) as im:
-        assert im.size == (round(outputs.MAX_ACTION_PANELS * w_in * outputs.DPI),
-                           round(h_in * outputs.DPI))
+        assert im.size == (round(outputs.MAX_ACTION_PANELS * w_in * outputs.DPI), round(h_in * outputs.DPI))
     with pytest.raises(ValueError, match=r"\(batch, steps, action_dim\)"):
         outputs.save_action_plot(actions[0], tmp_path / "c.png")
     with pytest.raises(ValueError, match="proprio"):
@@ -255,36 +257,51 @@ def test_layout_samples_write_video_and_muxed_audio_video(tmp_path, monkeypatch,
     )
     from selfflow.tasks import Task
 
-    cfg = validate(Config(
-        model=ModelConfig(depth=2, hidden_size=32, num_heads=2, positions="rope"),
-        objective=ObjectiveConfig(student_layer=1, teacher_layer=2),
-        data=DataConfig(source="world", image_size=16, num_examples=8, num_classes=3, read_threads=1,
-                        prefetch=1),
-        train=TrainConfig(steps=1), mesh=MeshConfig(data=1),
-        sample=SampleConfig(steps=2, video_format=video_format),
-        layouts=(LayoutConfig("av", ("video", "audio"), 0.5, 6),
-                 LayoutConfig("v2a", ("video:condition", "audio"), 0.5, 2))))
+    cfg = validate(
+        Config(
+            model=ModelConfig(depth=2, hidden_size=32, num_heads=2, positions="rope"),
+            objective=ObjectiveConfig(student_layer=1, teacher_layer=2),
+            data=DataConfig(
+                source="world", image_size=16, num_examples=8, num_classes=3, read_threads=1, prefetch=1
+            ),
+            train=TrainConfig(steps=1),
+            mesh=MeshConfig(data=1),
+            sample=SampleConfig(steps=2, video_format=video_format),
+            layouts=(
+                LayoutConfig("av", ("video", "audio"), 0.5, 6),
+                LayoutConfig("v2a", ("video:condition", "audio"), 0.5, 2),
+            ),
+        )
+    )
     task = Task(cfg)
     seen = {}
 
     def given_tokens(cfg_, task_, model_, index, raw, key, **kwargs):
         if "video" not in raw:  # "av" is sampled class by class (3 x 2 labels): stand in data for them
-            raw = {k: v[:len(raw["label"])] for k, v in task_.dataset(index)[0].items()}
+            raw = {k: v[: len(raw["label"])] for k, v in task_.dataset(index)[0].items()}
         seen[index] = raw
         return task_.segment_batch(index, raw).tokens
 
     monkeypatch.setattr(layout_samples, "generate", given_tokens)
-    paths = layout_samples.write_layout_samples(cfg, task, None, tmp_path, steps=2, cfg_scale=1.0,
-                                                seed=0, per_layout=2)
+    paths = layout_samples.write_layout_samples(
+        cfg, task, None, tmp_path, steps=2, cfg_scale=1.0, seed=0, per_layout=2
+    )
     names = {p.relative_to(tmp_path).as_posix() for p in paths}
     assert all(p.exists() for p in paths)
     ext = video_format
     av = 3 * 2  # 3 classes, per_layout = 2 each
-    assert names == {f"av/0_video.{ext}", "av/1_audio_mel.png", *(f"av/1_audio_{k:02d}.wav" for k in range(av)),
-                     *(f"av/0_video_with_1_audio_{k:02d}.mp4" for k in range(av)),
-                     f"v2a/0_video_given.{ext}", "v2a/1_audio_00.wav", "v2a/1_audio_01.wav",
-                     "v2a/1_audio_mel.png", "v2a/0_video_given_with_1_audio_00.mp4",
-                     "v2a/0_video_given_with_1_audio_01.mp4"}
+    assert names == {
+        f"av/0_video.{ext}",
+        "av/1_audio_mel.png",
+        *(f"av/1_audio_{k:02d}.wav" for k in range(av)),
+        *(f"av/0_video_with_1_audio_{k:02d}.mp4" for k in range(av)),
+        f"v2a/0_video_given.{ext}",
+        "v2a/1_audio_00.wav",
+        "v2a/1_audio_01.wav",
+        "v2a/1_audio_mel.png",
+        "v2a/0_video_given_with_1_audio_00.mp4",
+        "v2a/0_video_given_with_1_audio_01.mp4",
+    }
 
     vspec, aspec = task.specs["video"], task.specs["audio"]
     clips = np.asarray(seen[0]["video"], np.float32)  # (2, T, 16, 16, 3) in [-1, 1]

@@ -83,16 +83,32 @@ def test_bad_override_in_a_config_is_rejected():
 
 
 def _tiny_multimodal_cfg():
-    cfg = load_config_file(REPRO / "configs" / "robotics_rt1_video_action.py",
-                           ["model.depth=3", "model.hidden_size=48", "model.num_heads=4", "model.mlp_ratio=3.0",
-                            "data.num_classes=7", "objective.student_layer=1", "objective.teacher_layer=2"])
+    cfg = load_config_file(
+        REPRO / "configs" / "robotics_rt1_video_action.py",
+        [
+            "model.depth=3",
+            "model.hidden_size=48",
+            "model.num_heads=4",
+            "model.mlp_ratio=3.0",
+            "data.num_classes=7",
+            "objective.student_layer=1",
+            "objective.teacher_layer=2",
+        ],
+    )
     return cfg, {"image": 12, "video": 24, "action": 5}
 
 
 def test_analytic_count_matches_a_real_model():
-    image = load_config_file(REPRO / "configs" / "imagenet256_xl2.py",
-                             ["model.depth=2", "model.hidden_size=32", "model.num_heads=2",
-                              "objective.student_layer=1", "objective.teacher_layer=2"])
+    image = load_config_file(
+        REPRO / "configs" / "imagenet256_xl2.py",
+        [
+            "model.depth=2",
+            "model.hidden_size=32",
+            "model.num_heads=2",
+            "objective.student_layer=1",
+            "objective.teacher_layer=2",
+        ],
+    )
     for cfg, dims in ((image, {"image": 16}), _tiny_multimodal_cfg()):
         assert compute.count_params(cfg, dims) == count_params(build_model(cfg, dims))
 
@@ -113,8 +129,9 @@ def test_sizes_match_the_paper(name):
     assert abs(params - PAPER_PARAMS[name]) / PAPER_PARAMS[name] < 0.005, params
 
 
-@pytest.mark.parametrize("path", [p for p in CONFIGS if not compute.class_conditional_images(compute.load(p)[0])],
-                         ids=_name)
+@pytest.mark.parametrize(
+    "path", [p for p in CONFIGS if not compute.class_conditional_images(compute.load(p)[0])], ids=_name
+)
 def test_multimodal_trunk_is_the_papers(path):
     cfg, _ = compute.load(path)
     m = cfg.model
@@ -198,7 +215,9 @@ def test_readme_rows_have_seven_cells_and_an_honest_status():
 
 
 def test_readme_compute_figures_are_the_scripts():
-    assert compute.table() in README.read_text(), "rerun `.venv/bin/python paper_repro/compute.py` into the README"
+    assert compute.table() in README.read_text(), (
+        "rerun `.venv/bin/python paper_repro/compute.py` into the README"
+    )
     days = compute.days_by_file()
     checked = 0
     for row in _table_rows():
@@ -207,7 +226,9 @@ def test_readme_compute_figures_are_the_scripts():
         allowed = set().union(*(days[f] for f in files)) if files else set()
         for figure in figures:
             for value in filter(None, figure):
-                assert value in allowed, f"{value} H100-days is not a compute.py figure of {files}: {row[:80]}"
+                assert value in allowed, (
+                    f"{value} H100-days is not a compute.py figure of {files}: {row[:80]}"
+                )
                 checked += 1
     assert checked >= 10
 
@@ -215,6 +236,7 @@ def test_readme_compute_figures_are_the_scripts():
 def test_readme_cpu_results_are_the_committed_runs():
     """Each measured figure of reproduction 1 is the last value its results.json holds."""
     import json
+
     section = _readme_sections()["CPU-scale reproductions (measured here)"]
     rows = json.loads((README.parent / "results/fashion_objectives/results.json").read_text())["rows"]
     for row in rows:
@@ -228,15 +250,25 @@ def test_cpu_ablations_change_one_thing_of_the_reference():
     """Reproduction 2: every run differs from the reference Self-Flow run in exactly the objective
     field it ablates (and nothing else), and the reference is reproduction 1's self_flow run."""
     import dataclasses
+
     sweep, base = load_sweep(REPRO / "cpu/ablations.py")
     cfgs = sweep_configs(sweep, base)
     ref = cfgs["reference"]
-    ablated = {"mask_0": "mask_ratio", "mask_0.1": "mask_ratio", "mask_0.5": "mask_ratio",
-               "gamma_0": "kind", "gamma_0.4": "gamma", "time_gap_0.2": "time_gap", "l1": "rep_distance",
-               "student_layer_1": "student_layer", "teacher_layer_6": "teacher_layer"}
+    ablated = {
+        "mask_0": "mask_ratio",
+        "mask_0.1": "mask_ratio",
+        "mask_0.5": "mask_ratio",
+        "gamma_0": "kind",
+        "gamma_0.4": "gamma",
+        "time_gap_0.2": "time_gap",
+        "l1": "rep_distance",
+        "student_layer_1": "student_layer",
+        "teacher_layer_6": "teacher_layer",
+    }
     assert set(cfgs) == {"reference", "reference_seed1", "reference_seed2", *ablated}
     assert [cfgs[f"reference_seed{i}"].seed for i in (1, 2)] == [1, 2]
     assert all(dataclasses.replace(cfgs[f"reference_seed{i}"], seed=0) == ref for i in (1, 2))
+
     def objective_view(cfg):  # resolved configs hold the mask ratio in the image modality's entry
         (image,) = cfg.modalities
         return {**dataclasses.asdict(cfg.objective), "mask_ratio": image.mask_ratio}
@@ -248,8 +280,15 @@ def test_cpu_ablations_change_one_thing_of_the_reference():
         diff = {k for k in ref_view if view[k] != ref_view[k]}
         assert diff == {field}, (name, diff)
     o = ref.objective  # the reference the docstring states
-    assert (o.kind, ref.modalities[0].mask_ratio, o.gamma, ref.student_layer, ref.teacher_layer, o.rep_distance,
-            o.time_gap) == ("self_flow", 0.25, 0.8, 2, 4, "cosine", 0.0)
+    assert (
+        o.kind,
+        ref.modalities[0].mask_ratio,
+        o.gamma,
+        ref.student_layer,
+        ref.teacher_layer,
+        o.rep_distance,
+        o.time_gap,
+    ) == ("self_flow", 0.25, 0.8, 2, 4, "cosine", 0.0)
     assert ref.model.resolved("depth") == 6 and cfgs["teacher_layer_6"].teacher_layer == 6
     s1, base1 = load_sweep(REPRO / "cpu/fashion_objectives.py")
     self_flow = sweep_configs(s1, base1)["self_flow"]
@@ -262,10 +301,13 @@ def test_cpu_cross_modal_arms_differ_only_in_what_they_compare():
     """Reproduction 3: video-only vs audio-video differ only in the layout's segments (same name, so
     their curves share keys); Self-Flow vs flow matching only in the objective's kind."""
     import dataclasses
+
     cm = exec_python_file(REPRO / "cpu/cross_modal.py", "cross_modal")
     world = cm.world_configs()
     v, av = world["video_only"], world["audio_video"]
-    assert [l.segments for l in v.layouts] == [("video",)] and [l.segments for l in av.layouts] == [("video", "audio")]
+    assert [l.segments for l in v.layouts] == [("video",)] and [l.segments for l in av.layouts] == [
+        ("video", "audio")
+    ]
     assert v.layouts[0].name == av.layouts[0].name
     assert dataclasses.replace(av, layouts=v.layouts, modalities=v.modalities) == v
     assert v.objective.kind == "self_flow"
@@ -281,6 +323,7 @@ def test_readme_ablation_results_are_the_committed_runs():
     stated seed spread is the reference seeds'."""
     import json
     import statistics
+
     section = _readme_sections()["CPU-scale reproductions (measured here)"].split("\n### 2. ")[1]
     rows = json.loads((README.parent / "results/ablations/results.json").read_text())["rows"]
     assert len(rows) == 12
@@ -298,20 +341,26 @@ def test_readme_ablation_results_are_the_committed_runs():
 def test_readme_cross_modal_results_are_the_committed_runs():
     """Reproduction 3: the README's world and PushT figures are the committed results.json's."""
     import json
+
     section = _readme_sections()["CPU-scale reproductions (measured here)"].split("\n### 3. ")[1]
     results = json.loads((README.parent / "results/cross_modal/results.json").read_text())
     lines = section.splitlines()
 
     def row(name):
         return next(l for l in lines if l.startswith(f"| {name} |"))
+
     for name, r in results["world"].items():
         for key in ("world/video_frame_fd", "world/video_motion_fd", "val/video"):
             assert f"| {r[key]:.3g} |" in row(name), (name, key)
     assert f"| {results['world']['audio_video']['world/av_synchrony']:.3g} |" in row("audio_video")
     for name, r in results["pusht"].items():
         sim = r["simulator"]["model"]
-        for figure in (f"{r['policy/action_l2']:.1f}", f"{r['val/policy/action']:.3f}",
-                       f"{sim['success_rate']:.2f}", f"{sim['mean_max_coverage']:.3f}"):
+        for figure in (
+            f"{r['policy/action_l2']:.1f}",
+            f"{r['val/policy/action']:.3f}",
+            f"{sim['success_rate']:.2f}",
+            f"{sim['mean_max_coverage']:.3f}",
+        ):
             assert f"| {figure} |" in row(name), (name, figure)
     expert = results["pusht"]["self_flow"]["simulator"]["expert"]
     assert f"| {expert['mean_max_coverage']:.3f} |" in row("scripted expert (same starts)")
@@ -320,10 +369,13 @@ def test_readme_cross_modal_results_are_the_committed_runs():
 def test_readme_cpu_tables_are_the_scripts_output():
     """The README's reproduction 2 and 3 tables are what their scripts print from the committed results."""
     import json
+
     text = README.read_text()
     abl = exec_python_file(REPRO / "cpu/ablations.py", "ablations")
     rows = json.loads((REPRO / "results/ablations/results.json").read_text())["rows"]
-    assert abl.readme_table(rows) in text, "rerun `.venv/bin/python paper_repro/cpu/ablations.py` into the README"
+    assert abl.readme_table(rows) in text, (
+        "rerun `.venv/bin/python paper_repro/cpu/ablations.py` into the README"
+    )
     cm = exec_python_file(REPRO / "cpu/cross_modal.py", "cross_modal")
     results = json.loads((REPRO / "results/cross_modal/results.json").read_text())
     assert cm.world_table(results["world"]) in text and cm.pusht_table(results["pusht"]) in text

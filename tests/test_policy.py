@@ -15,9 +15,11 @@ from selfflow.eval.policy import ModelPolicy
 
 from helpers_config import tiny_world_config
 
-LAYOUTS = (LayoutConfig("policy", ("image:condition", "video", "action"), 0.5, 2),
-           LayoutConfig("no_image", ("video", "action"), 0.25, 2),
-           LayoutConfig("no_action", ("image:condition", "video"), 0.25, 2))
+LAYOUTS = (
+    LayoutConfig("policy", ("image:condition", "video", "action"), 0.5, 2),
+    LayoutConfig("no_image", ("video", "action"), 0.25, 2),
+    LayoutConfig("no_action", ("image:condition", "video"), 0.25, 2),
+)
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +34,10 @@ def run():
 
 def _observation(seed=0, size=32):
     rng = np.random.default_rng(seed)
-    return {"pixels": rng.integers(0, 256, (size, size, 3), dtype=np.uint8),
-            "agent_pos": np.array([100.0, 200.0])}
+    return {
+        "pixels": rng.integers(0, 256, (size, size, 3), dtype=np.uint8),
+        "agent_pos": np.array([100.0, 200.0]),
+    }
 
 
 class Recorder:
@@ -99,11 +103,15 @@ def test_rollouts_are_deterministic_and_bounded(run):
     assert not np.array_equal(other.chunks[0], chunks[0])  # the seed matters
 
 
-@pytest.mark.parametrize("layout, match", [
-    ("no_image", r"'no_image' \(video:generate, action:generate\).*no image:condition segment"),
-    ("no_action", r"'no_action' \(image:condition, video:generate\).*no generated action segment"),
-    ("missing", r"no layout 'missing'"),
-    (7, "layout index 7 out of range")])
+@pytest.mark.parametrize(
+    "layout, match",
+    [
+        ("no_image", r"'no_image' \(video:generate, action:generate\).*no image:condition segment"),
+        ("no_action", r"'no_action' \(image:condition, video:generate\).*no generated action segment"),
+        ("missing", r"no layout 'missing'"),
+        (7, "layout index 7 out of range"),
+    ],
+)
 def test_bad_layouts_are_rejected(run, layout, match):
     cfg, task, model = run
     with pytest.raises(ValueError, match=match):
@@ -119,7 +127,9 @@ def test_command_reports_model_expert_and_random(run, tmp_path, capsys):
 
     cfg, _, _ = run
     train(cfg, tmp_path / "run", progress=False, write_samples=False)
-    assert policy_mod.main([str(tmp_path / "run"), "--episodes", "1", "--max-steps", "6", "--execute", "3"]) == 0
+    assert (
+        policy_mod.main([str(tmp_path / "run"), "--episodes", "1", "--max-steps", "6", "--execute", "3"]) == 0
+    )
     report = json.loads(capsys.readouterr().out)
     assert report["step"] == 1 and set(report) == {"step", "model", "expert", "random"}
     for name in ("model", "expert", "random"):

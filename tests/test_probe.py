@@ -75,8 +75,12 @@ def test_probe_errors():
 @pytest.fixture(scope="module")
 def tiny():
     """(model, task): a random depth-2 model whose labels matter (randomised adaLN modulations)."""
-    cfg = Config(model=tiny_model(), data=DataConfig(image_size=16), train=TrainConfig(batch_size=BATCH),
-                 mesh=MeshConfig(data=1))
+    cfg = Config(
+        model=tiny_model(),
+        data=DataConfig(image_size=16),
+        train=TrainConfig(batch_size=BATCH),
+        mesh=MeshConfig(data=1),
+    )
     task = Task(cfg)
     model = build_model(cfg, task.token_dims)
     for i, block in enumerate(model.blocks):
@@ -93,9 +97,14 @@ def manual_features(model, task, labels_of, layer: int, batches: int) -> np.ndar
     out = []
     for k in range(batches):
         raw = data[k]
-        hidden = model.forward_until((image.tokenize(jnp.asarray(raw["image"]), spec),), jnp.zeros((BATCH,)),
-                                     jnp.asarray(labels_of(raw), jnp.int32), jnp.asarray(image.positions(spec)),
-                                     layer=layer, modalities=("image",))
+        hidden = model.forward_until(
+            (image.tokenize(jnp.asarray(raw["image"]), spec),),
+            jnp.zeros((BATCH,)),
+            jnp.asarray(labels_of(raw), jnp.int32),
+            jnp.asarray(image.positions(spec)),
+            layer=layer,
+            modalities=("image",),
+        )
         out.append(np.asarray(hidden).mean(axis=1))
     return np.concatenate(out)
 
@@ -107,8 +116,9 @@ def test_probe_features_use_the_null_label(tiny):
     true = manual_features(model, task, lambda raw: raw["label"], 2, 2)
     np.testing.assert_allclose(feats[2], null, rtol=1e-4, atol=1e-5)
     assert np.max(np.abs(true - null)) > 1e-2  # the label matters, so this check can fail
-    np.testing.assert_array_equal(labels, np.concatenate([task.dataset(0, heldout=True)[k]["label"]
-                                                          for k in range(2)]))
+    np.testing.assert_array_equal(
+        labels, np.concatenate([task.dataset(0, heldout=True)[k]["label"] for k in range(2)])
+    )
 
 
 def test_probe_features_at_noise_level(tiny):

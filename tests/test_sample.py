@@ -3,7 +3,6 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from selfflow.layout import Layout, Segment, single
 from selfflow.model import ModelOutput
@@ -16,7 +15,8 @@ NULL = 2
 class PointMass:
     """Exact velocity for data = one point per class: x_τ = (1-τ)·x* + τ·ε, v = ε - x* = (x - x*)/τ."""
 
-    def __init__(self, null_target=jnp.zeros((1, 2))):
+    def __init__(self, null_target=None):
+        null_target = jnp.zeros((1, 2)) if null_target is None else null_target
         self.targets = jnp.concatenate([TARGETS, null_target[None]])
 
     def __call__(self, xs, times, labels, positions, *, modalities):
@@ -26,8 +26,17 @@ class PointMass:
 
 def euler_sample(model, noise, labels, *, steps, cfg_scale):
     """Euler on a one-segment layout: noise (B, N, C) -> samples."""
-    (out,) = sample_segments(model, single("image", noise.shape[1]), (noise,), labels, jnp.zeros((1, 3)),
-                             method="euler", steps=steps, cfg_scale=cfg_scale, null_class=NULL)
+    (out,) = sample_segments(
+        model,
+        single("image", noise.shape[1]),
+        (noise,),
+        labels,
+        jnp.zeros((1, 3)),
+        method="euler",
+        steps=steps,
+        cfg_scale=cfg_scale,
+        null_class=NULL,
+    )
     return out
 
 
@@ -49,6 +58,7 @@ def test_guidance_scale_one_is_the_conditional_model_and_larger_scales_extrapola
 
 def test_save_grid_layout(tmp_path):
     from PIL import Image
+
     images = np.stack([np.full((4, 5, 3), v, np.float32) for v in (-1.0, 1.0, -1.0, 1.0, 0.0, 0.0)])
     path = save_grid(images, rows=2, path=tmp_path / "g.png", scale=1)
     grid = np.asarray(Image.open(path))
@@ -70,7 +80,16 @@ def test_condition_segments_stay_fixed_and_generate_segments_use_them():
 
     cond = jnp.array([[[0.3, -0.7]], [[2.0, 1.0]]])
     noise = jax.random.normal(jax.random.key(2), (2, 1, 2))
-    out_cond, out_gen = sample_segments(CopyCondition(), layout, (cond, noise), jnp.array([0, 1]),
-                                        jnp.zeros((2, 3)), method="euler", steps=6, cfg_scale=1.0, null_class=NULL)
+    out_cond, out_gen = sample_segments(
+        CopyCondition(),
+        layout,
+        (cond, noise),
+        jnp.array([0, 1]),
+        jnp.zeros((2, 3)),
+        method="euler",
+        steps=6,
+        cfg_scale=1.0,
+        null_class=NULL,
+    )
     np.testing.assert_array_equal(np.asarray(out_cond), np.asarray(cond))
     np.testing.assert_allclose(np.asarray(out_gen), np.asarray(cond), atol=1e-5)

@@ -15,7 +15,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
 from selfflow.layout import Layout, Segment, single
 from selfflow.model import ModelOutput
@@ -23,9 +22,14 @@ from selfflow.sample import sample_segments
 
 MEANS = np.array([[-2.0, 0.0], [2.0, 0.0], [0.0, 2.5]], np.float32)  # μ_k
 STDS = np.array([0.3, 0.4, 0.35], np.float32)  # s_k
-WEIGHTS = np.array([[0.6, 0.3, 0.1],  # class 0
-                    [0.1, 0.3, 0.6],  # class 1
-                    [0.35, 0.3, 0.35]], np.float32)  # null class 2 = the classes' marginal
+WEIGHTS = np.array(
+    [
+        [0.6, 0.3, 0.1],  # class 0
+        [0.1, 0.3, 0.6],  # class 1
+        [0.35, 0.3, 0.35],
+    ],
+    np.float32,
+)  # null class 2 = the classes' marginal
 NULL = 2
 POSITIONS = jnp.zeros((1,))  # the fake models ignore positions
 B, N = 500, 8  # 4000 points per sample set
@@ -38,8 +42,11 @@ def mixture_velocity(x, tau, labels):
     a = 1.0 - tau
     var = a * a * STDS[:, None] ** 2 + tau * tau  # S_k, (R, n, K, 1)
     d = x[..., None, :] - a * MEANS  # x − a·μ_k, (R, n, K, 2)
-    logits = (jnp.log(jnp.asarray(WEIGHTS)[labels])[:, None, :] - 0.5 * (d * d).sum(-1) / var[..., 0]
-              - jnp.log(var[..., 0]))  # log π_k N(x; aμ_k, S_k I) up to a constant (2-D)
+    logits = (
+        jnp.log(jnp.asarray(WEIGHTS)[labels])[:, None, :]
+        - 0.5 * (d * d).sum(-1) / var[..., 0]
+        - jnp.log(var[..., 0])
+    )  # log π_k N(x; aμ_k, S_k I) up to a constant (2-D)
     r = jax.nn.softmax(logits, axis=-1)[..., None]
     return (r * ((tau - a * STDS[:, None] ** 2) / var * d - MEANS)).sum(-2)
 
@@ -55,8 +62,7 @@ class Mixture:
         assert modalities == ("image",)
         (x,) = xs
         tau = times.dense()
-        jax.debug.callback(lambda t, r=x.shape[0]: self.calls.append((r, float(t))),
-                           times.values[0, 0])
+        jax.debug.callback(lambda t, r=x.shape[0]: self.calls.append((r, float(t))), times.values[0, 0])
         v = mixture_velocity(x, tau, labels)
         if self.poison_null:  # any null-class row would turn its sample into NaN
             v = jnp.where((labels == NULL)[:, None, None], jnp.nan, v)
@@ -66,13 +72,23 @@ class Mixture:
 MIX = Mixture()  # shared where calls are not inspected: jit caches on the (static) model
 
 
-@partial(jax.jit, static_argnames=("model", "layout", "method", "steps", "cfg_scale",
-                                   "guidance_interval"))
-def sample(model, layout, start, labels, key=None, *, method, steps, cfg_scale=1.0,
-           guidance_interval=(0.0, 1.0)):
-    return sample_segments(model, layout, start, labels, POSITIONS, method=method, steps=steps,
-                           cfg_scale=cfg_scale, guidance_interval=guidance_interval,
-                           null_class=NULL, key=key)
+@partial(jax.jit, static_argnames=("model", "layout", "method", "steps", "cfg_scale", "guidance_interval"))
+def sample(
+    model, layout, start, labels, key=None, *, method, steps, cfg_scale=1.0, guidance_interval=(0.0, 1.0)
+):
+    return sample_segments(
+        model,
+        layout,
+        start,
+        labels,
+        POSITIONS,
+        method=method,
+        steps=steps,
+        cfg_scale=cfg_scale,
+        guidance_interval=guidance_interval,
+        null_class=NULL,
+        key=key,
+    )
 
 
 def points(x) -> tuple[np.ndarray, np.ndarray]:
@@ -97,8 +113,10 @@ CLASS0_STEPS = [("euler", 200), ("heun", 32), ("sde", 250)]
 def class0_samples():
     """Class-0 samples from the same noise: Euler 200 steps, Heun 32, SDE 250 (its protocol)."""
     key = jax.random.key(1)
-    return {m: np.asarray(sample(MIX, LAYOUT, (NOISE,), CLASS0, key, method=m, steps=s)[0])
-            for m, s in CLASS0_STEPS}
+    return {
+        m: np.asarray(sample(MIX, LAYOUT, (NOISE,), CLASS0, key, method=m, steps=s)[0])
+        for m, s in CLASS0_STEPS
+    }
 
 
 @pytest.mark.parametrize("method", ["euler", "heun"])
@@ -139,8 +157,11 @@ def test_sde_and_ode_agree_in_distribution(class0_samples):
         np.testing.assert_allclose(b.mean(0), a.mean(0), atol=4 * se_mean + 0.02)
         ratio = pooled_std(b) / pooled_std(a)
         expected = last_step_std(float(STDS[k])) / STDS[k]
-        assert abs(ratio - expected) <= 4 * np.sqrt(1 / (4 * len(a)) + 1 / (4 * len(b))) + 0.02, \
-            (k, ratio, expected)  # without (or with half) the Brownian term: far narrower
+        assert abs(ratio - expected) <= 4 * np.sqrt(1 / (4 * len(a)) + 1 / (4 * len(b))) + 0.02, (
+            k,
+            ratio,
+            expected,
+        )  # without (or with half) the Brownian term: far narrower
 
 
 def test_heun_is_second_order_and_beats_euler():
@@ -148,8 +169,7 @@ def test_heun_is_second_order_and_beats_euler():
     noise, labels = NOISE[:64], CLASS0[:64]
 
     def run(method, steps):
-        return np.asarray(sample(MIX, LAYOUT, (noise,), labels, method=method,
-                                 steps=steps)[0])
+        return np.asarray(sample(MIX, LAYOUT, (noise,), labels, method=method, steps=steps)[0])
 
     ref = run("heun", 256)
     err = {(m, s): np.abs(run(m, s) - ref).mean() for m in ("euler", "heun") for s in (8, 16)}
@@ -170,8 +190,17 @@ def test_scale_one_is_the_conditional_model_bit_for_bit(method, steps):
     x, y = NOISE[:16], HALVES[:16]
     plain = sample(MIX, LAYOUT, (x,), y, key, method=method, steps=steps)[0]
     poisoned = Mixture(poison_null=True)
-    one = sample(poisoned, LAYOUT, (x,), y, key, method=method, steps=steps, cfg_scale=1.0,
-                 guidance_interval=(0.2, 0.6))[0]
+    one = sample(
+        poisoned,
+        LAYOUT,
+        (x,),
+        y,
+        key,
+        method=method,
+        steps=steps,
+        cfg_scale=1.0,
+        guidance_interval=(0.2, 0.6),
+    )[0]
     assert np.isfinite(np.asarray(one)).all()  # the null class was never evaluated
     assert {r for r, _ in poisoned.calls} == {16}
     np.testing.assert_array_equal(np.asarray(one), np.asarray(plain))
@@ -187,12 +216,14 @@ def test_guidance_outside_its_interval_is_no_guidance(method, steps):
     x, y = NOISE[:16], HALVES[:16]
     plain = sample(MIX, LAYOUT, (x,), y, key, method=method, steps=steps)[0]
     model = Mixture()
-    off = sample(model, LAYOUT, (x,), y, key, method=method, steps=steps, cfg_scale=3.0,
-                 guidance_interval=(0.0, 0.03))[0]
+    off = sample(
+        model, LAYOUT, (x,), y, key, method=method, steps=steps, cfg_scale=3.0, guidance_interval=(0.0, 0.03)
+    )[0]
     assert len(model.calls) > 0 and {r for r, _ in model.calls} == {16}
     np.testing.assert_allclose(np.asarray(off), np.asarray(plain), atol=1e-6, rtol=0)
-    on = sample(MIX, LAYOUT, (x,), y, key, method=method, steps=steps, cfg_scale=3.0,
-                guidance_interval=(0.0, 1.0))[0]
+    on = sample(
+        MIX, LAYOUT, (x,), y, key, method=method, steps=steps, cfg_scale=3.0, guidance_interval=(0.0, 1.0)
+    )[0]
     assert np.abs(np.asarray(on) - np.asarray(plain)).max() > 0.1  # the guided path differs
 
 
@@ -204,8 +235,7 @@ def test_guidance_pushes_samples_towards_their_class(method, steps):
     of that. (With exact models w > 1 overshoots the class mean, so "towards" is measured as
     this displacement, not as distance to the class mean.)"""
     key = jax.random.key(4)
-    run = lambda **kw: points(sample(MIX, LAYOUT, (NOISE,), HALVES, key, method=method,
-                                     steps=steps, **kw)[0])
+    run = lambda **kw: points(sample(MIX, LAYOUT, (NOISE,), HALVES, key, method=method, steps=steps, **kw)[0])
     runs = [run(), run(cfg_scale=3.0, guidance_interval=(0.3, 0.8)), run(cfg_scale=3.0)]
     class_means = WEIGHTS @ MEANS
     per_point = np.repeat(np.asarray(HALVES), N)
@@ -225,14 +255,23 @@ def test_guidance_pushes_samples_towards_their_class(method, steps):
         assert rival[2] < rival[1] < 0.05 < rival[0], rival  # 0.1 -> ~0.01 -> ~0.003
 
 
-@pytest.mark.parametrize("method, steps, evaluations", [("euler", 6, 6), ("heun", 6, 11),
-                                                        ("sde", 6, 6)])
+@pytest.mark.parametrize("method, steps, evaluations", [("euler", 6, 6), ("heun", 6, 11), ("sde", 6, 6)])
 def test_rows_are_doubled_only_inside_the_interval(method, steps, evaluations):
     b, low, high = 3, 0.3, 0.7
     model = Mixture()
-    jax.block_until_ready(sample(model, LAYOUT, (NOISE[:b],), HALVES[:b], jax.random.key(5),
-                                 method=method, steps=steps, cfg_scale=2.0,
-                                 guidance_interval=(low, high)))
+    jax.block_until_ready(
+        sample(
+            model,
+            LAYOUT,
+            (NOISE[:b],),
+            HALVES[:b],
+            jax.random.key(5),
+            method=method,
+            steps=steps,
+            cfg_scale=2.0,
+            guidance_interval=(low, high),
+        )
+    )
     assert len(model.calls) == evaluations  # Heun: 2·steps − 1 (its last step is Euler)
     for rows, tau in model.calls:
         assert rows == (2 * b if low <= tau <= high else b), (rows, tau)
@@ -259,9 +298,11 @@ class ShiftedMixture:
         assert modalities == ("video", "audio")
         cue, x = xs
         tau = times.dense()
-        jax.debug.callback(lambda c, g: (self.cue_taus.append(np.asarray(c)),
-                                         self.gen_taus.append(np.asarray(g))),
-                           tau[:, :2], tau[:, 2:])
+        jax.debug.callback(
+            lambda c, g: (self.cue_taus.append(np.asarray(c)), self.gen_taus.append(np.asarray(g))),
+            tau[:, :2],
+            tau[:, 2:],
+        )
         shift = cue[:, :1, :2]
         a = (1.0 - tau[:, 2:])[..., None]
         return ModelOutput((jnp.ones_like(cue), mixture_velocity(x - a * shift, tau[:, 2:], labels) - shift))
@@ -274,9 +315,17 @@ def test_condition_segments_stay_exact_and_are_seen_at_tau_zero(method, cfg_scal
     cue = 3.0 * jax.random.normal(jax.random.key(6), (b, 2, 3))  # shifts of a few units
     noise = jax.random.normal(jax.random.key(7), (b, 4, 2))
     model = ShiftedMixture()
-    out_cue, out = sample(model, COND_LAYOUT, (cue, noise), HALVES[:b], jax.random.key(8),
-                          method=method, steps=20, cfg_scale=cfg_scale,
-                          guidance_interval=(0.2, 0.9))
+    out_cue, out = sample(
+        model,
+        COND_LAYOUT,
+        (cue, noise),
+        HALVES[:b],
+        jax.random.key(8),
+        method=method,
+        steps=20,
+        cfg_scale=cfg_scale,
+        guidance_interval=(0.2, 0.9),
+    )
     np.testing.assert_array_equal(np.asarray(out_cue), np.asarray(cue))
     assert all((t == 0).all() for t in model.cue_taus)
     assert all(((t > 0) & (t <= 1)).all() for t in model.gen_taus)  # never queried at τ = 0
@@ -287,10 +336,10 @@ def test_condition_segments_stay_exact_and_are_seen_at_tau_zero(method, cfg_scal
 
 # --------------------------------------------------------------------------- seeds, args
 
+
 def test_deterministic_by_seed():
     x, y = NOISE[:16], HALVES[:16]
-    run = lambda method, key: np.asarray(sample(MIX, LAYOUT, (x,), y, key, method=method,
-                                                steps=10)[0])
+    run = lambda method, key: np.asarray(sample(MIX, LAYOUT, (x,), y, key, method=method, steps=10)[0])
     k1, k2 = jax.random.key(9), jax.random.key(10)
     np.testing.assert_array_equal(run("sde", k1), run("sde", k1))
     assert np.abs(run("sde", k1) - run("sde", k2)).max() > 0.1
@@ -298,24 +347,27 @@ def test_deterministic_by_seed():
         np.testing.assert_array_equal(run(method, k1), run(method, k2))
 
 
-@pytest.mark.parametrize("kw, match", [
-    (dict(method="rk4"), "method must be one of"),
-    (dict(steps=0), r"steps must be an integer >= 1"),
-    (dict(steps=2.5), r"steps must be an integer >= 1"),
-    (dict(method="sde", steps=1), r"steps must be an integer >= 2"),
-    (dict(method="sde", key=None), "method='sde' needs key"),
-    (dict(method="sde", last_step_size=0.0), r"last_step_size must be in \(0, 1\)"),
-    (dict(guidance_interval=(0.8, 0.2)), r"guidance_interval must be a pair \(low, high\)"),
-    (dict(guidance_interval=(-0.1, 0.5)), r"0 <= low <= high <= 1"),
-    (dict(guidance_interval=0.5), "guidance_interval must be a pair"),
-    (dict(cfg_scale=float("nan")), "cfg_scale must be a finite"),
-    (dict(start=(NOISE[:2], NOISE[:2])), "start must hold one array per segment"),
-    (dict(start=(NOISE[:2, :3],)), r"start\[0\] \(image, generate\) must have shape \(B, 8, d\)"),
-    (dict(labels=CLASS0[:3]), r"B = labels.shape\[0\] = 3; got \(2, 8, 2\)"),
-])
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(method="rk4"), "method must be one of"),
+        (dict(steps=0), r"steps must be an integer >= 1"),
+        (dict(steps=2.5), r"steps must be an integer >= 1"),
+        (dict(method="sde", steps=1), r"steps must be an integer >= 2"),
+        (dict(method="sde", key=None), "method='sde' needs key"),
+        (dict(method="sde", last_step_size=0.0), r"last_step_size must be in \(0, 1\)"),
+        (dict(guidance_interval=(0.8, 0.2)), r"guidance_interval must be a pair \(low, high\)"),
+        (dict(guidance_interval=(-0.1, 0.5)), r"0 <= low <= high <= 1"),
+        (dict(guidance_interval=0.5), "guidance_interval must be a pair"),
+        (dict(cfg_scale=float("nan")), "cfg_scale must be a finite"),
+        (dict(start=(NOISE[:2], NOISE[:2])), "start must hold one array per segment"),
+        (dict(start=(NOISE[:2, :3],)), r"start\[0\] \(image, generate\) must have shape \(B, 8, d\)"),
+        (dict(labels=CLASS0[:3]), r"B = labels.shape\[0\] = 3; got \(2, 8, 2\)"),
+    ],
+)
 def test_bad_arguments_are_named(kw, match):
-    args = dict(start=(NOISE[:2],), labels=CLASS0[:2], method="euler", steps=4,
-                key=jax.random.key(0)) | kw
+    args = dict(start=(NOISE[:2],), labels=CLASS0[:2], method="euler", steps=4, key=jax.random.key(0)) | kw
     with pytest.raises(ValueError, match=match):
-        sample_segments(Mixture(), LAYOUT, args.pop("start"), args.pop("labels"), POSITIONS,
-                        null_class=NULL, **args)
+        sample_segments(
+            Mixture(), LAYOUT, args.pop("start"), args.pop("labels"), POSITIONS, null_class=NULL, **args
+        )

@@ -27,14 +27,29 @@ def gaussian_velocity(x, tau, labels, xp=jnp):
     return ((tau - a * var) * (x - a * mu) / (a * a * var + tau * tau) - mu).astype(x.dtype)
 
 
-def official_loop(x, labels, key, *, steps, last_step_size=0.04, cfg_scale=1.0, guidance_low=0.0,
-                  guidance_high=0.7, last_step=True):
+def official_loop(
+    x,
+    labels,
+    key,
+    *,
+    steps,
+    last_step_size=0.04,
+    cfg_scale=1.0,
+    guidance_low=0.0,
+    guidance_high=0.7,
+    last_step=True,
+):
     """NumPy float64 transcription of the official SiT SDE loop (s = 0 noise, u = x0 − ε)."""
+
     def model_u(x, s):  # the network in the official loop: data-direction velocity, SiT time
         tau = np.full(len(x), 1.0 - s)
         if cfg_scale > 1.0 and guidance_low <= 1.0 - s <= guidance_high:
-            both = -gaussian_velocity(np.concatenate([x, x]), np.concatenate([tau, tau]),
-                                      np.concatenate([np.full_like(labels, NULL), labels]), xp=np)
+            both = -gaussian_velocity(
+                np.concatenate([x, x]),
+                np.concatenate([tau, tau]),
+                np.concatenate([np.full_like(labels, NULL), labels]),
+                xp=np,
+            )
             u_null, u_cond = np.split(both, 2)
             return u_null + cfg_scale * (u_cond - u_null)
         return -gaussian_velocity(x, tau, labels, xp=np)
@@ -42,7 +57,7 @@ def official_loop(x, labels, key, *, steps, last_step_size=0.04, cfg_scale=1.0, 
     def drift(x, s):
         u = model_u(x, s)
         alpha, sigma = s, 1.0 - s  # linear path
-        var = sigma ** 2 + alpha * sigma  # sigma² − (alpha / dalpha)·dsigma·sigma
+        var = sigma**2 + alpha * sigma  # sigma² − (alpha / dalpha)·dsigma·sigma
         score = (alpha * u - x) / var
         diffusion = sigma  # form "sigma", norm 1
         return u + diffusion * score
@@ -51,8 +66,7 @@ def official_loop(x, labels, key, *, steps, last_step_size=0.04, cfg_scale=1.0, 
     dt = t[1] - t[0]
     x = np.asarray(x, np.float64)
     for k, s in enumerate(t[:-1]):
-        w = np.asarray(jax.random.normal(jax.random.fold_in(key, k), x.shape, jnp.float32),
-                       np.float64)
+        w = np.asarray(jax.random.normal(jax.random.fold_in(key, k), x.shape, jnp.float32), np.float64)
         mean_x = x + drift(x, s) * dt
         x = mean_x + np.sqrt(2.0 * (1.0 - s)) * np.sqrt(dt) * w
     if last_step:  # "Mean": x + drift·last_step_size at t1 = 1 − last_step_size
@@ -109,8 +123,9 @@ def test_scale_one_never_queries_the_null_class():
     x = jax.random.normal(jax.random.key(5), (4, 2, 2))
     labels = jnp.array([0, 1, 1, 0])
     key = jax.random.key(6)
-    out = np.asarray(jitted(velocity, steps=20, cfg_scale=1.0, guidance_low=0.0,
-                            guidance_high=1.0)(x, labels, key))
+    out = np.asarray(
+        jitted(velocity, steps=20, cfg_scale=1.0, guidance_low=0.0, guidance_high=1.0)(x, labels, key)
+    )
     assert np.isfinite(out).all()
     np.testing.assert_array_equal(out, np.asarray(jitted(steps=20)(x, labels, key)))
     ref = official_loop(np.asarray(x), np.asarray(labels), key, steps=20)
@@ -126,8 +141,11 @@ def test_guidance_doubles_the_rows_only_inside_the_interval():
 
     b, steps = 3, 12
     x = jax.random.normal(jax.random.key(7), (b, 2, 2))
-    jax.block_until_ready(jitted(velocity, steps=steps, cfg_scale=2.0, guidance_low=0.2,
-                                 guidance_high=0.6)(x, jnp.array([0, 1, 0]), jax.random.key(8)))
+    jax.block_until_ready(
+        jitted(velocity, steps=steps, cfg_scale=2.0, guidance_low=0.2, guidance_high=0.6)(
+            x, jnp.array([0, 1, 0]), jax.random.key(8)
+        )
+    )
     assert len(calls) == steps  # steps − 1 noisy steps + the last mean step
     taus = sorted(t for _, t in calls)
     np.testing.assert_allclose(taus, sorted(1 - np.linspace(0, 0.96, steps)), atol=1e-6)
@@ -154,23 +172,39 @@ def test_model_velocity_adapts_a_selfflow_model():
     adapter = ModelVelocity(FakeModel(), np.zeros((2, 3), np.float32))
     x = jax.random.normal(jax.random.key(9), (2, 2, 2))
     tau, labels = jnp.array([0.3, 0.8]), jnp.array([1, 0])
-    np.testing.assert_allclose(np.asarray(adapter(x, tau, labels)),
-                               np.asarray(gaussian_velocity(x, tau, labels)) + 0.25, atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(adapter(x, tau, labels)), np.asarray(gaussian_velocity(x, tau, labels)) + 0.25, atol=1e-6
+    )
 
 
-@pytest.mark.parametrize("kw, match", [
-    (dict(steps=1), "steps must be an integer >= 2"),
-    (dict(steps=10, last_step_size=0.0), r"last_step_size must be in \(0, 1\)"),
-    (dict(steps=10, last_step_size=1.0), r"last_step_size must be in \(0, 1\)"),
-    (dict(steps=10, guidance_low=0.8, guidance_high=0.7), "guidance_low <= guidance_high"),
-])
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(steps=1), "steps must be an integer >= 2"),
+        (dict(steps=10, last_step_size=0.0), r"last_step_size must be in \(0, 1\)"),
+        (dict(steps=10, last_step_size=1.0), r"last_step_size must be in \(0, 1\)"),
+        (dict(steps=10, guidance_low=0.8, guidance_high=0.7), "guidance_low <= guidance_high"),
+    ],
+)
 def test_bad_arguments_are_named(kw, match):
     with pytest.raises(ValueError, match=match):
-        sde_sample(gaussian_velocity, jnp.zeros((2, 1, 2)), jnp.zeros(2, jnp.int32),
-                   jax.random.key(0), null_class=NULL, **kw)
+        sde_sample(
+            gaussian_velocity,
+            jnp.zeros((2, 1, 2)),
+            jnp.zeros(2, jnp.int32),
+            jax.random.key(0),
+            null_class=NULL,
+            **kw,
+        )
 
 
 def test_labels_must_match_the_batch():
     with pytest.raises(ValueError, match="labels must have shape"):
-        sde_sample(gaussian_velocity, jnp.zeros((2, 1, 2)), jnp.zeros(3, jnp.int32),
-                   jax.random.key(0), steps=4, null_class=NULL)
+        sde_sample(
+            gaussian_velocity,
+            jnp.zeros((2, 1, 2)),
+            jnp.zeros(3, jnp.int32),
+            jax.random.key(0),
+            steps=4,
+            null_class=NULL,
+        )

@@ -80,8 +80,13 @@ def test_classes_separable_by_nearest_class_mean():
 
 @pytest.mark.parametrize(
     "kwargs, value",
-    [({"num_examples": 0}, "0"), ({"num_examples": -5}, "-5"), ({"image_size": 7}, "7"),
-     ({"image_size": 0}, "0"), ({"seed": -1}, "-1")],
+    [
+        ({"num_examples": 0}, "0"),
+        ({"num_examples": -5}, "-5"),
+        ({"image_size": 7}, "7"),
+        ({"image_size": 0}, "0"),
+        ({"seed": -1}, "-1"),
+    ],
 )
 def test_bad_constructor_args(kwargs, value):
     name = next(iter(kwargs))

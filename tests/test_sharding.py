@@ -11,19 +11,32 @@ import pytest
 from flax import nnx
 
 from selfflow import sharding
-from selfflow.config import (Config, ConfigError, DataConfig, MeshConfig, ModelConfig, ObjectiveConfig,
-                             TrainConfig)
+from selfflow.config import (
+    Config,
+    ConfigError,
+    DataConfig,
+    MeshConfig,
+    ModelConfig,
+    ObjectiveConfig,
+    TrainConfig,
+)
 from selfflow.model import build_model
 from selfflow.objectives import make_objective
-from selfflow.tasks import Task
 from selfflow.run import init_state, make_optimizer
+from selfflow.tasks import Task
 
-CFG = Config(model=ModelConfig(preset="tiny", depth=2, hidden_size=64, num_heads=4, patch_size=4),
-             data=DataConfig(image_size=16), objective=ObjectiveConfig(student_layer=1, teacher_layer=2),
-             train=TrainConfig(batch_size=8))
-MESHES = {"1 device": (MeshConfig(data=1), 1), "data 8": (MeshConfig(data=8), 8),
-          "data 4 x fsdp 2": (MeshConfig(data=4, fsdp=2), 8),
-          "data 2 x fsdp 2 x tensor 2": (MeshConfig(data=2, fsdp=2, tensor=2), 8)}
+CFG = Config(
+    model=ModelConfig(preset="tiny", depth=2, hidden_size=64, num_heads=4, patch_size=4),
+    data=DataConfig(image_size=16),
+    objective=ObjectiveConfig(student_layer=1, teacher_layer=2),
+    train=TrainConfig(batch_size=8),
+)
+MESHES = {
+    "1 device": (MeshConfig(data=1), 1),
+    "data 8": (MeshConfig(data=8), 8),
+    "data 4 x fsdp 2": (MeshConfig(data=4, fsdp=2), 8),
+    "data 2 x fsdp 2 x tensor 2": (MeshConfig(data=2, fsdp=2, tensor=2), 8),
+}
 
 
 def test_mesh_fills_the_auto_axis():
@@ -34,12 +47,15 @@ def test_mesh_fills_the_auto_axis():
     assert sharding.make_mesh(MeshConfig(data=2, fsdp=2)).devices.size == 4  # the first 4 devices
 
 
-@pytest.mark.parametrize("mesh, message", [
-    (MeshConfig(data=3), "data=3 x fsdp=1 x tensor=1 needs 3 devices, which does not divide the 8"),
-    (MeshConfig(data=-1, fsdp=3), "needs 3 devices, which does not divide the 8 available"),
-    (MeshConfig(data=-1, fsdp=-1), "at most one may be -1"),
-    (MeshConfig(data=0), "mesh.data=0"),
-])
+@pytest.mark.parametrize(
+    "mesh, message",
+    [
+        (MeshConfig(data=3), "data=3 x fsdp=1 x tensor=1 needs 3 devices, which does not divide the 8"),
+        (MeshConfig(data=-1, fsdp=3), "needs 3 devices, which does not divide the 8 available"),
+        (MeshConfig(data=-1, fsdp=-1), "at most one may be -1"),
+        (MeshConfig(data=0), "mesh.data=0"),
+    ],
+)
 def test_mesh_that_does_not_fit_the_devices_is_rejected(mesh, message):
     with pytest.raises(ConfigError, match=message):
         sharding.make_mesh(mesh)
@@ -94,10 +110,16 @@ def test_every_parameter_carries_its_logical_axes_from_creation():
     assert axes["x_embedders"]["audio"]["kernel"] == ("token", "embed")
     # Flax sees them as the parameters' sharding annotation
     specs = nnx.get_partition_spec(nnx.state(model, nnx.Param))
-    assert specs["blocks"][0]["mlp"]["fc2"]["kernel"].get_value() == jax.sharding.PartitionSpec("mlp", "embed")
+    assert specs["blocks"][0]["mlp"]["fc2"]["kernel"].get_value() == jax.sharding.PartitionSpec(
+        "mlp", "embed"
+    )
     # ... and the abstract model (nnx.eval_shape, as `selfflow compile` builds it) has the same names
-    assert sharding.param_axes(nnx.eval_shape(lambda: build_model(CFG, {"image": 48, "video": 96, "audio": 128,
-                                                                         "action": 24}))) == axes
+    assert (
+        sharding.param_axes(
+            nnx.eval_shape(lambda: build_model(CFG, {"image": 48, "video": 96, "audio": 128, "action": 24}))
+        )
+        == axes
+    )
 
 
 def test_building_the_model_places_nothing():
@@ -108,7 +130,9 @@ def test_building_the_model_places_nothing():
     with jax.set_mesh(sharding.make_mesh(MeshConfig(data=2, fsdp=2, tensor=2))):
         inside = build_model(CFG, {"image": 48})
     assert inside.blocks[0].attn.qkv.kernel.get_value().sharding.is_fully_replicated
-    np.testing.assert_array_equal(np.asarray(inside.blocks[0].attn.qkv.kernel.get_value()), np.asarray(kernel))
+    np.testing.assert_array_equal(
+        np.asarray(inside.blocks[0].attn.qkv.kernel.get_value()), np.asarray(kernel)
+    )
 
 
 def test_a_parameter_without_logical_names_is_an_error_naming_it():
@@ -117,13 +141,17 @@ def test_a_parameter_without_logical_names_is_an_error_naming_it():
     with pytest.raises(ValueError, match="'projector/fc2/kernel' has no logical axis names"):
         sharding.param_axes(model)
     model.projector.fc2.kernel = nnx.Param(jnp.zeros((128, 64)), out_sharding=("mlp",), eager_sharding=False)
-    with pytest.raises(ValueError, match=r"'projector/fc2/kernel' of shape \(128, 64\) has logical axis names"):
+    with pytest.raises(
+        ValueError, match=r"'projector/fc2/kernel' of shape \(128, 64\) has logical axis names"
+    ):
         sharding.param_axes(model)
     # an axes tree of another model: the parameter it lacks is named
     mesh = sharding.make_mesh(MeshConfig(data=2, fsdp=4))
     small = build_model(CFG, {"image": 48})
     params = nnx.to_pure_dict(nnx.state(build_model(CFG, {"image": 48, "audio": 128}), nnx.Param))
-    with pytest.raises(ValueError, match="'final_layers/audio/adaLN_modulation/bias' has no logical axis names"):
+    with pytest.raises(
+        ValueError, match="'final_layers/audio/adaLN_modulation/bias' has no logical axis names"
+    ):
         sharding.param_shardings(params, mesh, sharding.parse_rules(), sharding.param_axes(small))
 
 
@@ -151,6 +179,7 @@ def test_constrain_batch_splits_activations_over_the_batch_rule():
 
     # a transformer block ends on constrain_batch: its output follows the rule
     from selfflow.layers import Block
+
     graphdef, state = nnx.split(Block(64, 4, 4.0, nnx.Rngs(0)))
 
     def block_out(rules):
@@ -172,16 +201,26 @@ def _state(cfg=CFG):
 def test_parameters_optimizer_state_and_teacher_are_really_split():
     _, model, state = _state()
     mesh = sharding.make_mesh(MeshConfig(data=2, fsdp=2, tensor=2))
-    placed = jax.device_put(state, sharding.state_shardings(state, mesh, sharding.parse_rules(),
-                                                            sharding.param_axes(model)))
+    placed = jax.device_put(
+        state, sharding.state_shardings(state, mesh, sharding.parse_rules(), sharding.param_axes(model))
+    )
     block = placed["params"]["blocks"][0]
-    assert block["attn"]["qkv"]["kernel"].sharding.shard_shape((64, 192)) == (32, 96)  # embed/fsdp, heads/tensor
+    assert block["attn"]["qkv"]["kernel"].sharding.shard_shape((64, 192)) == (
+        32,
+        96,
+    )  # embed/fsdp, heads/tensor
     assert block["attn"]["proj"]["kernel"].sharding.shard_shape((64, 64)) == (32, 32)
     assert block["mlp"]["fc2"]["kernel"].sharding.shard_shape((256, 64)) == (128, 32)
     assert placed["params"]["y_embedder"]["embedding"].sharding.shard_shape((11, 64)) == (11, 32)
-    assert placed["ema"]["blocks"][0]["attn"]["qkv"]["kernel"].sharding == block["attn"]["qkv"]["kernel"].sharding
+    assert (
+        placed["ema"]["blocks"][0]["attn"]["qkv"]["kernel"].sharding
+        == block["attn"]["qkv"]["kernel"].sharding
+    )
     mu = placed["opt_state"][1][0].mu["blocks"][0]["mlp"]["fc1"]["kernel"]
-    assert mu.sharding == block["mlp"]["fc1"]["kernel"].sharding and mu.sharding.shard_shape(mu.shape) == (32, 128)
+    assert mu.sharding == block["mlp"]["fc1"]["kernel"].sharding and mu.sharding.shard_shape(mu.shape) == (
+        32,
+        128,
+    )
     assert placed["step"].sharding.is_fully_replicated
     # a 48-value token projection: fsdp divides the embed dim only
     assert placed["params"]["x_embedders"]["image"]["kernel"].sharding.shard_shape((48, 64)) == (48, 32)
@@ -192,8 +231,9 @@ def _loss_and_grads(mesh_cfg, n_devices):
     graphdef = nnx.graphdef(model)
     mesh = sharding.make_mesh(mesh_cfg, jax.devices()[:n_devices])
     rules = sharding.parse_rules()
-    params = jax.device_put(state["params"], sharding.param_shardings(state["params"], mesh, rules,
-                                                                      sharding.param_axes(model)))
+    params = jax.device_put(
+        state["params"], sharding.param_shardings(state["params"], mesh, rules, sharding.param_axes(model))
+    )
     raw = dict(task.dataset(0, shard=(0, 1))[0])
     raw.pop("skipped")
     batch = sharding.put_batch(raw, sharding.batch_sharding(mesh, rules))
@@ -206,8 +246,14 @@ def _loss_and_grads(mesh_cfg, n_devices):
         teacher = nnx.merge(graphdef, params)
 
         def loss(p):
-            return obj.loss(student=nnx.merge(graphdef, p), teacher=teacher, batch=seg,
-                            layout=task.layouts[0].layout, key=jax.random.key(3))[0]
+            return obj.loss(
+                student=nnx.merge(graphdef, p),
+                teacher=teacher,
+                batch=seg,
+                layout=task.layouts[0].layout,
+                key=jax.random.key(3),
+            )[0]
+
         return jax.value_and_grad(loss)(params)
 
     with sharding.use_mesh(mesh, rules):
@@ -223,13 +269,16 @@ def test_loss_and_gradients_agree_across_meshes():
         assert loss == pytest.approx(ref_loss, rel=1e-5), name
         for (path, g), r in zip(jax.tree_util.tree_flatten_with_path(grads)[0], jax.tree.leaves(ref_grads)):
             scale = float(np.abs(r).max()) or 1.0
-            np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5 * scale,
-                                       err_msg=f"{name}: {sharding.param_path(path)}")
+            np.testing.assert_allclose(
+                g, r, rtol=1e-5, atol=1e-5 * scale, err_msg=f"{name}: {sharding.param_path(path)}"
+            )
 
 
 def test_fsdp_holds_less_state_per_device_than_data_parallel():
-    from selfflow.compile_check import compile_report
     import dataclasses
+
+    from selfflow.compile_check import compile_report
+
     data8 = compile_report(dataclasses.replace(CFG, mesh=MeshConfig(data=8)))["layouts"]["image"]
     fsdp8 = compile_report(dataclasses.replace(CFG, mesh=MeshConfig(data=1, fsdp=8)))["layouts"]["image"]
     # arguments = the train state (+ batch): fsdp splits the parameters, AdamW moments and EMA
@@ -242,12 +291,14 @@ def test_compile_reports_memory_per_device_and_rejects_bad_meshes_before_compili
     import re
 
     from selfflow import cli
+
     experiment = tmp_path / "exp.py"
     experiment.write_text(
         "from selfflow.config import *\n"
         "CONFIG = Config(model=ModelConfig(preset='tiny', depth=2, hidden_size=64, num_heads=4, patch_size=4),"
         " objective=ObjectiveConfig(student_layer=1, teacher_layer=2), data=DataConfig(image_size=16),"
-        " train=TrainConfig(batch_size=8))\n")
+        " train=TrainConfig(batch_size=8))\n"
+    )
 
     def run(*argv):
         out, err = io.StringIO(), io.StringIO()
@@ -275,8 +326,12 @@ def test_checkpoint_written_on_8_devices_resumes_on_4_then_on_1(tmp_path):
     from selfflow.train import train
 
     def cfg(mesh, steps):
-        return dataclasses.replace(CFG, mesh=mesh, sample=SampleConfig(steps=2, per_class=1),
-                                   train=TrainConfig(batch_size=8, steps=steps, checkpoint_every=1, log_every=1))
+        return dataclasses.replace(
+            CFG,
+            mesh=mesh,
+            sample=SampleConfig(steps=2, per_class=1),
+            train=TrainConfig(batch_size=8, steps=steps, checkpoint_every=1, log_every=1),
+        )
 
     def losses(run_dir):
         return {r["step"]: r["loss"] for r in read_metrics(run_dir / "metrics.jsonl")}
@@ -299,6 +354,7 @@ def test_checkpoint_written_on_8_devices_resumes_on_4_then_on_1(tmp_path):
 
 def _free_port() -> int:
     import socket
+
     with socket.socket() as s:
         s.bind(("localhost", 0))
         return s.getsockname()[1]
@@ -317,17 +373,40 @@ def test_two_processes_joined_by_jax_distributed_train_like_one(tmp_path):
     from selfflow.metrics_writer import read_metrics
     from selfflow.train import train
 
-    cfg = dataclasses.replace(CFG, sample=SampleConfig(steps=2, per_class=1),
-                              train=TrainConfig(batch_size=8, steps=3, checkpoint_every=3, log_every=1))
+    cfg = dataclasses.replace(
+        CFG,
+        sample=SampleConfig(steps=2, per_class=1),
+        train=TrainConfig(batch_size=8, steps=3, checkpoint_every=3, log_every=1),
+    )
     experiment = tmp_path / "exp.py"
     experiment.write_text(f"from selfflow.config import *\nCONFIG = {cfg!r}\n")
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
     port = _free_port()
-    procs = [subprocess.Popen(
-        [sys.executable, "-m", "selfflow.cli", "train", str(experiment), "--run-dir", str(tmp_path / "two"),
-         "--no-progress", "--set", f"mesh.coordinator_address=localhost:{port}", "--set", "mesh.num_processes=2",
-         "--set", f"mesh.process_id={i}"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "selfflow.cli",
+                "train",
+                str(experiment),
+                "--run-dir",
+                str(tmp_path / "two"),
+                "--no-progress",
+                "--set",
+                f"mesh.coordinator_address=localhost:{port}",
+                "--set",
+                "mesh.num_processes=2",
+                "--set",
+                f"mesh.process_id={i}",
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
     outs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
     two = {r["step"]: r["loss"] for r in read_metrics(tmp_path / "two" / "metrics.jsonl")}
@@ -340,8 +419,13 @@ def test_two_processes_joined_by_jax_distributed_train_like_one(tmp_path):
             parts = [dict(h[n]) for h in halves]
             return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
-    train(dataclasses.replace(cfg, mesh=MeshConfig(data=4)), tmp_path / "one", dataset=GlobalBatches(),
-          progress=False, write_samples=False)  # the first 4 of the 8 simulated devices
+    train(
+        dataclasses.replace(cfg, mesh=MeshConfig(data=4)),
+        tmp_path / "one",
+        dataset=GlobalBatches(),
+        progress=False,
+        write_samples=False,
+    )  # the first 4 of the 8 simulated devices
     one = {r["step"]: r["loss"] for r in read_metrics(tmp_path / "one" / "metrics.jsonl")}
     assert sorted(two) == [1, 2, 3]
     for step in two:
@@ -350,6 +434,7 @@ def test_two_processes_joined_by_jax_distributed_train_like_one(tmp_path):
 
 def test_config_validation_names_a_bad_mesh():
     from selfflow.config import apply_overrides, validate
+
     with pytest.raises(ConfigError, match="'embed=model'"):
         validate(apply_overrides(Config(), ["mesh.rules=('embed=model',)"]))
     with pytest.raises(ConfigError, match="at most one may be -1"):

@@ -9,8 +9,8 @@ from modalities import audio as audio_mod
 from selfflow.config import DataConfig
 from selfflow.eval import synchrony
 
-SPEC = audio_spec(DataConfig(source="world"))    # the project's world log-mel: 10 ms frames
-RATE = SPEC.sample_rate / SPEC.hop_length        # 100 log-mel frames per second
+SPEC = audio_spec(DataConfig(source="world"))  # the project's world log-mel: 10 ms frames
+RATE = SPEC.sample_rate / SPEC.hop_length  # 100 log-mel frames per second
 FPS = 10
 NUM_CLIPS = 16
 
@@ -26,9 +26,10 @@ def clips():
 def test_aligned_clips_beat_shifted_and_mismatched_audio(clips):
     videos, logmels = clips
     aligned = synchrony.batch_av_synchrony(videos, logmels, FPS, RATE)
-    shifts = {f"{ms:+d} ms": synchrony.batch_av_synchrony(videos, np.roll(logmels, ms // 10, axis=1),
-                                                         FPS, RATE)
-              for ms in (-300, -200, 200, 300)}
+    shifts = {
+        f"{ms:+d} ms": synchrony.batch_av_synchrony(videos, np.roll(logmels, ms // 10, axis=1), FPS, RATE)
+        for ms in (-300, -200, 200, 300)
+    }
     other = synchrony.batch_av_synchrony(videos, np.roll(logmels, 1, axis=0), FPS, RATE)
     # Measured: aligned 0.65; shifted -0.22 (+300 ms) .. 0.19 (-200 ms); another clip's audio 0.05.
     assert aligned > 0.4, aligned
@@ -41,14 +42,17 @@ def test_best_lag_recovers_a_known_offset(clips):
     """The lag profile peaks near 0 for real clips and near +200 ms for audio 200 ms late."""
     videos, logmels = clips
     best = [synchrony.synchrony_profile(v, m, FPS, RATE)["best_lag_s"] for v, m in zip(videos, logmels)]
-    late = [synchrony.synchrony_profile(v, np.roll(m, 20, axis=0), FPS, RATE)["best_lag_s"]
-            for v, m in zip(videos, logmels)]
+    late = [
+        synchrony.synchrony_profile(v, np.roll(m, 20, axis=0), FPS, RATE)["best_lag_s"]
+        for v, m in zip(videos, logmels)
+    ]
     assert abs(np.median(best)) <= 0.05, best
     assert abs(np.median(late) - 0.2) <= 0.05, late
     profile = synchrony.synchrony_profile(videos[0], logmels[0], FPS, RATE, max_lag_s=0.3)
     assert profile["lags_s"].shape == profile["correlation"].shape == (61,)
-    np.testing.assert_allclose(profile["correlation"][30],
-                               synchrony.av_synchrony(videos[0], logmels[0], FPS, RATE))
+    np.testing.assert_allclose(
+        profile["correlation"][30], synchrony.av_synchrony(videos[0], logmels[0], FPS, RATE)
+    )
 
 
 def _ideal(events, times):
@@ -69,11 +73,15 @@ def test_each_signal_follows_the_true_collisions():
         if clip["num_events"] == 0:
             continue
         times = np.arange(1, cfg.num_frames - 1) / FPS
-        ideal = _ideal(clip["events"][:clip["num_events"]], times)
+        ideal = _ideal(clip["events"][: clip["num_events"]], times)
         if ideal.std() == 0:  # events only outside frames 1..T-2
             continue
-        onset = synchrony.pool_onsets(synchrony.audio_onset_strength(
-            audio_mod.waveform_to_logmel(clip["audio"], SPEC)[0]), times, FPS, RATE)
+        onset = synchrony.pool_onsets(
+            synchrony.audio_onset_strength(audio_mod.waveform_to_logmel(clip["audio"], SPEC)[0]),
+            times,
+            FPS,
+            RATE,
+        )
         visual.append(np.corrcoef(synchrony.visual_event_strength(clip["video"]), ideal)[0, 1])
         raw.append(np.corrcoef(synchrony.visual_event_strength(clip["video"], blur=0.0), ideal)[0, 1])
         audio.append(np.corrcoef(onset, ideal)[0, 1])
@@ -90,14 +98,17 @@ def test_nothing_to_synchronise_scores_zero(clips):
     assert synchrony.av_synchrony(videos[0], silence, FPS, RATE) == 0.0
 
 
-@pytest.mark.parametrize("video_shape, logmel_shape, fps, rate, match", [
-    ((16, 16, 16), (160, 32), 10, 100, r"video.*\(16, 16, 16\)"),
-    ((2, 16, 16, 3), (20, 32), 10, 100, r"T >= 3"),
-    ((16, 16, 16, 3), (160,), 10, 100, r"logmel.*\(160,\)"),
-    ((16, 16, 16, 3), (160, 32), 0, 100, r"video_fps.*0"),
-    ((16, 16, 16, 3), (160, 32), 10, -1.0, r"audio_frame_rate"),
-    ((16, 16, 16, 3), (160, 32), 100, 10, r"lasts 0\.160 s.*lasts 16\.000 s"),  # rates swapped
-])
+@pytest.mark.parametrize(
+    "video_shape, logmel_shape, fps, rate, match",
+    [
+        ((16, 16, 16), (160, 32), 10, 100, r"video.*\(16, 16, 16\)"),
+        ((2, 16, 16, 3), (20, 32), 10, 100, r"T >= 3"),
+        ((16, 16, 16, 3), (160,), 10, 100, r"logmel.*\(160,\)"),
+        ((16, 16, 16, 3), (160, 32), 0, 100, r"video_fps.*0"),
+        ((16, 16, 16, 3), (160, 32), 10, -1.0, r"audio_frame_rate"),
+        ((16, 16, 16, 3), (160, 32), 100, 10, r"lasts 0\.160 s.*lasts 16\.000 s"),  # rates swapped
+    ],
+)
 def test_bad_inputs_name_the_argument(video_shape, logmel_shape, fps, rate, match):
     with pytest.raises(ValueError, match=match):
         synchrony.av_synchrony(np.zeros(video_shape), np.zeros(logmel_shape), fps, rate)

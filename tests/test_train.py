@@ -8,14 +8,11 @@ every ``train`` call (and the subprocesses) of the session pays only once per ob
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
-import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,69 +20,28 @@ import jax
 import numpy as np
 import pytest
 
-from selfflow.tasks import Task
-from selfflow import train as train_lib
-from selfflow.config import (Config, DataConfig, MeshConfig, ModelConfig, ObjectiveConfig, OptimConfig,
-                             SampleConfig, TrainConfig, resolve)
+from selfflow.config import (
+    Config,
+    resolve,
+)
 from selfflow.metrics_writer import read_metrics
 from selfflow.model import SelfFlowTransformer
 from selfflow.run import load_run
-from selfflow.train import TrainingError, train
+from selfflow.tasks import Task
+from selfflow.train import TrainingError
 
-REPO = Path(__file__).resolve().parents[1]
-REF_STEPS = 7
-ONE_DEVICE = MeshConfig(data=1)  # the 8 simulated devices are for the sharding tests
-
-
-def tiny_config(steps: int = REF_STEPS, checkpoint_every: int = 2, log_every: int = 1,
-                kind: str = "self_flow", **train_kw) -> Config:
-    return Config(
-        model=ModelConfig(preset="tiny", depth=2, hidden_size=32, num_heads=2, patch_size=4),
-        data=DataConfig(image_size=16),
-        objective=ObjectiveConfig(kind=kind, student_layer=1, teacher_layer=2, ema_decay=0.9),
-        optim=OptimConfig(learning_rate=1e-3),
-        train=TrainConfig(steps=steps, batch_size=8, log_every=log_every,
-                          checkpoint_every=checkpoint_every, **train_kw),
-        sample=SampleConfig(steps=2, per_class=1), mesh=ONE_DEVICE)
-
-
-def with_steps(cfg: Config, steps: int) -> Config:
-    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=steps))
-
-
-def run(cfg: Config, run_dir, **kw) -> train_lib.TrainResult:
-    kw.setdefault("progress", False)
-    kw.setdefault("write_samples", False)
-    return train(cfg, run_dir, **kw)
-
-
-def host(state: dict) -> dict:
-    """A host (numpy) copy of a train state, safe to keep after later runs donate buffers."""
-    return jax.tree.map(np.asarray, jax.device_get(state))
-
-
-def assert_bit_identical(a: dict, b: dict, keys=("step", "params", "ema", "opt_state", "rng")):
-    for key in keys:
-        leaves_a, tree_a = jax.tree_util.tree_flatten_with_path(a[key])
-        leaves_b, tree_b = jax.tree_util.tree_flatten_with_path(b[key])
-        assert tree_a == tree_b, f"{key}: tree structures differ"
-        for (path, x), (_, y) in zip(leaves_a, leaves_b):
-            x, y = np.asarray(x), np.asarray(y)
-            where = f"{key}{jax.tree_util.keystr(path)}"
-            assert x.dtype == y.dtype and x.shape == y.shape, where
-            assert np.array_equal(x, y), f"{where}: max |diff| {np.max(np.abs(x - y))}"
-
-
-def checkpoint_steps(run_dir) -> list[int]:
-    """Finalised checkpoint steps, read from the file system (Orbax renames a step's temporary
-    directory to ``<step>`` only once it is complete)."""
-    d = Path(run_dir) / "checkpoints"
-    return sorted(int(p.name) for p in d.iterdir() if re.fullmatch(r"\d+", p.name)) \
-        if d.is_dir() else []
-
-
-def logged_steps(run_dir) -> list[int]:
-    return [r["step"] for r in read_metrics(Path(run_dir) / "metrics.jsonl")]
+from helpers_train import (
+    REF_STEPS,
+    assert_bit_identical,
+    checkpoint_steps,
+    cli_output,
+    host,
+    logged_steps,
+    run,
+    start_cli_train,
+    tiny_config,
+    with_steps,
+)
 
 
 def all_finite(tree) -> bool:
@@ -136,30 +92,6 @@ def test_resume_is_bit_identical(reference, tmp_path):
     assert (a / "metrics.jsonl").read_text() == metrics_before
 
 
-def _experiment_file(tmp_path: Path, cfg: Config) -> Path:
-    """An experiment file whose CONFIG equals ``cfg`` (dataclass reprs are valid Python)."""
-    path = tmp_path / "tiny_experiment.py"
-    path.write_text(f"from selfflow.config import *\n\nCONFIG = {cfg!r}\n")
-    return path
-
-
-def _start_cli_train(tmp_path, run_dir, cache_dir, *overrides) -> subprocess.Popen:
-    cfg = tiny_config()
-    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(cache_dir),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5")
-    cmd = [sys.executable, "-m", "selfflow.cli", "train", str(_experiment_file(tmp_path, cfg)),
-           "--run-dir", str(run_dir), "--no-progress"]
-    for item in overrides:
-        cmd += ["--set", item]
-    # Output goes to files, not pipes, so a chatty child can never block on a full pipe.
-    with open(tmp_path / "stdout.txt", "w") as out, open(tmp_path / "stderr.txt", "w") as err:
-        return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=err)
-
-
-def _output(tmp_path) -> tuple[str, str]:
-    return (tmp_path / "stdout.txt").read_text(), (tmp_path / "stderr.txt").read_text()
-
-
 def _wait_for_checkpoint(proc: subprocess.Popen, run_dir, at_least: int, timeout=120.0) -> int:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -167,9 +99,11 @@ def _wait_for_checkpoint(proc: subprocess.Popen, run_dir, at_least: int, timeout
         if steps and steps[-1] >= at_least:
             return steps[-1]
         if proc.poll() is not None:
-            out, err = _output(Path(run_dir).parent)
-            pytest.fail(f"selfflow train exited with {proc.returncode} before a checkpoint "
-                        f"of step >= {at_least}:\n{out}\n{err}")
+            out, err = cli_output(Path(run_dir).parent)
+            pytest.fail(
+                f"selfflow train exited with {proc.returncode} before a checkpoint "
+                f"of step >= {at_least}:\n{out}\n{err}"
+            )
         time.sleep(0.05)
     proc.kill()
     proc.wait()
@@ -185,8 +119,9 @@ def test_killed_run_resumes_bit_identically(how, tmp_path, compilation_cache, re
     past the interruption, which ``train.steps`` may change on resume."""
     # (``reference`` also has the step compiled and cached before the subprocess starts.)
     run_dir = tmp_path / "run"
-    proc = _start_cli_train(tmp_path, run_dir, compilation_cache,
-                            "train.steps=100000", "train.checkpoint_every=1")
+    proc = start_cli_train(
+        tmp_path, run_dir, compilation_cache, "train.steps=100000", "train.checkpoint_every=1"
+    )
     # SIGKILL after a few checkpoints, so that metrics.jsonl likely holds lines past the last one.
     polled = _wait_for_checkpoint(proc, run_dir, at_least=1 if how == "SIGTERM" else 3)
     proc.send_signal(getattr(signal, how))
@@ -196,7 +131,7 @@ def test_killed_run_resumes_bit_identically(how, tmp_path, compilation_cache, re
         proc.kill()
         proc.wait()
         pytest.fail(f"selfflow train did not exit within 60 s of {how}")
-    _, err = _output(tmp_path)
+    _, err = cli_output(tmp_path)
     latest = checkpoint_steps(run_dir)[-1]
     assert latest >= polled
     if how == "SIGTERM":
@@ -297,6 +232,7 @@ def test_sample_every_samples_during_training(tmp_path):
 @pytest.mark.parametrize("kind", ["flow_matching", "dts"])
 def test_baselines_have_no_representation_loss(kind, tmp_path, monkeypatch):
     """flow_matching and dts never run the teacher: rep_loss is exactly 0 and loss == fm_loss."""
+
     def no_teacher(*args, **kwargs):
         raise AssertionError(f"objective.kind={kind!r} ran the teacher forward")
 

@@ -48,8 +48,15 @@ def mixed_root(tmp_path):
 @pytest.mark.parametrize("suffix", [".npz", ".h5", ".hdf5"])
 def test_write_episode_round_trip(tmp_path, suffix):
     frames, proprio, actions = _episode(5)
-    path = write_episode(tmp_path / f"ep{suffix}", frames, proprio.astype(np.float64), actions,
-                         success=True, label=3, extra={"reward": np.arange(5.0)})
+    path = write_episode(
+        tmp_path / f"ep{suffix}",
+        frames,
+        proprio.astype(np.float64),
+        actions,
+        success=True,
+        label=3,
+        extra={"reward": np.arange(5.0)},
+    )
     if suffix == ".npz":
         with np.load(path) as z:
             data = {k: z[k] for k in z.files}
@@ -66,13 +73,16 @@ def test_write_episode_round_trip(tmp_path, suffix):
     assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"frames": np.zeros((4, 6, 5, 3), np.float32)}, "uint8"),
-    ({"frames": np.zeros((4, 6, 5), np.uint8)}, "uint8"),
-    ({"proprio": np.zeros((3, 3))}, "steps"),
-    ({"actions": np.full((4, 2), np.nan)}, "non-finite"),
-    ({"label": 1.5}, "label"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"frames": np.zeros((4, 6, 5, 3), np.float32)}, "uint8"),
+        ({"frames": np.zeros((4, 6, 5), np.uint8)}, "uint8"),
+        ({"proprio": np.zeros((3, 3))}, "steps"),
+        ({"actions": np.full((4, 2), np.nan)}, "non-finite"),
+        ({"label": 1.5}, "label"),
+    ],
+)
 def test_write_episode_rejects_bad_input(tmp_path, kwargs, match):
     frames, proprio, actions = _episode(4)
     args = {"frames": frames, "proprio": proprio, "actions": actions, **kwargs}
@@ -91,8 +101,12 @@ def test_windows_have_exact_values(mixed_root, caplog):
     assert src.table.tolist() == [[0, 0], [0, 2], [0, 4], [0, 6], [1, 0], [1, 2], [1, 4], [2, 0]]
     assert src.skipped_short == [] and src.bad_episodes == []
     assert {k: (f.shape, f.dtype) for k, f in src.schema.items()} == {
-        "image": ((6, 5, 3), "float32"), "video": ((3, 6, 5, 3), "float32"), "proprio": ((3, 3), "float32"),
-        "actions": ((3, 2), "float32"), "label": ((), "int32")}
+        "image": ((6, 5, 3), "float32"),
+        "video": ((3, 6, 5, 3), "float32"),
+        "proprio": ((3, 3), "float32"),
+        "actions": ((3, 2), "float32"),
+        "label": ((), "int32"),
+    }
     for i, (e, start) in enumerate(src.table):
         frames, proprio, actions = _episode((10, 7, 3)[e], offset=10 * e)
         sl = slice(start, start + window)
@@ -135,8 +149,9 @@ def test_resize_and_determinism(mixed_root):
     # image_size equal to the frame size: no resizing, same as None (square frames).
     root = mixed_root / "square"
     write_episode(root / "s.npz", *_episode(4, h=5, w=5))
-    np.testing.assert_array_equal(TrajectorySource(root, 2, image_size=5)[1]["video"],
-                                  TrajectorySource(root, 2)[1]["video"])
+    np.testing.assert_array_equal(
+        TrajectorySource(root, 2, image_size=5)[1]["video"], TrajectorySource(root, 2)[1]["video"]
+    )
 
 
 def test_compressed_npz_is_read_whole(tmp_path):
@@ -155,17 +170,24 @@ def test_bad_arguments_and_empty_roots(tmp_path):
     (tmp_path / "notes.txt").write_text("no episodes here")
     with pytest.raises(SourceError, match="no episode files"):
         TrajectorySource(tmp_path, window=2)
-    for kwargs in ({"window": 0}, {"window": 2, "stride": 0}, {"window": 2.0},
-                   {"window": 2, "image_size": 0}):
+    for kwargs in (
+        {"window": 0},
+        {"window": 2, "stride": 0},
+        {"window": 2.0},
+        {"window": 2, "image_size": 0},
+    ):
         with pytest.raises(SourceError):
             TrajectorySource(tmp_path, **kwargs)
 
 
-@pytest.mark.parametrize("field, bad, match", [
-    ("proprio", (6, 2), "P \\(proprio dim\\) is 2, but .*a.npz has 3"),
-    ("actions", (6, 4), "A \\(action dim\\) is 4, but .*a.npz has 2"),
-    ("frames", (6, 8, 5, 3), "frame size \\(H, W\\) is \\(8, 5\\), but .*a.npz has \\(6, 5\\)"),
-])
+@pytest.mark.parametrize(
+    "field, bad, match",
+    [
+        ("proprio", (6, 2), "P \\(proprio dim\\) is 2, but .*a.npz has 3"),
+        ("actions", (6, 4), "A \\(action dim\\) is 4, but .*a.npz has 2"),
+        ("frames", (6, 8, 5, 3), "frame size \\(H, W\\) is \\(8, 5\\), but .*a.npz has \\(6, 5\\)"),
+    ],
+)
 def test_inconsistent_dims_are_a_source_error(tmp_path, field, bad, match):
     write_episode(tmp_path / "a.npz", *_episode(6))
     write_episode(tmp_path / "b.npz", *_episode(6))
@@ -189,16 +211,22 @@ def _bad_variants():
     return {
         "missing_actions": ({"frames": frames, "proprio": proprio}, "missing key"),
         "missing_frames": ({"proprio": proprio, "actions": actions}, "missing key"),
-        "float_frames": ({"frames": frames.astype(np.float32), "proprio": proprio, "actions": actions},
-                         "uint8"),
+        "float_frames": (
+            {"frames": frames.astype(np.float32), "proprio": proprio, "actions": actions},
+            "uint8",
+        ),
         "gray_frames": ({"frames": frames[..., 0], "proprio": proprio, "actions": actions}, "uint8"),
-        "four_channels": ({"frames": np.concatenate([frames, frames[..., :1]], -1), "proprio": proprio,
-                           "actions": actions}, "uint8"),
+        "four_channels": (
+            {"frames": np.concatenate([frames, frames[..., :1]], -1), "proprio": proprio, "actions": actions},
+            "uint8",
+        ),
         "lengths": ({"frames": frames, "proprio": proprio[:5], "actions": actions}, "lengths disagree"),
         "nan_actions": ({"frames": frames, "proprio": proprio, "actions": nan_actions}, "'actions'.*NaN"),
         "nan_proprio": ({"frames": frames, "proprio": nan_proprio, "actions": actions}, "'proprio'.*NaN"),
-        "bad_label": ({"frames": frames, "proprio": proprio, "actions": actions,
-                       "label": np.array([1.5, 2.0])}, "label"),
+        "bad_label": (
+            {"frames": frames, "proprio": proprio, "actions": actions, "label": np.array([1.5, 2.0])},
+            "label",
+        ),
     }
 
 
@@ -239,7 +267,7 @@ def test_corrupt_file_raises_bad_sample_error(tmp_path, suffix, damage):
     write_episode(tmp_path / "a_good.npz", *_episode(6))
     bad = write_episode(tmp_path / f"b_bad{suffix}", *_episode(6))
     data = bad.read_bytes()
-    bad.write_bytes({"truncated": data[:len(data) // 2], "garbage": b"\x13" * 4000, "empty": b""}[damage])
+    bad.write_bytes({"truncated": data[: len(data) // 2], "garbage": b"\x13" * 4000, "empty": b""}[damage])
     src = TrajectorySource(tmp_path, window=3)
     assert len(src) == 4 + 1
     with pytest.raises(BadSampleError, match="truncated or corrupt") as info:

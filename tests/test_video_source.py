@@ -35,10 +35,8 @@ def files(tmp_path_factory):
     write_video(folder("aac") / "tone.mp4", audio_codec="aac")
     write_video(folder("onset_pcm") / "onset.mkv", audio_codec="pcm_s16le", tone_start=1.0)
     write_video(folder("onset_aac") / "onset.mp4", audio_codec="aac", tone_start=1.0)
-    write_video(folder("audio_short") / "tone.mkv", audio_codec="pcm_s16le",
-                audio_seconds=1.5)
-    write_video(folder("audio_hop_short") / "tone.mkv", audio_codec="pcm_s16le",
-                audio_seconds=2.0 - 100 / SR)
+    write_video(folder("audio_short") / "tone.mkv", audio_codec="pcm_s16le", audio_seconds=1.5)
+    write_video(folder("audio_hop_short") / "tone.mkv", audio_codec="pcm_s16le", audio_seconds=2.0 - 100 / SR)
     classes = folder("classes")
     (classes / "dog" / "deeper").mkdir(parents=True)
     (classes / "cat").mkdir()
@@ -49,7 +47,7 @@ def files(tmp_path_factory):
     shutil.copy(out["x264"] / "clip.mp4", classes / ".hidden" / "h.mp4")
     (classes / "cat" / "notes.txt").write_text("not a video")
     good = (out["x264"] / "clip.mp4").read_bytes()
-    (folder("truncated") / "cut.mp4").write_bytes(good[:int(0.4 * len(good))])
+    (folder("truncated") / "cut.mp4").write_bytes(good[: int(0.4 * len(good))])
     (folder("text") / "notes.mp4").write_text("this is a text file, not a video\n" * 20)
     return out
 
@@ -96,13 +94,11 @@ def test_width_model_matches_decord(files):
 
     from data_pipelines.video_files import decord_width_ok
 
-    assert [w for w in range(1, 200) if not decord_width_ok(w)] == [1, 2, 3, 4, 6, 8, 12, 16,
-                                                                   24, 48, 72]
+    assert [w for w in range(1, 200) if not decord_width_ok(w)] == [1, 2, 3, 4, 6, 8, 12, 16, 24, 48, 72]
     path = str(files["x264"] / "clip.mp4")
     for width in range(5, 80):
         if decord_width_ok(width):
-            reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1, width=width,
-                                        height=10)
+            reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1, width=width, height=10)
             assert reader.get_batch([0]).asnumpy().shape == (1, 10, width, 3)
 
 
@@ -118,13 +114,11 @@ def test_resampling_to_lower_and_higher_fps(files):
 
 
 def test_deterministic_and_seeded(files):
-    source = VideoFileSource(files["long"], frames=12, fps=FPS, image_size=SIZE,
-                             clips_per_video=3, seed=0)
+    source = VideoFileSource(files["long"], frames=12, fps=FPS, image_size=SIZE, clips_per_video=3, seed=0)
     assert len(source) == 3 and source.where(2) == str(files["long"] / "long.mkv")
     first = source[1]["video"]
     np.testing.assert_array_equal(first, source[1]["video"])
-    again = VideoFileSource(files["long"], frames=12, fps=FPS, image_size=SIZE,
-                            clips_per_video=3, seed=0)
+    again = VideoFileSource(files["long"], frames=12, fps=FPS, image_size=SIZE, clips_per_video=3, seed=0)
     np.testing.assert_array_equal(first, again[1]["video"])
     starts = set()
     for seed in range(4):  # a 4 s file, a 1 s clip: the start moves with the seed
@@ -154,18 +148,19 @@ def test_constructor_reads_only_the_listing(files, monkeypatch):
 
     monkeypatch.setattr(decord, "VideoReader", no_decoding)
     monkeypatch.setattr(decord, "AudioReader", no_decoding)
-    source = VideoFileSource(files["classes"], frames=12, fps=FPS, image_size=SIZE,
-                             audio=AudioSpec(frames=100), clips_per_video=5)
+    source = VideoFileSource(
+        files["classes"], frames=12, fps=FPS, image_size=SIZE, audio=AudioSpec(frames=100), clips_per_video=5
+    )
     assert len(source) == 15 and source.classes == ("cat", "dog")
-    assert VideoFileSource(files["text"], frames=4, fps=FPS, image_size=SIZE).where(0).endswith(
-        "notes.mp4")  # a bad file is listed; it fails only when read
+    assert (
+        VideoFileSource(files["text"], frames=4, fps=FPS, image_size=SIZE).where(0).endswith("notes.mp4")
+    )  # a bad file is listed; it fails only when read
 
 
 @pytest.mark.parametrize("case", ["pcm", "aac"])
 def test_audio_track_log_mel(files, case):
     spec = AudioSpec(frames=100)  # 100 hops of 10 ms = 1 s = 12 frames at 12 fps
-    source = VideoFileSource(files[case], frames=12, fps=FPS, image_size=SIZE, audio=spec,
-                             clips_per_video=2)
+    source = VideoFileSource(files[case], frames=12, fps=FPS, image_size=SIZE, audio=spec, clips_per_video=2)
     clean = waveform_to_logmel(0.5 * np.sin(2 * np.pi * 440 * np.arange(SR) / SR), spec)[0]
     peak_band = int(np.argmax(clean.mean(0)))
     for i in range(len(source)):
@@ -183,8 +178,9 @@ def test_audio_span_is_the_clip_span(files, case):
     [0, 1] from default_rng([seed, i])) shows frames round(12 s).. and hears the onset at mel
     frame (1 - s) * 100."""
     spec = AudioSpec(frames=100)
-    source = VideoFileSource(files[case], frames=12, fps=FPS, image_size=SIZE, audio=spec,
-                             clips_per_video=6, seed=1)
+    source = VideoFileSource(
+        files[case], frames=12, fps=FPS, image_size=SIZE, audio=spec, clips_per_video=6, seed=1
+    )
     for i in range(len(source)):
         start = np.random.default_rng([1, i]).uniform(0.0, 1.0)
         example = source[i]
@@ -196,8 +192,7 @@ def test_audio_span_is_the_clip_span(files, case):
 
 def test_audio_ending_less_than_a_hop_early_is_padded(files):
     spec = AudioSpec(frames=200)  # 2 s: the whole video; the track is 100 samples short
-    example = VideoFileSource(files["audio_hop_short"], frames=24, fps=FPS, image_size=SIZE,
-                              audio=spec)[0]
+    example = VideoFileSource(files["audio_hop_short"], frames=24, fps=FPS, image_size=SIZE, audio=spec)[0]
     assert example["audio"].shape == (200, spec.n_mels) and np.isfinite(example["audio"]).all()
 
 
@@ -210,20 +205,23 @@ def bad_sample(source, index=0) -> str:
 
 
 def test_bad_inputs_name_the_file(files):
-    message = bad_sample(VideoFileSource(files["truncated"], frames=4, fps=FPS,
-                                         image_size=SIZE))
+    message = bad_sample(VideoFileSource(files["truncated"], frames=4, fps=FPS, image_size=SIZE))
     assert "cut.mp4" in message
     bad_sample(VideoFileSource(files["text"], frames=4, fps=FPS, image_size=SIZE))
     # too short: a 2 s video, a 2.5 s clip; both durations named
     message = bad_sample(VideoFileSource(files["x264"], frames=30, fps=FPS, image_size=SIZE))
     assert "2.000 s" in message and "2.500 s" in message
     # audio requested where there is no track
-    message = bad_sample(VideoFileSource(files["x264"], frames=12, fps=FPS, image_size=SIZE,
-                                         audio=AudioSpec(frames=100)))
+    message = bad_sample(
+        VideoFileSource(files["x264"], frames=12, fps=FPS, image_size=SIZE, audio=AudioSpec(frames=100))
+    )
     assert "no audio track" in message
     # the track ends 0.5 s before the clip does
-    message = bad_sample(VideoFileSource(files["audio_short"], frames=24, fps=FPS,
-                                         image_size=SIZE, audio=AudioSpec(frames=200)))
+    message = bad_sample(
+        VideoFileSource(
+            files["audio_short"], frames=24, fps=FPS, image_size=SIZE, audio=AudioSpec(frames=200)
+        )
+    )
     assert "audio track is 1.500 s" in message
 
 
@@ -243,8 +241,7 @@ def test_hole_in_the_frames(tmp_path):
         for packet in stream.encode():
             container.mux(packet)
     data = bytearray(path.read_bytes())
-    data[int(0.3 * len(data)):int(0.5 * len(data))] = bytes(int(0.5 * len(data))
-                                                            - int(0.3 * len(data)))
+    data[int(0.3 * len(data)) : int(0.5 * len(data))] = bytes(int(0.5 * len(data)) - int(0.3 * len(data)))
     path.write_bytes(bytes(data))
     message = bad_sample(VideoFileSource(tmp_path, frames=96, fps=FPS, image_size=SIZE))
     assert "frames are missing" in message
@@ -269,8 +266,7 @@ def test_source_errors(files, tmp_path):
         VideoFileSource(tmp_path / "empty", frames=4, fps=FPS, image_size=SIZE)
     # 12 frames at 12 fps = 1 s, but 52 mel frames = 0.52 s
     with pytest.raises(SourceError) as info:
-        VideoFileSource(files["pcm"], frames=12, fps=FPS, image_size=SIZE,
-                        audio=AudioSpec(frames=52))
+        VideoFileSource(files["pcm"], frames=12, fps=FPS, image_size=SIZE, audio=AudioSpec(frames=52))
     assert "0.5200 s" in str(info.value) and "1.0000 s" in str(info.value)
     mixed = tmp_path / "mixed"
     (mixed / "cls").mkdir(parents=True)
@@ -282,8 +278,14 @@ def test_source_errors(files, tmp_path):
     (mixed / "empty_class").mkdir()
     with pytest.raises(SourceError, match="empty_class"):
         VideoFileSource(mixed, frames=4, fps=FPS, image_size=SIZE)
-    for bad in (dict(frames=0), dict(fps=0.0), dict(fps=float("nan")), dict(image_size=0),
-                dict(clips_per_video=0), dict(seed=-1)):
+    for bad in (
+        dict(frames=0),
+        dict(fps=0.0),
+        dict(fps=float("nan")),
+        dict(image_size=0),
+        dict(clips_per_video=0),
+        dict(seed=-1),
+    ):
         kwargs = dict(frames=4, fps=FPS, image_size=SIZE) | bad
         with pytest.raises(SourceError):
             VideoFileSource(files["x264"], **kwargs)

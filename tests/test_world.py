@@ -21,7 +21,7 @@ def clips():
 
 
 def _events(clip):
-    return clip["events"][:clip["num_events"]]
+    return clip["events"][: clip["num_events"]]
 
 
 def _isolated(times, i, before, after):
@@ -33,7 +33,7 @@ def _isolated(times, i, before, after):
 def _rms(audio, window=160):
     """RMS in consecutive 10 ms windows; window k covers samples [k*160, (k+1)*160)."""
     n = len(audio) // window
-    return np.sqrt((audio[:n * window].reshape(n, window).astype(np.float64) ** 2).mean(1))
+    return np.sqrt((audio[: n * window].reshape(n, window).astype(np.float64) ** 2).mean(1))
 
 
 # ----------------------------------------------------------------------------- table and config
@@ -61,19 +61,32 @@ def test_config_derived_sizes():
     assert (cfg.num_frames, cfg.num_actions, cfg.num_samples) == (20, 5, 16000)
 
 
-@pytest.mark.parametrize("kwargs, field", [
-    ({"image_size": 2}, "image_size"), ({"image_size": 16.0}, "image_size"),
-    ({"duration": 0.0}, "duration"), ({"duration": -1.0}, "duration"),
-    ({"duration": 1.65}, "duration"),  # 16.5 frames
-    ({"fps": 0}, "fps"), ({"sample_rate": 100}, "sample_rate"), ({"action_hz": 0}, "action_hz"),
-    ({"physics_hz": 105}, "physics_hz"),  # not a multiple of fps
-    ({"min_balls": 0}, "min_balls"), ({"min_balls": 3, "max_balls": 2}, "min_balls"),
-    ({"max_balls": 0}, "max_balls"), ({"max_events": 0}, "max_events"),
-    ({"radius_range": (0.1, 0.05)}, "radius_range"), ({"radius_range": (0.0, 0.1)}, "radius_range"),
-    ({"radius_range": (0.1, 0.3)}, "radius_range"), ({"radius_range": 0.1}, "radius_range"),
-    ({"drag": -1.0}, "drag"), ({"force_scale": float("nan")}, "force_scale"),
-    ({"policy_tau": 0.0}, "policy_tau"), ({"noise_std": -0.1}, "noise_std"),
-])
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"image_size": 2}, "image_size"),
+        ({"image_size": 16.0}, "image_size"),
+        ({"duration": 0.0}, "duration"),
+        ({"duration": -1.0}, "duration"),
+        ({"duration": 1.65}, "duration"),  # 16.5 frames
+        ({"fps": 0}, "fps"),
+        ({"sample_rate": 100}, "sample_rate"),
+        ({"action_hz": 0}, "action_hz"),
+        ({"physics_hz": 105}, "physics_hz"),  # not a multiple of fps
+        ({"min_balls": 0}, "min_balls"),
+        ({"min_balls": 3, "max_balls": 2}, "min_balls"),
+        ({"max_balls": 0}, "max_balls"),
+        ({"max_events": 0}, "max_events"),
+        ({"radius_range": (0.1, 0.05)}, "radius_range"),
+        ({"radius_range": (0.0, 0.1)}, "radius_range"),
+        ({"radius_range": (0.1, 0.3)}, "radius_range"),
+        ({"radius_range": 0.1}, "radius_range"),
+        ({"drag": -1.0}, "drag"),
+        ({"force_scale": float("nan")}, "force_scale"),
+        ({"policy_tau": 0.0}, "policy_tau"),
+        ({"noise_std": -0.1}, "noise_std"),
+    ],
+)
 def test_bad_config_names_the_field(kwargs, field):
     with pytest.raises(ValueError, match=field):
         WorldConfig(**kwargs)
@@ -86,8 +99,15 @@ def test_bad_config_message_has_the_value():
         WorldConfig(drag=-2.5)
 
 
-@pytest.mark.parametrize("kwargs, value", [({"num_clips": 0}, "0"), ({"num_clips": -3}, "-3"),
-                                           ({"seed": -1}, "-1"), ({"config": None}, "NoneType")])
+@pytest.mark.parametrize(
+    "kwargs, value",
+    [
+        ({"num_clips": 0}, "0"),
+        ({"num_clips": -3}, "-3"),
+        ({"seed": -1}, "-1"),
+        ({"config": None}, "NoneType"),
+    ],
+)
 def test_bad_source_args(kwargs, value):
     with pytest.raises(ValueError, match=rf"{next(iter(kwargs))}.*{value}"):
         WorldSource(**kwargs)
@@ -125,11 +145,18 @@ def test_determinism():
 def _check_schema(clip, cfg):
     t, ta, s, n, e = cfg.num_frames, cfg.num_actions, cfg.num_samples, cfg.max_balls, cfg.max_events
     h = cfg.image_size
-    expected = {"video": ((t, h, h, 3), np.float32), "audio": ((s,), np.float32),
-                "actions": ((ta, 2), np.float32), "proprio": ((ta, 4), np.float32),
-                "events": ((e, 4), np.float32), "num_events": ((), np.int32),
-                "num_collisions": ((), np.int32), "num_balls": ((), np.int32),
-                "materials": ((n,), np.int32), "radii": ((n,), np.float32)}
+    expected = {
+        "video": ((t, h, h, 3), np.float32),
+        "audio": ((s,), np.float32),
+        "actions": ((ta, 2), np.float32),
+        "proprio": ((ta, 4), np.float32),
+        "events": ((e, 4), np.float32),
+        "num_events": ((), np.int32),
+        "num_collisions": ((), np.int32),
+        "num_balls": ((), np.int32),
+        "materials": ((n,), np.int32),
+        "radii": ((n,), np.float32),
+    }
     assert set(clip) == set(expected)
     for k, (shape, dtype) in expected.items():
         assert clip[k].shape == shape and clip[k].dtype == dtype, (k, clip[k].shape, clip[k].dtype)
@@ -167,8 +194,17 @@ def test_schema_default(clips):
 
 
 def test_schema_other_config():
-    cfg = WorldConfig(image_size=24, duration=1.0, fps=20, action_hz=5, sample_rate=8000,
-                      min_balls=2, max_balls=4, max_events=3, radius_range=(0.05, 0.1))
+    cfg = WorldConfig(
+        image_size=24,
+        duration=1.0,
+        fps=20,
+        action_hz=5,
+        sample_rate=8000,
+        min_balls=2,
+        max_balls=4,
+        max_events=3,
+        radius_range=(0.05, 0.1),
+    )
     src = WorldSource(40, cfg, seed=1)
     clipped = 0
     for i in range(40):
@@ -200,8 +236,9 @@ def _naive_integrate(cfg, p0, v0, radii, inv_mass, restitution, actions):
         acc[0] = cfg.force_scale * inv_mass[0] * actions[step // k]
         v = v + dt * (acc - cfg.drag * v)
         p_prev, p = p, p + dt * v
-        world._resolve(p, v, p_prev, radii, inv_mass, restitution, step * dt, dt,
-                       cfg.min_impact_speed, events)
+        world._resolve(
+            p, v, p_prev, radii, inv_mass, restitution, step * dt, dt, cfg.min_impact_speed, events
+        )
         P.append(p.copy())
         V.append(v.copy())
     return np.array(P), np.array(V), events
@@ -224,8 +261,9 @@ def test_fast_integrator_matches_naive_loop():
         np.testing.assert_allclose(P, P2, atol=1e-9)
         np.testing.assert_allclose(V, V2, atol=1e-9)
         assert len(ev) == len(ev2)
-        np.testing.assert_allclose(np.array(ev, float).reshape(-1, 4), np.array(ev2, float).reshape(-1, 4),
-                                   atol=1e-9)
+        np.testing.assert_allclose(
+            np.array(ev, float).reshape(-1, 4), np.array(ev2, float).reshape(-1, 4), atol=1e-9
+        )
         total_events += len(ev)
     assert total_events > 30  # the comparison exercised collisions
 
@@ -270,7 +308,7 @@ def test_video_shows_the_balls_where_the_physics_puts_them(clips):
         total = fg.sum((1, 2))
         cx = (fg * pix[None, None, :]).sum((1, 2)) / total
         cy = (fg * pix[None, :, None]).sum((1, 2)) / total
-        truth = c["positions"][::CFG.physics_hz // CFG.fps][:CFG.num_frames, 0]
+        truth = c["positions"][:: CFG.physics_hz // CFG.fps][: CFG.num_frames, 0]
         err = np.hypot(cx - truth[:, 0], cy - truth[:, 1]) * h
         assert err.max() < 0.5, err.max()  # pixels
         checked += 1
@@ -323,8 +361,10 @@ def test_actions_move_the_agent(clips):
     # Actions are smooth (OU policy) and use their range.
     act = np.concatenate([c["actions"] for c in clips])
     assert 0.4 < act.std() < 0.8
-    lag1 = np.corrcoef(np.concatenate([c["actions"][:-1] for c in clips]).ravel(),
-                       np.concatenate([c["actions"][1:] for c in clips]).ravel())[0, 1]
+    lag1 = np.corrcoef(
+        np.concatenate([c["actions"][:-1] for c in clips]).ravel(),
+        np.concatenate([c["actions"][1:] for c in clips]).ravel(),
+    )[0, 1]
     assert lag1 > 0.6, lag1
 
 
@@ -356,7 +396,7 @@ def test_audio_peaks_at_every_collision(clips):
             assert local_max[near].any() and rms[near].max() > 0.01, (t, rms[near])
             checked += 1
             if t > 0.05 and _isolated(ev[:, 0], i, before=0.15, after=0.0):
-                before = rms[w - 4:w - 1].max()  # windows ending 10-40 ms before the hit
+                before = rms[w - 4 : w - 1].max()  # windows ending 10-40 ms before the hit
                 assert rms[near].max() > 4 * before, (t, rms[near].max(), before)
                 onsets += 1
     assert checked > 300 and onsets > 100, (checked, onsets)
@@ -398,10 +438,17 @@ def _impact_peaks(clips, window=0.02):
             if kind != 0 or t > CFG.duration - 0.25 or not _isolated(ev[:, 0], i, 0.25, 0.25):
                 continue
             s = int(round(t * SR))
-            seg = c["audio"][max(s - 32, 0):s + int(window * SR)]
+            seg = c["audio"][max(s - 32, 0) : s + int(window * SR)]
             ball = [b for b in range(int(c["num_balls"])) if c["materials"][b] == mat]
-            rows.append((speed, np.abs(seg).max(), mat, c["radii"][ball[0]] if len(ball) == 1 else np.nan,
-                         c["audio"][s:s + 2048]))
+            rows.append(
+                (
+                    speed,
+                    np.abs(seg).max(),
+                    mat,
+                    c["radii"][ball[0]] if len(ball) == 1 else np.nan,
+                    c["audio"][s : s + 2048],
+                )
+            )
     return rows
 
 

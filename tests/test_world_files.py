@@ -52,7 +52,9 @@ def test_wav_and_episode_files_are_exact(exported):
     for k in range(3):
         clip = clips[[str(p) for p in paths["audio"]].index(audio.where(k))]
         np.testing.assert_allclose(audio[k]["audio"], waveform_to_logmel(clip["audio"], spec)[0], atol=1e-4)
-        assert int(audio[k]["label"]) == sorted({int(c["num_balls"]) for c in clips}).index(int(clip["num_balls"]))
+        assert int(audio[k]["label"]) == sorted({int(c["num_balls"]) for c in clips}).index(
+            int(clip["num_balls"])
+        )
         np.testing.assert_allclose(episodes[k]["actions"], clips[k]["actions"], atol=1e-6)
         np.testing.assert_allclose(episodes[k]["video"], clips[k]["video"], atol=1 / 127.5 + 1e-6)
         assert int(episodes[k]["label"]) == int(clips[k]["num_balls"]) - 1

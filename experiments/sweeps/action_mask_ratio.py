@@ -34,15 +34,19 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="runs/action_mask_ratio")
     parser.add_argument("--seeds", type=int, default=1)
     args = parser.parse_args(argv)
-    base = load_config_file(Path(__file__).parents[1] / "world_paired.py",
-                            [f"train.steps={args.steps}", "train.checkpoint_every=1000000"])
+    base = load_config_file(
+        Path(__file__).parents[1] / "world_paired.py",
+        [f"train.steps={args.steps}", "train.checkpoint_every=1000000"],
+    )
     rows = []
     for ratio in RATIOS:
         for seed in range(args.seeds):
             cfg = dataclasses.replace(
-                base, seed=seed,
+                base,
+                seed=seed,
                 layouts=(LayoutConfig("robotics", ("image:condition", "video", "action"), 1.0, 8),),
-                modalities=(ModalityConfig("video"), ModalityConfig("action", mask_ratio=ratio)))
+                modalities=(ModalityConfig("video"), ModalityConfig("action", mask_ratio=ratio)),
+            )
             run_dir = Path(args.out) / f"ratio_{ratio}_seed_{seed}"
             result = train(cfg, run_dir, progress=False, write_samples=False)
             task = Task(cfg)
@@ -53,7 +57,9 @@ def main(argv=None) -> int:
     out = Path(args.out)
     (out / "results.json").write_text(json.dumps({"steps": args.steps, "rows": rows}, indent=2))
     lines = ["| action mask ratio | seed | held-out action MSE | held-out video MSE |", "|---|---|---|---|"]
-    lines += [f"| {r['action_mask_ratio']} | {r['seed']} | {r['action']:.4f} | {r['video']:.4f} |" for r in rows]
+    lines += [
+        f"| {r['action_mask_ratio']} | {r['seed']} | {r['action']:.4f} | {r['video']:.4f} |" for r in rows
+    ]
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

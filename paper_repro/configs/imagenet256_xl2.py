@@ -38,8 +38,16 @@ Parameters (this config): 674.8M + 5.3M projector (paper: ~675M).
 Smoke test of this file's wiring on any data of the same shapes: add `--set train.steps=2 --set train.batch_size=8`.
 """
 
-from selfflow.config import (Config, DataConfig, ModelConfig, ObjectiveConfig, OptimConfig, SampleConfig,
-                             SourceConfig, TrainConfig)
+from selfflow.config import (
+    Config,
+    DataConfig,
+    ModelConfig,
+    ObjectiveConfig,
+    OptimConfig,
+    SampleConfig,
+    SourceConfig,
+    TrainConfig,
+)
 
 # One example of the prepared data: the SD-VAE latent of a 256 px image (256 / 8 = 32), 4 channels.
 DATA_SHAPES = {"image": (32, 32, 4)}
@@ -52,14 +60,17 @@ CONFIG = Config(
         kind="self_flow",
         gamma=0.8,  # stated (appendix)
         mask_ratio=0.25,  # stated (image)
-        student_layer=8, teacher_layer=20,  # stated (official README: blocks 8 and 20 of 28)
-        time_distribution="uniform", time_shift=1.0,  # stated: uniform p(t) for ImageNet
+        student_layer=8,
+        teacher_layer=20,  # stated (official README: blocks 8 and 20 of 28)
+        time_distribution="uniform",
+        time_shift=1.0,  # stated: uniform p(t) for ImageNet
         label_dropout=0.1,  # assumption: 0.1 because the checkpoint has a null class (1000) and 0.1 is the SiT/REPA default
         ema_decay=0.9999,  # stated: the teacher is the EMA of the student
     ),
     optim=OptimConfig(
         learning_rate=1e-4,  # assumption: 1e-4 constant because the REPA/SRA protocols Self-Flow compares against use it
-        b1=0.9, b2=0.999,  # assumption: AdamW defaults, because the paper states AdamW but not its betas
+        b1=0.9,
+        b2=0.999,  # assumption: AdamW defaults, because the paper states AdamW but not its betas
         weight_decay=0.0,  # assumption: 0 because the REPA/SRA protocols use none
         grad_clip_norm=1.0,  # stated (official README)
         warmup_steps=0,  # assumption: no warm-up because the REPA/SRA protocols use none
@@ -73,9 +84,13 @@ CONFIG = Config(
     train=TrainConfig(
         steps=4_000_000,  # stated
         batch_size=256,  # assumption: global batch 256 because that is the SiT/REPA batch; Self-Flow's is not stated
-        log_every=100, checkpoint_every=10_000, keep_checkpoints=3,  # bookkeeping, not paper values
+        log_every=100,
+        checkpoint_every=10_000,
+        keep_checkpoints=3,  # bookkeeping, not paper values
         keep_every=500_000,  # keeps the 2M-step checkpoint for the linear probe row
     ),
     # End-of-training samples use the paper's FID sampler: SiT SDE, 250 evaluations, no guidance (stated).
-    sample=SampleConfig(method="sde", steps=250, cfg_scale=1.0, per_class=1, guidance_low=0.0, guidance_high=0.7),
+    sample=SampleConfig(
+        method="sde", steps=250, cfg_scale=1.0, per_class=1, guidance_low=0.0, guidance_high=0.7
+    ),
 )

@@ -21,8 +21,16 @@ Hardware: GPUs or TPUs; estimate in paper_repro/README.md, "Compute estimates". 
 Parameters (this config): 674.8M + 5.3M projector (the SiT-XL/2 of Table 1).
 """
 
-from selfflow.config import (Config, DataConfig, ModelConfig, ObjectiveConfig, OptimConfig, SampleConfig,
-                             SourceConfig, TrainConfig)
+from selfflow.config import (
+    Config,
+    DataConfig,
+    ModelConfig,
+    ObjectiveConfig,
+    OptimConfig,
+    SampleConfig,
+    SourceConfig,
+    TrainConfig,
+)
 
 # One example: the SD-VAE latent of a 512 px image (512 / 8 = 64), 4 channels.
 DATA_SHAPES = {"image": (64, 64, 4)}
@@ -31,26 +39,36 @@ CONFIG = Config(
     seed=0,  # assumption: any seed, because the paper's training seed is not stated
     model=ModelConfig(preset="XL/2", dtype="bfloat16"),  # SiT-XL/2 as at 256 px; BF16 stated
     objective=ObjectiveConfig(
-        kind="self_flow", gamma=0.8, mask_ratio=0.25,  # stated (image)
-        student_layer=8, teacher_layer=20,  # stated for the 28-block SiT-XL
+        kind="self_flow",
+        gamma=0.8,
+        mask_ratio=0.25,  # stated (image)
+        student_layer=8,
+        teacher_layer=20,  # stated for the 28-block SiT-XL
         time_distribution="uniform",  # stated for ImageNet
         time_shift=1.0,  # assumption: no shift, because none is stated for ImageNet at either resolution
         label_dropout=0.1,  # assumption: 0.1 because it is the SiT/REPA default (as at 256 px)
         ema_decay=0.9999,  # stated
     ),
     optim=OptimConfig(
-        learning_rate=1e-4, b1=0.9, b2=0.999, weight_decay=0.0,  # assumption: the REPA/SRA protocol values, because Self-Flow's are not recovered
+        learning_rate=1e-4,
+        b1=0.9,
+        b2=0.999,
+        weight_decay=0.0,  # assumption: the REPA/SRA protocol values, because Self-Flow's are not recovered
         grad_clip_norm=1.0,  # stated
         warmup_steps=0,  # assumption: no warm-up because the REPA/SRA protocols use none
     ),
     data=DataConfig(
         sources=(SourceConfig(name="imagenet512", kind="latents", path="data/imagenet512_latents"),),
-        num_classes=1000, image_size=64, worker_count=8,
+        num_classes=1000,
+        image_size=64,
+        worker_count=8,
     ),
     train=TrainConfig(
         steps=1_000_000,  # as the 512 px row of arXiv 2607.02508 Table 5
         batch_size=256,  # assumption: 256 because it is the SiT/REPA batch; not stated for Self-Flow
-        log_every=100, checkpoint_every=10_000, keep_checkpoints=3,  # bookkeeping
+        log_every=100,
+        checkpoint_every=10_000,
+        keep_checkpoints=3,  # bookkeeping
     ),
     sample=SampleConfig(method="sde", steps=250, cfg_scale=1.0, per_class=1, guidance_high=0.7),
 )

@@ -32,8 +32,18 @@ Parameters (this config): 514.1M + 5.3M projector (the paper's model: 625M or 67
 its multimodal runs; see multimodal_mixed.py for why ours is smaller).
 """
 
-from selfflow.config import (Config, DataConfig, LayoutConfig, ModalityConfig, ModelConfig, ObjectiveConfig,
-                             OptimConfig, SampleConfig, SourceConfig, TrainConfig)
+from selfflow.config import (
+    Config,
+    DataConfig,
+    LayoutConfig,
+    ModalityConfig,
+    ModelConfig,
+    ObjectiveConfig,
+    OptimConfig,
+    SampleConfig,
+    SourceConfig,
+    TrainConfig,
+)
 
 # One example of the trajectory source: a window of 6 steps (clip_seconds · fps), frames resized to 128.
 DATA_SHAPES = {"image": (128, 128, 3), "video": (6, 128, 128, 3), "actions": (6, 7), "proprio": (6, 8)}
@@ -41,21 +51,31 @@ DATA_SHAPES = {"image": (128, 128, 3), "video": (6, 128, 128, 3), "actions": (6,
 CONFIG = Config(
     seed=0,  # assumption: any seed, because the paper's training seed is not stated
     model=ModelConfig(
-        preset="XL/2", depth=21, hidden_size=1152, num_heads=16, mlp_ratio=4.0,  # stated: the multimodal backbone's width, heads and 21 blocks
+        preset="XL/2",
+        depth=21,
+        hidden_size=1152,
+        num_heads=16,
+        mlp_ratio=4.0,  # stated: the multimodal backbone's width, heads and 21 blocks
         positions="rope",  # stated: 3D RoPE over (t, h, w)
         rope_theta=10000.0,  # assumption: 10000 (FLUX's RoPE base), because it is not stated
         dtype="bfloat16",  # stated (BF16 mixed precision)
         patch_size=8,  # the first-frame image is patched like the video (data.video_patch)
     ),
     objective=ObjectiveConfig(
-        kind="self_flow", gamma=0.8,  # stated
-        student_layer=6, teacher_layer=15,  # assumption: round(0.3·21), round(0.7·21), because only the 0.3·D / 0.7·D rule is stated
-        time_distribution="uniform", time_shift=1.0,  # assumption: uniform, because the robotics p(t) is not stated
+        kind="self_flow",
+        gamma=0.8,  # stated
+        student_layer=6,
+        teacher_layer=15,  # assumption: round(0.3·21), round(0.7·21), because only the 0.3·D / 0.7·D rule is stated
+        time_distribution="uniform",
+        time_shift=1.0,  # assumption: uniform, because the robotics p(t) is not stated
         label_dropout=0.1,  # assumption: the SiT/REPA default, because the paper's instruction dropout is not stated
         ema_decay=0.9999,  # stated
     ),
     optim=OptimConfig(
-        learning_rate=1e-4, b1=0.9, b2=0.999, weight_decay=0.0,  # assumption: the ImageNet (REPA/SRA protocol) values, because the fine-tuning optimiser is not stated
+        learning_rate=1e-4,
+        b1=0.9,
+        b2=0.999,
+        weight_decay=0.0,  # assumption: the ImageNet (REPA/SRA protocol) values, because the fine-tuning optimiser is not stated
         grad_clip_norm=1.0,  # stated (README)
         warmup_steps=0,  # assumption: no warm-up because none is stated (as for ImageNet)
     ),
@@ -63,23 +83,32 @@ CONFIG = Config(
         sources=(SourceConfig("rt1", "trajectories", path="data/rt1_episodes", stride=1),),
         num_classes=1024,  # assumption: instruction ids < 1024, because RT-1 has over 700 distinct instructions and text conditioning is not implemented
         image_size=128,  # assumption: 128×128 frames, because pixel frames replace the paper's WAN2.2 latents (192p)
-        fps=3.0, clip_seconds=2.0,  # RT-1's 3 Hz control rate; assumption: 6-step windows, because the paper's six 7-D actions fix the action horizon
-        video_patch=8, video_tubelet=2,  # assumption: 8×8 patches and 2-frame tubelets, because the paper's tokens are WAN2.2 latents we do not have
+        fps=3.0,
+        clip_seconds=2.0,  # RT-1's 3 Hz control rate; assumption: 6-step windows, because the paper's six 7-D actions fix the action horizon
+        video_patch=8,
+        video_tubelet=2,  # assumption: 8×8 patches and 2-frame tubelets, because the paper's tokens are WAN2.2 latents we do not have
         worker_count=8,  # loader setting, not a paper value
     ),
     train=TrainConfig(
         steps=100_000,  # stated (100k fine-tuning steps)
-        log_every=100, checkpoint_every=5_000, keep_checkpoints=3,  # bookkeeping
+        log_every=100,
+        checkpoint_every=5_000,
+        keep_checkpoints=3,  # bookkeeping
         keep_every=30_000,  # keeps the 30k-step checkpoint the paper also evaluates (kept: 30k, 60k, 90k, latest)
     ),
-    sample=SampleConfig(steps=50, cfg_scale=1.0, per_class=1),  # assumption: 50 Euler steps, no guidance, because the robotics sampler is not stated
+    sample=SampleConfig(
+        steps=50, cfg_scale=1.0, per_class=1
+    ),  # assumption: 50 Euler steps, no guidance, because the robotics sampler is not stated
     modalities=(
         ModalityConfig("video", mask_ratio=0.1),  # stated for video
-        ModalityConfig("action", mask_ratio=0.5),  # assumption: 0.5, this repository's measured default (experiments/sweeps/action_mask_ratio.md), because the paper's action masking is not described
+        ModalityConfig(
+            "action", mask_ratio=0.5
+        ),  # assumption: 0.5, this repository's measured default (experiments/sweeps/action_mask_ratio.md), because the paper's action masking is not described
     ),
     layouts=(
         # from one clean frame (and the instruction, here a label): the next frames and the actions
-        LayoutConfig("policy", ("image:condition", "video", "action"), weight=1.0,
-                     batch_size=128),  # assumption: global batch 128, because the robotics batch is not stated
+        LayoutConfig(
+            "policy", ("image:condition", "video", "action"), weight=1.0, batch_size=128
+        ),  # assumption: global batch 128, because the robotics batch is not stated
     ),
 )

@@ -27,8 +27,11 @@ from selfflow.sweep import Sweep
 
 STEPS = 250
 EMA_DECAY = 0.99
-COMMON = tuple(o for o in exec_python_file(Path(__file__).with_name("fashion_objectives.py"), "sweep").COMMON
-               if not o.startswith("objective.ema_decay="))
+COMMON = tuple(
+    o
+    for o in exec_python_file(Path(__file__).with_name("fashion_objectives.py"), "sweep").COMMON
+    if not o.startswith("objective.ema_decay=")
+)
 
 # name -> (what it changes, as paper_repro/README.md's table says it; overrides)
 VARIANTS = {
@@ -51,8 +54,14 @@ SWEEP = Sweep(
     base="../../experiments/fashion_mnist.py",
     common=COMMON + (f"train.steps={STEPS}", f"objective.ema_decay={EMA_DECAY}"),
     variants={name: overrides for name, (_, overrides) in VARIANTS.items()},
-    metrics=("fm_loss", "rep_loss", "eval/image/image_fd", "val/loss", "eval/probe/layer_2",
-             "eval/probe/layer_4"),
+    metrics=(
+        "fm_loss",
+        "rep_loss",
+        "eval/image/image_fd",
+        "val/loss",
+        "eval/probe/layer_2",
+        "eval/probe/layer_4",
+    ),
     out="runs/paper_repro/ablations",
 )
 
@@ -65,19 +74,29 @@ def readme_table(rows: list[dict]) -> str:
 
     seeds = [r["metrics"]["eval/image/image_fd"] for r in rows if r["group"].startswith("reference")]
     mean, std = statistics.mean(seeds), statistics.stdev(seeds)
-    lines = ["Reference seeds " + " / ".join(str(i) for i in range(len(seeds))) + ": FD "
-             + " / ".join(f"{fd:.1f}" for fd in seeds) + f", mean {mean:.1f}, standard deviation {std:.1f}.", "",
-             "| run | what changes | FD at 250 | (FD − seed mean) / seed std | best block probe | val/loss | rep_loss |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "Reference seeds "
+        + " / ".join(str(i) for i in range(len(seeds)))
+        + ": FD "
+        + " / ".join(f"{fd:.1f}" for fd in seeds)
+        + f", mean {mean:.1f}, standard deviation {std:.1f}.",
+        "",
+        "| run | what changes | FD at 250 | (FD − seed mean) / seed std | best block probe | val/loss | rep_loss |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         m, fd = r["metrics"], r["metrics"]["eval/image/image_fd"]
         probe = max(m["eval/probe/layer_2"], m["eval/probe/layer_4"])
-        lines.append(f"| {r['name']} | {VARIANTS[r['name']][0]} | {fd:.1f} | {(fd - mean) / std:+.1f} | "
-                     f"{probe:.3f} | {m['val/loss']:.3f} | {m['rep_loss']:.3f} |")
+        lines.append(
+            f"| {r['name']} | {VARIANTS[r['name']][0]} | {fd:.1f} | {(fd - mean) / std:+.1f} | "
+            f"{probe:.3f} | {m['val/loss']:.3f} | {m['rep_loss']:.3f} |"
+        )
     return "\n".join(lines)
 
 
-if __name__ == "__main__":  # the README's table from a finished sweep (`selfflow sweep` loads this file as a module)
+if (
+    __name__ == "__main__"
+):  # the README's table from a finished sweep (`selfflow sweep` loads this file as a module)
     import json
     import sys
 

@@ -42,27 +42,52 @@ IMAGE_SIZE = 32  # rendered frame size, recorded and in the rollouts
 
 def _config(experiment: str, overrides: list[str]):
     from selfflow.config import load_config_file
+
     return load_config_file(ROOT / "experiments" / experiment, overrides)
 
 
 def world_configs() -> dict:
     from selfflow.config import LayoutConfig, ModalityConfig, resolve
 
-    base = _config("world_paired.py", [f"train.steps={WORLD_STEPS}", f"train.checkpoint_every={EVAL}",
-                                       "train.keep_checkpoints=1", f"train.eval_every={EVAL}",
-                                       f"train.eval_samples={EVAL_SAMPLES}", "sample.steps=20"])
+    base = _config(
+        "world_paired.py",
+        [
+            f"train.steps={WORLD_STEPS}",
+            f"train.checkpoint_every={EVAL}",
+            "train.keep_checkpoints=1",
+            f"train.eval_every={EVAL}",
+            f"train.eval_samples={EVAL_SAMPLES}",
+            "sample.steps=20",
+        ],
+    )
     arms = {"video_only": ("video",), "audio_video": ("video", "audio")}
     no_image = dataclasses.replace(base.model, patch_size=None)  # the arms have no image segment
-    return {name: resolve(dataclasses.replace(base, model=no_image, layouts=(LayoutConfig("world", segments, 1.0, 8),),
-                                              modalities=tuple(ModalityConfig(m) for m in segments)))
-            for name, segments in arms.items()}
+    return {
+        name: resolve(
+            dataclasses.replace(
+                base,
+                model=no_image,
+                layouts=(LayoutConfig("world", segments, 1.0, 8),),
+                modalities=tuple(ModalityConfig(m) for m in segments),
+            )
+        )
+        for name, segments in arms.items()
+    }
 
 
 def pusht_configs() -> dict:
-    common = [f"train.steps={PUSHT_STEPS}", "train.checkpoint_every=250", "train.keep_checkpoints=1",
-              f"train.eval_every={EVAL * 2}", f"train.eval_samples={EVAL_SAMPLES}", "sample.steps=20"]
-    return {kind: _config("pusht_video_action.py", common + [f"objective.kind={kind}"])
-            for kind in ("self_flow", "flow_matching")}
+    common = [
+        f"train.steps={PUSHT_STEPS}",
+        "train.checkpoint_every=250",
+        "train.keep_checkpoints=1",
+        f"train.eval_every={EVAL * 2}",
+        f"train.eval_samples={EVAL_SAMPLES}",
+        "sample.steps=20",
+    ]
+    return {
+        kind: _config("pusht_video_action.py", common + [f"objective.kind={kind}"])
+        for kind in ("self_flow", "flow_matching")
+    }
 
 
 def _train_and_evaluate(name: str, cfg, out: Path) -> tuple[dict, Path]:
@@ -78,8 +103,12 @@ def _train_and_evaluate(name: str, cfg, out: Path) -> tuple[dict, Path]:
 
 def run_world(out: Path) -> dict:
     rows = {name: _train_and_evaluate(name, cfg, out)[0] for name, cfg in world_configs().items()}
-    _curves(out, list(rows), ("fm_loss/video", "eval/world/video_frame_fd", "eval/world/video_motion_fd"),
-            "world_curves.png")
+    _curves(
+        out,
+        list(rows),
+        ("fm_loss/video", "eval/world/video_frame_fd", "eval/world/video_motion_fd"),
+        "world_curves.png",
+    )
     return rows
 
 
@@ -90,17 +119,24 @@ def run_pusht(out: Path) -> dict:
     data = ROOT / configs["self_flow"].data.sources[0].path
     if not data.is_dir():
         from data_pipelines import pusht_expert
-        pusht_expert.main(["--out", str(data), "--episodes", str(RECORDED_EPISODES), "--image-size", str(IMAGE_SIZE)])
+
+        pusht_expert.main(
+            ["--out", str(data), "--episodes", str(RECORDED_EPISODES), "--image-size", str(IMAGE_SIZE)]
+        )
     rows = {}
     for name, cfg in configs.items():
         results, run_dir = _train_and_evaluate(name, cfg, out)
-        rows[name] = {**results, "simulator": simulator_report(run_dir, episodes=EPISODES, image_size=IMAGE_SIZE)[1]}
+        rows[name] = {
+            **results,
+            "simulator": simulator_report(run_dir, episodes=EPISODES, image_size=IMAGE_SIZE)[1],
+        }
     _curves(out, list(rows), ("fm_loss/action", "fm_loss/video", "eval/policy/action_l2"), "pusht_curves.png")
     return rows
 
 
 def _curves(out: Path, names: list[str], metrics: tuple[str, ...], png: str) -> None:
     from selfflow.compare import compare
+
     compare([out / n for n in names], out / png, metrics=metrics)
 
 
@@ -110,43 +146,73 @@ def _g(x: float) -> str:
 
 def world_table(world: dict) -> str:
     """The video-only vs audio-video table of paper_repro/README.md, with the real-data floors."""
-    lines = ["| run | video frame FD | video motion FD | audio FD | AV synchrony | val/video |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| run | video frame FD | video motion FD | audio FD | AV synchrony | val/video |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, r in world.items():
-        cells = [_g(r[k]) if k in r else "-" for k in ("world/video_frame_fd", "world/video_motion_fd",
-                                                        "world/audio_fd", "world/av_synchrony", "val/video")]
+        cells = [
+            _g(r[k]) if k in r else "-"
+            for k in (
+                "world/video_frame_fd",
+                "world/video_motion_fd",
+                "world/audio_fd",
+                "world/av_synchrony",
+                "val/video",
+            )
+        ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     av = world["audio_video"]
-    floors = [_g(av[k + "_real"]) for k in ("world/video_frame_fd", "world/video_motion_fd", "world/audio_fd",
-                                            "world/av_synchrony")]
+    floors = [
+        _g(av[k + "_real"])
+        for k in ("world/video_frame_fd", "world/video_motion_fd", "world/audio_fd", "world/av_synchrony")
+    ]
     lines.append("| real clips (floor) | " + " | ".join(floors) + " | - |")
     return "\n".join(lines)
 
 
 def pusht_table(pusht: dict) -> str:
     """The Self-Flow vs flow matching table of paper_repro/README.md, with the expert and random targets."""
-    lines = ["| run | action L2, policy layout | action L2, inverse layout | val/policy/action | "
-             "policy video frame FD | simulator success | mean max coverage |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| run | action L2, policy layout | action L2, inverse layout | val/policy/action | "
+        "policy video frame FD | simulator success | mean max coverage |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, r in pusht.items():
         sim = r["simulator"]["model"]
-        lines.append(f"| {name} | {r['policy/action_l2']:.1f} | {r['inverse/action_l2']:.1f} | "
-                     f"{r['val/policy/action']:.3f} | {_g(r['policy/video_frame_fd'])} | "
-                     f"{sim['success_rate']:.2f} | {sim['mean_max_coverage']:.3f} |")
+        lines.append(
+            f"| {name} | {r['policy/action_l2']:.1f} | {r['inverse/action_l2']:.1f} | "
+            f"{r['val/policy/action']:.3f} | {_g(r['policy/video_frame_fd'])} | "
+            f"{sim['success_rate']:.2f} | {sim['mean_max_coverage']:.3f} |"
+        )
     sim = next(iter(pusht.values()))["simulator"]  # the same starts for every run
-    for label, key in (("scripted expert (same starts)", "expert"), ("random targets (same starts)", "random")):
-        lines.append(f"| {label} | - | - | - | - | {sim[key]['success_rate']:.2f} | "
-                     f"{sim[key]['mean_max_coverage']:.3f} |")
+    for label, key in (
+        ("scripted expert (same starts)", "expert"),
+        ("random targets (same starts)", "random"),
+    ):
+        lines.append(
+            f"| {label} | - | - | - | - | {sim[key]['success_rate']:.2f} | "
+            f"{sim[key]['mean_max_coverage']:.3f} |"
+        )
     return "\n".join(lines)
 
 
 def markdown(results: dict) -> str:
     lines = ["# Cross-modal CPU reproduction", ""]
     if results.get("world"):
-        lines += [f"## Procedural world, Self-Flow, {WORLD_STEPS} steps, {EVAL_SAMPLES} samples", "",
-                  world_table(results["world"]), ""]
+        lines += [
+            f"## Procedural world, Self-Flow, {WORLD_STEPS} steps, {EVAL_SAMPLES} samples",
+            "",
+            world_table(results["world"]),
+            "",
+        ]
     if results.get("pusht"):
-        lines += [f"## PushT video-action, {PUSHT_STEPS} steps; simulator: {EPISODES} held-out starts", "",
-                  pusht_table(results["pusht"]), ""]
+        lines += [
+            f"## PushT video-action, {PUSHT_STEPS} steps; simulator: {EPISODES} held-out starts",
+            "",
+            pusht_table(results["pusht"]),
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -156,6 +222,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="runs/paper_repro/cross_modal")
     args = parser.parse_args(argv)
     from absl import flags
+
     flags.FLAGS.mark_as_parsed()  # grain 0.2.18: workers read absl flags
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

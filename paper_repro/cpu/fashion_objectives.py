@@ -25,9 +25,15 @@ EVAL = 125
 NO_TEACHER_STEPS = 625
 
 COMMON = (
-    "train.batch_size=64", "train.log_every=25", f"train.checkpoint_every={EVAL}", "train.keep_checkpoints=1",
-    f"train.eval_every={EVAL}", "train.eval_samples=256", "train.eval_probe=1024",
-    "sample.steps=20", "optim.warmup_steps=100",
+    "train.batch_size=64",
+    "train.log_every=25",
+    f"train.checkpoint_every={EVAL}",
+    "train.keep_checkpoints=1",
+    f"train.eval_every={EVAL}",
+    "train.eval_samples=256",
+    "train.eval_probe=1024",
+    "sample.steps=20",
+    "optim.warmup_steps=100",
     # assumption: EMA 0.995 (a ~200-step horizon) because the runs are 500 steps, not 4M
     "objective.ema_decay=0.995",
 )

@@ -41,13 +41,19 @@ SWEEP = Sweep(
         "flow_matching": ("objective.kind=flow_matching",),
         "dts_only": ("objective.kind=dts",),
         "no_masking": ("objective.mask_ratio=0.0",),
-        "mask_ratio_0.1": ("objective.mask_ratio=0.1",),  # assumption: 0.1 / 0.5 bracket 0.25, because the image grid is not recovered
+        "mask_ratio_0.1": (
+            "objective.mask_ratio=0.1",
+        ),  # assumption: 0.1 / 0.5 bracket 0.25, because the image grid is not recovered
         "mask_ratio_0.5": ("objective.mask_ratio=0.5",),
-        "gamma_0.5": ("objective.gamma=0.5",),  # assumption: 0.5 and 1.2 because 0.5 is REPA's and SRA2SF's alignment weight and 1.2 brackets 0.8 from above
+        "gamma_0.5": (
+            "objective.gamma=0.5",
+        ),  # assumption: 0.5 and 1.2 because 0.5 is REPA's and SRA2SF's alignment weight and 1.2 brackets 0.8 from above
         "gamma_1.2": ("objective.gamma=1.2",),
         "student_layer_4": ("objective.student_layer=4",),  # stated grid (App. H): 4, 8, 12
         "student_layer_12": ("objective.student_layer=12",),
-        "teacher_layer_14": ("objective.teacher_layer=14",),  # assumption: 0.5·D and ~0.85·D, because the teacher grid is not recovered
+        "teacher_layer_14": (
+            "objective.teacher_layer=14",
+        ),  # assumption: 0.5·D and ~0.85·D, because the teacher grid is not recovered
         "teacher_layer_24": ("objective.teacher_layer=24",),
         "time_gap_0.2": ("objective.time_gap=0.2",),  # masking kept: only s is restricted
         "l1": ("objective.rep_distance=l1",),

@@ -28,7 +28,8 @@ SWEEP = Sweep(
         "train.steps=1000000",  # the paper's scaling curves run to 1M steps (FLOPs-axis version to ~1.5M)
         "train.keep_every=0",
         # layers follow the stated 0.3·D / 0.7·D rule at every depth (8 -> 2/6, 14 -> 4/10, 21 -> 6/15, 28 -> 8/20)
-        "objective.student_layer=None", "objective.teacher_layer=None",
+        "objective.student_layer=None",
+        "objective.teacher_layer=None",
     ),
     # assumption: flow matching as the comparison because REPA (the paper's comparison) is not implemented
     variants={"self_flow": (), "flow_matching": ("objective.kind=flow_matching",)},

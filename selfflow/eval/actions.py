@@ -42,7 +42,6 @@ import numpy as np
 from modalities import action as action_mod
 from modalities.action import ActionSpec
 
-
 # ------------------------------------------------------------------------------ action error
 
 
@@ -58,9 +57,11 @@ def _original_units(name: str, x: np.ndarray, spec: ActionSpec | None) -> np.nda
             return x
         actions_only = dataclasses.replace(spec, proprio_dim=0, mean=spec.mean[:a], std=spec.std[:a])
         return action_mod.denormalize(x, actions_only)
-    raise ValueError(f"{name} has shape {x.shape}; with spec (action_dim={a}, proprio_dim="
-                     f"{spec.proprio_dim}) the last axis must be {a} (actions) or "
-                     f"{spec.feature_dim} (actions + proprio)")
+    raise ValueError(
+        f"{name} has shape {x.shape}; with spec (action_dim={a}, proprio_dim="
+        f"{spec.proprio_dim}) the last axis must be {a} (actions) or "
+        f"{spec.feature_dim} (actions + proprio)"
+    )
 
 
 def action_error(pred_actions, demo_actions, spec: ActionSpec | None = None) -> dict:
@@ -76,20 +77,25 @@ def action_error(pred_actions, demo_actions, spec: ActionSpec | None = None) -> 
     pred = np.asarray(pred_actions, np.float64)
     demo = np.asarray(demo_actions, np.float64)
     if pred.shape != demo.shape:
-        raise ValueError(f"pred_actions {pred.shape} and demo_actions {demo.shape} must have the "
-                         "same shape (B, T, A) or (T, A)")
+        raise ValueError(
+            f"pred_actions {pred.shape} and demo_actions {demo.shape} must have the "
+            "same shape (B, T, A) or (T, A)"
+        )
     if pred.ndim not in (2, 3) or pred.size == 0:
         raise ValueError(f"pred_actions has shape {pred.shape}; expected (B, T, A) or (T, A), non-empty")
     for name, value in (("pred_actions", pred), ("demo_actions", demo)):
         if not np.isfinite(value).all():
             raise ValueError(f"{name} contains NaN or infinite values")
-    pred, demo = (_original_units(n, v, spec) for n, v in (("pred_actions", pred),
-                                                          ("demo_actions", demo)))
-    diff = (pred - demo).reshape(-1, *pred.shape[-2:])             # (B, T, A)
-    squared = (diff ** 2).mean(axis=(0, 2))                        # (T,)
-    dist = np.sqrt((diff ** 2).sum(-1)).mean(0)                     # (T,)
-    return {"mse": float(squared.mean()), "l2": float(dist.mean()),
-            "mse_per_step": squared, "l2_per_step": dist}
+    pred, demo = (_original_units(n, v, spec) for n, v in (("pred_actions", pred), ("demo_actions", demo)))
+    diff = (pred - demo).reshape(-1, *pred.shape[-2:])  # (B, T, A)
+    squared = (diff**2).mean(axis=(0, 2))  # (T,)
+    dist = np.sqrt((diff**2).sum(-1)).mean(0)  # (T,)
+    return {
+        "mse": float(squared.mean()),
+        "l2": float(dist.mean()),
+        "mse_per_step": squared,
+        "l2_per_step": dist,
+    }
 
 
 # ------------------------------------------------------------------------------- policies
@@ -131,15 +137,25 @@ def _chunk(actions, dim: int, step: int) -> np.ndarray:
     chunk = np.asarray(actions, np.float64)
     chunk = chunk[None] if chunk.ndim == 1 else chunk
     if chunk.ndim != 2 or chunk.shape[0] < 1 or chunk.shape[1] != dim:
-        raise ValueError(f"policy returned actions of shape {np.shape(actions)} at step {step}; "
-                         f"expected ({dim},) or a chunk (K, {dim}) with K >= 1")
+        raise ValueError(
+            f"policy returned actions of shape {np.shape(actions)} at step {step}; "
+            f"expected ({dim},) or a chunk (K, {dim}) with K >= 1"
+        )
     if not np.isfinite(chunk).all():
         raise ValueError(f"policy returned non-finite actions at step {step}")
     return chunk
 
 
-def rollout_success(policy, episodes: int, seed: int, max_steps: int = 300, *, env=None,
-                    execute: int | None = None, image_size: int = 96) -> dict:
+def rollout_success(
+    policy,
+    episodes: int,
+    seed: int,
+    max_steps: int = 300,
+    *,
+    env=None,
+    execute: int | None = None,
+    image_size: int = 96,
+) -> dict:
     """Rolls ``policy`` out for ``episodes`` PushT episodes; returns success and coverage.
 
     Episode i resets the environment with ``episode_seed(seed, i)`` (as the expert's recordings
@@ -191,7 +207,10 @@ def rollout_success(policy, episodes: int, seed: int, max_steps: int = 300, *, e
     finally:
         if own_env:
             env.close()
-    return {"success_rate": float(np.mean(results["success"])),
-            "mean_final_coverage": float(np.mean(results["final_coverage"])),
-            "mean_max_coverage": float(np.mean(results["max_coverage"])),
-            "mean_steps": float(np.mean(results["steps"])), **results}
+    return {
+        "success_rate": float(np.mean(results["success"])),
+        "mean_final_coverage": float(np.mean(results["final_coverage"])),
+        "mean_max_coverage": float(np.mean(results["max_coverage"])),
+        "mean_steps": float(np.mean(results["steps"])),
+        **results,
+    }

@@ -63,8 +63,8 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import grain
 import jax
@@ -110,11 +110,22 @@ class SmallCNN(nnx.Module):
     and Fashion-MNIST reached 0.85 held-out accuracy in 1000 steps instead of 0.89.
     """
 
-    def __init__(self, channels: int, num_classes: int, *, widths=WIDTHS, feature_dim: int = FEATURE_DIM,
-                 rngs: nnx.Rngs):
+    def __init__(
+        self,
+        channels: int,
+        num_classes: int,
+        *,
+        widths=WIDTHS,
+        feature_dim: int = FEATURE_DIM,
+        rngs: nnx.Rngs,
+    ):
         dims = (channels, *widths)
-        self.convs = nnx.List([nnx.Conv(a, b, (3, 3), strides=1 if i == 0 else 2, padding="SAME", rngs=rngs)
-                               for i, (a, b) in enumerate(zip(dims[:-1], dims[1:]))])
+        self.convs = nnx.List(
+            [
+                nnx.Conv(a, b, (3, 3), strides=1 if i == 0 else 2, padding="SAME", rngs=rngs)
+                for i, (a, b) in enumerate(zip(dims[:-1], dims[1:]))
+            ]
+        )
         self.feature = nnx.Linear(widths[-1], feature_dim, rngs=rngs)
         self.head = nnx.Linear(feature_dim, num_classes, rngs=rngs)
 
@@ -130,6 +141,7 @@ class SmallCNN(nnx.Module):
 @dataclasses.dataclass(frozen=True)
 class Settings:
     """How the classifier is trained; part of the cache key."""
+
     steps: int = DEFAULT_STEPS
     batch_size: int = DEFAULT_BATCH_SIZE
     learning_rate: float = DEFAULT_LEARNING_RATE
@@ -158,17 +170,20 @@ def resolve_source(task: Task, source: str | None) -> str:
     names = image_source_names(task)
     if source is None:
         if len(names) != 1:
-            raise ClassifierError(f"the run has {len(names)} image/video sources ({', '.join(names) or 'none'}); "
-                                  "name one with source=")
+            raise ClassifierError(
+                f"the run has {len(names)} image/video sources ({', '.join(names) or 'none'}); "
+                "name one with source="
+            )
         return names[0]
     if source not in names:
-        raise ClassifierError(f"source {source!r} yields no images or video; image/video sources: "
-                              f"{', '.join(names) or 'none'}")
+        raise ClassifierError(
+            f"source {source!r} yields no images or video; image/video sources: {', '.join(names) or 'none'}"
+        )
     return source
 
 
 def image_key(source) -> str:
-    """"video" when the source yields clips (classified frame by frame: every frame, not only the
+    """ "video" when the source yields clips (classified frame by frame: every frame, not only the
     first, which is what the world's "image" is), else "image"."""
     return "video" if "video" in source.schema else "image"
 
@@ -187,8 +202,12 @@ def dataset_key(cfg: Config, task: Task, source: str) -> dict:
     if sc.path:
         fields["path"] = os.path.abspath(sc.path)
     src = task.sources[source]
-    key = {"source": fields, "key": image_key(src), "shape": list(frame_shape(src)),
-           "num_classes": cfg.data.num_classes}
+    key = {
+        "source": fields,
+        "key": image_key(src),
+        "shape": list(frame_shape(src)),
+        "num_classes": cfg.data.num_classes,
+    }
     if key["key"] == "video":
         key["frames"], key["fps"] = int(src.schema["video"].shape[0]), cfg.data.fps
     if sc.kind in PROCEDURAL_KINDS:
@@ -208,8 +227,9 @@ def _frames(batch: dict) -> dict:
     return {"image": batch["image"], "label": batch["label"]}
 
 
-def image_batches(task: Task, source: str, batch_size: int, seed: int, *, heldout: bool = False
-                  ) -> grain.MapDataset:
+def image_batches(
+    task: Task, source: str, batch_size: int, seed: int, *, heldout: bool = False
+) -> grain.MapDataset:
     """Infinite MapDataset of {"image": (n, H, W, C) float32 in [-1, 1], "label": (n,) int32}: the
     training (or held-out, see ``Task``) examples of ``source`` shuffled with ``seed``. For video,
     n = T * max(1, batch_size // T) frames of whole clips, else n = batch_size."""
@@ -217,12 +237,14 @@ def image_batches(task: Task, source: str, batch_size: int, seed: int, *, heldou
     src = task._heldout_source(source) if heldout else task.sources[source]
     key = image_key(src)
     per_batch = max(1, batch_size // src.schema["video"].shape[0]) if key == "video" else batch_size
-    return loader.batched_dataset(src.select((key,)), per_batch, seed,
-                                  on_bad_sample=task.cfg.data.on_bad_sample, shard=(0, 1)).map(_frames)
+    return loader.batched_dataset(
+        src.select((key,)), per_batch, seed, on_bad_sample=task.cfg.data.on_bad_sample, shard=(0, 1)
+    ).map(_frames)
 
 
-def load_images(task: Task, source: str, n: int, *, heldout: bool = True, seed: int = 0
-                ) -> tuple[np.ndarray, np.ndarray]:
+def load_images(
+    task: Task, source: str, n: int, *, heldout: bool = True, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """The first ``n`` images (frames) of :func:`image_batches` and their labels: (n, H, W, C), (n,).
     Different seeds give different orders, not disjoint sets; take disjoint sets as slices."""
     data = image_batches(task, source, EVAL_BATCH, seed, heldout=heldout)
@@ -238,8 +260,13 @@ def load_images(task: Task, source: str, n: int, *, heldout: bool = True, seed: 
 # ---------------------------------------------------------------------------- training
 
 
-def train_classifier(task: Task, source: str, settings: Settings, num_classes: int,
-                     progress: Callable[[int, float], None] | None = None) -> tuple[SmallCNN, dict]:
+def train_classifier(
+    task: Task,
+    source: str,
+    settings: Settings,
+    num_classes: int,
+    progress: Callable[[int, float], None] | None = None,
+) -> tuple[SmallCNN, dict]:
     """Trains a :class:`SmallCNN` on the training images of ``source`` for ``settings.steps`` steps
     and scores it on ``settings.heldout_examples`` held-out images. Returns (model, metrics).
     ``progress(step, loss)`` is called after every step (a hook for logs and tests)."""
@@ -247,8 +274,9 @@ def train_classifier(task: Task, source: str, settings: Settings, num_classes: i
     h, w, c = frame_shape(src)
     if min(h, w) < 4:
         raise ClassifierError(f"source {source!r}: images of {h}x{w} are too small (need at least 4x4)")
-    model = SmallCNN(c, num_classes, widths=settings.widths, feature_dim=settings.feature_dim,
-                     rngs=nnx.Rngs(settings.seed))
+    model = SmallCNN(
+        c, num_classes, widths=settings.widths, feature_dim=settings.feature_dim, rngs=nnx.Rngs(settings.seed)
+    )
     graphdef, params = nnx.graphdef(model), nnx.to_pure_dict(nnx.state(model, nnx.Param))
     tx = optax.adam(optax.cosine_decay_schedule(settings.learning_rate, settings.steps))
     opt_state = tx.init(params)
@@ -258,20 +286,25 @@ def train_classifier(task: Task, source: str, settings: Settings, num_classes: i
         def loss_of(p):
             logits = nnx.merge(graphdef, p)(images)
             return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
         loss, grads = jax.value_and_grad(loss_of)(params)
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
     start = time.perf_counter()
-    batches = loader.BatchIterator(image_batches(task, source, settings.batch_size, settings.seed),
-                                   read_threads=task.cfg.data.read_threads, prefetch=task.cfg.data.prefetch)
+    batches = loader.BatchIterator(
+        image_batches(task, source, settings.batch_size, settings.seed),
+        read_threads=task.cfg.data.read_threads,
+        prefetch=task.cfg.data.prefetch,
+    )
     loss = math.nan
     try:
         for i in range(settings.steps):
             batch = next(batches)
             _check_labels(batch["label"], num_classes, source)
-            params, opt_state, loss = step(params, opt_state, jnp.asarray(batch["image"]),
-                                           jnp.asarray(batch["label"], jnp.int32))
+            params, opt_state, loss = step(
+                params, opt_state, jnp.asarray(batch["image"]), jnp.asarray(batch["label"], jnp.int32)
+            )
             if progress is not None:
                 progress(i + 1, float(loss))
     finally:
@@ -281,15 +314,21 @@ def train_classifier(task: Task, source: str, settings: Settings, num_classes: i
     images, labels = load_images(task, source, settings.heldout_examples, heldout=True, seed=settings.seed)
     _check_labels(labels, num_classes, source)
     accuracy = float(np.mean(predict(model, images) == labels))
-    return model, {"heldout_accuracy": accuracy, "final_loss": float(loss), "train_seconds": round(train_seconds, 2),
-                   "heldout_is_train": task._heldout_source(source) is task.sources[source]}
+    return model, {
+        "heldout_accuracy": accuracy,
+        "final_loss": float(loss),
+        "train_seconds": round(train_seconds, 2),
+        "heldout_is_train": task._heldout_source(source) is task.sources[source],
+    }
 
 
 def _check_labels(labels, num_classes: int, source: str) -> None:
     labels = np.asarray(labels)
     if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ClassifierError(f"source {source!r} yields labels in [{labels.min()}, {labels.max()}] but the run "
-                              f"has data.num_classes={num_classes}")
+        raise ClassifierError(
+            f"source {source!r} yields labels in [{labels.min()}, {labels.max()}] but the run "
+            f"has data.num_classes={num_classes}"
+        )
 
 
 # ---------------------------------------------------------------------------- inference
@@ -306,11 +345,11 @@ def _batched(model: SmallCNN, images) -> tuple[np.ndarray, np.ndarray]:
     images = np.asarray(images, np.float32)
     feats, logits = [], []
     for i in range(0, len(images), EVAL_BATCH):
-        chunk = images[i:i + EVAL_BATCH]
+        chunk = images[i : i + EVAL_BATCH]
         padded = np.concatenate([chunk, np.zeros((EVAL_BATCH - len(chunk), *chunk.shape[1:]), np.float32)])
         f, z = _features_and_logits(model, jnp.asarray(padded))
-        feats.append(np.asarray(f)[:len(chunk)])
-        logits.append(np.asarray(z)[:len(chunk)])
+        feats.append(np.asarray(f)[: len(chunk)])
+        logits.append(np.asarray(z)[: len(chunk)])
     return np.concatenate(feats), np.concatenate(logits)
 
 
@@ -333,8 +372,10 @@ class FeatureExtractor:
     def __call__(self, images) -> np.ndarray:
         images = np.asarray(images, np.float32)
         if images.ndim < 4 or tuple(images.shape[-3:]) != self.shape:
-            raise ClassifierError(f"images of shape {images.shape}: expected (n, {', '.join(map(str, self.shape))}) "
-                                  "(or (..., H, W, C) frames), the shape of the classifier's dataset")
+            raise ClassifierError(
+                f"images of shape {images.shape}: expected (n, {', '.join(map(str, self.shape))}) "
+                "(or (..., H, W, C) frames), the shape of the classifier's dataset"
+            )
         if not np.all(np.isfinite(images)):
             raise ClassifierError("images contain NaN or infinite values")
         images = np.clip(images.reshape(-1, *self.shape), -1.0, 1.0)
@@ -380,17 +421,28 @@ def _save(entry: Path, model: SmallCNN, info: dict) -> None:
 def _load(entry: Path, shape, num_classes: int, settings: Settings) -> tuple[SmallCNN, dict]:
     from safetensors.numpy import load_file
 
-    abstract = nnx.eval_shape(lambda: SmallCNN(shape[-1], num_classes, widths=settings.widths,
-                                               feature_dim=settings.feature_dim, rngs=nnx.Rngs(0)))
+    abstract = nnx.eval_shape(
+        lambda: SmallCNN(
+            shape[-1], num_classes, widths=settings.widths, feature_dim=settings.feature_dim, rngs=nnx.Rngs(0)
+        )
+    )
     model = assign_params(abstract, load_file(str(entry / WEIGHTS_FILE)), str(entry / WEIGHTS_FILE))
     return model, json.loads((entry / INFO_FILE).read_text())
 
 
-def image_classifier(cfg: Config, task: Task, cache_dir: str | Path, *, source: str | None = None,
-                     steps: int = DEFAULT_STEPS, batch_size: int = DEFAULT_BATCH_SIZE,
-                     learning_rate: float = DEFAULT_LEARNING_RATE, heldout_examples: int = HELDOUT_EXAMPLES,
-                     seed: int = 0, progress: Callable[[int, float], None] | None = None
-                     ) -> tuple[SmallCNN, dict]:
+def image_classifier(
+    cfg: Config,
+    task: Task,
+    cache_dir: str | Path,
+    *,
+    source: str | None = None,
+    steps: int = DEFAULT_STEPS,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    learning_rate: float = DEFAULT_LEARNING_RATE,
+    heldout_examples: int = HELDOUT_EXAMPLES,
+    seed: int = 0,
+    progress: Callable[[int, float], None] | None = None,
+) -> tuple[SmallCNN, dict]:
     """The classifier of the run's image source (``source``: a name of ``cfg.data.sources``; None =
     the only one that yields images or video): loaded from ``cache_dir`` or trained and cached.
 
@@ -398,22 +450,35 @@ def image_classifier(cfg: Config, task: Task, cache_dir: str | Path, *, source: 
     ``train_seconds``, ``heldout_is_train``, ``entry`` (the cache directory) and ``cache_hit``.
     """
     source = resolve_source(task, source)
-    settings = Settings(steps=steps, batch_size=batch_size, learning_rate=learning_rate,
-                        heldout_examples=heldout_examples, seed=seed)
+    settings = Settings(
+        steps=steps,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        heldout_examples=heldout_examples,
+        seed=seed,
+    )
     entry = cache_entry(cfg, task, source, settings, cache_dir)
     shape = frame_shape(task.sources[source])
     if (entry / INFO_FILE).is_file():
         model, info = _load(entry, shape, cfg.data.num_classes, settings)
         return model, {**info, "entry": str(entry), "cache_hit": True}
     model, metrics = train_classifier(task, source, settings, cfg.data.num_classes, progress)
-    info = json.loads(json.dumps({"dataset": dataset_key(cfg, task, source),  # as it reads back from disk
-                                  "settings": dataclasses.asdict(settings), **metrics}))
+    info = json.loads(
+        json.dumps(
+            {
+                "dataset": dataset_key(cfg, task, source),  # as it reads back from disk
+                "settings": dataclasses.asdict(settings),
+                **metrics,
+            }
+        )
+    )
     _save(entry, model, info)
     return model, {**info, "entry": str(entry), "cache_hit": False}
 
 
-def image_feature_extractor(cfg: Config, task: Task, cache_dir: str | Path, **kwargs
-                            ) -> tuple[FeatureExtractor, dict]:
+def image_feature_extractor(
+    cfg: Config, task: Task, cache_dir: str | Path, **kwargs
+) -> tuple[FeatureExtractor, dict]:
     """(extract, info): ``extract(images (n, H, W, C) in [-1, 1]) -> (n, 128) float64`` features of
     the run's cached classifier (see :func:`image_classifier` for the keywords and ``info``)."""
     model, info = image_classifier(cfg, task, cache_dir, **kwargs)
@@ -443,8 +508,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     cfg = load_config_file(args.config, args.set)
-    _, info = image_classifier(cfg, Task(cfg), args.cache_dir, source=args.source, steps=args.steps,
-                               batch_size=args.batch_size, seed=args.seed)
+    _, info = image_classifier(
+        cfg,
+        Task(cfg),
+        args.cache_dir,
+        source=args.source,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        seed=args.seed,
+    )
     print(json.dumps(info, indent=2, sort_keys=True))
     return 0
 

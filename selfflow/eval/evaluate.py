@@ -32,8 +32,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import jax
 import numpy as np
@@ -41,7 +41,7 @@ from flax import nnx
 
 import modalities
 from modalities.audio import MEL_HOP_SECONDS
-from selfflow.layout import CONDITION, GENERATE
+from selfflow.layout import GENERATE
 from selfflow.tasks import Task
 
 
@@ -69,7 +69,7 @@ def heldout_examples(task: Task, index: int, num: int, *, skip: int = 0) -> dict
     dataset = task.dataset(index, heldout=True)
     batches = [dataset[first + k] for k in range(count)]
     start = skip - first * batch
-    return {k: np.concatenate([b[k] for b in batches])[start:start + num] for k in batches[0]}
+    return {k: np.concatenate([b[k] for b in batches])[start : start + num] for k in batches[0]}
 
 
 def _generated(cfg, task: Task, model, index: int, real: dict, settings: EvalSettings) -> dict:
@@ -80,10 +80,11 @@ def _generated(cfg, task: Task, model, index: int, real: dict, settings: EvalSet
     lt = task.layouts[index]
     chunks = []
     for c, start in enumerate(range(0, len(real["label"]), lt.batch_size)):
-        raw = {k: v[start:start + lt.batch_size] for k, v in real.items()}
+        raw = {k: v[start : start + lt.batch_size] for k, v in real.items()}
         key = jax.random.fold_in(jax.random.key(settings.seed), 1000 * index + c)
-        chunks.append(generate(cfg, task, model, index, raw, key, steps=settings.steps,
-                               cfg_scale=settings.cfg_scale))
+        chunks.append(
+            generate(cfg, task, model, index, raw, key, steps=settings.steps, cfg_scale=settings.cfg_scale)
+        )
     out = {}
     for j, seg in enumerate(lt.layout.segments):
         if seg.role != GENERATE:
@@ -98,8 +99,15 @@ def _real(real: dict, modality: str) -> np.ndarray:
     return np.asarray(real[modalities.keys_of(modality)[0]])
 
 
-def layout_metrics(cfg, task: Task, model, index: int, settings: EvalSettings,
-                   image_features: Callable | None, inception=None) -> dict[str, float]:
+def layout_metrics(
+    cfg,
+    task: Task,
+    model,
+    index: int,
+    settings: EvalSettings,
+    image_features: Callable | None,
+    inception=None,
+) -> dict[str, float]:
     """The proxies of one layout (see the module docstring), unprefixed."""
     from selfflow.eval import actions, frechet, media, synchrony
 
@@ -114,9 +122,12 @@ def layout_metrics(cfg, task: Task, model, index: int, settings: EvalSettings,
     out: dict[str, float] = {}
     if "image" in generated and image_features is not None:
         real_images = _real(real, "image")
-        out["image_fd"] = frechet.frechet_from_features(image_features(real_images), image_features(fake["image"]))
-        out["image_fd_real"] = frechet.frechet_from_features(image_features(real_images),
-                                                             image_features(_real(other, "image")))
+        out["image_fd"] = frechet.frechet_from_features(
+            image_features(real_images), image_features(fake["image"])
+        )
+        out["image_fd_real"] = frechet.frechet_from_features(
+            image_features(real_images), image_features(_real(other, "image"))
+        )
     if "image" in generated and inception is not None:
         from selfflow.eval.inception import extract
         from selfflow.sample import to_uint8
@@ -125,9 +136,12 @@ def layout_metrics(cfg, task: Task, model, index: int, settings: EvalSettings,
             pixels = to_uint8(np.repeat(images, 3, -1) if images.shape[-1] == 1 else images)
             return extract(inception, pixels)[0]
 
-        out["inception_fid"] = frechet.frechet_from_features(pool3(_real(real, "image")), pool3(fake["image"]))
-        out["inception_fid_real"] = frechet.frechet_from_features(pool3(_real(real, "image")),
-                                                                  pool3(_real(other, "image")))
+        out["inception_fid"] = frechet.frechet_from_features(
+            pool3(_real(real, "image")), pool3(fake["image"])
+        )
+        out["inception_fid_real"] = frechet.frechet_from_features(
+            pool3(_real(real, "image")), pool3(_real(other, "image"))
+        )
     if "video" in generated:
         rv, ov, fv = _real(real, "video"), _real(other, "video"), fake["video"]
         out["video_frame_fd"] = media.video_frame_fd(rv, fv)
@@ -142,36 +156,53 @@ def layout_metrics(cfg, task: Task, model, index: int, settings: EvalSettings,
         fps, rate = task.specs["video"].fps, 1.0 / MEL_HOP_SECONDS
         pick = lambda m: fake[m] if m in fake else _real(real, m)
         out["av_synchrony"] = synchrony.batch_av_synchrony(pick("video"), pick("audio"), fps, rate)
-        out["av_synchrony_real"] = synchrony.batch_av_synchrony(_real(real, "video"), _real(real, "audio"), fps, rate)
+        out["av_synchrony_real"] = synchrony.batch_av_synchrony(
+            _real(real, "video"), _real(real, "audio"), fps, rate
+        )
     if "action" in generated:
         err = actions.action_error(fake["action"], np.asarray(real["actions"]))
         out["action_l2"], out["action_mse"] = float(err["l2"]), float(err["mse"])
     return {k: float(v) for k, v in out.items()}
 
 
-def evaluate(cfg, task: Task, model, settings: EvalSettings, cache_dir: str | Path,
-             progress: Callable[[str], None] = lambda _: None) -> dict[str, float]:
+def evaluate(
+    cfg,
+    task: Task,
+    model,
+    settings: EvalSettings,
+    cache_dir: str | Path,
+    progress: Callable[[str], None] = lambda _: None,
+) -> dict[str, float]:
     """Every metric of the run for ``model`` (its EMA weights): {"<layout>/<metric>": value,
     "val/...": ..., "probe/layer_<l>": ...}."""
     from selfflow.validation import validation_metrics
 
     image_features = inception = None
-    imaging = [i for i, lt in enumerate(task.layouts) if any(s.modality == "image" and s.role == GENERATE
-                                                  for s in lt.layout.segments)]
+    imaging = [
+        i
+        for i, lt in enumerate(task.layouts)
+        if any(s.modality == "image" and s.role == GENERATE for s in lt.layout.segments)
+    ]
     if imaging:
         from selfflow.eval.classifier import image_feature_extractor
 
         progress("image classifier (trained once per dataset, then cached)")
-        image_features, _ = image_feature_extractor(cfg, task, cache_dir, source=task.layout_sources(imaging[0])[0],
-                                                    steps=settings.classifier_steps)
+        image_features, _ = image_feature_extractor(
+            cfg, task, cache_dir, source=task.layout_sources(imaging[0])[0], steps=settings.classifier_steps
+        )
         if settings.inception:
             from selfflow.eval.inception import load_pytorch_fid_weights
+
             inception = load_pytorch_fid_weights(settings.inception)
     results = {}
     for i, name in enumerate(task.names):
         progress(f"layout {name}: sampling {settings.num} examples")
-        results.update({f"{name}/{k}": v for k, v in
-                        layout_metrics(cfg, task, model, i, settings, image_features, inception).items()})
+        results.update(
+            {
+                f"{name}/{k}": v
+                for k, v in layout_metrics(cfg, task, model, i, settings, image_features, inception).items()
+            }
+        )
     results.update(validation_metrics(task, model))
     if settings.probe:
         from selfflow.eval.probe import PROBED_MODALITIES, layer_probe
@@ -180,8 +211,15 @@ def evaluate(cfg, task: Task, model, settings: EvalSettings, cache_dir: str | Pa
         if modality is not None:
             progress(f"linear probes of every block ({modality})")
             n_train, n_test = settings.probe_examples
-            accuracy = layer_probe(model, task, range(1, model.depth + 1), n_train=n_train, n_test=n_test,
-                                   seed=settings.seed, modality=modality)
+            accuracy = layer_probe(
+                model,
+                task,
+                range(1, model.depth + 1),
+                n_train=n_train,
+                n_test=n_test,
+                seed=settings.seed,
+                modality=modality,
+            )
             results.update({f"probe/layer_{layer}": acc for layer, acc in accuracy.items()})
     return results
 
@@ -197,9 +235,15 @@ def markdown(results: dict[str, float], title: str) -> str:
     return "\n".join(rows) + "\n"
 
 
-def evaluate_run(run_dir, settings: EvalSettings = EvalSettings(), *, step: int | None = None,
-                 out_dir=None, cache_dir=None, progress: Callable[[str], None] = lambda _: None
-                 ) -> tuple[dict, Path, Path]:
+def evaluate_run(
+    run_dir,
+    settings: EvalSettings = EvalSettings(),
+    *,
+    step: int | None = None,
+    out_dir=None,
+    cache_dir=None,
+    progress: Callable[[str], None] = lambda _: None,
+) -> tuple[dict, Path, Path]:
     """Evaluates a run directory's EMA weights; writes ``step_<k>.json`` and ``.md`` into ``out_dir``
     (default ``RUN_DIR/eval``). Returns (results, json path, markdown path)."""
     from selfflow.eval.classifier import default_cache_dir
@@ -211,7 +255,14 @@ def evaluate_run(run_dir, settings: EvalSettings = EvalSettings(), *, step: int 
     out_dir = Path(out_dir or Path(run_dir) / "eval")
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out_dir / f"step_{step}.json", out_dir / f"step_{step}.md"
-    json_path.write_text(json.dumps({"step": step, "settings": dataclasses.asdict(settings),
-                                     "metrics": results}, indent=2, sort_keys=True))
-    md_path.write_text(markdown(results, f"{run_dir} at step {step} (EMA weights, {settings.num} samples per layout)"))
+    json_path.write_text(
+        json.dumps(
+            {"step": step, "settings": dataclasses.asdict(settings), "metrics": results},
+            indent=2,
+            sort_keys=True,
+        )
+    )
+    md_path.write_text(
+        markdown(results, f"{run_dir} at step {step} (EMA weights, {settings.num} samples per layout)")
+    )
     return results, json_path, md_path

@@ -85,11 +85,14 @@ def gaussian_stats(features) -> tuple[np.ndarray, np.ndarray]:
     x = _features_2d(features, "features").astype(np.float64, copy=False)
     n = x.shape[0]
     if n < 2:
-        raise ValueError(f"gaussian_stats needs at least 2 samples to estimate a covariance, got "
-                         f"features of shape {x.shape}")
+        raise ValueError(
+            f"gaussian_stats needs at least 2 samples to estimate a covariance, got "
+            f"features of shape {x.shape}"
+        )
     if not np.isfinite(x).all():
-        raise ValueError(f"features of shape {x.shape} contain non-finite values "
-                         f"({int((~np.isfinite(x)).sum())} entries)")
+        raise ValueError(
+            f"features of shape {x.shape} contain non-finite values ({int((~np.isfinite(x)).sum())} entries)"
+        )
     mu = x.mean(axis=0)
     sigma = np.atleast_2d(np.cov(x, rowvar=False))
     return mu, sigma
@@ -132,12 +135,13 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
     sigma1 = np.atleast_2d(np.asarray(sigma1, dtype=np.float64))
     sigma2 = np.atleast_2d(np.asarray(sigma2, dtype=np.float64))
     if mu1.ndim != 1 or mu2.ndim != 1 or mu1.shape != mu2.shape:
-        raise ValueError(f"mean vectors must be 1-D and of the same length: mu1 {mu1.shape}, "
-                         f"mu2 {mu2.shape}")
+        raise ValueError(f"mean vectors must be 1-D and of the same length: mu1 {mu1.shape}, mu2 {mu2.shape}")
     d = mu1.shape[0]
     if sigma1.shape != (d, d) or sigma2.shape != (d, d):
-        raise ValueError(f"covariances must be ({d}, {d}) to match the means of shape {mu1.shape}: "
-                         f"sigma1 {sigma1.shape}, sigma2 {sigma2.shape}")
+        raise ValueError(
+            f"covariances must be ({d}, {d}) to match the means of shape {mu1.shape}: "
+            f"sigma1 {sigma1.shape}, sigma2 {sigma2.shape}"
+        )
     for name, arr in (("mu1", mu1), ("mu2", mu2), ("sigma1", sigma1), ("sigma2", sigma2)):
         if not np.isfinite(arr).all():
             raise ValueError(f"{name} of shape {arr.shape} contains non-finite values")
@@ -151,24 +155,30 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
     covmean = _sqrtm(sigma1 @ sigma2)
     offset_used = False
     if not np.isfinite(covmean).all() or imaginary_too_large(covmean):
-        why = ("is not finite" if not np.isfinite(covmean).all()
-               else "has a large imaginary component")
-        warnings.warn(f"Fréchet distance: sqrtm(sigma1 @ sigma2) {why} (singular product?); "
-                      f"adding {eps} to the diagonal of both covariances", RuntimeWarning,
-                      stacklevel=2)
+        why = "is not finite" if not np.isfinite(covmean).all() else "has a large imaginary component"
+        warnings.warn(
+            f"Fréchet distance: sqrtm(sigma1 @ sigma2) {why} (singular product?); "
+            f"adding {eps} to the diagonal of both covariances",
+            RuntimeWarning,
+            stacklevel=2,
+        )
         covmean = _sqrtm((sigma1 + offset) @ (sigma2 + offset))
         offset_used = True
     if not np.isfinite(covmean).all():
-        raise ValueError(f"Fréchet distance: sqrtm of the ({d}, {d}) covariance product is not "
-                         f"finite even with eps={eps} added to the diagonals")
+        raise ValueError(
+            f"Fréchet distance: sqrtm of the ({d}, {d}) covariance product is not "
+            f"finite even with eps={eps} added to the diagonals"
+        )
     if np.iscomplexobj(covmean):
         if imaginary_too_large(covmean):
             m = float(np.max(np.abs(covmean.imag)))
-            raise ValueError(f"Fréchet distance: sqrtm of the covariance product has an imaginary "
-                             f"component of {m:.3g} (above 1e-3 on the diagonal"
-                             f"{', after the eps offset' if offset_used else ''}); the covariances "
-                             f"are probably degenerate: use more samples than feature dimensions "
-                             f"({d})")
+            raise ValueError(
+                f"Fréchet distance: sqrtm of the covariance product has an imaginary "
+                f"component of {m:.3g} (above 1e-3 on the diagonal"
+                f"{', after the eps offset' if offset_used else ''}); the covariances "
+                f"are probably degenerate: use more samples than feature dimensions "
+                f"({d})"
+            )
         covmean = covmean.real
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean))
 
@@ -197,14 +207,17 @@ def _log_probs(x: np.ndarray, from_logits: bool | None) -> np.ndarray:
         shifted = x - x.max(axis=1, keepdims=True)
         return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
     if np.any(x < 0) or not np.allclose(x.sum(axis=1), 1.0, atol=1e-4):
-        raise ValueError("from_logits=False but the rows are not probability distributions "
-                         "(negative entries or rows not summing to 1)")
+        raise ValueError(
+            "from_logits=False but the rows are not probability distributions "
+            "(negative entries or rows not summing to 1)"
+        )
     with np.errstate(divide="ignore"):
         return np.log(x)  # log 0 = -inf; only ever multiplied by p = 0 below
 
 
-def inception_score(logits_or_probs, splits: int = 10, *, split_size: int | None = None,
-                    from_logits: bool | None = None) -> float:
+def inception_score(
+    logits_or_probs, splits: int = 10, *, split_size: int | None = None, from_logits: bool | None = None
+) -> float:
     """Inception Score: mean over splits of ``exp(mean_x KL(p(y|x) || p(y)))``.
 
     ``p(y)`` is the mean of ``p(y|x)`` over the split. Same definition as the ADM evaluator's
@@ -251,8 +264,7 @@ def inception_score(logits_or_probs, splits: int = 10, *, split_size: int | None
         bounds = [(i, min(i + split_size, n)) for i in range(0, n, split_size)]
     else:
         if not 1 <= splits <= n:
-            raise ValueError(f"splits must be between 1 and the number of samples ({n}), "
-                             f"got {splits}")
+            raise ValueError(f"splits must be between 1 and the number of samples ({n}), got {splits}")
         # np.array_split sizes: the first n % splits parts get one extra sample.
         sizes = [n // splits + (1 if i < n % splits else 0) for i in range(splits)]
         edges = np.concatenate([[0], np.cumsum(sizes)])
@@ -304,14 +316,14 @@ def manifold_radii(features, k: int = 3, batch_size: int = 4096, dtype=np.float3
         raise ValueError(f"k must be between 1 and n - 1 = {n - 1} for {n} samples, got k={k}")
     radii = np.empty(n, dtype=np.float64)
     for r0 in range(0, n, batch_size):
-        rows = x[r0:r0 + batch_size]
+        rows = x[r0 : r0 + batch_size]
         best = None  # (rows, k + 1) smallest distances seen so far
         for c0 in range(0, n, batch_size):
-            block = pairwise_sq_distances(rows, x[c0:c0 + batch_size], dtype=dtype)
+            block = pairwise_sq_distances(rows, x[c0 : c0 + batch_size], dtype=dtype)
             cand = block if best is None else np.concatenate([best, block], axis=1)
             kk = min(k + 1, cand.shape[1])
             best = np.partition(cand, kk - 1, axis=1)[:, :kk]
-        radii[r0:r0 + len(rows)] = np.sort(best, axis=1)[:, k]
+        radii[r0 : r0 + len(rows)] = np.sort(best, axis=1)[:, k]
     return radii
 
 
@@ -319,17 +331,18 @@ def _covered(points, ref, ref_radii, batch_size: int, dtype) -> np.ndarray:
     """Boolean ``(len(points),)``: within ``ref_radii[j]`` (squared) of at least one ``ref[j]``."""
     out = np.zeros(len(points), dtype=bool)
     for r0 in range(0, len(points), batch_size):
-        rows = points[r0:r0 + batch_size]
+        rows = points[r0 : r0 + batch_size]
         hit = np.zeros(len(rows), dtype=bool)
         for c0 in range(0, len(ref), batch_size):
-            d = pairwise_sq_distances(rows, ref[c0:c0 + batch_size], dtype=dtype)
-            hit |= np.any(d <= ref_radii[None, c0:c0 + batch_size].astype(dtype), axis=1)
-        out[r0:r0 + len(rows)] = hit
+            d = pairwise_sq_distances(rows, ref[c0 : c0 + batch_size], dtype=dtype)
+            hit |= np.any(d <= ref_radii[None, c0 : c0 + batch_size].astype(dtype), axis=1)
+        out[r0 : r0 + len(rows)] = hit
     return out
 
 
-def precision_recall(real_features, fake_features, k: int = 3, batch_size: int = 4096,
-                     dtype=np.float32) -> tuple[float, float]:
+def precision_recall(
+    real_features, fake_features, k: int = 3, batch_size: int = 4096, dtype=np.float32
+) -> tuple[float, float]:
     """Improved precision and recall (Kynkäänniemi et al. 2019) of ``fake`` against ``real``.
 
     Each set defines a manifold: the union of balls around its samples with radius the distance
@@ -352,8 +365,7 @@ def precision_recall(real_features, fake_features, k: int = 3, batch_size: int =
     real = _features_2d(real_features, "real_features")
     fake = _features_2d(fake_features, "fake_features")
     if real.shape[1] != fake.shape[1]:
-        raise ValueError(f"feature widths differ: real_features {real.shape}, "
-                         f"fake_features {fake.shape}")
+        raise ValueError(f"feature widths differ: real_features {real.shape}, fake_features {fake.shape}")
     real_radii = manifold_radii(real, k=k, batch_size=batch_size, dtype=dtype)
     fake_radii = manifold_radii(fake, k=k, batch_size=batch_size, dtype=dtype)
     precision = float(_covered(fake, real, real_radii, batch_size, dtype).mean())
@@ -361,8 +373,9 @@ def precision_recall(real_features, fake_features, k: int = 3, batch_size: int =
     return precision, recall
 
 
-def compare(real_features, fake_features, *, k: int = 3, eps: float = 1e-6,
-            batch_size: int = 4096) -> dict[str, float]:
+def compare(
+    real_features, fake_features, *, k: int = 3, eps: float = 1e-6, batch_size: int = 4096
+) -> dict[str, float]:
     """All feature-set metrics at once: ``{"fd": ..., "precision": ..., "recall": ...}``.
 
     ``fd`` is :func:`frechet_from_features` (FID when the features are Inception pool3),

@@ -71,8 +71,10 @@ __all__ = [
 ]
 
 #: Where pytorch-fid downloads the weights from (its ``FID_WEIGHTS_URL``); fetch it by hand.
-FID_WEIGHTS_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
-                   "pt_inception-2015-12-05-6726825d.pth")
+FID_WEIGHTS_URL = (
+    "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
+    "pt_inception-2015-12-05-6726825d.pth"
+)
 FID_WEIGHTS_FILENAME = "pt_inception-2015-12-05-6726825d.pth"
 #: torch.hub convention: the hex after the last '-' of the file name starts its SHA-256.
 FID_WEIGHTS_SHA256_PREFIX = "6726825d"
@@ -95,12 +97,18 @@ class BasicConv(nnx.Module):
     ``kernel``/``padding`` are ints or ``(h, w)`` pairs in torch's order; NHWC in and out.
     """
 
-    def __init__(self, cin: int, cout: int, kernel, stride: int = 1, padding=0, *,
-                 rngs: nnx.Rngs):
+    def __init__(self, cin: int, cout: int, kernel, stride: int = 1, padding=0, *, rngs: nnx.Rngs):
         ph, pw = _pair(padding)
-        self.conv = nnx.Conv(cin, cout, _pair(kernel), strides=stride,
-                             padding=((ph, ph), (pw, pw)), use_bias=False, precision=_HIGHEST,
-                             rngs=rngs)
+        self.conv = nnx.Conv(
+            cin,
+            cout,
+            _pair(kernel),
+            strides=stride,
+            padding=((ph, ph), (pw, pw)),
+            use_bias=False,
+            precision=_HIGHEST,
+            rngs=rngs,
+        )
         self.bn = nnx.BatchNorm(cout, epsilon=BN_EPS, use_running_average=True, rngs=rngs)
 
     def __call__(self, x):
@@ -109,8 +117,14 @@ class BasicConv(nnx.Module):
 
 def _max_pool(x, size: int = 3, stride: int = 2, pad: int = 0):
     """Max over ``size x size`` windows of NHWC ``x``; padded cells are -inf (as torch's)."""
-    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, size, size, 1),
-                                 (1, stride, stride, 1), ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    return jax.lax.reduce_window(
+        x,
+        -jnp.inf,
+        jax.lax.max,
+        (1, size, size, 1),
+        (1, stride, stride, 1),
+        ((0, 0), (pad, pad), (pad, pad), (0, 0)),
+    )
 
 
 def _avg_pool_3x3_same(x):
@@ -190,8 +204,7 @@ class InceptionC(nnx.Module):
         b1 = self.branch1x1(x)
         b7 = self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x)))
         bd = self.branch7x7dbl_1(x)
-        for layer in (self.branch7x7dbl_2, self.branch7x7dbl_3, self.branch7x7dbl_4,
-                      self.branch7x7dbl_5):
+        for layer in (self.branch7x7dbl_2, self.branch7x7dbl_3, self.branch7x7dbl_4, self.branch7x7dbl_5):
             bd = layer(bd)
         bp = self.branch_pool(_avg_pool_3x3_same(x))
         return jnp.concatenate([b1, b7, bd, bp], axis=-1)
@@ -285,18 +298,26 @@ class InceptionV3(nnx.Module):
 
     def pool3(self, x):
         """``(N, H, W, 3)`` in [-1, 1] -> pool3 features ``(N, 2048)``."""
-        x = self.Conv2d_1a_3x3(x)      # 299 -> 149, 32 channels
-        x = self.Conv2d_2a_3x3(x)      # 147, 32
-        x = self.Conv2d_2b_3x3(x)      # 147, 64
-        x = _max_pool(x)               # 73
-        x = self.Conv2d_3b_1x1(x)      # 73, 80
-        x = self.Conv2d_4a_3x3(x)      # 71, 192
-        x = _max_pool(x)               # 35
-        for block in (self.Mixed_5b, self.Mixed_5c, self.Mixed_5d,   # 35: 256, 288, 288
-                      self.Mixed_6a,                                 # 17: 768
-                      self.Mixed_6b, self.Mixed_6c, self.Mixed_6d, self.Mixed_6e,
-                      self.Mixed_7a,                                 # 8: 1280
-                      self.Mixed_7b, self.Mixed_7c):                 # 8: 2048
+        x = self.Conv2d_1a_3x3(x)  # 299 -> 149, 32 channels
+        x = self.Conv2d_2a_3x3(x)  # 147, 32
+        x = self.Conv2d_2b_3x3(x)  # 147, 64
+        x = _max_pool(x)  # 73
+        x = self.Conv2d_3b_1x1(x)  # 73, 80
+        x = self.Conv2d_4a_3x3(x)  # 71, 192
+        x = _max_pool(x)  # 35
+        for block in (
+            self.Mixed_5b,
+            self.Mixed_5c,
+            self.Mixed_5d,  # 35: 256, 288, 288
+            self.Mixed_6a,  # 17: 768
+            self.Mixed_6b,
+            self.Mixed_6c,
+            self.Mixed_6d,
+            self.Mixed_6e,
+            self.Mixed_7a,  # 8: 1280
+            self.Mixed_7b,
+            self.Mixed_7c,
+        ):  # 8: 2048
             x = block(x)
         return jnp.mean(x, axis=(1, 2))
 
@@ -376,8 +397,9 @@ def _forward(graphdef, state, images, resize_input: bool, logits_bias: bool):
     return model(preprocess(images, resize_input), logits_bias=logits_bias)
 
 
-def extract(model: InceptionV3, images, batch_size: int = 50, *, resize_input: bool = True,
-            logits_bias: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def extract(
+    model: InceptionV3, images, batch_size: int = 50, *, resize_input: bool = True, logits_bias: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """pool3 features and logits of uint8 images, in jitted batches.
 
     Args:
@@ -396,15 +418,18 @@ def extract(model: InceptionV3, images, batch_size: int = 50, *, resize_input: b
     """
     images = np.asarray(images)
     if images.dtype != np.uint8:
-        raise ValueError(f"extract expects uint8 images (0..255, as pytorch-fid reads image files), "
-                         f"got dtype {images.dtype}; convert e.g. with "
-                         f"np.clip(np.round((x + 1) * 127.5), 0, 255).astype(np.uint8) for [-1, 1]")
+        raise ValueError(
+            f"extract expects uint8 images (0..255, as pytorch-fid reads image files), "
+            f"got dtype {images.dtype}; convert e.g. with "
+            f"np.clip(np.round((x + 1) * 127.5), 0, 255).astype(np.uint8) for [-1, 1]"
+        )
     if images.ndim != 4 or images.shape[-1] not in (1, 3):
-        raise ValueError(f"extract expects NHWC images with 1 or 3 channels, got shape "
-                         f"{images.shape}")
+        raise ValueError(f"extract expects NHWC images with 1 or 3 channels, got shape {images.shape}")
     if not resize_input and min(images.shape[1:3]) < 75:
-        raise ValueError(f"images of size {images.shape[1:3]} are too small for InceptionV3 "
-                         f"without resizing (at least 75x75); use resize_input=True")
+        raise ValueError(
+            f"images of size {images.shape[1:3]} are too small for InceptionV3 "
+            f"without resizing (at least 75x75); use resize_input=True"
+        )
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     n = images.shape[0]
@@ -413,21 +438,26 @@ def extract(model: InceptionV3, images, batch_size: int = 50, *, resize_input: b
     logits = np.empty((n, NUM_CLASSES), np.float32)
     bs = min(batch_size, n) if n else 1
     for start in range(0, n, bs):
-        batch = images[start:start + bs]
+        batch = images[start : start + bs]
         m = len(batch)
         if m < bs:
             batch = np.concatenate([batch, np.zeros((bs - m,) + batch.shape[1:], batch.dtype)])
         f, lg = _forward(graphdef, state, batch, resize_input, logits_bias)
-        pool3[start:start + m] = np.asarray(f)[:m]
-        logits[start:start + m] = np.asarray(lg)[:m]
+        pool3[start : start + m] = np.asarray(f)[:m]
+        logits[start : start + m] = np.asarray(lg)[:m]
     return pool3, logits
 
 
 # --------------------------------------------------------------------------- torch weights
 
 # NNX leaf name -> torch state-dict suffix, per layer kind.
-_TORCH_NAMES = {"kernel": "weight", "bias": "bias", "scale": "weight", "mean": "running_mean",
-                "var": "running_var"}
+_TORCH_NAMES = {
+    "kernel": "weight",
+    "bias": "bias",
+    "scale": "weight",
+    "mean": "running_mean",
+    "var": "running_var",
+}
 
 
 def _torch_key(path) -> str:
@@ -472,8 +502,9 @@ def _leaves(model: InceptionV3):
 
 @functools.lru_cache(maxsize=1)
 def _expected_shapes() -> tuple:
-    return tuple((key, _to_torch_shape(name, tuple(v.shape)))
-                 for key, name, _, v in _leaves(_abstract_model()))
+    return tuple(
+        (key, _to_torch_shape(name, tuple(v.shape))) for key, name, _, v in _leaves(_abstract_model())
+    )
 
 
 def expected_state_dict_shapes() -> dict[str, tuple[int, ...]]:
@@ -521,26 +552,35 @@ def load_pytorch_fid_weights(path: str | os.PathLike, *, check_hash: bool = Fals
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no Inception weight file at {path}: download pytorch-fid's "
-                                f"{FID_WEIGHTS_FILENAME} from {FID_WEIGHTS_URL} and pass its path")
+        raise FileNotFoundError(
+            f"no Inception weight file at {path}: download pytorch-fid's "
+            f"{FID_WEIGHTS_FILENAME} from {FID_WEIGHTS_URL} and pass its path"
+        )
     try:
         import torch
     except ImportError as e:
-        raise ImportError(f"reading the PyTorch weight file {path} needs PyTorch: "
-                          f"pip install torch (the CPU wheel is enough)") from e
+        raise ImportError(
+            f"reading the PyTorch weight file {path} needs PyTorch: "
+            f"pip install torch (the CPU wheel is enough)"
+        ) from e
     if check_hash:
         digest = _sha256(path)
         if not digest.startswith(FID_WEIGHTS_SHA256_PREFIX):
-            raise ValueError(f"{path}: SHA-256 {digest} does not start with "
-                             f"{FID_WEIGHTS_SHA256_PREFIX}; not pytorch-fid's {FID_WEIGHTS_FILENAME}")
+            raise ValueError(
+                f"{path}: SHA-256 {digest} does not start with "
+                f"{FID_WEIGHTS_SHA256_PREFIX}; not pytorch-fid's {FID_WEIGHTS_FILENAME}"
+            )
     try:
         state_dict = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many kinds for a bad file
-        raise ValueError(f"could not read {path} as a PyTorch state dict "
-                         f"(torch.load weights_only=True): {e}") from e
+        raise ValueError(
+            f"could not read {path} as a PyTorch state dict (torch.load weights_only=True): {e}"
+        ) from e
     if not isinstance(state_dict, Mapping):
-        raise ValueError(f"{path} holds a {type(state_dict).__name__}, not a state dict "
-                         f"(a mapping from parameter names to tensors)")
+        raise ValueError(
+            f"{path} holds a {type(state_dict).__name__}, not a state dict "
+            f"(a mapping from parameter names to tensors)"
+        )
 
     expected = expected_state_dict_shapes()
     arrays: dict[str, np.ndarray] = {}
@@ -574,8 +614,9 @@ def load_pytorch_fid_weights(path: str | os.PathLike, *, check_hash: bool = Fals
     if bad:
         problems.append("invalid: " + "; ".join(bad))
     if problems:
-        raise ValueError(f"{path} does not match pytorch-fid's InceptionV3 (nothing was loaded): "
-                         + " | ".join(problems))
+        raise ValueError(
+            f"{path} does not match pytorch-fid's InceptionV3 (nothing was loaded): " + " | ".join(problems)
+        )
 
     abstract = _abstract_model()
     graphdef, state = nnx.split(abstract)

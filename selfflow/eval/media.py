@@ -46,7 +46,7 @@ motion FD 0.013 between real sets of 64 clips, 0.14-0.15 with the frames shuffle
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -63,8 +63,9 @@ def checked_array(name: str, value, ndim: int, layout: str, min_len: int = 1) ->
     """``value`` as float64 with ``ndim`` axes, at least ``min_len`` along the first, all finite."""
     value = np.asarray(value, np.float64)
     if value.ndim != ndim or value.shape[0] < min_len:
-        raise ValueError(f"{name} has shape {value.shape}; expected {layout} with at least "
-                         f"{min_len} along the first axis")
+        raise ValueError(
+            f"{name} has shape {value.shape}; expected {layout} with at least {min_len} along the first axis"
+        )
     if not np.isfinite(value).all():
         raise ValueError(f"{name} contains NaN or infinite values")
     return value
@@ -72,8 +73,10 @@ def checked_array(name: str, value, ndim: int, layout: str, min_len: int = 1) ->
 
 def _same_trailing(name_a: str, a: np.ndarray, name_b: str, b: np.ndarray, axes: str) -> None:
     if a.shape[1:] != b.shape[1:]:
-        raise ValueError(f"{name_a} {a.shape} and {name_b} {b.shape} differ in {axes}; "
-                         "both sets must have the same shape apart from their size")
+        raise ValueError(
+            f"{name_a} {a.shape} and {name_b} {b.shape} differ in {axes}; "
+            "both sets must have the same shape apart from their size"
+        )
 
 
 # ------------------------------------------------------------------------------------ audio
@@ -109,20 +112,21 @@ def frame_features(images, grid: int = DEFAULT_GRID, bins: int = DEFAULT_BINS) -
     x = checked_array("images", images, 4, "(n, H, W, C)")
     n, h, w, c = x.shape
     if grid < 1 or h % grid or w % grid:
-        raise ValueError(f"images of {h}x{w} cannot be pooled to a {grid}x{grid} grid; "
-                         "grid must be >= 1 and divide H and W")
+        raise ValueError(
+            f"images of {h}x{w} cannot be pooled to a {grid}x{grid} grid; "
+            "grid must be >= 1 and divide H and W"
+        )
     if bins < 1:
         raise ValueError(f"bins must be >= 1, got {bins}")
     x = np.clip(x, -1.0, 1.0)
     thumb = x.reshape(n, grid, h // grid, grid, w // grid, c).mean(axis=(2, 4)).reshape(n, -1)
-    index = np.minimum(((x + 1.0) * 0.5 * bins).astype(np.int64), bins - 1)   # (n, H, W, C)
-    index = (index + bins * np.arange(c)).reshape(n, -1)                      # channel-major bins
+    index = np.minimum(((x + 1.0) * 0.5 * bins).astype(np.int64), bins - 1)  # (n, H, W, C)
+    index = (index + bins * np.arange(c)).reshape(n, -1)  # channel-major bins
     counts = np.stack([np.bincount(row, minlength=bins * c) for row in index])
     return np.concatenate([thumb, counts / (h * w)], axis=1)
 
 
-def video_frame_fd(real, generated, extract: Callable[[np.ndarray], np.ndarray] | None = None
-                   ) -> float:
+def video_frame_fd(real, generated, extract: Callable[[np.ndarray], np.ndarray] | None = None) -> float:
     """Fréchet distance over per-frame features of two sets of clips, ``real`` (N, T, H, W, C)
     and ``generated`` (N', T', H, W, C) (or frames (n, H, W, C)): every frame is one sample.
     ``extract(images (n, H, W, C)) -> (n, d)``; default :func:`frame_features`."""
@@ -131,19 +135,24 @@ def video_frame_fd(real, generated, extract: Callable[[np.ndarray], np.ndarray] 
     for name, value in (("real", real), ("generated", generated)):
         value = np.asarray(value)
         if value.ndim not in (4, 5):
-            raise ValueError(f"{name} has shape {value.shape}; expected clips (N, T, H, W, C) or "
-                             "frames (n, H, W, C)")
+            raise ValueError(
+                f"{name} has shape {value.shape}; expected clips (N, T, H, W, C) or frames (n, H, W, C)"
+            )
         frames = value.reshape(-1, *value.shape[-3:])
         if len(frames) < 2:
             raise ValueError(f"{name} has {len(frames)} frame(s); need at least 2")
         sets.append(frames)
     if sets[0].shape[1:] != sets[1].shape[1:]:
-        raise ValueError(f"real {np.shape(real)} and generated {np.shape(generated)} have frames of "
-                         f"different shapes {sets[0].shape[1:]} and {sets[1].shape[1:]}")
+        raise ValueError(
+            f"real {np.shape(real)} and generated {np.shape(generated)} have frames of "
+            f"different shapes {sets[0].shape[1:]} and {sets[1].shape[1:]}"
+        )
     feats = [np.asarray(extract(frames), np.float64) for frames in sets]
     if feats[0].ndim != 2 or feats[0].shape[1:] != feats[1].shape[1:]:
-        raise ValueError(f"extract returned features of shapes {feats[0].shape} and {feats[1].shape}; "
-                         "expected (n, d) with the same d")
+        raise ValueError(
+            f"extract returned features of shapes {feats[0].shape} and {feats[1].shape}; "
+            "expected (n, d) with the same d"
+        )
     return float(frechet_from_features(feats[0], feats[1]))
 
 
@@ -177,9 +186,11 @@ def motion_features(videos, grid: int = DEFAULT_GRID) -> np.ndarray:
     if t < 2:
         raise ValueError(f"videos has shape {x.shape}; need T >= 2 frames per clip")
     if grid < 1 or h % grid or w % grid:
-        raise ValueError(f"frames of {h}x{w} cannot be pooled to a {grid}x{grid} grid; "
-                         "grid must be >= 1 and divide H and W")
-    diff = np.abs(np.diff(x, axis=1)).mean(-1)                                  # (N, T-1, H, W)
+        raise ValueError(
+            f"frames of {h}x{w} cannot be pooled to a {grid}x{grid} grid; "
+            "grid must be >= 1 and divide H and W"
+        )
+    diff = np.abs(np.diff(x, axis=1)).mean(-1)  # (N, T-1, H, W)
     cells = diff.reshape(n, t - 1, grid, h // grid, grid, w // grid).mean(axis=(3, 5))
     return np.concatenate([cells.mean(1).reshape(n, -1), cells.std(1).reshape(n, -1)], axis=1)
 
@@ -189,5 +200,7 @@ def motion_fd(real, generated, grid: int = DEFAULT_GRID) -> float:
     real, generated = _clips("real", real), _clips("generated", generated)
     _same_trailing("real", real, "generated", generated, "(T, H, W, C)")
     if len(real) < 2 or len(generated) < 2:
-        raise ValueError(f"need at least 2 clips per set, got {len(real)} real and {len(generated)} generated")
+        raise ValueError(
+            f"need at least 2 clips per set, got {len(real)} real and {len(generated)} generated"
+        )
     return float(frechet_from_features(motion_features(real, grid), motion_features(generated, grid)))

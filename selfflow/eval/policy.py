@@ -26,7 +26,6 @@ with a seed whose episodes were not recorded for training.
 
 from __future__ import annotations
 
-
 import jax
 import numpy as np
 
@@ -49,8 +48,19 @@ class ModelPolicy:
     """``policy(observation) -> (T, A)`` target positions from layout ``layout`` (name or index)
     of ``task``; ``execute`` keeps only the chunk's first ``execute`` actions (None: all)."""
 
-    def __init__(self, cfg, task, model, layout: str | int, *, execute: int | None = None, seed: int = 0,
-                 label: int = 0, steps: int | None = None, cfg_scale: float | None = None):
+    def __init__(
+        self,
+        cfg,
+        task,
+        model,
+        layout: str | int,
+        *,
+        execute: int | None = None,
+        seed: int = 0,
+        label: int = 0,
+        steps: int | None = None,
+        cfg_scale: float | None = None,
+    ):
         if isinstance(layout, str):
             if layout not in task.names:
                 raise ValueError(f"no layout {layout!r} in this run (layouts: {task.names})")
@@ -66,19 +76,30 @@ class ModelPolicy:
         described = ", ".join(f"{s.modality}:{s.role}" for s in segments)
         images = [j for j, s in enumerate(segments) if s.modality == "image" and s.role == CONDITION]
         actions = [j for j, s in enumerate(segments) if s.modality == "action" and s.role == GENERATE]
-        others = [f"{s.modality}:{s.role}" for j, s in enumerate(segments)
-                  if s.role == CONDITION and j not in images]
+        others = [
+            f"{s.modality}:{s.role}"
+            for j, s in enumerate(segments)
+            if s.role == CONDITION and j not in images
+        ]
         if len(images) != 1 or len(actions) != 1 or others:
-            problem = ("no image:condition segment" if not images else
-                       "no generated action segment" if not actions else
-                       "more than one image:condition or generated action segment"
-                       if len(images) > 1 or len(actions) > 1 else
-                       f"condition segments other than the image ({', '.join(others)})")
-            raise ValueError(f"layout {lt.layout.name!r} ({described}) cannot act as a policy: {problem}; "
-                             "expected ('image:condition', ..., 'action') with every other segment generated")
+            problem = (
+                "no image:condition segment"
+                if not images
+                else "no generated action segment"
+                if not actions
+                else "more than one image:condition or generated action segment"
+                if len(images) > 1 or len(actions) > 1
+                else f"condition segments other than the image ({', '.join(others)})"
+            )
+            raise ValueError(
+                f"layout {lt.layout.name!r} ({described}) cannot act as a policy: {problem}; "
+                "expected ('image:condition', ..., 'action') with every other segment generated"
+            )
         spec = task.specs["image"]
         if spec.height != spec.width:
-            raise ValueError(f"layout {lt.layout.name!r}: image spec {spec.height}x{spec.width} is not square")
+            raise ValueError(
+                f"layout {lt.layout.name!r}: image spec {spec.height}x{spec.width} is not square"
+            )
         self.cfg, self.task, self.model, self.index = cfg, task, model, index
         self.action_segment, self.execute, self.seed = actions[0], execute, int(seed)
         self.label, self.steps, self.cfg_scale = int(label), steps, cfg_scale
@@ -100,15 +121,31 @@ class ModelPolicy:
 
         key = jax.random.fold_in(jax.random.key(self.seed), self.calls)
         self.calls += 1
-        tokens = generate(self.cfg, self.task, self.model, self.index, self.raw_batch(observation), key,
-                          steps=self.steps, cfg_scale=self.cfg_scale)[self.action_segment]
+        tokens = generate(
+            self.cfg,
+            self.task,
+            self.model,
+            self.index,
+            self.raw_batch(observation),
+            key,
+            steps=self.steps,
+            cfg_scale=self.cfg_scale,
+        )[self.action_segment]
         actions, _ = action_mod.detokenize(np.asarray(tokens, np.float32), self.task.specs["action"])
         chunk = np.asarray(actions[0], np.float64)
         return chunk[: self.execute] if self.execute else chunk
 
 
-def simulator_report(run_dir, layout: str = "policy", *, episodes: int = 20, seed: int = 10_000,
-                     execute: int = 8, max_steps: int = 300, image_size: int = 32) -> tuple[int, dict]:
+def simulator_report(
+    run_dir,
+    layout: str = "policy",
+    *,
+    episodes: int = 20,
+    seed: int = 10_000,
+    execute: int = 8,
+    max_steps: int = 300,
+    image_size: int = 32,
+) -> tuple[int, dict]:
     """(checkpoint step, {model | expert | random: success_rate, mean_final_coverage,
     mean_max_coverage}): the run's EMA ``layout`` rolled out in gym-pusht beside the scripted expert
     and a random policy on the same ``episodes`` initial states (``seed``: not the training ones)."""
@@ -118,12 +155,21 @@ def simulator_report(run_dir, layout: str = "policy", *, episodes: int = 20, see
     from selfflow.run import load_run
 
     cfg, state, graphdef, task, step = load_run(run_dir)
-    policies = {"model": ModelPolicy(cfg, task, nnx.merge(graphdef, state["ema"]), layout, execute=execute),
-                "expert": ExpertPolicy(), "random": RandomPolicy(seed=seed)}
+    policies = {
+        "model": ModelPolicy(cfg, task, nnx.merge(graphdef, state["ema"]), layout, execute=execute),
+        "expert": ExpertPolicy(),
+        "random": RandomPolicy(seed=seed),
+    }
     report = {}
     for name, policy in policies.items():
-        result = rollout_success(policy, episodes, seed, max_steps, image_size=image_size,
-                                 execute=execute if name == "model" else None)
+        result = rollout_success(
+            policy,
+            episodes,
+            seed,
+            max_steps,
+            image_size=image_size,
+            execute=execute if name == "model" else None,
+        )
         report[name] = {k: result[k] for k in ("success_rate", "mean_final_coverage", "mean_max_coverage")}
     return step, report
 
@@ -144,10 +190,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-steps", type=int, default=300)
     p.add_argument("--image-size", type=int, default=32, help="rendered frame size (as recorded)")
     args = p.parse_args(argv)
-    step, report = simulator_report(args.run_dir, args.layout, episodes=args.episodes, seed=args.seed,
-                                    execute=args.execute, max_steps=args.max_steps, image_size=args.image_size)
+    step, report = simulator_report(
+        args.run_dir,
+        args.layout,
+        episodes=args.episodes,
+        seed=args.seed,
+        execute=args.execute,
+        max_steps=args.max_steps,
+        image_size=args.image_size,
+    )
     print(json.dumps({"step": step, **report}, indent=2))
     return 0
+
 
 if __name__ == "__main__":
     raise SystemExit(main())

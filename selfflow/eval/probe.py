@@ -70,6 +70,7 @@ def _fit_logistic(x, y, weight, l2, *, num_classes: int, iterations: int):
     ``weight``-ed (n,) mean cross-entropy + l2/2 ||W||², from zeros, by ``iterations`` full-batch
     L-BFGS steps (zoom line search). Weights of 0 leave rows out (the validation split) without
     changing the shapes, so the search and the final fit share one compilation."""
+
     def loss(params):
         w, b = params
         ce = optax.softmax_cross_entropy_with_integer_labels(x @ w + b, y)
@@ -99,8 +100,18 @@ def _check_xy(name: str, x, y, num_classes: int) -> tuple[np.ndarray, np.ndarray
     return x, y.astype(np.int64)
 
 
-def linear_probe(train_x, train_y, test_x, test_y, num_classes: int, *, l2_grid=L2_GRID,
-                 val_fraction: float = VAL_FRACTION, iterations: int = ITERATIONS, seed: int = 0) -> float:
+def linear_probe(
+    train_x,
+    train_y,
+    test_x,
+    test_y,
+    num_classes: int,
+    *,
+    l2_grid=L2_GRID,
+    val_fraction: float = VAL_FRACTION,
+    iterations: int = ITERATIONS,
+    seed: int = 0,
+) -> float:
     """Test accuracy of a logistic-regression probe fitted on (train_x (n, d), train_y (n,)) and
     scored on (test_x (m, d), test_y (m,)); labels int in [0, num_classes). The l2 strength is
     chosen on a ``seed``-ed ``val_fraction`` of the training examples (see the module docstring).
@@ -111,8 +122,10 @@ def linear_probe(train_x, train_y, test_x, test_y, num_classes: int, *, l2_grid=
         raise ValueError(f"train features have {train_x.shape[1]} dims, test features {test_x.shape[1]}")
     n_val = int(round(val_fraction * len(train_x)))
     if len(test_x) == 0 or n_val < 1 or len(train_x) - n_val < 2:
-        raise ValueError(f"{len(train_x)} training and {len(test_x)} test examples: too few for a probe "
-                         f"with a {val_fraction:.0%} validation split")
+        raise ValueError(
+            f"{len(train_x)} training and {len(test_x)} test examples: too few for a probe "
+            f"with a {val_fraction:.0%} validation split"
+        )
     grid = sorted(float(a) for a in l2_grid)
     if not grid or grid[0] < 0:
         raise ValueError(f"l2_grid={l2_grid}: expected non-negative strengths")
@@ -124,8 +137,14 @@ def linear_probe(train_x, train_y, test_x, test_y, num_classes: int, *, l2_grid=
     x, y = scaled(train_x), jnp.asarray(train_y, jnp.int32)
 
     def accuracy(l2: float, weight: np.ndarray, eval_x: np.ndarray, eval_y: np.ndarray) -> float:
-        w, b = _fit_logistic(x, y, jnp.asarray(weight, jnp.float32), jnp.float32(l2), num_classes=num_classes,
-                             iterations=iterations)
+        w, b = _fit_logistic(
+            x,
+            y,
+            jnp.asarray(weight, jnp.float32),
+            jnp.float32(l2),
+            num_classes=num_classes,
+            iterations=iterations,
+        )
         return float(np.mean(np.argmax(np.asarray(scaled(eval_x) @ w + b), axis=1) == eval_y))
 
     val = np.random.default_rng(seed).permutation(len(train_x))[:n_val]
@@ -166,9 +185,16 @@ def _pooled_hidden_fn(spec, modality: str, layers: tuple[int, ...], tau: float):
             tokens = interpolate(tokens, jax.random.normal(key, tokens.shape), jnp.full((b,), tau))
         labels = jnp.full((b,), model.num_classes, jnp.int32)  # the null class: see the module docstring
         timesteps = jnp.full((b,), tau, jnp.float32)
-        return jnp.stack([model.forward_until((tokens,), timesteps, labels, positions, layer=layer,
-                                              modalities=(modality,)).astype(jnp.float32).mean(axis=1)
-                          for layer in layers])
+        return jnp.stack(
+            [
+                model.forward_until(
+                    (tokens,), timesteps, labels, positions, layer=layer, modalities=(modality,)
+                )
+                .astype(jnp.float32)
+                .mean(axis=1)
+                for layer in layers
+            ]
+        )
 
     return pooled
 
@@ -181,8 +207,17 @@ def _check_layers(model, layers) -> tuple[int, ...]:
     return layers
 
 
-def probe_features(model, task: Task, layers, *, n: int, heldout: bool, tau: float = TAU, seed: int = 0,
-                   modality: str = "image") -> tuple[dict[int, np.ndarray], np.ndarray]:
+def probe_features(
+    model,
+    task: Task,
+    layers,
+    *,
+    n: int,
+    heldout: bool,
+    tau: float = TAU,
+    seed: int = 0,
+    modality: str = "image",
+) -> tuple[dict[int, np.ndarray], np.ndarray]:
     """({layer: (n, D) float64 mean-pooled hidden states}, labels (n,) int) of the first ``n``
     training (or held-out) examples of the run's ``modality`` layout (its batches 0, 1, ...)."""
     if not 0.0 <= tau <= 1.0:
@@ -194,8 +229,11 @@ def probe_features(model, task: Task, layers, *, n: int, heldout: bool, tau: flo
     spec, key = task.specs[modality], modalities.keys_of(modality)[0]
     positions = jnp.asarray(modalities.get(modality).positions(spec))
     pooled = _pooled_hidden_fn(spec, modality, layers, float(tau))
-    batches = loader.BatchIterator(task.dataset(index, heldout=heldout), read_threads=task.cfg.data.read_threads,
-                                   prefetch=task.cfg.data.prefetch)
+    batches = loader.BatchIterator(
+        task.dataset(index, heldout=heldout),
+        read_threads=task.cfg.data.read_threads,
+        prefetch=task.cfg.data.prefetch,
+    )
     feats, labels = [], []
     try:
         for b in range(math.ceil(n / task.layouts[index].batch_size)):
@@ -209,16 +247,31 @@ def probe_features(model, task: Task, layers, *, n: int, heldout: bool, tau: flo
     return {layer: stacked[i] for i, layer in enumerate(layers)}, np.concatenate(labels)[:n]
 
 
-def layer_probe(model, task: Task, layers, *, n_train: int = 4096, n_test: int = 2048, tau: float = TAU,
-                seed: int = 0, modality: str = "image") -> dict[int, float]:
+def layer_probe(
+    model,
+    task: Task,
+    layers,
+    *,
+    n_train: int = 4096,
+    n_test: int = 2048,
+    tau: float = TAU,
+    seed: int = 0,
+    modality: str = "image",
+) -> dict[int, float]:
     """{layer: held-out linear-probe accuracy} of ``model``'s features after each block in ``layers``
     (1-indexed), from ``n_train`` training and ``n_test`` held-out examples of the run."""
-    train_x, train_y = probe_features(model, task, layers, n=n_train, heldout=False, tau=tau, seed=seed,
-                                      modality=modality)
-    test_x, test_y = probe_features(model, task, layers, n=n_test, heldout=True, tau=tau, seed=seed,
-                                    modality=modality)
-    return {layer: linear_probe(train_x[layer], train_y, test_x[layer], test_y, task.cfg.data.num_classes,
-                                seed=seed) for layer in train_x}
+    train_x, train_y = probe_features(
+        model, task, layers, n=n_train, heldout=False, tau=tau, seed=seed, modality=modality
+    )
+    test_x, test_y = probe_features(
+        model, task, layers, n=n_test, heldout=True, tau=tau, seed=seed, modality=modality
+    )
+    return {
+        layer: linear_probe(
+            train_x[layer], train_y, test_x[layer], test_y, task.cfg.data.num_classes, seed=seed
+        )
+        for layer in train_x
+    }
 
 
 def run_layer_probe(run_dir, layers=None, *, step: int | None = None, **kwargs) -> dict[int, float]:
@@ -243,8 +296,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tau", type=float, default=TAU)
     p.add_argument("--modality", default="image")
     args = p.parse_args(argv)
-    result = run_layer_probe(args.run_dir, args.layers, step=args.step, n_train=args.n_train, n_test=args.n_test,
-                             tau=args.tau, modality=args.modality)
+    result = run_layer_probe(
+        args.run_dir,
+        args.layers,
+        step=args.step,
+        n_train=args.n_train,
+        n_test=args.n_test,
+        tau=args.tau,
+        modality=args.modality,
+    )
     print(json.dumps({str(k): v for k, v in result.items()}, indent=2))
     return 0
 

@@ -59,19 +59,25 @@ import numpy as np
 
 from selfflow.eval.media import checked_array
 
-DEFAULT_BLUR = 0.125       # Gaussian sigma as a fraction of the frame height (2 px at 16 x 16)
-DEFAULT_MAX_LAG_S = 0.4    # window of lags of synchrony_profile, seconds either side
+DEFAULT_BLUR = 0.125  # Gaussian sigma as a fraction of the frame height (2 px at 16 x 16)
+DEFAULT_MAX_LAG_S = 0.4  # window of lags of synchrony_profile, seconds either side
 
 
 def _check_rate(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) \
-            or not math.isfinite(value) or value <= 0:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float, np.number))
+        or not math.isfinite(value)
+        or value <= 0
+    ):
         raise ValueError(f"{name} must be a positive number (frames per second), got {value!r}")
     return float(value)
 
 
 def _check_video(video) -> np.ndarray:
-    return checked_array("video", video, 4, "(T, H, W, C), T >= 3 (a second difference needs three frames),", 3)
+    return checked_array(
+        "video", video, 4, "(T, H, W, C), T >= 3 (a second difference needs three frames),", 3
+    )
 
 
 def _check_logmel(logmel) -> np.ndarray:
@@ -90,10 +96,13 @@ def visual_event_strength(video, blur: float = DEFAULT_BLUR) -> np.ndarray:
         raise ValueError(f"blur must be in [0, 1) (a fraction of the frame height), got {blur!r}")
     background = np.median(video.reshape(-1, video.shape[-1]), axis=0)
     sigma = blur * video.shape[1]
-    frames = gaussian_filter(video - background, (0, sigma, sigma, 0), mode="nearest") if sigma else \
-        video - background
+    frames = (
+        gaussian_filter(video - background, (0, sigma, sigma, 0), mode="nearest")
+        if sigma
+        else video - background
+    )
     second = frames[2:] - 2.0 * frames[1:-1] + frames[:-2]
-    return np.sqrt((second ** 2).sum(axis=(1, 2, 3)))
+    return np.sqrt((second**2).sum(axis=(1, 2, 3)))
 
 
 def audio_onset_strength(logmel) -> np.ndarray:
@@ -103,8 +112,9 @@ def audio_onset_strength(logmel) -> np.ndarray:
     return np.maximum(np.diff(logmel, axis=0), 0.0).mean(axis=1)
 
 
-def pool_onsets(onset: np.ndarray, times: np.ndarray, video_fps: float, audio_frame_rate: float
-                ) -> np.ndarray:
+def pool_onsets(
+    onset: np.ndarray, times: np.ndarray, video_fps: float, audio_frame_rate: float
+) -> np.ndarray:
     """:func:`audio_onset_strength` (F - 1,) pooled at ``times`` (n,) seconds -> (n,): weights
     max(0, 1 - |t_onset - t| video_fps), the triangle a frame second difference applies to an
     impulse (the common-rate resampling of the module docstring)."""
@@ -128,16 +138,19 @@ def _signals(video, logmel, video_fps, audio_frame_rate, blur):
     video, logmel = _check_video(video), _check_logmel(logmel)
     video_s, audio_s = video.shape[0] / video_fps, logmel.shape[0] / audio_frame_rate
     if abs(video_s - audio_s) > 1.0 / video_fps + 1.0 / audio_frame_rate:
-        raise ValueError(f"video {video.shape} at video_fps={video_fps} lasts {video_s:.3f} s but "
-                         f"logmel {logmel.shape} at audio_frame_rate={audio_frame_rate} lasts "
-                         f"{audio_s:.3f} s; expected the same clip (check the rates)")
+        raise ValueError(
+            f"video {video.shape} at video_fps={video_fps} lasts {video_s:.3f} s but "
+            f"logmel {logmel.shape} at audio_frame_rate={audio_frame_rate} lasts "
+            f"{audio_s:.3f} s; expected the same clip (check the rates)"
+        )
     visual = visual_event_strength(video, blur)
     times = np.arange(1, video.shape[0] - 1) / video_fps
     return visual, audio_onset_strength(logmel), times, video_fps, audio_frame_rate
 
 
-def av_synchrony(video, logmel, video_fps: float, audio_frame_rate: float, *,
-                 blur: float = DEFAULT_BLUR) -> float:
+def av_synchrony(
+    video, logmel, video_fps: float, audio_frame_rate: float, *, blur: float = DEFAULT_BLUR
+) -> float:
     """Synchrony of one clip: Pearson correlation (lag 0) of visual event strength and audio onset
     strength at the video's frame times, in [-1, 1] (see module docstring).
 
@@ -149,8 +162,15 @@ def av_synchrony(video, logmel, video_fps: float, audio_frame_rate: float, *,
     return _correlation(visual, pool_onsets(onset, times, fps, rate))
 
 
-def synchrony_profile(video, logmel, video_fps: float, audio_frame_rate: float, *,
-                      max_lag_s: float = DEFAULT_MAX_LAG_S, blur: float = DEFAULT_BLUR) -> dict:
+def synchrony_profile(
+    video,
+    logmel,
+    video_fps: float,
+    audio_frame_rate: float,
+    *,
+    max_lag_s: float = DEFAULT_MAX_LAG_S,
+    blur: float = DEFAULT_BLUR,
+) -> dict:
     """Correlation as a function of the audio's lag, for diagnosing a systematic offset.
 
     Returns ``lags_s`` (L,) float64 (multiples of 1 / audio_frame_rate in [-max_lag_s, max_lag_s];
@@ -163,19 +183,22 @@ def synchrony_profile(video, logmel, video_fps: float, audio_frame_rate: float, 
         raise ValueError(f"max_lag_s must be a finite number >= 0, got {max_lag_s!r}")
     steps = int(math.floor(max_lag_s * rate + 1e-9))
     lags = np.arange(-steps, steps + 1) / rate
-    corr = np.array([_correlation(visual, pool_onsets(onset, times + lag, fps, rate))
-                     for lag in lags])
+    corr = np.array([_correlation(visual, pool_onsets(onset, times + lag, fps, rate)) for lag in lags])
     return {"lags_s": lags, "correlation": corr, "best_lag_s": float(lags[int(np.argmax(corr))])}
 
 
-def batch_av_synchrony(videos, logmels, video_fps: float, audio_frame_rate: float, *,
-                       blur: float = DEFAULT_BLUR) -> float:
+def batch_av_synchrony(
+    videos, logmels, video_fps: float, audio_frame_rate: float, *, blur: float = DEFAULT_BLUR
+) -> float:
     """Mean :func:`av_synchrony` over a batch: ``videos`` (B, T, H, W, C), ``logmels`` (B, F, M)
     (clip b of one with clip b of the other). Per-clip values spread widely (~0.27 on real world
     clips), so use tens of clips."""
     videos, logmels = np.asarray(videos), np.asarray(logmels)
     if videos.ndim != 5 or logmels.ndim != 3 or len(videos) != len(logmels) or len(videos) == 0:
-        raise ValueError(f"videos {videos.shape} and logmels {logmels.shape}: expected (B, T, H, W, C) "
-                         "and (B, F, M) with the same B >= 1")
-    return float(np.mean([av_synchrony(v, m, video_fps, audio_frame_rate, blur=blur)
-                          for v, m in zip(videos, logmels)]))
+        raise ValueError(
+            f"videos {videos.shape} and logmels {logmels.shape}: expected (B, T, H, W, C) "
+            "and (B, F, M) with the same B >= 1"
+        )
+    return float(
+        np.mean([av_synchrony(v, m, video_fps, audio_frame_rate, blur=blur) for v, m in zip(videos, logmels)])
+    )
