@@ -19,8 +19,9 @@ Expected runtime: about 4 minutes on 2 CPU cores (1000 steps, tiny model with Ro
 3 min 33 s for `make run` with the venv installed, 2026-11-23).
 Expected result: metrics.jsonl logs fm_loss/<modality> per step; every modality's loss falls
 well below its first logged value (measured: image 1.42 -> 0.16, video 1.60 -> 0.19,
-audio 1.02 -> 0.36, first and last logged values); samples/<layout>/ holds GIFs and WAVs (+ spectrograms)
-from the EMA weights. This is the README's main job (`make run`).
+audio 1.02 -> 0.35, first and last logged values, 2026-12-06); samples/<layout>/
+holds, from the EMA weights, 4 samples per class (12 per layout): a PNG grid, MP4s, WAVs (+ spectrograms)
+and for audio_video one MP4 per sample with its own sound. This is the README's main job (`make run`).
 Smoke test: add `--set train.steps=20`.
 """
 
@@ -32,6 +33,7 @@ from selfflow.config import (
     ModelConfig,
     ObjectiveConfig,
     OptimConfig,
+    SampleConfig,
     TrainConfig,
 )
 
@@ -42,6 +44,7 @@ CONFIG = Config(
     optim=OptimConfig(learning_rate=2e-3, warmup_steps=100),
     data=DataConfig(source="world", image_size=16, num_examples=20_000, num_classes=3),
     train=TrainConfig(steps=1000, log_every=10, checkpoint_every=200),
+    sample=SampleConfig(per_class=4),
     modalities=(ModalityConfig("image"), ModalityConfig("video"), ModalityConfig("audio")),
     layouts=(
         LayoutConfig("image", ("image",), weight=0.47, batch_size=38),
