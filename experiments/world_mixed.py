@@ -16,7 +16,7 @@ Each layout compiles once (four compiles in all); the layout of step n is a pure
 (seed, n), so a resumed run replays the same schedule.
 
 Expected runtime: about 4 minutes on 2 CPU cores (1000 steps, tiny model with RoPE; measured
-3 min 33 s for `make run` with the venv installed, 2026-11-23).
+4 min 25 s for `make run` with the venv installed, 2026-12-06, sampling included).
 Expected result: metrics.jsonl logs fm_loss/<modality> per step; every modality's loss falls
 well below its first logged value (measured: image 1.42 -> 0.16, video 1.60 -> 0.19,
 audio 1.02 -> 0.35, first and last logged values, 2026-12-06); samples/<layout>/

@@ -1,5 +1,6 @@
-"""A modality and an objective added from outside the package, as the README's "Extending" shows:
-they validate, train, checkpoint, sample and load back without any change to selfflow/."""
+"""A modality, an objective and a periodic action added from outside the package, as the README's
+"Extending" shows: they validate, train, checkpoint, sample and load back without any change to
+selfflow/."""
 
 import dataclasses
 import shutil
@@ -139,8 +140,19 @@ def test_unregistered_names_are_config_errors(tmp_path):
 def test_toy_modality_and_objective_train_sample_and_load_without_data(tmp_path, registered):
     prepare(SineSource(), tmp_path / "data", name="sines", modality="signal", shard_size=16)
     run_dir = tmp_path / "run"
-    result = train(_config(tmp_path / "data"), run_dir, progress=False)
+
+    class EveryOtherStep:  # a periodic action handed to the loop (see selfflow.hooks)
+        seen = []
+
+        def due(self, info):
+            return info.step % 2 == 0
+
+        def __call__(self, info):
+            self.seen.append((info.step, float(info.metrics["toy/l1"]), int(info.state["step"])))
+
+    result = train(_config(tmp_path / "data"), run_dir, progress=False, hooks=[EveryOtherStep()])
     assert result.final_step == 4
+    assert [(s, n) for s, _, n in EveryOtherStep.seen] == [(2, 2), (4, 4)]  # after the step, with its state
     records = read_metrics(run_dir / "metrics.jsonl")
     assert [r["step"] for r in records] == [1, 2, 3, 4]
     assert all(r["loss"] == r["toy/l1"] > 0 for r in records)  # the toy objective's loss was trained
