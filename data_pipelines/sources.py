@@ -2,7 +2,7 @@
 
 One function per kind; the sizes come from the ``data`` section so that every source of a run
 yields the same shapes (image ``image_size``², clips of ``clip_seconds`` at ``fps``, log-mel
-with the run's :func:`audio_spec`). File readers are imported lazily: a run on the procedural
+with the run's :func:`modalities.audio.data_spec`). File readers are imported lazily: a run on the procedural
 world never imports decord or librosa's decoders.
 
 Every source here has ``schema`` and ``select(keys)``, which returns a source yielding only
@@ -16,8 +16,7 @@ import numpy as np
 import modalities
 from data_pipelines.base import Field, SourceError
 from modalities import audio as audio_mod
-from modalities.audio import MEL_HOP_SECONDS, AudioSpec  # noqa: F401  (re-exported)
-from modalities.audio import data_spec as audio_spec
+from modalities.audio import AudioSpec
 
 
 def clip_frames(data_cfg) -> int:
@@ -112,7 +111,7 @@ def build(sc, data_cfg, seed: int):
         world = WorldConfig(
             image_size=d.image_size, duration=d.clip_seconds, fps=int(d.fps), sample_rate=d.sample_rate
         )
-        return WorldExamples(WorldSource(d.num_examples, world, seed=seed), audio_spec(d))
+        return WorldExamples(WorldSource(d.num_examples, world, seed=seed), audio_mod.data_spec(d))
     if kind == "image_folder":
         from data_pipelines.image_files import ImageFolderSource
 
@@ -130,14 +129,14 @@ def build(sc, data_cfg, seed: int):
             frames=clip_frames(d),
             fps=d.fps,
             image_size=d.image_size,
-            audio=audio_spec(d) if sc.with_audio else None,
+            audio=audio_mod.data_spec(d) if sc.with_audio else None,
             clips_per_video=sc.clips_per_video,
             seed=seed,
         )
     elif kind == "audio_files":
         from data_pipelines.audio_files import AudioFileSource
 
-        src = AudioFileSource(sc.path, audio_spec(d), crop=sc.crop, seed=seed)
+        src = AudioFileSource(sc.path, audio_mod.data_spec(d), crop=sc.crop, seed=seed)
     elif kind == "trajectories":
         from data_pipelines.trajectories import TrajectorySource
 

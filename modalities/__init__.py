@@ -26,11 +26,8 @@ def register(module) -> None:
     """Adds a modality (a module or object with the :class:`Modality` interface) under its NAME;
     a missing attribute is a TypeError naming it."""
     missing = [a for a in Modality.__annotations__ if not hasattr(module, a)]
-    missing += [
-        f
-        for f in ("spec_for", "tokenize_batch", "tokenize", "detokenize", "positions")
-        if not callable(getattr(module, f, None))
-    ]
+    methods = [n for n, v in vars(Modality).items() if not n.startswith("_") and callable(v)]
+    missing += [f for f in methods if not callable(getattr(module, f, None))]
     if missing:
         raise TypeError(
             f"modality {getattr(module, 'NAME', module)!r} lacks {', '.join(missing)} "

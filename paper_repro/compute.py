@@ -34,9 +34,15 @@ import numpy as np  # noqa: E402
 
 import modalities  # noqa: E402
 from selfflow import flops  # noqa: E402
-from selfflow.config import Config, apply_overrides, exec_python_file, resolve  # noqa: E402
+from selfflow.config import (  # noqa: E402
+    Config,
+    apply_overrides,
+    exec_python_file,
+    layout_modalities,
+    parse_segment,
+    resolve,
+)
 from selfflow.layout import Layout, Segment  # noqa: E402
-from selfflow.tasks import parse_segment  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 CONFIGS = HERE / "configs"
@@ -72,7 +78,7 @@ def specs(cfg: Config, shapes: dict) -> dict:
     ``spec_for``) from the data's shapes; fitted statistics (actions) come from zeros, which
     changes no token count."""
     cfg = resolve(cfg)
-    used = sorted({parse_segment(t)[0] for lc in cfg.layouts for t in lc.segments})
+    used = sorted(layout_modalities(cfg.layouts))
 
     def zeros(keys):
         return lambda n: {k: np.zeros((1, *shapes[k]), np.float32) for k in keys}

@@ -241,6 +241,22 @@ class LayoutConfig:
     batch_size: int = 8
     sources: tuple[str, ...] = ()  # names in data.sources; () = every source with these modalities
 
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """The modality of each segment, in order."""
+        return tuple(parse_segment(text)[0] for text in self.segments)
+
+
+def parse_segment(text: str) -> tuple[str, str]:
+    """``"video"`` -> ("video", "generate"); ``"image:condition"`` -> ("image", "condition")."""
+    name, _, role = text.partition(":")
+    return name, role or "generate"
+
+
+def layout_modalities(layouts) -> set[str]:
+    """Every modality a segment of ``layouts`` names."""
+    return {m for lc in layouts for m in lc.modalities}
+
 
 @dataclasses.dataclass(frozen=True)
 class Config:
@@ -278,20 +294,15 @@ class Config:
     @property
     def uses_teacher(self) -> bool:
         """Whether the objective runs the EMA teacher (Self-Flow with γ > 0)."""
-        from selfflow.objectives import make_objective
+        from selfflow.objectives import OBJECTIVES
 
-        return make_objective(self, {}, {}).uses_teacher
+        return OBJECTIVES[self.objective.kind].uses_teacher(self.objective)
 
     @property
     def uses_dual_timesteps(self) -> bool:
         from selfflow.objectives import OBJECTIVES
 
         return OBJECTIVES[self.objective.kind].dual_timesteps
-
-    @property
-    def batch_size(self) -> int:
-        """train.batch_size with its default filled in."""
-        return DEFAULT_BATCH_SIZE if self.train.batch_size is None else self.train.batch_size
 
 
 # ---------------------------------------------------------------------------- type checking
@@ -495,9 +506,7 @@ def _validate_multimodal(cfg: Config) -> None:
             raise ConfigError(f"{where}: every segment is a condition; nothing to generate")
     if cfg.layouts and sum(lc.weight for lc in cfg.layouts) <= 0:
         raise ConfigError("layouts: the weights sum to 0; at least one layout needs weight > 0")
-    if cfg.model.positions != "rope" and any(
-        len(lc.segments) > 1 or lc.segments[0].partition(":")[0] != "image" for lc in cfg.layouts
-    ):
+    if cfg.model.positions != "rope" and any(lc.modalities != ("image",) for lc in cfg.layouts):
         raise ConfigError(
             "model.positions='sincos' encodes only (h, w); layouts with other segments than "
             "one image need model.positions='rope' to place tokens in time"
@@ -540,7 +549,7 @@ def _validate_sources(cfg: Config) -> None:
 
 def _validate_unused(cfg: Config) -> None:
     """A setting given (not None) that this run would ignore is an error naming it."""
-    segment_modalities = {text.partition(":")[0] for lc in cfg.layouts for text in lc.segments}
+    segment_modalities = layout_modalities(cfg.layouts)
     if cfg.layouts and cfg.train.batch_size is not None:
         raise ConfigError(
             f"train.batch_size={cfg.train.batch_size} is unused: this config has layouts, "
@@ -577,7 +586,8 @@ def resolve(cfg: Config) -> Config:
     import modalities
 
     validate(cfg)
-    layouts = cfg.layouts or (LayoutConfig(IMAGE_LAYOUT, ("image",), 1.0, cfg.batch_size),)
+    batch = DEFAULT_BATCH_SIZE if cfg.train.batch_size is None else cfg.train.batch_size
+    layouts = cfg.layouts or (LayoutConfig(IMAGE_LAYOUT, ("image",), 1.0, batch),)
     given = {m.name: m for m in cfg.modalities}
     default_ratio = cfg.objective.mask_ratio
 
@@ -592,7 +602,7 @@ def resolve(cfg: Config) -> Config:
         )
         return ModalityConfig(name, mask_ratio=float(ratio), loss_weight=own.loss_weight)
 
-    used = dict.fromkeys(text.partition(":")[0] for lc in layouts for text in lc.segments)
+    used = dict.fromkeys(m for lc in layouts for m in lc.modalities)
     return dataclasses.replace(
         cfg,
         layouts=layouts,
@@ -689,7 +699,7 @@ def resolved_dict(cfg: Config) -> dict:
     actually used."""
     cfg = resolve(cfg)
     d = to_dict(cfg)
-    images = any(text.partition(":")[0] == "image" for lc in cfg.layouts for text in lc.segments)
+    images = "image" in layout_modalities(cfg.layouts)
     for key in ("depth", "hidden_size", "num_heads") + (("patch_size",) if images else ()):
         d["model"][key] = cfg.model.resolved(key)
     d["objective"]["student_layer"], d["objective"]["teacher_layer"] = cfg.student_layer, cfg.teacher_layer
@@ -712,7 +722,7 @@ def _legacy(data: dict) -> dict:
         data["objective"]["mask_ratio"] = None
         data["train"]["batch_size"] = None
     segments = [
-        str(t).partition(":")[0] for lc in layouts if isinstance(lc, dict) for t in lc.get("segments", ())
+        parse_segment(str(t))[0] for lc in layouts if isinstance(lc, dict) for t in lc.get("segments", ())
     ]
     if layouts and "image" not in segments and isinstance(data.get("model"), dict):
         data["model"]["patch_size"] = None  # saved resolved from the preset, never used

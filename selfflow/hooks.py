@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -210,11 +209,3 @@ class Checkpoint:
         ranked = info.record if self.cfg.train.keep_best > 0 else None
         self.ckpts.save(info.step, info.state, data, self.cfg, self.task.specs_dict(), metrics=ranked)
         self.guard.last_good = info.step
-
-
-def print_stop(signal_number: int, step: int) -> None:
-    print(
-        f"\nstopped by signal {signal_number} after step {step}; checkpoint saved, "
-        "rerun the same command to resume",
-        file=sys.stderr,
-    )

@@ -74,9 +74,9 @@ class Objective:
         self.settings, self.num_classes = cfg.objective, cfg.data.num_classes
         self.mask_ratios, self.loss_weights = dict(mask_ratios), dict(loss_weights)
 
-    @property
-    def uses_teacher(self) -> bool:
-        """True when :meth:`loss` runs the teacher (the trainer then keeps it in the step)."""
+    @classmethod
+    def uses_teacher(cls, settings) -> bool:
+        """Whether :meth:`loss` runs the teacher with these ``objective`` settings."""
         return False
 
     def draw(self, key: jax.Array, batch: SegmentBatch, layout: Layout) -> Draw:
@@ -93,6 +93,18 @@ class Objective:
         per_modality = velocity_mse(velocity, draw.x0, draw.noise, layout)
         total = sum(self.loss_weights.get(m, 1.0) * v for m, v in per_modality.items())
         return total, {f"fm_loss/{m}": v for m, v in per_modality.items()}
+
+    def forward_student(self, student, draw: Draw, batch: SegmentBatch, layout: Layout, hidden_layer=None):
+        """The student on its noised view (``draw.student_times``) -> ModelOutput."""
+        inputs = noised_segments(draw.x0, draw.noise, draw.student_times.dense(), layout)
+        return student(
+            inputs,
+            draw.student_times,
+            draw.labels,
+            batch.positions,
+            modalities=layout.modalities,
+            hidden_layer=hidden_layer,
+        )
 
     def loss(self, *, student, teacher, batch: SegmentBatch, layout: Layout, key: jax.Array):
         raise NotImplementedError
@@ -111,8 +123,7 @@ class FlowMatching(Objective):
     def loss(self, *, student, teacher, batch: SegmentBatch, layout: Layout, key: jax.Array):
         del teacher  # not used
         draw = self.draw(key, batch, layout)
-        inputs = noised_segments(draw.x0, draw.noise, draw.student_times.dense(), layout)
-        out = student(inputs, draw.student_times, draw.labels, batch.positions, modalities=layout.modalities)
+        out = self.forward_student(student, draw, batch, layout)
         fm, extra = self.generation_loss(out.velocity, draw, layout)
         zero = jnp.zeros((), jnp.float32)
         return fm, self._metrics(fm, zero, jnp.ones((), jnp.float32), extra, fm)
@@ -138,24 +149,16 @@ class SelfFlow(DualTimestep):
         super().__init__(cfg=cfg, **kwargs)
         self.student_layer, self.teacher_layer = cfg.student_layer, cfg.teacher_layer
 
-    @property
-    def uses_teacher(self) -> bool:
-        return self.settings.gamma > 0
+    @classmethod
+    def uses_teacher(cls, settings) -> bool:
+        return settings.gamma > 0
 
     def loss(self, *, student, teacher, batch: SegmentBatch, layout: Layout, key: jax.Array):
-        if not self.uses_teacher:
+        if not self.uses_teacher(self.settings):
             return super().loss(student=student, teacher=teacher, batch=batch, layout=layout, key=key)
         draw = self.draw(key, batch, layout)
         names, distance = layout.modalities, self.settings.rep_distance
-        inputs = noised_segments(draw.x0, draw.noise, draw.student_times.dense(), layout)
-        out = student(
-            inputs,
-            draw.student_times,
-            draw.labels,
-            batch.positions,
-            modalities=names,
-            hidden_layer=self.student_layer,
-        )
+        out = self.forward_student(student, draw, batch, layout, hidden_layer=self.student_layer)
         teacher_inputs = noised_segments(draw.x0, draw.noise, draw.teacher_times.dense(), layout)
         target = teacher.forward_until(
             teacher_inputs,

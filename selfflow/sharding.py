@@ -182,8 +182,13 @@ def state_shardings(state, mesh: Mesh, rules: dict, axes):
     return out
 
 
+def batch_axes(mesh, rules: dict) -> tuple[str, ...]:
+    """The mesh axes (of size > 1) the ``batch`` rule splits the leading axis over."""
+    return tuple(a for a in rules.get("batch", ()) if mesh.shape[a] > 1)
+
+
 def batch_sharding(mesh: Mesh, rules: dict) -> NamedSharding:
-    axes = tuple(a for a in rules.get("batch", ()) if mesh.shape[a] > 1)
+    axes = batch_axes(mesh, rules)
     return NamedSharding(mesh, P(axes if axes else None))
 
 
@@ -236,7 +241,7 @@ def constrain_batch(x: jax.Array) -> jax.Array:
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or not set(MESH_AXES) <= set(mesh.axis_names):
         return x
-    axes = tuple(a for a in active_rules().get("batch", ()) if mesh.shape[a] > 1)
+    axes = batch_axes(mesh, active_rules())
     if not axes or x.shape[0] % math.prod(mesh.shape[a] for a in axes):
         return x
     return jax.lax.with_sharding_constraint(x, P(axes, *([None] * (x.ndim - 1))))

@@ -29,8 +29,8 @@ import numpy as np
 import modalities
 from data_pipelines import loader
 from data_pipelines import sources as sources_lib
-from selfflow.config import Config, ConfigError, LayoutConfig, resolve
-from selfflow.layout import GENERATE, Layout, Segment
+from selfflow.config import Config, ConfigError, LayoutConfig, layout_modalities, parse_segment, resolve
+from selfflow.layout import Layout, Segment
 from selfflow.objective import SegmentBatch
 
 HELDOUT_SEED_OFFSET = 1_000_003  # held-out examples: the data seed shifted by this
@@ -45,22 +45,16 @@ class LayoutTask:
     keys: tuple[str, ...] = ()  # the example keys it reads
 
 
-def parse_segment(text: str) -> tuple[str, str]:
-    """``"video"`` -> ("video", "generate"); ``"image:condition"`` -> ("image", "condition")."""
-    name, _, role = text.partition(":")
-    return name, role or GENERATE
-
-
-def _segment_modalities(lc: LayoutConfig) -> list[str]:
-    return [parse_segment(t)[0] for t in lc.segments]
+def _layout_keys(lc: LayoutConfig) -> tuple[str, ...]:
+    """The example keys a layout reads: its modalities' ``KEYS``, each once."""
+    return tuple(dict.fromkeys(k for m in lc.modalities for k in modalities.keys_of(m)))
 
 
 class Task:
     def __init__(self, cfg: Config, specs: dict | None = None):
         """``specs`` ({modality: Spec}, e.g. stored with a run) skips building them from the data."""
         self.cfg = cfg = resolve(cfg)
-        self._layout_sources: dict[int, tuple[str, ...]] = {}
-        used = sorted({m for lc in cfg.layouts for m in _segment_modalities(lc)})
+        used = sorted(layout_modalities(cfg.layouts))
         if specs is None:
             specs = {m: self._spec_from_sources(m) for m in used}
         missing = [m for m in used if m not in specs]
@@ -89,13 +83,14 @@ class Task:
 
     def layout_sources(self, index: int) -> tuple[str, ...]:
         """The sources layout ``index`` mixes: those it names, or all, that yield every key it reads."""
-        if index not in self._layout_sources:
-            self._layout_sources[index] = self._find_layout_sources(index)
-        return self._layout_sources[index]
+        return self._sources_by_layout[index]
 
-    def _find_layout_sources(self, index: int) -> tuple[str, ...]:
-        lc = self.cfg.layouts[index]
-        keys = list(dict.fromkeys(k for m in _segment_modalities(lc) for k in modalities.keys_of(m)))
+    @functools.cached_property
+    def _sources_by_layout(self) -> list[tuple[str, ...]]:
+        return [self._find_layout_sources(lc) for lc in self.cfg.layouts]
+
+    def _find_layout_sources(self, lc: LayoutConfig) -> tuple[str, ...]:
+        keys = _layout_keys(lc)
         names = tuple(
             n for n in (lc.sources or self.sources) if all(k in self.sources[n].schema for k in keys)
         )
@@ -120,7 +115,7 @@ class Task:
             dict.fromkeys(
                 n
                 for i, lc in enumerate(self.cfg.layouts)
-                if modality in _segment_modalities(lc)
+                if modality in lc.modalities
                 for n in self.layout_sources(i)
             )
         )
@@ -148,19 +143,18 @@ class Task:
     # ------------------------------------------------------------------ layouts
 
     def _layout_task(self, lc: LayoutConfig) -> LayoutTask:
-        segments, positions, keys = [], [], []
+        segments, positions = [], []
         for text in lc.segments:
             name, role = parse_segment(text)
             spec = self.specs[name]
             segments.append(Segment(name, spec.num_tokens, role))
             positions.append(modalities.get(name).positions(spec))
-            keys += modalities.keys_of(name)
         return LayoutTask(
             Layout(lc.name, tuple(segments)),
             lc.batch_size,
             lc.weight,
             np.concatenate(positions).astype(np.float32),
-            tuple(dict.fromkeys(keys)),
+            _layout_keys(lc),
         )
 
     @property

@@ -15,6 +15,7 @@ held-out validation losses (:mod:`selfflow.validation`), which the checkpoint st
 from __future__ import annotations
 
 import dataclasses
+import functools
 import signal
 import sys
 from pathlib import Path
@@ -207,11 +208,13 @@ def _loop(
     hooks = default_hooks(cfg, task, graphdef, run_dir, ckpts, iterators, guard, writer, bar) + extra_hooks
     skipped, pending, stop_signal = 0, None, None  # skipped: bad examples replaced in this process
 
-    def record(index, metrics):
+    def record(index, metrics, step):
+        """The host metrics line of ``step``, checked finite (StepInfo.record makes it on demand)."""
         host = {k: float(v) for k, v in jax.device_get(metrics).items()}
         if len(task.layouts) > 1:
             host["layout"] = index
         host.update({"data/skipped": skipped, **perf.read(), "perf/compiles": step_fn._cache_size()})
+        guard.check(step, host)
         return host
 
     try:
@@ -232,14 +235,18 @@ def _loop(
                     index=index,
                     state=state,
                     metrics=metrics,
-                    make_record=lambda i=index, m=metrics, d=step + 1: _checked(guard, d, record(i, m)),
+                    make_record=functools.partial(record, index, metrics, step + 1),
                 )
                 for hook in hooks:
                     if hook.due(info):
                         hook(info)
                 if stop.signal is not None and step + 1 < cfg.train.steps:
                     stop_signal = stop.signal
-                    hooks_lib.print_stop(stop.signal, step + 1)
+                    print(
+                        f"\nstopped by signal {stop.signal} after step {step + 1}; checkpoint saved, "
+                        "rerun the same command to resume",
+                        file=sys.stderr,
+                    )
                     break
     finally:
         bar.close()
@@ -247,11 +254,6 @@ def _loop(
         for it in iterators:
             getattr(it, "close", lambda: None)()
     return TrainResult(state, int(state["step"]), stop_signal, run_dir)
-
-
-def _checked(guard: hooks_lib.NonFinite, step: int, record: dict) -> dict:
-    guard.check(step, record)
-    return record
 
 
 def _next_batch(iterator, layout: str, step: int) -> dict:

@@ -28,7 +28,6 @@ from selfflow.config import (
     validate,
 )
 from selfflow.metrics_writer import read_metrics
-from selfflow.objective import noised_segments
 from selfflow.objectives import OBJECTIVES, FlowMatching, register_objective
 from selfflow.run import load_run
 from selfflow.train import train
@@ -97,8 +96,7 @@ class MeanAbsoluteVelocity(FlowMatching):
 
     def loss(self, *, student, teacher, batch, layout, key):
         draw = self.draw(key, batch, layout)
-        inputs = noised_segments(draw.x0, draw.noise, draw.student_times.dense(), layout)
-        out = student(inputs, draw.student_times, draw.labels, batch.positions, modalities=layout.modalities)
+        out = self.forward_student(student, draw, batch, layout)
         l1 = jnp.mean(jnp.abs(out.velocity[0] - (draw.noise[0] - draw.x0[0])))
         zero = jnp.zeros((), jnp.float32)
         return l1, {"loss": l1, "fm_loss": l1, "rep_loss": zero, "cos_sim": zero + 1, "toy/l1": l1}

@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 
-from data_pipelines.sources import WorldExamples, audio_spec
+from data_pipelines.sources import WorldExamples
 from data_pipelines.world import WorldConfig, WorldSource, simulate
 from modalities import audio as audio_mod
+from modalities.audio import data_spec as audio_spec
 from selfflow.config import DataConfig
 from selfflow.eval import synchrony
 

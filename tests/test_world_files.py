@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 
-from data_pipelines import sources
 from data_pipelines.audio_files import AudioFileSource
 from data_pipelines.trajectories import TrajectorySource
 from data_pipelines.video_files import VideoFileSource
 from data_pipelines.world import WorldConfig, WorldSource
 from data_pipelines.world_files import export_clips
+from modalities.audio import data_spec as audio_data_spec
 from modalities.audio import waveform_to_logmel
 from selfflow.config import DataConfig
 
@@ -31,7 +31,7 @@ def test_files_are_in_class_folders_by_ball_count(exported):
 
 def test_video_files_decode_to_the_world_frames_and_sound(exported):
     out, paths, clips = exported
-    spec = sources.audio_spec(DataConfig(clip_seconds=SECONDS, fps=FPS))
+    spec = audio_data_spec(DataConfig(clip_seconds=SECONDS, fps=FPS))
     src = VideoFileSource(out / "video", frames=16, fps=FPS, image_size=SIZE, audio=spec)
     by_name = {p: i for i, p in enumerate(map(str, paths["video"]))}
     for k in range(len(src)):
@@ -46,7 +46,7 @@ def test_video_files_decode_to_the_world_frames_and_sound(exported):
 
 def test_wav_and_episode_files_are_exact(exported):
     out, paths, clips = exported
-    spec = sources.audio_spec(DataConfig(clip_seconds=SECONDS, fps=FPS))
+    spec = audio_data_spec(DataConfig(clip_seconds=SECONDS, fps=FPS))
     audio = AudioFileSource(out / "audio", spec, crop="start")
     episodes = TrajectorySource(out / "episodes", window=16)
     for k in range(3):
