@@ -200,6 +200,16 @@ class TrainConfig:
     # > 0: each evaluation also runs the linear probe of every block (probe/layer_<l>) on this many
     # training examples, scored on half as many held-out ones (0 = off: the probe is the slow part).
     eval_probe: int = 0
+    # rep/grad_ratio (two extra backward passes) every K steps of a teacher run; None = log_every, 0 = off
+    grad_ratio_every: int | None = None
+    # Warm start (see selfflow.init_from): a run directory (its latest checkpoint) or an exported
+    # safetensors file. init_weights: "both" = student <- the source's online weights and EMA <- its
+    # EMA; "ema" / "online" = both from that one set (an export holds one set: any of the three).
+    # init_optimizer: also carry the AdamW state and the step counter (a run directory with the
+    # same optimizer), so the new run continues the source's schedule and data stream.
+    init_from: str = ""
+    init_weights: Literal["both", "ema", "online"] = "both"
+    init_optimizer: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -450,6 +460,17 @@ def validate(cfg: Config) -> Config:
     if t.eval_probe < 0 or t.eval_probe == 1:
         raise ConfigError(
             f"train.eval_probe={t.eval_probe}: expected 0 (off) or >= 2 probe training examples"
+        )
+    if t.grad_ratio_every is not None and t.grad_ratio_every < 0:
+        raise ConfigError(
+            f"train.grad_ratio_every={t.grad_ratio_every}: expected None (= log_every), 0 (off) or > 0"
+        )
+    if t.init_weights not in ("both", "ema", "online"):
+        raise ConfigError(f"train.init_weights={t.init_weights!r}: expected 'both', 'ema' or 'online'")
+    if (t.init_optimizer or t.init_weights != "both") and not t.init_from:
+        raise ConfigError(
+            "train.init_weights / train.init_optimizer are set but train.init_from is empty: "
+            "name the run directory or exported weights to start from"
         )
     if t.eval_every < 0 or t.eval_samples < 2 or t.eval_classifier_steps < 1:
         raise ConfigError(

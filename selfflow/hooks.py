@@ -45,6 +45,7 @@ class StepInfo:
     index: int  # layout trained
     state: dict
     metrics: dict  # device arrays
+    batch: dict  # the step's raw batch, placed on the devices
     make_record: Callable[[], dict]
     _record: dict | None = None
 
@@ -120,9 +121,15 @@ class Validate:
         return t.keep_best > 0 and (every(t.checkpoint_every, info.step) or info.final)
 
     def __call__(self, info: StepInfo) -> None:
-        from selfflow.validation import validation_metrics
+        info.record.update(_teacher_and_student(self.task, self.graphdef, info.state))
 
-        info.record.update(validation_metrics(self.task, nnx.merge(self.graphdef, info.state["ema"])))
+
+def _teacher_and_student(task: Task, graphdef, state: dict) -> dict:
+    """Held-out velocity losses of the EMA weights (``val/...``) and the online ones (``val_online/...``)."""
+    from selfflow.validation import validation_metrics
+
+    ema, online = (nnx.merge(graphdef, jax.device_get(state[k])) for k in ("ema", "params"))
+    return {**validation_metrics(task, ema), **validation_metrics(task, online, head="val_online/")}
 
 
 class Evaluate:
@@ -150,6 +157,34 @@ class Evaluate:
         model = nnx.merge(self.graphdef, jax.device_get(info.state["ema"]))
         results = evaluate(self.cfg, self.task, model, settings, default_cache_dir(self.run_dir))
         info.record.update({(k if k.startswith("val/") else f"eval/{k}"): v for k, v in results.items()})
+        info.record.update(_teacher_and_student(self.task, self.graphdef, info.state))
+
+
+class Diagnose:
+    """Every ``train.grad_ratio_every`` steps (default: ``log_every``) of a run whose objective
+    uses the teacher: ``rep/grad_ratio`` = ‖γ∇L_rep‖/‖∇L_gen‖ on the trunk, measured on the step's
+    batch and randomness with the updated weights (see :mod:`selfflow.diagnostics`)."""
+
+    def __init__(self, cfg: Config, task: Task, graphdef):
+        from selfflow.objectives import make_objective
+
+        self.cfg, self.task, self.graphdef = cfg, task, graphdef
+        every_k = cfg.train.grad_ratio_every
+        self.interval = cfg.train.log_every if every_k is None else every_k
+        objective = make_objective(cfg, task.mask_ratios, task.loss_weights)
+        self.objective = objective if cfg.uses_teacher and hasattr(objective, "terms") else None
+
+    def due(self, info: StepInfo) -> bool:
+        return self.objective is not None and every(self.interval, info.step)
+
+    def __call__(self, info: StepInfo) -> None:
+        from selfflow.diagnostics import jitted_gradient_ratio
+
+        key = jax.random.fold_in(jax.random.wrap_key_data(info.state["rng"]), info.step - 1)
+        ratio = jitted_gradient_ratio(self.objective, self.graphdef, self.task, info.index)
+        info.record["rep/grad_ratio"] = float(
+            ratio(info.state["params"], info.state["ema"], info.batch, key)
+        )
 
 
 class Log:

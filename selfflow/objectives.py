@@ -28,6 +28,7 @@ from typing import Any, ClassVar, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from selfflow.diagnostics import representation_stats
 from selfflow.layout import FactoredTimesteps, Layout
 from selfflow.objective import (
     SegmentBatch,
@@ -156,6 +157,14 @@ class SelfFlow(DualTimestep):
     def loss(self, *, student, teacher, batch: SegmentBatch, layout: Layout, key: jax.Array):
         if not self.uses_teacher(self.settings):
             return super().loss(student=student, teacher=teacher, batch=batch, layout=layout, key=key)
+        fm, rep, metrics = self.terms(student=student, teacher=teacher, batch=batch, layout=layout, key=key)
+        loss = fm + self.settings.gamma * rep
+        return loss, {**metrics, "loss": loss}
+
+    def terms(self, *, student, teacher, batch: SegmentBatch, layout: Layout, key: jax.Array):
+        """(L_gen, L_rep, metrics) of one step, unweighted: what :meth:`loss` sums with γ and what
+        :func:`selfflow.diagnostics.gradient_ratio` differentiates separately. The metrics add the
+        ``rep/*`` alignment statistics of :func:`selfflow.diagnostics.representation_stats`."""
         draw = self.draw(key, batch, layout)
         names, distance = layout.modalities, self.settings.rep_distance
         out = self.forward_student(student, draw, batch, layout, hidden_layer=self.student_layer)
@@ -170,10 +179,9 @@ class SelfFlow(DualTimestep):
         )
         projected, generate = student.project(out.hidden), jnp.asarray(layout.generate_mask())
         rep = representation_loss(projected, target, generate, distance)
-        cos = 1.0 - (rep if distance == "cosine" else representation_loss(projected, target, generate))
+        stats = representation_stats(projected, target, generate)
         fm, extra = self.generation_loss(out.velocity, draw, layout)
-        loss = fm + self.settings.gamma * rep
-        return loss, self._metrics(fm, rep, cos, extra, loss)
+        return fm, rep, self._metrics(fm, rep, stats["rep/cos_own"], {**extra, **stats}, fm)
 
 
 def make_objective(cfg, mask_ratios: dict[str, float], loss_weights: dict[str, float]) -> Objective:

@@ -48,6 +48,8 @@ RESUMABLE_CHANGES = (
     "train.eval_samples",
     "train.eval_classifier_steps",
     "train.eval_probe",
+    "train.grad_ratio_every",
+    "train.init_from",  # read only when a run starts; a resumed run continues from its own checkpoint
     "sample.",
     "data.read_threads",
     "data.prefetch",

@@ -26,7 +26,7 @@ from flax import nnx
 
 from selfflow import config as config_lib
 from selfflow import hooks as hooks_lib
-from selfflow import sharding
+from selfflow import init_from, sharding
 from selfflow.checkpoint import RunCheckpoints
 from selfflow.config import Config, ConfigError
 from selfflow.errors import TrainingError
@@ -96,11 +96,12 @@ def train(
     graphdef, tx = nnx.graphdef(model), make_optimizer(cfg.optim)
     state = init_state(cfg, model, tx)
     placement = Placement.of(cfg, task, state, model)
-    state = jax.device_put(state, placement.state)
 
     ckpts = RunCheckpoints(run_dir, retention=cfg.train)
     try:
-        state, start = _resume(cfg, task, ckpts, run_dir, state)
+        if ckpts.latest_step() is None:  # a new run: maybe a warm start
+            state = init_from.initialise(cfg, state)
+        state, start = _resume(cfg, task, ckpts, run_dir, jax.device_put(state, placement.state))
         if jax.process_index() == 0:
             (run_dir / "config.json").write_text(config_lib.dumps(cfg))
         if start >= cfg.train.steps:
@@ -141,10 +142,11 @@ def train(
 
 
 def _resume(cfg: Config, task: Task, ckpts: RunCheckpoints, run_dir: Path, state: dict):
-    """(state, step) of the run directory's latest checkpoint; (``state``, 0) for a new run."""
+    """(state, step) of the run directory's latest checkpoint; (``state``, its step) for a new run
+    (0, or the source's step of a warm start that carries the optimizer)."""
     last = ckpts.latest_step()
     if last is None:
-        return state, 0
+        return state, int(state["step"])
     check_resumable(ckpts.saved_config(last), cfg, run_dir)
     state, data_state = ckpts.restore(last, state)
     start = int(state["step"])
@@ -164,6 +166,7 @@ def default_hooks(cfg, task, graphdef, run_dir, ckpts, iterators, guard, writer,
         cfg, lambda model, out: write_run_samples(cfg, task, model, out), graphdef, run_dir
     )
     return [
+        hooks_lib.Diagnose(cfg, task, graphdef),
         hooks_lib.Validate(cfg, task, graphdef),
         hooks_lib.Evaluate(cfg, task, graphdef, run_dir),
         hooks_lib.Log(cfg, task, writer, bar),
@@ -223,7 +226,8 @@ def _loop(
                 index = _layout_at(cfg, task, step)
                 batch = _next_batch(iterators[index], task.names[index], step)
                 skipped += int(np.sum(batch.pop("skipped", 0)))
-                state, metrics = step_fn(state, sharding.put_batch(batch, placement.batch), index)
+                placed = sharding.put_batch(batch, placement.batch)
+                state, metrics = step_fn(state, placed, index)
                 if pending is not None:  # check the previous step without stalling the pipeline
                     guard.check(*pending)
                 pending = (step + 1, metrics)
@@ -235,6 +239,7 @@ def _loop(
                     index=index,
                     state=state,
                     metrics=metrics,
+                    batch=placed,
                     make_record=functools.partial(record, index, metrics, step + 1),
                 )
                 for hook in hooks:

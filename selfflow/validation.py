@@ -6,7 +6,9 @@ for a fixed grid of τ and fixed noise, condition segments clean, the MSE of the
 velocity per modality — lower is better, and it is what the sampler integrates.
 
 Names: ``val/<modality>`` for a one-layout run, ``val/<layout>/<modality>`` for several, and
-``val/loss``, their mean (what ``train.best_metric`` ranks checkpoints by).
+``val/loss``, their mean (what ``train.best_metric`` ranks checkpoints by). The trainer measures
+the EMA weights (the teacher, and what is sampled) as ``val/...`` and the online student as
+``val_online/...``: early in a run, or with a long EMA horizon, the teacher lags the student.
 """
 
 from __future__ import annotations
@@ -66,8 +68,8 @@ def _batch_losses(task: Task, index: int, taus: tuple):
     return batch_losses
 
 
-def _prefix(task: Task, index: int) -> str:
-    return f"val/{task.names[index]}/" if len(task.names) > 1 else "val/"
+def _prefix(task: Task, index: int, head: str = "val/") -> str:
+    return f"{head}{task.names[index]}/" if len(task.names) > 1 else head
 
 
 def validation_keys(task: Task) -> list[str]:
@@ -82,12 +84,14 @@ def validation_keys(task: Task) -> list[str]:
     )
 
 
-def validation_metrics(task: Task, model) -> dict[str, float]:
+def validation_metrics(task: Task, model, head: str = "val/") -> dict[str, float]:
     """Held-out velocity MSE of every layout's generated modalities and their mean ``val/loss``:
-    a measure comparable across checkpoints (fixed data, noise and τ), unlike the training loss."""
+    a measure comparable across checkpoints (fixed data, noise and τ), unlike the training loss.
+    ``head`` prefixes the names (the trainer logs the online student's as ``val_online/...``
+    beside the EMA teacher's ``val/...``)."""
     out = {
-        _prefix(task, i) + m: v
+        _prefix(task, i, head) + m: v
         for i in range(len(task.layouts))
         for m, v in validation_losses(task, model, i, batches=VALIDATION_BATCHES).items()
     }
-    return {"val/loss": float(np.mean(list(out.values()))), **out}
+    return {f"{head}loss": float(np.mean(list(out.values()))), **out}

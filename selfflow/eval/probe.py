@@ -27,8 +27,33 @@ Held-out examples are ``Task``'s (another seed for the procedural sources, the t
 Fashion-MNIST; for file folders the training files themselves, so there the accuracy is not
 held out).
 
+Baselines (:func:`probe_table`): an accuracy means something only beside what the same probe
+reaches without the trained trunk. The table has, at each τ of ``taus`` (default 0 and 0.5):
+
+- ``pixels``: the probe on the tokens the model reads, flattened to (n, N·d_token) - at τ > 0 the
+  same noised tokens (bit-identical: one jitted function makes both), at τ = 0 the clean ones.
+  Mind its size: d = N·d_token features (4096 for 32x32x4 latents, 196608 for 256x256 RGB).
+- ``random/layer_<l>``: the same architecture freshly built (``build_model(task.cfg, ...)``, the
+  run's seed), probed at the same blocks. With this codebase's adaLN-zero init every block's
+  modulation layer (kernel and bias) starts at zero, so its gates are 0 and each block returns
+  its input exactly: the hidden state after *any* block is the input embedding (token projection,
+  plus the sincos positions unless the run uses rope), and neither τ's embedding nor the label
+  enters it. Mean-pooled, that is a
+  random linear map (d_token -> D) of the token-mean plus a constant, so this row is the same at
+  every block (verified: equal features after blocks 1 and 2, tests/test_probe.py) - a "random
+  projection of the average patch" baseline, not a random deep network's features.
+- ``layer_<l>``: the model's blocks, as :func:`layer_probe`.
+
+Each accuracy p comes with its binomial standard error sqrt(p (1 − p) / n_test)
+(:func:`standard_error`); the table's default n_test = 2500 makes it at most 0.01 (at p = 0.5),
+so differences of a few points between rows are resolved. The held-out examples are drawn from
+an infinite stream; a held-out set smaller than n_test repeats examples and the error is then
+understated.
+
 Command: ``.venv/bin/python -m selfflow.eval.probe RUN_DIR [--layers 1 2 3] [--n-train 4096]``
-prints {layer: accuracy} as JSON.
+prints {layer: accuracy} as JSON; ``--baselines [--taus 0 0.5]`` prints the table (Markdown, one
+row per feature set, one column per τ, "accuracy ± standard error"); ``--weights online`` probes
+the trained parameters instead of the EMA.
 """
 
 from __future__ import annotations
@@ -45,10 +70,13 @@ from flax import nnx
 
 import modalities
 from data_pipelines import loader
+from selfflow.model import build_model
 from selfflow.objective import interpolate
 from selfflow.tasks import Task
 
 TAU = 0.0
+TAUS = (0.0, 0.5)  # the table's noise levels
+WEIGHTS = ("ema", "online")  # a run's EMA or trained parameters
 L2_GRID = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1)  # penalties on the standardised features' weights
 VAL_FRACTION = 0.2
 ITERATIONS = 100  # full-batch L-BFGS steps per fit
@@ -171,18 +199,33 @@ def probe_layout(task: Task, modality: str) -> int:
 
 
 @functools.lru_cache(maxsize=16)
-def _pooled_hidden_fn(spec, modality: str, layers: tuple[int, ...], tau: float):
-    """Jitted (model, x (B, ...), noise key, positions (N, 3)) -> (len(layers), B, D) float32: the
-    token-mean of the hidden state after each block in ``layers``, with the null label. One call
-    per layer of ``forward_until`` inside one jit: XLA computes their common prefix once."""
+def _noised_tokens_fn(spec, modality: str, tau: float):
+    """Jitted (x (B, ...), noise key) -> tokens (B, N, d) float32: the ``modality`` tokens of x,
+    at τ > 0 noised as x_τ = (1 − τ) x + τ ε with ε ~ N(0, 1) drawn from the key. One function for
+    the model's input and the pixel baseline, so both see bit-identical tokens."""
     mod = modalities.get(modality)
 
-    @nnx.jit
-    def pooled(model, x, key, positions):
+    @jax.jit
+    def noised(x, key):
         tokens = mod.tokenize(x, spec).astype(jnp.float32)
-        b = tokens.shape[0]
         if tau > 0:
-            tokens = interpolate(tokens, jax.random.normal(key, tokens.shape), jnp.full((b,), tau))
+            tau_b = jnp.full((tokens.shape[0],), tau)
+            tokens = interpolate(tokens, jax.random.normal(key, tokens.shape), tau_b)
+        return tokens
+
+    return noised
+
+
+@functools.lru_cache(maxsize=16)
+def _pooled_hidden_fn(modality: str, layers: tuple[int, ...], tau: float):
+    """Jitted (model, tokens (B, N, d), positions (N, 3)) -> (len(layers), B, D) float32: the
+    token-mean of the hidden state after each block in ``layers``, at timestep τ, with the null
+    label. One call per layer of ``forward_until`` inside one jit: XLA computes their common prefix
+    once."""
+
+    @nnx.jit
+    def pooled(model, tokens, positions):
+        b = tokens.shape[0]
         labels = jnp.full((b,), model.num_classes, jnp.int32)  # the null class: see the module docstring
         timesteps = jnp.full((b,), tau, jnp.float32)
         return jnp.stack(
@@ -207,6 +250,70 @@ def _check_layers(model, layers) -> tuple[int, ...]:
     return layers
 
 
+def _check_tau(tau) -> float:
+    if not 0.0 <= float(tau) <= 1.0:  # also rejects NaN
+        raise ValueError(f"tau={tau}: expected a value in [0, 1] (1 is pure noise)")
+    return float(tau)
+
+
+def _check_taus(taus) -> tuple[float, ...]:
+    """Distinct τ in [0, 1], in the given order; their ``:g`` labels (the table's keys) distinct."""
+    if isinstance(taus, (int, float)):
+        taus = (taus,)
+    if len(taus) == 0:
+        raise ValueError(f"taus={taus!r}: expected at least one noise level in [0, 1]")
+    taus = tuple(dict.fromkeys(_check_tau(t) for t in taus))
+    labels = [f"{t:g}" for t in taus]
+    if len(set(labels)) < len(labels):
+        raise ValueError(f"taus {taus}: expected noise levels that differ in their first 6 digits ({labels})")
+    return taus
+
+
+def _feature_pass(
+    models: dict, task: Task, layers, taus, *, n: int, heldout: bool, seed: int, modality: str, pixels: bool
+) -> tuple[dict[float, dict[str, np.ndarray]], np.ndarray]:
+    """One read of the first ``n`` training (or held-out) examples of the run's ``modality`` layout
+    (its batches 0, 1, ...): ({τ: {row: (n, d) float64}}, labels (n,) int). Rows: ``"pixels"``
+    (when ``pixels``): the tokens the models see, flattened, d = N·d_token; ``f"{prefix}layer_{l}"``
+    for each (prefix, model) of ``models``: the mean-pooled hidden state after block l, d = D.
+    Batch b is noised with ε from ``fold_in(key(seed), 2b + heldout)`` - the same ε for every τ,
+    model and the pixels, so the rows of one τ differ only in what reads the tokens."""
+    if n < 1:
+        raise ValueError(f"n={n}: expected at least one example")
+    index = probe_layout(task, modality)
+    spec, key = task.specs[modality], modalities.keys_of(modality)[0]
+    positions = jnp.asarray(modalities.get(modality).positions(spec))
+    fns = {t: (_noised_tokens_fn(spec, modality, t), _pooled_hidden_fn(modality, layers, t)) for t in taus}
+    parts: dict[float, dict[str, list]] = {t: {} for t in taus}
+    labels = []
+    batches = loader.BatchIterator(
+        task.dataset(index, heldout=heldout),
+        read_threads=task.cfg.data.read_threads,
+        prefetch=task.cfg.data.prefetch,
+    )
+    try:
+        for b in range(math.ceil(n / task.layouts[index].batch_size)):
+            raw = next(batches)
+            x = jnp.asarray(raw[key])
+            noise_key = jax.random.fold_in(jax.random.key(seed), 2 * b + int(heldout))
+            for tau, (noised, pooled) in fns.items():
+                tokens = noised(x, noise_key)
+                if pixels:
+                    parts[tau].setdefault("pixels", []).append(np.asarray(tokens).reshape(len(tokens), -1))
+                for prefix, model in models.items():
+                    hidden = np.asarray(pooled(model, tokens, positions))
+                    for i, layer in enumerate(layers):
+                        parts[tau].setdefault(f"{prefix}layer_{layer}", []).append(hidden[i])
+            labels.append(np.asarray(raw["label"]))
+    finally:
+        batches.close()
+    feats = {
+        tau: {row: np.concatenate(p)[:n].astype(np.float64) for row, p in rows.items()}
+        for tau, rows in parts.items()
+    }
+    return feats, np.concatenate(labels)[:n]
+
+
 def probe_features(
     model,
     task: Task,
@@ -220,31 +327,11 @@ def probe_features(
 ) -> tuple[dict[int, np.ndarray], np.ndarray]:
     """({layer: (n, D) float64 mean-pooled hidden states}, labels (n,) int) of the first ``n``
     training (or held-out) examples of the run's ``modality`` layout (its batches 0, 1, ...)."""
-    if not 0.0 <= tau <= 1.0:
-        raise ValueError(f"tau={tau}: expected a value in [0, 1] (1 is pure noise)")
-    if n < 1:
-        raise ValueError(f"n={n}: expected at least one example")
-    layers = _check_layers(model, layers)
-    index = probe_layout(task, modality)
-    spec, key = task.specs[modality], modalities.keys_of(modality)[0]
-    positions = jnp.asarray(modalities.get(modality).positions(spec))
-    pooled = _pooled_hidden_fn(spec, modality, layers, float(tau))
-    batches = loader.BatchIterator(
-        task.dataset(index, heldout=heldout),
-        read_threads=task.cfg.data.read_threads,
-        prefetch=task.cfg.data.prefetch,
+    tau, layers = _check_tau(tau), _check_layers(model, layers)
+    feats, labels = _feature_pass(
+        {"": model}, task, layers, (tau,), n=n, heldout=heldout, seed=seed, modality=modality, pixels=False
     )
-    feats, labels = [], []
-    try:
-        for b in range(math.ceil(n / task.layouts[index].batch_size)):
-            raw = next(batches)
-            noise_key = jax.random.fold_in(jax.random.key(seed), 2 * b + int(heldout))
-            feats.append(np.asarray(pooled(model, jnp.asarray(raw[key]), noise_key, positions)))
-            labels.append(np.asarray(raw["label"]))
-    finally:
-        batches.close()
-    stacked = np.concatenate(feats, axis=1)[:, :n].astype(np.float64)
-    return {layer: stacked[i] for i, layer in enumerate(layers)}, np.concatenate(labels)[:n]
+    return {layer: feats[tau][f"layer_{layer}"] for layer in layers}, labels
 
 
 def layer_probe(
@@ -274,17 +361,153 @@ def layer_probe(
     }
 
 
-def run_layer_probe(run_dir, layers=None, *, step: int | None = None, **kwargs) -> dict[int, float]:
-    """:func:`layer_probe` of a run directory's EMA model (every block unless ``layers``)."""
+# ---------------------------------------------------------------------------- with baselines
+
+
+def standard_error(accuracy: float, n: int) -> float:
+    """Binomial standard error sqrt(p (1 − p) / n) of an accuracy p measured on n independent
+    held-out examples: the spread of the accuracy over draws of the test set, not of the fit."""
+    if not 0.0 <= accuracy <= 1.0:
+        raise ValueError(f"accuracy={accuracy}: expected a fraction in [0, 1]")
+    if n < 1:
+        raise ValueError(f"n={n}: expected at least one test example")
+    return math.sqrt(accuracy * (1.0 - accuracy) / max(n - 1, 1))
+
+
+def _table_models(model, task: Task, baselines: bool) -> dict:
+    """{row prefix: model}, the random network first (the table's row order)."""
+    return {"random/": build_model(task.cfg, task.token_dims), "": model} if baselines else {"": model}
+
+
+def probe_table_features(
+    model,
+    task: Task,
+    layers,
+    *,
+    n: int,
+    heldout: bool,
+    taus=TAUS,
+    seed: int = 0,
+    modality: str = "image",
+    baselines: bool = True,
+) -> tuple[dict[float, dict[str, np.ndarray]], np.ndarray]:
+    """({τ: {row: (n, d) float64}}, labels (n,) int): the features :func:`probe_table` probes, from
+    one read of the first ``n`` training (or held-out) examples. Rows, named as the table's keys
+    without ``tau_<τ>/``: ``pixels`` (n, N·d_token), ``random/layer_<l>`` and ``layer_<l>`` (n, D);
+    without ``baselines`` only ``layer_<l>``."""
+    taus, layers = _check_taus(taus), _check_layers(model, layers)
+    return _feature_pass(
+        _table_models(model, task, baselines),
+        task,
+        layers,
+        taus,
+        n=n,
+        heldout=heldout,
+        seed=seed,
+        modality=modality,
+        pixels=baselines,
+    )
+
+
+def probe_table(
+    model,
+    task: Task,
+    layers,
+    *,
+    taus=TAUS,
+    n_train: int = 4096,
+    n_test: int = 2500,
+    seed: int = 0,
+    modality: str = "image",
+    baselines: bool = True,
+) -> dict[str, float]:
+    """Held-out linear-probe accuracies of ``model`` at each block of ``layers`` and, with
+    ``baselines``, of the two reference feature sets, at each noise level of ``taus``:
+
+    ``tau_<τ>/layer_<l>``, ``tau_<τ>/random/layer_<l>``, ``tau_<τ>/pixels`` (τ as ``f"{τ:g}"``),
+    and ``n_test``, the held-out count used (float): each accuracy's standard error is
+    ``standard_error(acc, n_test)``; the default 2500 bounds it by 0.01 (at acc = 0.5).
+
+    The training and the held-out examples are each read once for every row and τ (the same
+    ε per batch throughout, see :func:`probe_features`); the random network is built here with
+    the run's config and seed. The l2 search of each row is its own (see :func:`linear_probe`)."""
+    taus, layers = _check_taus(taus), _check_layers(model, layers)
+    models = _table_models(model, task, baselines)
+    kwargs = dict(seed=seed, modality=modality, pixels=baselines)
+    train, train_y = _feature_pass(models, task, layers, taus, n=n_train, heldout=False, **kwargs)
+    test, test_y = _feature_pass(models, task, layers, taus, n=n_test, heldout=True, **kwargs)
+    result = {
+        f"tau_{tau:g}/{row}": linear_probe(
+            train[tau][row], train_y, test[tau][row], test_y, task.cfg.data.num_classes, seed=seed
+        )
+        for tau in taus
+        for row in train[tau]
+    }
+    result["n_test"] = float(len(test_y))
+    return result
+
+
+def format_table(result: dict[str, float]) -> str:
+    """A :func:`probe_table` result as a Markdown table: one row per feature set (pixels, then the
+    random network's blocks, then the model's), one column per τ, cells "accuracy ± standard error"."""
+    n_test = int(result["n_test"])
+    taus, rows = [], []
+    for key in result:
+        if key == "n_test":
+            continue
+        tau, row = key.split("/", 1)
+        taus += [tau] if tau not in taus else []
+        rows += [row] if row not in rows else []
+    lines = [
+        "| features | " + " | ".join(f"τ = {t[len('tau_') :]}" for t in taus) + " |",
+        "|---" * (len(taus) + 1) + "|",
+    ]
+    for row in rows:
+        cells = []
+        for tau in taus:
+            acc = result.get(f"{tau}/{row}")
+            cells.append("" if acc is None else f"{acc:.3f} ± {standard_error(acc, n_test):.3f}")
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    lines.append(f"\n{n_test} held-out examples; ± is the binomial standard error sqrt(p (1 − p) / n).")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------- of a run directory
+
+
+def _load_model(run_dir, step: int | None, weights: str):
+    """(model, task) of a run directory's checkpoint, with its EMA or its online parameters."""
+    if weights not in WEIGHTS:
+        raise ValueError(
+            f"weights={weights!r}: expected one of {WEIGHTS} (the EMA or the trained parameters)"
+        )
     from selfflow.run import load_run
 
     _, state, graphdef, task, _ = load_run(run_dir, step)
-    model = nnx.merge(graphdef, state["ema"])
+    return nnx.merge(graphdef, state["ema" if weights == "ema" else "params"]), task
+
+
+def run_layer_probe(
+    run_dir, layers=None, *, step: int | None = None, weights: str = "ema", **kwargs
+) -> dict[int, float]:
+    """:func:`layer_probe` of a run directory's EMA (or ``weights="online"``) model (every block
+    unless ``layers``)."""
+    model, task = _load_model(run_dir, step, weights)
     return layer_probe(model, task, layers or range(1, model.depth + 1), **kwargs)
 
 
+def run_probe_table(
+    run_dir, layers=None, *, step: int | None = None, weights: str = "ema", **kwargs
+) -> dict[str, float]:
+    """:func:`probe_table` of a run directory's EMA (or ``weights="online"``) model (every block
+    unless ``layers``)."""
+    model, task = _load_model(run_dir, step, weights)
+    return probe_table(model, task, layers or range(1, model.depth + 1), **kwargs)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m selfflow.eval.probe RUN_DIR``: prints {layer: held-out probe accuracy} as JSON."""
+    """``python -m selfflow.eval.probe RUN_DIR``: prints {layer: held-out probe accuracy} as JSON;
+    with ``--baselines`` (or ``--taus``) a table of accuracies ± standard errors per τ."""
     import argparse
 
     p = argparse.ArgumentParser(description=main.__doc__)
@@ -292,18 +515,33 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--layers", type=int, nargs="*", default=None)
     p.add_argument("--step", type=int, default=None)
     p.add_argument("--n-train", type=int, default=4096)
-    p.add_argument("--n-test", type=int, default=2048)
-    p.add_argument("--tau", type=float, default=TAU)
+    p.add_argument("--n-test", type=int, default=None, help="default 2048; 2500 for the table")
+    noise = p.add_mutually_exclusive_group()
+    noise.add_argument("--tau", type=float, default=None, help=f"one noise level (default {TAU})")
+    noise.add_argument("--taus", type=float, nargs="+", default=None, help="the table's noise levels")
     p.add_argument("--modality", default="image")
+    p.add_argument("--weights", choices=WEIGHTS, default="ema")
+    p.add_argument(
+        "--baselines",
+        action="store_true",
+        help="also probe the pixels and a randomly initialised network; print a table",
+    )
     args = p.parse_args(argv)
+    common = dict(step=args.step, weights=args.weights, n_train=args.n_train, modality=args.modality)
+    if args.baselines or args.taus is not None:
+        taus = args.taus or ((args.tau,) if args.tau is not None else TAUS)
+        n_test = 2500 if args.n_test is None else args.n_test
+        result = run_probe_table(
+            args.run_dir, args.layers, taus=taus, n_test=n_test, baselines=args.baselines, **common
+        )
+        print(format_table(result))
+        return 0
     result = run_layer_probe(
         args.run_dir,
         args.layers,
-        step=args.step,
-        n_train=args.n_train,
-        n_test=args.n_test,
-        tau=args.tau,
-        modality=args.modality,
+        n_test=2048 if args.n_test is None else args.n_test,
+        tau=TAU if args.tau is None else args.tau,
+        **common,
     )
     print(json.dumps({str(k): v for k, v in result.items()}, indent=2))
     return 0

@@ -1,0 +1,89 @@
+"""Diagnostics of the representation loss: is the student aligned with *its own* teacher features,
+how much of those features is shared by every example, and how strongly does L_rep pull.
+
+Why: at small scale the teacher's block-k features can be dominated by what every example shares
+(the positional embedding, the timestep), so a high ``cos_sim`` can be reached without any
+content-specific alignment, and L_rep then barely moves the trunk. These numbers tell a healthy
+run from one where L_rep is satisfied for free (see the README's "Reading the diagnostics"):
+
+    rep/cos_own           per-token cosine of the projected student features to the teacher's of
+                          the same example (= ``cos_sim`` for the cosine distance)
+    rep/cos_other         the same against another example's teacher features (the batch rolled
+                          by one: same positions and timesteps, other content)
+    rep/cos_gap           cos_own − cos_other: the content-specific alignment L_rep should raise
+    rep/teacher_mean_share  share of the teacher features' energy that is the per-position batch
+                          mean, B·Σ_n ‖μ_n‖² / Σ_{b,n} ‖x_bn‖² (1 = every example identical)
+    rep/grad_ratio        ‖γ ∇L_rep‖ / ‖∇L_gen‖ over the trunk's parameters (the blocks)
+
+The first four come with every Self-Flow step (:class:`~selfflow.objectives.SelfFlow` adds them
+to its metrics, at the cost of one more cosine); the gradient ratio needs two backward passes and
+is measured every ``train.log_every`` steps by :class:`selfflow.hooks.Diagnose`.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from selfflow.objective import cosine_per_token
+
+TRUNK = "blocks"  # the parameters the gradient ratio is measured on
+
+
+def representation_stats(projected: jax.Array, target: jax.Array, generate: jax.Array) -> dict:
+    """``rep/cos_own``, ``rep/cos_other``, ``rep/cos_gap`` and ``rep/teacher_mean_share`` of the
+    projected student features and the teacher's (both (B, N, D)) over the generate tokens
+    (``generate`` (N,) bool). A batch of one has no other example: cos_other is then cos_own."""
+    target = jax.lax.stop_gradient(target).astype(jnp.float32)
+    weight = generate.astype(jnp.float32)[None, :]
+
+    def mean(per_token):  # (B, N) -> () over the generate tokens
+        return jnp.sum(per_token * weight) / (per_token.shape[0] * jnp.sum(weight))
+
+    own = mean(cosine_per_token(projected, target))
+    other = mean(cosine_per_token(projected, jnp.roll(target, 1, axis=0)))
+    energy = jnp.sum(target * target, axis=-1)  # (B, N)
+    mu = jnp.mean(target, axis=0, keepdims=True)
+    shared = target.shape[0] * jnp.sum(jnp.sum(mu * mu, axis=-1) * weight)
+    share = shared / jnp.maximum(jnp.sum(energy * weight), 1e-12)
+    return {
+        "rep/cos_own": own,
+        "rep/cos_other": other,
+        "rep/cos_gap": own - other,
+        "rep/teacher_mean_share": share,
+    }
+
+
+def gradient_ratio(objective, graphdef, params, ema, batch, layout, key) -> jax.Array:
+    """‖γ ∇L_rep‖ / ‖∇L_gen‖ on the trunk for one batch: one forward, two backward passes through
+    ``objective.terms`` (a :class:`~selfflow.objectives.SelfFlow`)."""
+    teacher = nnx.merge(graphdef, ema)
+
+    def terms(p):
+        gen, rep, _ = objective.terms(
+            student=nnx.merge(graphdef, p), teacher=teacher, batch=batch, layout=layout, key=key
+        )
+        return gen, rep
+
+    _, pull_back = jax.vjp(terms, params)
+    one, zero = jnp.ones((), jnp.float32), jnp.zeros((), jnp.float32)
+    (grad_gen,) = pull_back((one, zero))
+    (grad_rep,) = pull_back((zero, one))
+    gen_norm = optax.tree.norm(grad_gen[TRUNK])
+    return objective.settings.gamma * optax.tree.norm(grad_rep[TRUNK]) / jnp.maximum(gen_norm, 1e-30)
+
+
+@functools.lru_cache(maxsize=8)
+def jitted_gradient_ratio(objective, graphdef, task, index: int):
+    """(params, ema, raw batch, key) -> ratio, compiled once per (objective, layout)."""
+    layout = task.layouts[index].layout
+
+    @jax.jit
+    def ratio(params, ema, raw, key):
+        return gradient_ratio(objective, graphdef, params, ema, task.segment_batch(index, raw), layout, key)
+
+    return ratio

@@ -1,0 +1,114 @@
+"""Warm starts: a new run begins from another run's weights (``train.init_from``).
+
+The paper initialises its joint video-audio model from the multimodal one and RT-1 from the
+video-weighted run; the warm-start experiment branches several objectives from one shared
+flow-matching phase. Any objective may start from any source: every run's model holds the same
+tensors (the projector included), so only the architecture and token dims must agree.
+
+Sources:
+    a run directory      its latest checkpoint: online weights, EMA, AdamW state and step
+    a .safetensors file  an export (``selfflow export``): one set of weights
+
+``train.init_weights``: ``both`` (student <- online, EMA <- EMA; an export's one set goes to
+both), ``ema`` or ``online`` (both from that set). ``train.init_optimizer`` also carries the
+AdamW moments, the schedule's count and the step counter: the new run then continues the
+source's learning-rate schedule and data stream (batch n is a function of (seed, n)) and
+``train.steps`` counts from the source's step. Without it the run starts at step 0 with fresh
+AdamW state (and warm-up, if configured). The base key is always the new run's ``seed``.
+
+A source that does not fit is one :class:`~selfflow.errors.ParamsError` listing every missing,
+unexpected and mis-shaped tensor; nothing is partially loaded.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from selfflow.config import Config, ConfigError
+from selfflow.errors import ParamsError
+from selfflow.params import flatten, shape_problems, tensor_name
+
+
+def _source_sets(cfg: Config) -> tuple[dict, dict | None, str]:
+    """({"online": flat, "ema": flat} or the export's one set under both, the source run's
+    state (None for an export), a description for messages)."""
+    source = Path(cfg.train.init_from)
+    if source.is_dir():
+        from selfflow.run import load_run
+
+        _, state, _, _, step = load_run(source)
+        state = jax.device_get(state)
+        sets = {"online": flatten(state["params"]), "ema": flatten(state["ema"])}
+        return sets, state, f"{source} (step {step})"
+    if source.is_file() and source.suffix == ".safetensors":
+        from safetensors.numpy import load_file
+
+        tensors = load_file(str(source))
+        return {"online": tensors, "ema": tensors}, None, str(source)
+    raise ConfigError(
+        f"train.init_from={cfg.train.init_from!r}: expected a run directory (with checkpoints/) "
+        "or an exported .safetensors file; it is neither"
+    )
+
+
+def _nested_like(template: dict, flat: dict[str, np.ndarray]) -> dict:
+    """``flat`` tensors in ``template``'s nesting and dtypes."""
+    paths, treedef = jax.tree_util.tree_flatten_with_path(template)
+    leaves = [np.asarray(flat[tensor_name(p)], dtype=np.asarray(x).dtype) for p, x in paths]
+    return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+def initialise(cfg: Config, state: dict) -> dict:
+    """``state`` (a fresh train state) with the weights, and optionally the optimizer state and
+    step, of ``cfg.train.init_from``; ``state`` unchanged when it is empty."""
+    t = cfg.train
+    if not t.init_from:
+        return state
+    sets, source_state, where = _source_sets(cfg)
+    expected = {k: np.shape(v) for k, v in flatten(state["params"]).items()}
+    problems = shape_problems(expected, {k: np.shape(v) for k, v in sets["online"].items()})
+    if problems:
+        raise ParamsError(
+            f"train.init_from: {where} does not fit this run's model ({len(problems)} tensors): "
+            + "; ".join(problems)
+        )
+    online = sets["online" if t.init_weights in ("both", "online") else "ema"]
+    ema = sets["ema" if t.init_weights in ("both", "ema") else "online"]
+    new = dict(state, params=_nested_like(state["params"], online), ema=_nested_like(state["params"], ema))
+    carried = "fresh optimizer state, step 0"
+    if t.init_optimizer:
+        if source_state is None:
+            raise ConfigError(
+                f"train.init_optimizer=true: {where} is an export and holds no optimizer state; "
+                "start from a run directory or set train.init_optimizer=false"
+            )
+        mine, theirs = jax.tree.structure(state["opt_state"]), jax.tree.structure(source_state["opt_state"])
+        shapes_differ = mine == theirs and any(
+            np.shape(a) != np.shape(b)
+            for a, b in zip(jax.tree.leaves(state["opt_state"]), jax.tree.leaves(source_state["opt_state"]))
+        )
+        if mine != theirs or shapes_differ:
+            raise ConfigError(
+                f"train.init_optimizer=true: the optimizer state of {where} does not fit this run's "
+                "(a different optim.* setup, e.g. warm-up on in one and off in the other); "
+                "use the source's optim settings or set train.init_optimizer=false"
+            )
+        new["opt_state"] = jax.tree.map(
+            lambda x, y: np.asarray(y, dtype=np.asarray(x).dtype), state["opt_state"], source_state["opt_state"]
+        )
+        new["step"] = np.asarray(source_state["step"], dtype=np.int32)
+        carried = f"optimizer state and step {int(new['step'])} carried"
+        if int(new["step"]) >= t.steps:
+            raise ConfigError(
+                f"train.steps={t.steps}: with train.init_optimizer=true the run continues from the "
+                f"source's step {int(new['step'])}; set train.steps above it (the steps count on)"
+            )
+    print(
+        f"initialised from {where}: weights {t.init_weights}, {carried}",
+        file=sys.stderr,
+    )
+    return new
