@@ -22,10 +22,12 @@ is measured every ``train.log_every`` steps by :class:`selfflow.hooks.Diagnose`.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
@@ -87,3 +89,36 @@ def jitted_gradient_ratio(objective, graphdef, task, index: int):
         return gradient_ratio(objective, graphdef, params, ema, task.segment_batch(index, raw), layout, key)
 
     return ratio
+
+
+def heldout_diagnostics(cfg, task, graphdef, params, ema, *, batches: int = 4, seed: int = 0) -> dict:
+    """The ``rep/*`` statistics and the gradient ratio (at γ = 1, i.e. ‖∇L_rep‖/‖∇L_gen‖) of a
+    student (``params``) against a teacher (``ema``) on held-out batches of the first layout, with
+    fixed randomness: comparable across runs and objectives, including runs that never trained L_rep
+    (their projector is then as initialised). Uses Self-Flow's draw with the run's other settings."""
+    from selfflow.objectives import make_objective
+
+    probe_cfg = dataclasses.replace(
+        cfg, objective=dataclasses.replace(cfg.objective, kind="self_flow", gamma=1.0)
+    )
+    objective = make_objective(probe_cfg, task.mask_ratios, task.loss_weights)
+    layout = task.layouts[0].layout
+
+    @jax.jit
+    def one(params, ema, raw, key):
+        batch = task.segment_batch(0, raw)
+        _, _, metrics = objective.terms(
+            student=nnx.merge(graphdef, params),
+            teacher=nnx.merge(graphdef, ema),
+            batch=batch,
+            layout=layout,
+            key=key,
+        )
+        ratio = gradient_ratio(objective, graphdef, params, ema, batch, layout, key)
+        return {k: v for k, v in metrics.items() if k.startswith("rep/")} | {"rep/grad_ratio": ratio}
+
+    dataset = task.dataset(0, heldout=True)
+    per_batch = [
+        jax.device_get(one(params, ema, dataset[k], jax.random.key(seed + k))) for k in range(batches)
+    ]
+    return {k: float(np.mean([b[k] for b in per_batch])) for k in per_batch[0]}

@@ -371,7 +371,7 @@ def standard_error(accuracy: float, n: int) -> float:
         raise ValueError(f"accuracy={accuracy}: expected a fraction in [0, 1]")
     if n < 1:
         raise ValueError(f"n={n}: expected at least one test example")
-    return math.sqrt(accuracy * (1.0 - accuracy) / max(n - 1, 1))
+    return math.sqrt(accuracy * (1.0 - accuracy) / n)
 
 
 def _table_models(model, task: Task, baselines: bool) -> dict:
