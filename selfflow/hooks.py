@@ -111,7 +111,7 @@ class PerfWindow:
 
 class Validate:
     """At checkpoint steps with ``train.keep_best``: the EMA model's held-out losses join the record
-    (the checkpoint stores them for the retention policy to rank)."""
+    (the checkpoint stores them for the retention policy to rank), and the online student's."""
 
     def __init__(self, cfg: Config, task: Task, graphdef):
         self.cfg, self.task, self.graphdef = cfg, task, graphdef
@@ -121,20 +121,25 @@ class Validate:
         return t.keep_best > 0 and (every(t.checkpoint_every, info.step) or info.final)
 
     def __call__(self, info: StepInfo) -> None:
-        info.record.update(_teacher_and_student(self.task, self.graphdef, info.state))
+        from selfflow.validation import validation_metrics
+
+        ema = nnx.merge(self.graphdef, jax.device_get(info.state["ema"]))
+        info.record.update(validation_metrics(self.task, ema))
+        info.record.update(_online_validation(self.task, self.graphdef, info.state))
 
 
-def _teacher_and_student(task: Task, graphdef, state: dict) -> dict:
-    """Held-out velocity losses of the EMA weights (``val/...``) and the online ones (``val_online/...``)."""
+def _online_validation(task: Task, graphdef, state: dict) -> dict:
+    """The online student's held-out losses as ``val_online/...``, logged beside the EMA teacher's
+    ``val/...``: early in a run, or with a long EMA horizon, the teacher lags the student."""
     from selfflow.validation import validation_metrics
 
-    ema, online = (nnx.merge(graphdef, jax.device_get(state[k])) for k in ("ema", "params"))
-    return {**validation_metrics(task, ema), **validation_metrics(task, online, head="val_online/")}
+    return validation_metrics(task, nnx.merge(graphdef, jax.device_get(state["params"])), head="val_online/")
 
 
 class Evaluate:
     """Every ``train.eval_every`` steps (one process): the cheap proxies of :mod:`selfflow.eval`
-    for the EMA model, as ``eval/<layout>/<metric>``, ``eval/probe/layer_<l>`` and ``val/...``."""
+    for the EMA model, as ``eval/<layout>/<metric>``, ``eval/probe/layer_<l>`` and ``val/...``, and
+    the online student's held-out losses as ``val_online/...``."""
 
     def __init__(self, cfg: Config, task: Task, graphdef, run_dir: Path):
         self.cfg, self.task, self.graphdef, self.run_dir = cfg, task, graphdef, run_dir
@@ -157,7 +162,7 @@ class Evaluate:
         model = nnx.merge(self.graphdef, jax.device_get(info.state["ema"]))
         results = evaluate(self.cfg, self.task, model, settings, default_cache_dir(self.run_dir))
         info.record.update({(k if k.startswith("val/") else f"eval/{k}"): v for k, v in results.items()})
-        info.record.update(_teacher_and_student(self.task, self.graphdef, info.state))
+        info.record.update(_online_validation(self.task, self.graphdef, info.state))
 
 
 class Diagnose:
@@ -182,9 +187,7 @@ class Diagnose:
 
         key = jax.random.fold_in(jax.random.wrap_key_data(info.state["rng"]), info.step - 1)
         ratio = jitted_gradient_ratio(self.objective, self.graphdef, self.task, info.index)
-        info.record["rep/grad_ratio"] = float(
-            ratio(info.state["params"], info.state["ema"], info.batch, key)
-        )
+        info.record["rep/grad_ratio"] = float(ratio(info.state["params"], info.state["ema"], info.batch, key))
 
 
 class Log:
