@@ -223,13 +223,14 @@ class Attention(nnx.Module):
         self.qkv = dense(hidden, 3 * hidden, rngs, ("embed", "heads"), dtype=dtype)
         self.proj = dense(hidden, hidden, rngs, ("heads", "embed"), dtype=dtype)
 
-    def __call__(self, x: jax.Array, rope: jax.Array | None) -> jax.Array:
+    def __call__(self, x: jax.Array, rope: jax.Array | None, mask: jax.Array | None = None) -> jax.Array:
+        """``mask``: None (full attention) or (B, 1, N, N) bool, True where query i may attend to key j."""
         b, n, d = x.shape
         q, k, v = jnp.split(self.qkv(x).reshape(b, n, 3 * self.heads, d // self.heads), 3, axis=2)
         if rope is not None:
             q, k = apply_rope(q, rope), apply_rope(k, rope)
         q, k, v = (a.astype(self.dtype) for a in (q, k, v))  # bf16: fused attention kernels on GPU
-        out = jax.nn.dot_product_attention(q, k, v).astype(jnp.float32)
+        out = jax.nn.dot_product_attention(q, k, v, mask=mask).astype(jnp.float32)
         return self.proj(out.reshape(b, n, d))
 
 
@@ -251,12 +252,17 @@ class Block(nnx.Module):
         self.adaLN_modulation = dense(hidden, 6 * hidden, rngs, ("embed", "adaln"), init=zeros)
 
     def __call__(
-        self, x: jax.Array, c: jax.Array, rope: jax.Array | None, index: jax.Array | None = None
+        self,
+        x: jax.Array,
+        c: jax.Array,
+        rope: jax.Array | None,
+        index: jax.Array | None = None,
+        mask: jax.Array | None = None,
     ) -> jax.Array:
         mod = per_token(self.adaLN_modulation(nnx.silu(c)), index)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = jnp.split(mod, 6, axis=-1)
         h = constrain_batch(modulate(layer_norm(x), shift_msa, scale_msa))
-        x = constrain_batch(x + gate_msa * self.attn(h, rope))
+        x = constrain_batch(x + gate_msa * self.attn(h, rope, mask))
         h = constrain_batch(modulate(layer_norm(x), shift_mlp, scale_mlp))
         return constrain_batch(x + gate_mlp * self.mlp(h))
 

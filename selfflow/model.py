@@ -120,13 +120,13 @@ class SelfFlowTransformer(nnx.Module):
             rope = layers.rope_angles(positions, self.hidden_size // self.num_heads, self.rope_theta)
         return x, c, index, rope
 
-    def _run_block(self, block, x, c, rope, index):
+    def _run_block(self, block, x, c, rope, index, mask):
         if not self.remat:
-            return block(x, c, rope, index)
+            return block(x, c, rope, index, mask)
         # Keep only the block's inputs; recompute its activations in the backward pass. A pure
         # function of the block's state, so it also works for a teacher merged outside the grad.
         graphdef, state = nnx.split(block)
-        return jax.checkpoint(lambda s, *a: nnx.merge(graphdef, s)(*a))(state, x, c, rope, index)
+        return jax.checkpoint(lambda s, *a: nnx.merge(graphdef, s)(*a))(state, x, c, rope, index, mask)
 
     def _check_layer(self, layer: int, name: str) -> None:
         if not 1 <= layer <= self.depth:
@@ -143,14 +143,16 @@ class SelfFlowTransformer(nnx.Module):
         *,
         modalities: tuple[str, ...],
         hidden_layer: int | None = None,
+        attention_mask: jax.Array | None = None,
     ) -> ModelOutput:
-        """Velocity of every segment; with ``hidden_layer=l`` also the hidden state after block l."""
+        """Velocity of every segment; with ``hidden_layer=l`` also the hidden state after block l.
+        ``attention_mask``: None or (B, 1, N, N) bool, True where token i may attend to token j."""
         if hidden_layer is not None:
             self._check_layer(hidden_layer, "hidden_layer")
         x, c, index, rope = self._embed(segments, timesteps, labels, positions, modalities)
         hidden = None
         for i, block in enumerate(self.blocks):
-            x = self._run_block(block, x, c, rope, index)
+            x = self._run_block(block, x, c, rope, index, attention_mask)
             if i + 1 == hidden_layer:
                 hidden = x
         outs, start = [], 0
@@ -169,7 +171,7 @@ class SelfFlowTransformer(nnx.Module):
         self._check_layer(layer, "layer")
         x, c, index, rope = self._embed(segments, timesteps, labels, positions, modalities)
         for block in self.blocks[:layer]:
-            x = self._run_block(block, x, c, rope, index)
+            x = self._run_block(block, x, c, rope, index, None)
         return x
 
     def project(self, hidden: jax.Array) -> jax.Array:

@@ -22,7 +22,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from selfflow.layout import CLEAN_INDEX, CONDITION, S_INDEX, T_INDEX, FactoredTimesteps, Layout
+from selfflow.layout import CONDITION, S_INDEX, FactoredTimesteps, Layout
 
 # ---------------------------------------------------------------------------- timesteps
 
@@ -56,6 +56,8 @@ def interpolate(x0: jax.Array, noise: jax.Array, tau: jax.Array) -> jax.Array:
 
 
 # ---------------------------------------------------------------------------- losses
+
+SMOOTH_L1_BETA = 0.05  # SRA's smooth_l1_loss(a, b, beta=0.05)
 
 
 def noise_like(key: jax.Array, segments: tuple) -> tuple:
@@ -106,24 +108,35 @@ def representation_loss(
     token_mask: jax.Array | None = None,
     distance: str = "cosine",
 ) -> jax.Array:
-    """Mean per-token distance over tokens and batch (teacher under stop-gradient).
+    """Mean distance between (B, N, D) student and teacher features (teacher under stop-gradient).
 
-    ``distance``: ``"cosine"`` = 1 − cosine over the feature axis (the paper's L_rep), or ``"l1"``
-    = mean absolute difference over the feature axis (the ablation the paper found unstable, since
-    it rewards growing feature norms). ``token_mask`` (N,) bool restricts the mean to those tokens
-    (the generate tokens).
+    ``distance``: ``"cosine"`` = 1 − cosine over the feature axis per token (the paper's L_rep);
+    ``"l1"`` = mean absolute difference over the feature axis (the ablation the paper found
+    unstable, since it rewards growing feature norms); ``"smooth_l1"`` = the Huber loss with
+    β = 0.05 per element (SRA's published runs); ``"cosine_tokens"`` = 1 − cosine over the *token*
+    axis per feature channel (SRA's code: ``F.cosine_similarity`` defaults to dim=1, which on
+    (B, N, D) features is the token axis). ``token_mask`` (N,) bool restricts the mean to those
+    tokens (the generate tokens).
     """
-    teacher_hidden = jax.lax.stop_gradient(teacher_hidden)
+    teacher_hidden = jax.lax.stop_gradient(teacher_hidden).astype(jnp.float32)
+    student = student_projected.astype(jnp.float32)
+    weight = jnp.ones(student.shape[1], jnp.float32) if token_mask is None else token_mask.astype(jnp.float32)
+    if distance == "cosine_tokens":
+        w = weight[None, :, None]
+        dot = jnp.sum(student * teacher_hidden * w, axis=1)
+        norms = jnp.sqrt(jnp.sum(student**2 * w, axis=1) * jnp.sum(teacher_hidden**2 * w, axis=1))
+        return jnp.mean(1.0 - dot / jnp.maximum(norms, 1e-8))  # torch's eps for cosine_similarity
     if distance == "cosine":
-        per_token = 1.0 - cosine_per_token(student_projected, teacher_hidden)
+        per_token = 1.0 - cosine_per_token(student, teacher_hidden)
     elif distance == "l1":
-        diff = student_projected.astype(jnp.float32) - teacher_hidden.astype(jnp.float32)
-        per_token = jnp.mean(jnp.abs(diff), axis=-1)
+        per_token = jnp.mean(jnp.abs(student - teacher_hidden), axis=-1)
+    elif distance == "smooth_l1":
+        diff = jnp.abs(student - teacher_hidden)
+        beta = SMOOTH_L1_BETA
+        per_token = jnp.mean(jnp.where(diff < beta, 0.5 * diff**2 / beta, diff - 0.5 * beta), axis=-1)
     else:
-        raise ValueError(f"distance={distance!r}: expected 'cosine' or 'l1'")
-    if token_mask is None:
-        return jnp.mean(per_token)
-    return jnp.sum(per_token * token_mask) / (per_token.shape[0] * jnp.sum(token_mask))
+        raise ValueError(f"distance={distance!r}: expected 'cosine', 'l1', 'smooth_l1' or 'cosine_tokens'")
+    return jnp.sum(per_token * weight) / (per_token.shape[0] * jnp.sum(weight))
 
 
 def drop_labels(key: jax.Array, labels: jax.Array, rate: float, null_class: int) -> jax.Array:
@@ -144,41 +157,65 @@ class SegmentBatch(NamedTuple):
 def layout_timesteps(
     key: jax.Array, batch: int, layout: Layout, ocfg, mask_ratios: dict[str, float], dual: bool
 ):
-    """Student and teacher timesteps for a layout, in factored form (values (B, 3), index (B, N)).
+    """Student and teacher timesteps for a layout, in factored form, and the mask (B, N) bool.
 
-    Values are [t, s, 0]. Generate tokens use t, or s where masked (each generate segment masks
-    round(ratio·n) of its own tokens, ratio = its modality's mask ratio); condition tokens are
-    clean (τ = 0) and never masked. The teacher sees every generate token at min(t, s).
-    s is drawn from p(t) independently of t, or, with ``objective.time_gap`` g > 0, as
-    max(t − U(0, g), 0): the small-gap (SRA-style) variant of the paper's ablation.
-    Returns (student, teacher, mask (B, N) bool).
+    Without ``dual``: one τ = t per sample for every generate token. With ``dual``, by
+    ``objective.timesteps``:
+
+    dts                values [t, s, 0]; each generate segment masks round(ratio·n) of its own
+                       tokens (ratio = its modality's mask ratio), masked tokens at s. s ~ p(t)
+                       independently of t, or, with ``objective.time_gap`` g > 0, max(t − U(0, g), 0)
+                       (the small-gap, SRA-style variant of the paper's ablation).
+    full_mask          as dts with s = 1: masked tokens are pure noise.
+    diffusion_forcing  values [τ_1 … τ_N, 0]: every generate token its own τ ~ p(t); the mask is
+                       every generate token.
+
+    Condition tokens are clean (τ = 0) and never masked. The teacher sees every generate token at
+    the minimum of the sample's student timesteps: min(t, s) (the paper's rule; t for full_mask).
     """
     k_t, k_s, k_mask = jax.random.split(key, 3)
     t = sample_time(k_t, (batch,), ocfg)
-    if not dual:
+    scheme = ocfg.timesteps if dual else "single"
+    base = jnp.broadcast_to(jnp.asarray(layout.base_index()), (batch, layout.num_tokens))
+    zero = jnp.zeros_like(t)
+    if scheme == "diffusion_forcing":
+        n, generate = layout.num_tokens, jnp.asarray(layout.generate_mask())
+        tau = jnp.where(generate, sample_time(k_s, (batch, n), ocfg), 1.0)  # 1: never the minimum
+        student = FactoredTimesteps(
+            jnp.concatenate([tau, zero[:, None]], axis=1),
+            jnp.broadcast_to(jnp.where(generate, jnp.arange(n), n).astype(jnp.int32), (batch, n)),
+        )
+        tmin = jnp.min(tau, axis=1)
+        teacher = FactoredTimesteps(jnp.stack([tmin, tmin, zero], axis=1), base)
+        return student, teacher, jnp.broadcast_to(generate, (batch, n))
+    if scheme == "single":
         s = t
+    elif scheme == "full_mask":
+        s = jnp.ones_like(t)
     elif ocfg.time_gap > 0:
         s = jnp.maximum(t - ocfg.time_gap * jax.random.uniform(k_s, (batch,), jnp.float32), 0.0)
     else:
         s = sample_time(k_s, (batch,), ocfg)
-    masks, indices = [], []
+    masks = []
     for i, seg in enumerate(layout.segments):
-        if seg.role == CONDITION:
-            mask = jnp.zeros((batch, seg.num_tokens), bool)
-            indices.append(jnp.full((batch, seg.num_tokens), CLEAN_INDEX, jnp.int32))
-        else:
-            ratio = mask_ratios[seg.modality] if dual else 0.0
-            mask = token_mask(jax.random.fold_in(k_mask, i), batch, seg.num_tokens, ratio)
-            indices.append(jnp.where(mask, S_INDEX, T_INDEX).astype(jnp.int32))
-        masks.append(mask)
-    index = jnp.concatenate(indices, axis=1)
-    zero = jnp.zeros_like(t)
+        ratio = mask_ratios[seg.modality] if dual and seg.role != CONDITION else 0.0
+        masks.append(token_mask(jax.random.fold_in(k_mask, i), batch, seg.num_tokens, ratio))
+    mask = jnp.concatenate(masks, axis=1)
     tmin = jnp.minimum(t, s)
-    student = FactoredTimesteps(jnp.stack([t, s, zero], axis=1), index)
-    teacher = FactoredTimesteps(
-        jnp.stack([tmin, tmin, zero], axis=1), jnp.where(index == CLEAN_INDEX, CLEAN_INDEX, T_INDEX)
+    student = FactoredTimesteps(
+        jnp.stack([t, s, zero], axis=1), jnp.where(mask, S_INDEX, base).astype(jnp.int32)
     )
-    return student, teacher, jnp.concatenate(masks, axis=1)
+    teacher = FactoredTimesteps(jnp.stack([tmin, tmin, zero], axis=1), base)
+    return student, teacher, mask
+
+
+def separated_attention(mask: jax.Array, layout: Layout) -> jax.Array:
+    """(B, 1, N, N) bool attention mask of attention separation: a masked token and an unmasked
+    one do not attend to each other; condition tokens attend to, and are seen by, every token.
+    ``mask`` (B, N) bool from :func:`layout_timesteps`."""
+    condition = ~jnp.asarray(layout.generate_mask())
+    allowed = (mask[:, :, None] == mask[:, None, :]) | condition[None, :, None] | condition[None, None, :]
+    return allowed[:, None]
 
 
 def inference_timesteps(layout: Layout, tau: jax.Array) -> FactoredTimesteps:

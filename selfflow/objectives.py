@@ -9,6 +9,10 @@ logs and checkpoints read the same for every objective.
     flow_matching  one τ per sample, no teacher                      (SiT)
     dts            dual timesteps: a masked share of tokens at s      (the paper's "DTS only")
     self_flow      dual timesteps + γ · L_rep against the EMA teacher  (the paper)
+    sra            one timestep; L_rep against the teacher at t − U(0, t_max)  (SRA)
+
+``objective.timesteps`` (dts, full_mask, diffusion_forcing) and ``objective.attention_separation``
+change how dts and self_flow noise the student (see :func:`selfflow.objective.layout_timesteps`).
 
 A new objective is a subclass registered under a new ``kind``::
 
@@ -37,6 +41,7 @@ from selfflow.objective import (
     noise_like,
     noised_segments,
     representation_loss,
+    separated_attention,
     velocity_mse,
 )
 
@@ -59,6 +64,7 @@ class Draw(NamedTuple):
     student_times: FactoredTimesteps
     teacher_times: FactoredTimesteps  # every generate token at min(t, s)
     labels: jax.Array  # (B,) after label dropout
+    mask: jax.Array  # (B, N) bool: the tokens at the second timestep
 
 
 class Objective:
@@ -83,11 +89,11 @@ class Objective:
     def draw(self, key: jax.Array, batch: SegmentBatch, layout: Layout) -> Draw:
         x0 = tuple(t.astype(jnp.float32) for t in batch.tokens)
         k_noise, k_time, k_label = jax.random.split(key, 3)
-        student, teacher, _ = layout_timesteps(
+        student, teacher, mask = layout_timesteps(
             k_time, x0[0].shape[0], layout, self.settings, self.mask_ratios, dual=self.dual_timesteps
         )
         labels = drop_labels(k_label, batch.labels, self.settings.label_dropout, self.num_classes)
-        return Draw(x0, noise_like(k_noise, x0), student, teacher, labels)
+        return Draw(x0, noise_like(k_noise, x0), student, teacher, labels, mask)
 
     def generation_loss(self, velocity: tuple, draw: Draw, layout: Layout) -> tuple[jax.Array, dict]:
         """Σ_m w_m · MSE_m over the generate tokens of each modality m, and ``fm_loss/<m>``."""
@@ -96,8 +102,11 @@ class Objective:
         return total, {f"fm_loss/{m}": v for m, v in per_modality.items()}
 
     def forward_student(self, student, draw: Draw, batch: SegmentBatch, layout: Layout, hidden_layer=None):
-        """The student on its noised view (``draw.student_times``) -> ModelOutput."""
+        """The student on its noised view (``draw.student_times``) -> ModelOutput; with
+        ``objective.attention_separation`` the masked and unmasked tokens do not attend to each other."""
         inputs = noised_segments(draw.x0, draw.noise, draw.student_times.dense(), layout)
+        separate = self.settings.attention_separation and self.dual_timesteps
+        extra = {"attention_mask": separated_attention(draw.mask, layout)} if separate else {}
         return student(
             inputs,
             draw.student_times,
@@ -105,6 +114,7 @@ class Objective:
             batch.positions,
             modalities=layout.modalities,
             hidden_layer=hidden_layer,
+            **extra,
         )
 
     def loss(self, *, student, teacher, batch: SegmentBatch, layout: Layout, key: jax.Array):
@@ -182,6 +192,29 @@ class SelfFlow(DualTimestep):
         stats = representation_stats(projected, target, generate)
         fm, extra = self.generation_loss(out.velocity, draw, layout)
         return fm, rep, self._metrics(fm, rep, stats["rep/cos_own"], {**extra, **stats}, fm)
+
+
+@register_objective
+class SRA(SelfFlow):
+    """SRA (Jiang et al. 2025, github.com/vvvvvjdy/SRA ``SiT-SRA/loss.py``): one student timestep t
+    per sample, no masking; the EMA teacher sees the same ε at t' = clip(t − U(0, t_max), 0, 1),
+    t_max = ``objective.time_gap`` (0 = SRA's 0.2). Projected student block l against teacher block
+    k with ``objective.rep_distance``, weight γ. SRA's code: SiT-XL blocks 8 -> 20, cosine weight
+    0.5 (its published numbers used ``smooth_l1`` with an epoch-dependent weight), EMA 0.9999, the
+    teacher with the student's dropped labels - all settable here."""
+
+    kind = "sra"
+    dual_timesteps = False
+    DEFAULT_T_MAX = 0.2
+
+    def draw(self, key: jax.Array, batch: SegmentBatch, layout: Layout) -> Draw:
+        d = super().draw(key, batch, layout)
+        t = d.student_times.values[:, 0]
+        t_max = self.settings.time_gap or self.DEFAULT_T_MAX
+        gap = t_max * jax.random.uniform(jax.random.fold_in(key, 1), t.shape, jnp.float32)
+        teacher_t = jnp.clip(t - gap, 0.0, 1.0)
+        values = jnp.stack([teacher_t, teacher_t, jnp.zeros_like(t)], axis=1)
+        return d._replace(teacher_times=FactoredTimesteps(values, d.teacher_times.index))
 
 
 def make_objective(cfg, mask_ratios: dict[str, float], loss_weights: dict[str, float]) -> Objective:

@@ -380,3 +380,25 @@ def test_readme_cpu_tables_are_the_scripts_output():
     results = json.loads((REPRO / "results/cross_modal/results.json").read_text())
     assert cm.world_table(results["world"]) in text and cm.pusht_table(results["pusht"]) in text
     assert (REPRO / "results/cross_modal/results.md").read_text() == cm.markdown(results)
+
+
+def test_warm_start_arms_differ_only_in_the_objective():
+    """Reproduction 4's protocol: every arm branches from the shared run's state with its
+    optimizer, and arms of one seed differ only in the objective's kind and γ."""
+    from selfflow.config import resolved_dict
+    from selfflow.run import _flatten
+
+    ws = exec_python_file(REPRO / "cpu/warm_start.py", "warm_start")
+    shared = _flatten(resolved_dict(ws.shared_config()))
+    assert shared["objective.kind"] == "flow_matching" and shared["train.steps"] == ws.SHARED_STEPS
+    objective_keys = {"objective.kind", "objective.gamma"}
+    for seed in ws.SEEDS:
+        arms = {arm: _flatten(resolved_dict(ws.arm_config(arm, seed))) for arm in ws.ARMS}
+        reference = arms["flow_matching"]
+        for arm, flat in arms.items():
+            assert flat["train.init_from"] == str(ws.STUDY / "shared") and flat["train.init_optimizer"]
+            assert flat["train.steps"] == ws.SHARED_STEPS + ws.BRANCH_STEPS and flat["seed"] == seed
+            assert {k for k in flat if flat[k] != reference[k]} <= objective_keys, arm
+            branch_only = {"train.init_from", "train.init_optimizer", "train.steps", "seed"}
+            assert {k for k in flat if flat[k] != shared[k]} <= objective_keys | branch_only, arm
+    assert [arms[a]["objective.gamma"] for a in ("self_flow_0.8", "self_flow_4")] == [0.8, 4.0]
