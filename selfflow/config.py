@@ -89,10 +89,21 @@ class ObjectiveConfig:
     ema_decay: float = 0.9999
     # > 0: the second timestep is s = max(t - U(0, time_gap), 0) instead of an independent draw,
     # the SRA-style small gap (with mask_ratio=0 the teacher then sees t - U(0, gap), as SRA).
+    # For objective.kind="sra" it is SRA's t_max (0 = SRA's default 0.2).
     time_gap: float = 0.0
-    # Per-token distance of the representation loss: 1 - cosine (the paper), or the mean absolute
-    # difference over the feature axis (the paper's unstable l1 ablation).
-    rep_distance: Literal["cosine", "l1"] = "cosine"
+    # Distance of the representation loss: "cosine" = 1 - cosine over the feature axis per token
+    # (the paper), "l1" = mean absolute difference over the feature axis (the paper's unstable
+    # ablation), "smooth_l1" = Huber with beta 0.05 (SRA's published runs), "cosine_tokens" =
+    # 1 - cosine over the token axis per feature channel (what SRA's code computes with
+    # F.cosine_similarity's default dim=1 on (B, N, D) features).
+    rep_distance: Literal["cosine", "l1", "smooth_l1", "cosine_tokens"] = "cosine"
+    # Timesteps of the dual-timestep objectives (Fig. 2b): "dts" = masked tokens at a second
+    # timestep s ~ p(t); "full_mask" = masked tokens at tau = 1 (pure noise); "diffusion_forcing" =
+    # every generate token its own tau ~ p(t). The teacher sees every token at the minimum.
+    timesteps: Literal["dts", "full_mask", "diffusion_forcing"] = "dts"
+    # Masked and unmasked tokens of the student do not attend to each other (SRA's follow-up,
+    # vvvvvjdy/SRA SiT-SRA_DTS_AS); condition tokens attend and are attended by both groups.
+    attention_separation: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,7 +137,10 @@ class SourceConfig:
     weight: float = 1.0
     split: Literal["train", "test"] = "train"  # fashion_mnist
     channels: int = 3  # image_folder: 3 = RGB, 1 = grayscale ("L")
-    resize: Literal["error", "resize"] = "error"  # image_folder: a wrong size is an error, or resized
+    # image_folder: a wrong size is an error; "resize": centre square, BICUBIC; "adm": ADM's
+    # center_crop_arr (BOX halving, BICUBIC, centre crop), the SiT/REPA/Self-Flow ImageNet preprocessing
+    resize: Literal["error", "resize", "adm"] = "error"
+    convert: bool = True  # image_folder: other modes (gray, CMYK, palette, alpha) -> RGB/L; False: bad sample
     with_audio: bool = False  # video_files: also decode the audio track as log-mel
     clips_per_video: int = 1  # video_files
     crop: Literal["random", "start", "center"] = "random"  # audio_files
@@ -210,6 +224,11 @@ class TrainConfig:
     init_from: str = ""
     init_weights: Literal["both", "ema", "online"] = "both"
     init_optimizer: bool = False
+    # Resume from the checkpoint of this step instead of the latest (later ones are set aside as
+    # <step>.superseded). A checkpoint that cannot be read or fails its checksums stops the run
+    # ("error"), or is set aside as <step>.damaged for the newest older one that verifies ("previous").
+    resume_step: int | None = None
+    on_bad_checkpoint: Literal["error", "previous"] = "error"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -407,10 +426,26 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(
             f"objective.time_gap={o.time_gap}: expected a value in [0, 1] (0 = s independent of t)"
         )
-    if o.time_gap > 0 and not cfg.uses_dual_timesteps:
+    if o.time_gap > 0 and not (cfg.uses_dual_timesteps or o.kind == "sra"):
         raise ConfigError(
             f"objective.time_gap={o.time_gap} needs a second timestep: objective.kind "
-            f"is {o.kind!r}, expected 'dts' or 'self_flow'"
+            f"is {o.kind!r}, expected 'dts', 'self_flow' or 'sra'"
+        )
+    if o.timesteps != "dts" and not cfg.uses_dual_timesteps:
+        raise ConfigError(
+            f"objective.timesteps={o.timesteps!r} replaces the dual timesteps: objective.kind is "
+            f"{o.kind!r}, expected 'dts' or 'self_flow'"
+        )
+    if o.time_gap > 0 and o.timesteps != "dts":
+        raise ConfigError(
+            f"objective.time_gap={o.time_gap} draws s near t: it needs objective.timesteps='dts', "
+            f"not {o.timesteps!r}"
+        )
+    if o.attention_separation and not (cfg.uses_dual_timesteps and o.timesteps != "diffusion_forcing"):
+        raise ConfigError(
+            "objective.attention_separation=true separates the masked tokens from the others: it needs "
+            f"objective.kind 'dts' or 'self_flow' with timesteps 'dts' or 'full_mask' (have {o.kind!r}, "
+            f"{o.timesteps!r})"
         )
     if not 0.0 <= o.ema_decay < 1.0:
         raise ConfigError(f"objective.ema_decay={o.ema_decay}: expected a value in [0, 1)")
@@ -471,6 +506,10 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(
             "train.init_weights / train.init_optimizer are set but train.init_from is empty: "
             "name the run directory or exported weights to start from"
+        )
+    if t.resume_step is not None and t.resume_step < 0:
+        raise ConfigError(
+            f"train.resume_step={t.resume_step}: expected None (the latest) or a checkpoint step >= 0"
         )
     if t.eval_every < 0 or t.eval_samples < 2 or t.eval_classifier_steps < 1:
         raise ConfigError(
