@@ -30,13 +30,56 @@ from data_pipelines.base import BadSampleError, Field, SourceError, check_index,
 from data_pipelines.folders import scan_class_folders
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg")
-_MODES = {1: "L", 3: "RGB"}  # the only Pillow mode accepted for each channel count
+_MODES = {1: "L", 3: "RGB"}  # the Pillow mode of each channel count
+RESIZE_MODES: tuple[str, ...] = ("error", "resize", "adm")
 
 
 def _check_int(name: str, value, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise SourceError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
+
+
+def _is_wide(mode: str) -> bool:
+    """16/32-bit integer or float modes ("I;16", "I", "F"): converting them to 8 bits clips."""
+    return mode in ("I", "F") or mode.startswith("I;")
+
+
+def _convert(img: Image.Image, mode: str) -> Image.Image:
+    """``img.convert(mode)``; a palette with transparency goes through "RGBA" (the same pixels)
+    to avoid Pillow's warning that such images should be converted to RGBA."""
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    return img.convert(mode)
+
+
+def center_crop_bicubic(img: Image.Image, size: int) -> Image.Image:
+    """``resize="resize"``: the centred square of side min(w, h), BICUBIC to ``size`` x ``size``."""
+    w, h = img.size
+    if (w, h) == (size, size):
+        return img
+    side = min(w, h)
+    left, top = (w - side) // 2, (h - side) // 2
+    # crop() then resize(): resize(box=...) would also sample pixels outside the box near its edges.
+    return img.crop((left, top, left + side, top + side)).resize((size, size), Image.Resampling.BICUBIC)
+
+
+def center_crop_adm(img: Image.Image, size: int) -> Image.Image:
+    """``resize="adm"``: ADM's ``center_crop_arr`` (guided-diffusion), the ImageNet preprocessing
+    of ADM, SiT, REPA and Self-Flow, so FID and checkpoints compare with theirs. While the short
+    side is >= 2 * size, halve both sides (floor) with BOX (cheap anti-aliasing); then BICUBIC so
+    the short side is ``size`` (the long side ``round(long * size / short)``); then the centred
+    ``size`` x ``size`` crop (offsets floor((side - size) / 2)). Returns a ``size`` x ``size`` image.
+    """
+    while min(img.size) >= 2 * size:
+        img = img.resize(tuple(x // 2 for x in img.size), resample=Image.Resampling.BOX)
+    scale = size / min(img.size)
+    img = img.resize(tuple(round(x * scale) for x in img.size), resample=Image.Resampling.BICUBIC)
+    left, top = (img.size[0] - size) // 2, (img.size[1] - size) // 2
+    return img.crop((left, top, left + size, top + size))
+
+
+_RESIZERS = {"resize": center_crop_bicubic, "adm": center_crop_adm}
 
 
 class ImageFolderSource:
@@ -57,19 +100,22 @@ class ImageFolderSource:
 
     Decoding (Pillow, restricted to the PNG and JPEG decoders; the whole file is decoded with
     ``img.load()`` so a truncated file fails here, unless the caller has set
-    ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES``). ``source[i]`` raises ``BadSampleError(path, reason)``
-    for:
+    ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES``). Mode: with ``convert=True`` (default) any 8-bit mode
+    (grayscale "L", "1", "LA", palette "P", "RGBA", "CMYK", ...) becomes "RGB" (``channels=3``) or
+    "L" (``channels=1``) exactly as Pillow's ``img.convert(mode)`` does (what torchvision's
+    ImageFolder does; ImageNet has grayscale and CMYK JPEGs): alpha is dropped, CMYK is converted
+    naively, RGB -> L is ITU-R 601-2 luma. ``source[i]`` raises ``BadSampleError(path, reason)`` for:
       * a file Pillow cannot open or fully decode (not PNG/JPEG, corrupt, truncated);
-      * a wrong mode: **only the exact mode is accepted** -- "RGB" when ``channels=3``, "L" when
-        ``channels=1``. Nothing is converted (no gray->RGB, no dropping alpha from "RGBA"/"LA", no
-        palette "P" expansion, no CMYK, no 16-bit "I;16"), so data is never silently changed;
+      * a wrong mode that is not converted: any other mode with ``convert=False`` (the strict
+        check), and 16/32-bit modes ("I;16", "I", "F") always, since 8 bits would clip them;
         the reason names the mode found and the mode expected;
       * with ``resize="error"``, a size other than ``image_size`` x ``image_size`` (the reason
         names both, as width x height).
-    With ``resize="resize"`` an image that is not square is first center-cropped to a square of
-    side min(width, height) (offset floor((longer - shorter) / 2)), then resized with Pillow
-    BICUBIC to ``image_size`` x ``image_size`` (an image already that size is left untouched).
-    EXIF orientation is not applied: pixels are used as stored.
+    ``resize="resize"``: an image that is not square is first center-cropped to a square of side
+    min(width, height) (offset floor((longer - shorter) / 2)), then resized with Pillow BICUBIC to
+    ``image_size`` x ``image_size`` (an image already that size is left untouched).
+    ``resize="adm"``: :func:`center_crop_adm`, the ImageNet preprocessing of ADM, SiT, REPA and
+    Self-Flow. EXIF orientation is not applied: pixels are used as stored.
 
     ``seed`` is accepted so every source has the same constructor arguments; this source has no
     randomness and ``seed`` changes nothing.
@@ -77,13 +123,24 @@ class ImageFolderSource:
     Schema: ``image`` float32 (image_size, image_size, channels) in [-1, 1], ``label`` int32.
     """
 
-    def __init__(self, root, image_size: int, channels: int = 3, resize: str = "error", seed: int = 0):
+    def __init__(
+        self,
+        root,
+        image_size: int,
+        channels: int = 3,
+        resize: str = "error",
+        seed: int = 0,
+        convert: bool = True,
+    ):
         self.image_size = _check_int("image_size", image_size, 1)
         if isinstance(channels, bool) or channels not in _MODES:
             raise SourceError(f"channels must be 1 or 3, got {channels!r}")
-        if resize not in ("error", "resize"):
-            raise SourceError(f"resize must be 'error' or 'resize', got {resize!r}")
+        if resize not in RESIZE_MODES:
+            raise SourceError(f"resize must be one of {', '.join(map(repr, RESIZE_MODES))}, got {resize!r}")
+        if not isinstance(convert, bool):
+            raise SourceError(f"convert must be True or False, got {convert!r}")
         self.channels, self.resize, self.seed = int(channels), resize, _check_int("seed", seed, 0)
+        self.convert = convert
         found = scan_class_folders(root, IMAGE_EXTENSIONS, "image")
         self.root, self.files, self.labels, self.classes = (
             found.root,
@@ -108,40 +165,40 @@ class ImageFolderSource:
 
     def read_image(self, path: str) -> np.ndarray:
         """Decodes and checks one file (see the class docstring): float32 (S, S, C) in [-1, 1]."""
-        expected_mode, size = _MODES[self.channels], self.image_size
+        expected, size = _MODES[self.channels], self.image_size
         try:
             with Image.open(path, formats=("PNG", "JPEG")) as img:
                 img.load()
                 mode, (w, h) = img.mode, img.size
-                if mode == expected_mode and self.resize == "resize" and (w, h) != (size, size):
-                    side = min(w, h)
-                    left, top = (w - side) // 2, (h - side) // 2
-                    # crop() then resize(): resize(box=...) would also sample pixels outside
-                    # the box near its edges.
-                    img = img.crop((left, top, left + side, top + side)).resize(
-                        (size, size), Image.Resampling.BICUBIC
-                    )
+                if self.convert and mode != expected and not _is_wide(mode):
+                    img = _convert(img, expected)
+                final_mode = img.mode
+                if final_mode == expected and self.resize != "error":
+                    img = _RESIZERS[self.resize](img, size)
                 pixels = np.asarray(img)
         except Exception as e:  # anything Pillow raises while opening or decoding this file
             raise BadSampleError(path, f"cannot decode as PNG/JPEG ({type(e).__name__}: {e})") from e
-        if mode != expected_mode:
+        if final_mode != expected:
+            why = (
+                "more than 8 bits per channel: not converted, 8 bits would clip the values"
+                if _is_wide(mode)
+                else "convert=False: modes are not converted"
+            )
             raise BadSampleError(
-                path,
-                f"image mode {mode!r}, expected {expected_mode!r} "
-                f"({self.channels} channel(s); modes are not converted)",
+                path, f"image mode {mode!r}, expected {expected!r} ({self.channels} channel(s); {why})"
             )
         if pixels.shape[:2] != (size, size):
             raise BadSampleError(
                 path,
                 f"image size {w}x{h} (width x height), expected "
-                f"{size}x{size} (use resize='resize' to resize)",
+                f"{size}x{size} (use resize='resize' or 'adm' to resize)",
             )
         return to_unit_range(pixels.reshape(size, size, self.channels))
 
     def __repr__(self) -> str:
         return (
             f"ImageFolderSource(root={self.root!r}, image_size={self.image_size}, "
-            f"channels={self.channels}, resize={self.resize!r}, seed={self.seed}; "
+            f"channels={self.channels}, resize={self.resize!r}, convert={self.convert}, seed={self.seed}; "
             f"{len(self)} files, {len(self.classes)} classes)"
         )
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import grain
 
-from data_pipelines.guard import GuardedSource
+from data_pipelines.guard import GuardedSource, KnownBad
 
 
 def host_shard() -> tuple[int, int]:
@@ -25,15 +25,22 @@ def host_shard() -> tuple[int, int]:
 
 
 def example_stream(
-    source, seed: int, *, on_bad_sample: str = "error", name: str = "", shard: tuple[int, int] | None = None
+    source,
+    seed: int,
+    *,
+    on_bad_sample: str = "error",
+    name: str = "",
+    shard: tuple[int, int] | None = None,
+    known_bad: KnownBad | None = None,
 ) -> grain.MapDataset:
     """Infinite MapDataset of this host's examples of ``source``, reshuffled every epoch.
 
-    Each example gains ``skipped`` (see :mod:`.guard`). The shard is taken before shuffling,
-    so hosts see disjoint examples that together cover the source.
+    Each example gains ``skipped`` (see :mod:`.guard`; ``known_bad`` shares the memory of bad
+    files with other streams of the same source). The shard is taken before shuffling, so hosts
+    see disjoint examples that together cover the source.
     """
     index, count = shard or host_shard()
-    ds = grain.MapDataset.source(GuardedSource(source, on_bad_sample, name))
+    ds = grain.MapDataset.source(GuardedSource(source, on_bad_sample, name, known_bad))
     if count > 1:
         if len(ds) < count:
             raise ValueError(f"source {name!r} has {len(ds)} examples, fewer than the {count} hosts")

@@ -165,6 +165,7 @@ class ShapesSource:
         if int(seed) != seed or seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
         self.num_examples, self.image_size, self.seed = int(num_examples), int(image_size), int(seed)
+        self.classes = CLASS_NAMES
         self.schema = {
             "image": Field((self.image_size, self.image_size, 3), "float32"),
             "label": Field((), "int32"),

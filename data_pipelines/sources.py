@@ -6,7 +6,10 @@ with the run's :func:`modalities.audio.data_spec`). File readers are imported la
 world never imports decord or librosa's decoders.
 
 Every source here has ``schema`` and ``select(keys)``, which returns a source yielding only
-``keys`` (plus ``label``): the world computes its log-mel only when a layout reads audio.
+``keys`` (plus ``label``): the world computes its log-mel only when a layout reads audio. Sources
+whose labels are class ids ``0..len(classes) - 1`` have ``classes`` (the names); it is ``None``
+where the number of classes is not known up front (trajectories, latents). :mod:`selfflow.tasks`
+checks it against ``data.num_classes``.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ class Selected:
         if missing:
             raise SourceError(f"{source!r} does not yield {missing} (it has {sorted(source.schema)})")
         self.schema = {k: source.schema[k] for k in self.keys}
+        self.classes = getattr(source, "classes", None)
 
     def __len__(self):
         return len(self.source)
@@ -69,6 +73,7 @@ class WorldExamples:
         }
         self.keys = tuple(full) if keys is None else tuple(dict.fromkeys((*keys, "label")))
         self.schema = {k: full[k] for k in self.keys}
+        self.classes = tuple(f"{b} ball(s)" for b in range(1, c.max_balls + 1))
 
     def __len__(self):
         return len(self.world)
@@ -115,7 +120,9 @@ def build(sc, data_cfg, seed: int):
     if kind == "image_folder":
         from data_pipelines.image_files import ImageFolderSource
 
-        src = ImageFolderSource(sc.path, image_size=d.image_size, channels=sc.channels, resize=sc.resize)
+        src = ImageFolderSource(
+            sc.path, image_size=d.image_size, channels=sc.channels, resize=sc.resize, convert=sc.convert
+        )
     elif kind == "fashion_mnist":
         from data_pipelines.image_files import FashionMnistSource
 

@@ -15,12 +15,15 @@ comes from the shapes its sources yield (``spec_for``). A layout mixes every sou
 all of its modalities (or the sources it names), in proportion to the sources' weights.
 Sources are built only when needed: a task made with the ``specs`` a run stored (see
 :func:`selfflow.run.load_run`) samples, exports and evaluates without the training data on disk.
+Building them checks their class counts against ``data.num_classes`` (:func:`check_class_counts`),
+so a mismatch stops before anything is compiled.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import zlib
 
 import grain
@@ -29,11 +32,15 @@ import numpy as np
 import modalities
 from data_pipelines import loader
 from data_pipelines import sources as sources_lib
+from data_pipelines.guard import KnownBad
 from selfflow.config import Config, ConfigError, LayoutConfig, layout_modalities, parse_segment, resolve
 from selfflow.layout import Layout, Segment
 from selfflow.objective import SegmentBatch
 
 HELDOUT_SEED_OFFSET = 1_000_003  # held-out examples: the data seed shifted by this
+CLASS_FOLDER_KINDS = ("image_folder", "video_files", "audio_files")  # class = sub-folder
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,10 +83,17 @@ class Task:
 
     @functools.cached_property
     def sources(self) -> dict:
-        return {
+        built = {
             name: sources_lib.build(sc, self.cfg.data, self.cfg.seed)
             for name, sc in self.source_configs.items()
         }
+        check_class_counts(self.cfg.data, self.source_configs, built)
+        return built
+
+    @functools.cached_property
+    def _known_bad(self) -> dict:
+        """{source name: KnownBad} shared by every stream of that training source."""
+        return {name: KnownBad() for name in self.source_configs}
 
     def layout_sources(self, index: int) -> tuple[str, ...]:
         """The sources layout ``index`` mixes: those it names, or all, that yield every key it reads."""
@@ -191,7 +205,11 @@ class Task:
             )
         streams = []
         for name in names:
-            source = (self._heldout_source(name) if heldout else self.sources[name]).select(lt.keys)
+            base = self._heldout_source(name) if heldout else self.sources[name]
+            # one memory of bad files per training source: a file is logged once per process,
+            # whichever layout or validation meets it first
+            known_bad = self._known_bad[name] if base is self.sources[name] else None
+            source = base.select(lt.keys)
             seed = (
                 self.cfg.seed
                 if len(self.layouts) == len(names) == 1
@@ -199,7 +217,12 @@ class Task:
             )
             streams.append(
                 loader.example_stream(
-                    source, seed, on_bad_sample=self.cfg.data.on_bad_sample, name=name, shard=shard
+                    source,
+                    seed,
+                    on_bad_sample=self.cfg.data.on_bad_sample,
+                    name=name,
+                    shard=shard,
+                    known_bad=known_bad,
                 )
             )
         weights = [self.source_configs[n].weight for n in names]
@@ -220,6 +243,40 @@ class Task:
     def specs_dict(self) -> dict:
         """{modality: spec fields} as JSON-able values (what a checkpoint stores)."""
         return {m: dataclasses.asdict(spec) for m, spec in self.specs.items()}
+
+
+def check_class_counts(data_cfg, configs: dict, built: dict) -> None:
+    """Labels must be < ``data.num_classes``: the id ``num_classes`` is the null class of guidance
+    (silently unconditional) and a larger one indexes past the label table (NaN loss at step 1).
+    A source with more classes is a ConfigError naming it; when every source's count is known and
+    the largest is below ``num_classes``, the unused ids (never trained, yet drawn by the sample
+    grids and FID) are a warning. ``configs``/``built``: {name: SourceConfig / source}, in
+    ``data.sources`` order; a source's ``classes`` is None where the count is not known."""
+    given, found = data_cfg.num_classes, []  # found: (count, "where: count class folders")
+    for i, (name, sc) in enumerate(configs.items()):
+        classes = getattr(built[name], "classes", None)
+        if classes is None:
+            continue
+        path = f" {sc.path}" if sc.path else ""
+        where = f"data.sources[{i}] ({name!r}, {sc.kind}{path})" if data_cfg.sources else "data.source"
+        noun = "class folders" if sc.kind in CLASS_FOLDER_KINDS else "classes"
+        found.append((len(classes), f"{where}: {len(classes)} {noun}"))
+        if len(classes) > given:
+            raise ConfigError(
+                f"{found[-1][1]} but data.num_classes={given}; set data.num_classes={len(classes)} (or more)"
+            )
+    most = max((n for n, _ in found), default=0)
+    if found and len(found) == len(configs) and most < given:
+        log.warning(
+            "data.num_classes=%d but the sources have at most %d classes (%s): class ids %d..%d "
+            "have no examples and are never trained; set data.num_classes=%d unless that is meant",
+            given,
+            most,
+            "; ".join(text for _, text in found),
+            most,
+            given - 1,
+            most,
+        )
 
 
 def specs_from_dict(data: dict) -> dict:

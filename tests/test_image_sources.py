@@ -6,6 +6,7 @@ import gzip
 import os
 import pickle
 import struct
+import warnings
 
 import numpy as np
 import pytest
@@ -186,6 +187,7 @@ def test_source_errors(tmp_path):
         ({"channels": 4}, "channels"),
         ({"channels": 2}, "channels"),
         ({"resize": "crop"}, "resize"),
+        ({"convert": "yes"}, "convert"),
         ({"seed": -1}, "seed"),
     ],
 )
@@ -223,12 +225,12 @@ def test_bad_inputs_raise_bad_sample_error(tmp_path):
     data = open(tjpg, "rb").read()
     open(tjpg, "wb").write(data[: len(data) // 2])
 
-    src = ImageFolderSource(root, image_size=16)
+    src = ImageFolderSource(root, image_size=16, convert=False)  # the strict mode check
     assert len(src) == 8
     assert src[0]["image"].shape == (16, 16, 3)
     _bad_sample(src, 1, trunc, "cannot decode")
     _bad_sample(src, 2, text, "cannot decode")
-    _bad_sample(src, 3, gray, "mode 'L'", "expected 'RGB'")
+    _bad_sample(src, 3, gray, "mode 'L'", "expected 'RGB'", "convert=False")
     _bad_sample(src, 4, rgba, "mode 'RGBA'", "expected 'RGB'")
     _bad_sample(src, 5, pal, "mode 'P'", "expected 'RGB'")
     _bad_sample(src, 6, small, "size 10x12", "expected 16x16")
@@ -237,8 +239,8 @@ def test_bad_inputs_raise_bad_sample_error(tmp_path):
     again = pickle.loads(pickle.dumps(err))
     assert (again.where, again.reason) == (err.where, err.reason)
 
-    # An RGB image in a one-channel source is a wrong mode too.
-    src1 = ImageFolderSource(root, image_size=16, channels=1)
+    # An RGB image in a strict one-channel source is a wrong mode too.
+    src1 = ImageFolderSource(root, image_size=16, channels=1, convert=False)
     _bad_sample(src1, 0, str(root / "c" / "00_good.png"), "mode 'RGB'", "expected 'L'")
     assert src1[3]["image"].shape == (16, 16, 1)
 
@@ -265,6 +267,98 @@ def test_resize_center_crop_bicubic(tmp_path):
     ref = Image.fromarray(tall).crop((0, 2, 16, 18)).resize((8, 8), Image.Resampling.BICUBIC)
     np.testing.assert_array_equal(src[1]["image"], _unit(np.asarray(ref)))
     np.testing.assert_array_equal(src[2]["image"], _unit(exact))  # right size: untouched
+
+
+def _as_read(path, mode):
+    """What Pillow's own ``.convert(mode)`` makes of the file (the reference for convert=True)."""
+    with Image.open(path) as img, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a palette with transparency: "should be converted to RGBA"
+        return np.asarray(img.convert(mode))
+
+
+@pytest.mark.filterwarnings("error:Palette images")  # the source converts without Pillow's warning
+def test_other_modes_are_converted_like_pil(tmp_path):
+    """ImageNet has grayscale and CMYK JPEGs: by default every 8-bit mode is converted exactly as
+    ``Image.convert`` does (torchvision's ImageFolder), also before resizing; ``convert=False``
+    keeps the strict check, and 16-bit images are never converted (8 bits would clip them)."""
+    root = tmp_path / "data" / "c"
+    cmyk = str(root / "0_cmyk.jpg")
+    root.mkdir(parents=True)
+    Image.frombytes("CMYK", (16, 16), _noise((16, 16, 4), 1).tobytes()).save(cmyk, quality=90)
+    gray = _save(root / "1_gray.png", _noise((16, 16), 2))
+    gray_jpg = _save(root / "2_gray.jpg", _smooth(16)[..., 1], quality=90)
+    rgba = _save(root / "3_rgba.png", _noise((16, 16, 4), 3))
+    pal = str(root / "4_palette.png")
+    Image.fromarray(_noise((16, 16, 3), 4)).convert("P").save(pal, transparency=bytes([0, 128, 255]))
+    bilevel = str(root / "5_bilevel.png")
+    Image.fromarray(_noise((16, 16), 5) > 127).save(bilevel)
+    rgb = _save(root / "6_rgb.png", _noise((16, 16, 3), 6))
+    files = [cmyk, gray, gray_jpg, rgba, pal, bilevel, rgb]
+    with Image.open(cmyk) as img:
+        assert img.mode == "CMYK"  # a real CMYK JPEG, not converted on saving
+    with Image.open(pal) as img:
+        assert img.mode == "P" and isinstance(img.info["transparency"], bytes)
+
+    src, src1 = ImageFolderSource(root.parent, 16), ImageFolderSource(root.parent, 16, channels=1)
+    assert list(src.files) == files
+    for i, path in enumerate(files):
+        np.testing.assert_array_equal(src[i]["image"], _unit(_as_read(path, "RGB")), err_msg=path)
+        np.testing.assert_array_equal(src1[i]["image"], _unit(_as_read(path, "L"))[..., None], err_msg=path)
+
+    strict = ImageFolderSource(root.parent, 16, convert=False)
+    _bad_sample(strict, 0, cmyk, "mode 'CMYK'", "expected 'RGB'", "convert=False")
+    _bad_sample(strict, 1, gray, "mode 'L'", "expected 'RGB'", "convert=False")
+    np.testing.assert_array_equal(strict[6]["image"], src[6]["image"])
+
+    # Conversion comes before resizing: a 40x24 CMYK JPEG through ADM's crop.
+    wide = tmp_path / "wide" / "c" / "cmyk.jpg"
+    wide.parent.mkdir(parents=True)
+    Image.frombytes("CMYK", (40, 24), _noise((24, 40, 4), 7).tobytes()).save(wide, quality=90)
+    with Image.open(wide) as img:
+        expected = _adm_reference(img.convert("RGB"), 8)
+    np.testing.assert_array_equal(
+        ImageFolderSource(wide.parents[1], 8, resize="adm")[0]["image"], _unit(expected)
+    )
+
+    deep = tmp_path / "deep" / "c" / "16bit.png"
+    deep.parent.mkdir(parents=True)
+    Image.fromarray(_noise((16, 16), 8).astype(np.uint16) * 257).save(deep)
+    with Image.open(deep) as img:
+        assert img.mode.startswith("I")
+    _bad_sample(ImageFolderSource(deep.parents[1], 16), 0, str(deep), "expected 'RGB'", "clip")
+
+
+def _adm_reference(img, size):
+    """ADM's ``center_crop_arr``, written from its description: halve with BOX while the short side
+    is >= 2 * size, BICUBIC so the short side is ``size``, centre crop in NumPy. uint8 (S, S, C)."""
+    while min(*img.size) >= 2 * size:
+        img = img.resize(tuple(x // 2 for x in img.size), resample=Image.BOX)
+    scale = size / min(*img.size)
+    img = img.resize(tuple(round(x * scale) for x in img.size), resample=Image.BICUBIC)
+    arr = np.array(img)
+    top, left = (arr.shape[0] - size) // 2, (arr.shape[1] - size) // 2
+    return arr[top : top + size, left : left + size]
+
+
+@pytest.mark.parametrize(
+    "width, height, size",
+    [
+        (16, 16, 16),  # already the size: unchanged
+        (500, 375, 32),  # ImageNet-like: three halvings, then BICUBIC
+        (64, 48, 16),  # one halving
+        (33, 65, 16),  # odd sides, portrait: one halving (floor)
+        (1000, 40, 16),  # 25:1 landscape: crop keeps the middle
+        (17, 300, 8),  # 1:18 portrait, odd width
+        (12, 10, 16),  # smaller than the size: upscaled
+    ],
+)
+def test_resize_adm_matches_center_crop_arr(tmp_path, width, height, size):
+    path = _save(tmp_path / "c" / "x.png", _noise((height, width, 3), width + height))
+    image = ImageFolderSource(tmp_path, image_size=size, resize="adm")[0]["image"]
+    with Image.open(path) as img:
+        expected = _adm_reference(img, size)
+    assert expected.shape == (size, size, 3)
+    np.testing.assert_array_equal(image, _unit(expected))
 
 
 def test_pickle_and_grain_pipeline(tmp_path):

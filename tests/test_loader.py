@@ -2,12 +2,14 @@
 with worker processes; hosts get disjoint shards; mixtures follow their weights; bad examples
 stop the pipeline naming the file, or are replaced and counted."""
 
+import pickle
+
 import numpy as np
 import pytest
 
 from data_pipelines import loader
 from data_pipelines.base import BadSampleError, Field
-from data_pipelines.guard import GuardedSource
+from data_pipelines.guard import GuardedSource, KnownBad
 from data_pipelines.shapes import ShapesSource
 
 
@@ -117,6 +119,73 @@ def test_skip_replaces_bad_examples_counts_and_logs_them(caplog):
     batch = ds[0]
     assert int(batch["skipped"].sum()) == 3  # examples 4 (two bad files) and 5 (one)
     assert 4 not in batch["label"] and 5 not in batch["label"]
+
+
+class Counting(Numbered):
+    """Numbered that counts how often each example is read (decoded)."""
+
+    def __init__(self, n, bad=()):
+        super().__init__(n, bad)
+        self.reads = {}
+
+    def __getitem__(self, i):
+        self.reads[i] = self.reads.get(i, 0) + 1
+        return super().__getitem__(i)
+
+
+BAD = {1, 3, 5, 6}  # of 8: per epoch, examples 1, 3 and 6 pass over one bad file, 5 over two
+
+
+def _skipping(source, seed=2):
+    """Batches of 4 of an 8-example source: one epoch every 2 batches."""
+    return loader.batched_dataset(source, 4, seed, on_bad_sample="skip", shard=(0, 1))
+
+
+def test_skip_logs_and_decodes_each_bad_file_once_but_counts_every_replacement(caplog):
+    """Over 15 epochs the 4 bad files are decoded and logged once each (not once per epoch), and
+    ``skipped`` still counts all 15 x 5 replacements."""
+    source = Counting(8, bad=BAD)
+    ds = _skipping(source)
+    with caplog.at_level("WARNING", logger="data_pipelines.guard"):
+        batches = [ds[k] for k in range(30)]
+    logged = [r.getMessage() for r in caplog.records]
+    assert len(logged) == 4, logged
+    for i in BAD:
+        assert sum(f"/data/clip_{i}.mp4" in m for m in logged) == 1
+        assert source.reads[i] == 1
+    assert sum(int(b["skipped"].sum()) for b in batches) == 15 * 5
+    assert not BAD & set(np.concatenate([b["label"] for b in batches]).tolist())
+
+
+def test_known_bad_files_do_not_change_the_batches_of_a_resumed_run():
+    """The replacement is a function of the index alone: batches read after every bad file is known
+    (a long run) equal those of a fresh pipeline started there (a resume), in this process and in
+    worker processes (each with its own, empty, memory)."""
+    warm = _skipping(Counting(8, bad=BAD))
+    straight = [warm[k] for k in range(30)]
+    for k in (0, 7, 29):
+        cold = _skipping(Counting(8, bad=BAD))[k]
+        for key in ("x", "label", "skipped"):
+            np.testing.assert_array_equal(cold[key], straight[k][key])
+    it = loader.BatchIterator(warm, start=25, worker_count=2)  # workers: their own memory
+    try:
+        for k in range(25, 30):
+            batch = next(it)
+            for key in ("x", "label", "skipped"):
+                np.testing.assert_array_equal(batch[key], straight[k][key])
+    finally:
+        it.close()
+
+
+def test_guards_of_one_source_share_what_they_know():
+    """A run's layouts and its validation read one source through several guards sharing one
+    KnownBad: the second guard neither decodes nor logs the file again; a pickled copy (a worker
+    process) starts empty."""
+    source, known = Counting(8, bad=BAD), KnownBad()
+    for _ in range(2):
+        assert int(GuardedSource(source, "skip", known_bad=known)[5]["skipped"]) == 2
+    assert known.indices == {5, 6} and source.reads == {5: 1, 6: 1, 7: 2}
+    assert pickle.loads(pickle.dumps(known)).indices == set()
 
 
 def test_skip_gives_up_when_everything_is_bad():
