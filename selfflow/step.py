@@ -12,7 +12,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from selfflow.config import Config
-from selfflow.objective import ema_update
+from selfflow.objective import ema_decay_at, ema_update
 from selfflow.objectives import make_objective
 from selfflow.tasks import Task
 
@@ -24,7 +24,7 @@ def make_train_step(cfg: Config, graphdef, tx: optax.GradientTransformation, tas
     ``shardings`` (a tree like the state, see ``sharding.state_shardings``) pins the new state to
     the placement of the old one; metrics come back replicated.
     """
-    decay = cfg.objective.ema_decay
+    decay, warmup = cfg.objective.ema_decay, cfg.objective.ema_warmup
     objective = make_objective(cfg, task.mask_ratios, task.loss_weights)
 
     def step(state, raw, index):
@@ -47,7 +47,7 @@ def make_train_step(cfg: Config, graphdef, tx: optax.GradientTransformation, tas
             step=state["step"] + 1,
             params=params,
             opt_state=opt_state,
-            ema=ema_update(state["ema"], params, decay),
+            ema=ema_update(state["ema"], params, ema_decay_at(state["step"], decay, warmup)),
         )
         return new_state, metrics
 
