@@ -87,6 +87,10 @@ class ObjectiveConfig:
     time_shift: float = 1.0
     label_dropout: float = 0.1
     ema_decay: float = 0.9999
+    # EMA warm-up (teacher and sampling weights alike): decay_n = min(ema_decay, (1 + n) / (10 + n)),
+    # TensorFlow's num_updates rule. Off by default (the paper's constant decay); turn it on for
+    # short runs, whose constant-decay EMA is still mostly the initialisation.
+    ema_warmup: bool = False
     # > 0: the second timestep is s = max(t - U(0, time_gap), 0) instead of an independent draw,
     # the SRA-style small gap (with mask_ratio=0 the teacher then sees t - U(0, gap), as SRA).
     # For objective.kind="sra" it is SRA's t_max (0 = SRA's default 0.2).
