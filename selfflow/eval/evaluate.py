@@ -8,7 +8,9 @@ the real examples of the same held-out batches:
 =========  ==================================================================================
 image      ``image_fd``: Fréchet distance in the features of the run's cached classifier
            (:mod:`~selfflow.eval.classifier`); ``inception_fid`` too with ``inception=PATH``
-           (the pytorch-fid weight file)
+           (the pytorch-fid weight file); ``image_fd_dinov2`` with ``dinov2=PATH`` (FD-DINOv2:
+           DINOv2 CLS features at 224 px, :mod:`~selfflow.eval.dinov2_fd`; ViT-L/14 for the
+           published protocol)
 video      ``video_frame_fd`` (per-frame features, :mod:`~selfflow.eval.media`),
            ``video_motion_fd`` and ``video_temporal_ratio`` (1 = as smooth as real clips)
 audio      ``audio_fd`` (log-mel statistics)
@@ -55,6 +57,7 @@ class EvalSettings:
     probe_examples: tuple[int, int] = (2048, 1024)  # (train, held-out) examples of the probe
     classifier_steps: int = 1000  # training budget of the image classifier (cached per dataset)
     inception: str | None = None  # pytorch-fid weight file: also the Inception FID of images
+    dinov2: str | None = None  # DINOv2 model.safetensors: also FD-DINOv2 of images
 
     def __post_init__(self):
         if self.num < 2:
@@ -107,6 +110,7 @@ def layout_metrics(
     settings: EvalSettings,
     image_features: Callable | None,
     inception=None,
+    dinov2=None,
 ) -> dict[str, float]:
     """The proxies of one layout (see the module docstring), unprefixed."""
     from selfflow.eval import actions, frechet, media, synchrony
@@ -142,6 +146,14 @@ def layout_metrics(
         out["inception_fid_real"] = frechet.frechet_from_features(
             pool3(_real(real, "image")), pool3(_real(other, "image"))
         )
+    if "image" in generated and dinov2 is not None:
+        from selfflow.eval.dinov2_fd import extract_cls
+        from selfflow.sample import to_uint8
+
+        cls = lambda images: extract_cls(dinov2, to_uint8(images))  # as the sample files hold them
+        real_cls = cls(_real(real, "image"))
+        out["image_fd_dinov2"] = frechet.frechet_from_features(real_cls, cls(fake["image"]))
+        out["image_fd_dinov2_real"] = frechet.frechet_from_features(real_cls, cls(_real(other, "image")))
     if "video" in generated:
         rv, ov, fv = _real(real, "video"), _real(other, "video"), fake["video"]
         out["video_frame_fd"] = media.video_frame_fd(rv, fv)
@@ -177,7 +189,7 @@ def evaluate(
     "val/...": ..., "probe/layer_<l>": ...}."""
     from selfflow.validation import validation_metrics
 
-    image_features = inception = None
+    image_features = inception = dinov2 = None
     imaging = [
         i
         for i, lt in enumerate(task.layouts)
@@ -194,13 +206,19 @@ def evaluate(
             from selfflow.eval.inception import load_pytorch_fid_weights
 
             inception = load_pytorch_fid_weights(settings.inception)
+        if settings.dinov2:
+            from selfflow.encoders.dinov2 import load_dinov2
+
+            dinov2 = load_dinov2(settings.dinov2)
     results = {}
     for i, name in enumerate(task.names):
         progress(f"layout {name}: sampling {settings.num} examples")
         results.update(
             {
                 f"{name}/{k}": v
-                for k, v in layout_metrics(cfg, task, model, i, settings, image_features, inception).items()
+                for k, v in layout_metrics(
+                    cfg, task, model, i, settings, image_features, inception, dinov2
+                ).items()
             }
         )
     results.update(validation_metrics(task, model))
