@@ -11,6 +11,8 @@ time per call within a round. Measured:
   each with its model FLOPs (:mod:`selfflow.flops`), FLOP/s, MFU against the peak of its
   precision, XLA's planned peak memory, and the number of recompilations during the rounds;
 - sampling throughput: Euler steps of the EMA model on the layout's batch, in examples/s;
+- saving the Self-Flow state as training does (:meth:`RunCheckpoints.save`: asynchronous, with its
+  checksums), the part that blocks the loop and the whole save, beside the checksums alone (GB/s);
 - the same model and Self-Flow step in PyTorch (:mod:`selfflow.torch_step`, when torch is
   installed: the ``torch`` extra), with the same weights, algorithm and batch.
 
@@ -29,6 +31,7 @@ import math
 import os
 import resource
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from typing import NamedTuple
@@ -96,6 +99,7 @@ def train_step(cfg: Config) -> Candidate:
     lt = task.layouts[0]
     info = {
         "params": count_params(model),
+        "state": lambda: holder["state"],
         "compiles_at_start": compiled,
         "step_fn": step,
         "peak_bytes": _planned_peak(memory),
@@ -119,6 +123,39 @@ def _planned_peak(memory) -> float:
         + memory.temp_size_in_bytes
         - memory.alias_size_in_bytes
     )
+
+
+def checkpoint_cost(cfg: Config, state: dict, saves: int = 3) -> dict:
+    """Median seconds over ``saves`` saves of ``state`` by :meth:`RunCheckpoints.save` (into a
+    temporary directory): the part that blocks the training loop (device-to-host copy and the
+    checksums) and the whole save; and of :func:`state_checksums` alone, with its GB/s."""
+    from selfflow.checkpoint import RunCheckpoints, state_checksums
+
+    specs = Task(cfg).specs_dict()
+    times = {"checksum": [], "blocking": [], "save": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpts = RunCheckpoints(tmp, keep=1)
+        try:
+            for step in range(1, saves + 1):
+                start = time.perf_counter()
+                state_checksums(state)
+                times["checksum"].append(time.perf_counter() - start)
+                start = time.perf_counter()
+                ckpts.save(step, state, {"next_index": step}, cfg, specs)
+                times["blocking"].append(time.perf_counter() - start)
+                ckpts.wait()
+                times["save"].append(time.perf_counter() - start)
+        finally:
+            ckpts.close()
+    med = {k: statistics.median(v) for k, v in times.items()}
+    nbytes = sum(x.nbytes for x in jax.tree.leaves(state))
+    return {
+        "bytes": nbytes,
+        "save_seconds": med["save"],
+        "save_blocking_seconds": med["blocking"],
+        "checksum_seconds": med["checksum"],
+        "checksum_gb_per_s": nbytes / med["checksum"] / 1e9,
+    }
 
 
 def sampler(cfg: Config, steps: int) -> Candidate:
@@ -246,6 +283,9 @@ def bench(
             "examples_per_s": runners["sampling"].info["examples"] / med["sampling"],
             "steps": sample_steps,
         },
+        "checkpoint": checkpoint_cost(
+            _with(cfg, objective={"kind": "self_flow"}), runners["selfflow"].info["state"]()
+        ),
         "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024.0,
         "selfflow_over_fm": ratio("selfflow", "fm"),
         "bf16_over_f32": ratio("selfflow_bf16", "selfflow"),
@@ -287,10 +327,14 @@ def format_report(r: dict) -> str:
             f"{row['flops_per_s'] / 1e9:8.1f} {row['mfu']:6.1%} of {SHORT[row['mfu_of']]:4s} {mem:>13s} "
             f"{row.get('recompiles', '')}"
         )
-    s = r["sampling"]
+    s, c = r["sampling"], r["checkpoint"]
     lines += [
         f"sampling: {s['examples_per_s'] * s['steps']:.1f} example-steps/s "
         f"({s['examples_per_s']:.2f} examples/s at {s['steps']} Euler steps)",
+        f"checkpoint of the Self-Flow state ({c['bytes'] / 1e6:.1f} MB): save {c['save_seconds'] * 1e3:.1f} ms, "
+        f"{c['save_blocking_seconds'] * 1e3:.1f} ms of it blocking the loop; its crc32 checksums "
+        f"{c['checksum_seconds'] * 1e3:.1f} ms = {c['checksum_gb_per_s']:.2f} GB/s "
+        f"({c['checksum_seconds'] / c['save_seconds']:.0%} of the save)",
         f"process max RSS {r['max_rss_bytes'] / gib:.2f} GiB",
         f"ratios: Self-Flow / FM {r['selfflow_over_fm']:.3f}; bf16 / f32 Self-Flow {r['bf16_over_f32']:.3f}; "
         f"ours / PyTorch: FM {r['fm_over_torch']:.3f}, Self-Flow {r['selfflow_over_torch']:.3f}",

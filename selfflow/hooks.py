@@ -26,6 +26,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from selfflow import flops
+from selfflow.checkpoint import CheckpointDamaged
 from selfflow.config import Config
 from selfflow.errors import TrainingError
 from selfflow.tasks import Task
@@ -62,22 +63,44 @@ class StepInfo:
 
 
 class NonFinite:
-    """Raises TrainingError naming the metric and the last checkpoint that was written."""
+    """Raises TrainingError naming the metric and the newest checkpoint that verifies.
 
-    def __init__(self, ckpt_dir: Path, last_good: int | None):
-        self.ckpt_dir, self.last_good = ckpt_dir, last_good
+    A checkpoint is called good only once it verified: at the stop, the save in flight is waited
+    for and the checkpoints up to ``last_good`` are read back and checked against their checksums,
+    newest first (``ckpts``, a RunCheckpoints, is set by the :class:`Checkpoint` hook; without it
+    the message says the checkpoint was not verified)."""
+
+    def __init__(self, ckpt_dir: Path, last_good: int | None, ckpts=None):
+        self.ckpt_dir, self.last_good, self.ckpts = ckpt_dir, last_good, ckpts
 
     def check(self, step: int, metrics: dict) -> None:
         values = {k: float(v) for k, v in jax.device_get(metrics).items() if k in MONITORED}
         bad = {k: v for k, v in values.items() if not math.isfinite(v)}
         if bad:
             what = ", ".join(f"{k}={v}" for k, v in bad.items())
+            raise TrainingError(f"non-finite {what} at step {step}; training stopped and {self._kept()}")
+
+    def _kept(self) -> str:
+        """What the stop leaves: the newest checkpoint that verifies (and those that did not)."""
+        if self.last_good is None:
+            return "no checkpoint had been written yet"
+        if self.ckpts is None:
+            return f"the last checkpoint (step {self.last_good}, not verified) in {self.ckpt_dir} was not overwritten"
+        self.ckpts.wait()
+        failed = []
+        for step in reversed([s for s in self.ckpts.all_steps() if s <= self.last_good]):
+            try:
+                checked = self.ckpts.verify(step)
+            except CheckpointDamaged as e:
+                failed.append(f"step {step} does not verify: {e.problem}")
+                continue
             kept = (
-                f"the last good checkpoint (step {self.last_good}) in {self.ckpt_dir} was not overwritten"
-                if self.last_good is not None
-                else "no checkpoint had been written yet"
+                f"the last good checkpoint (step {step}) in {self.ckpt_dir} verifies"
+                if checked
+                else f"the last checkpoint (step {step}) in {self.ckpt_dir} has no checksums to verify"
             )
-            raise TrainingError(f"non-finite {what} at step {step}; training stopped and {kept}")
+            return f"{kept} and was not overwritten" + (f" ({'; '.join(failed)})" if failed else "")
+        return f"no checkpoint in {self.ckpt_dir} verifies ({'; '.join(failed) or 'none left'})"
 
 
 class PerfWindow:
@@ -229,11 +252,12 @@ class Sample:
 
 
 class Checkpoint:
-    """Every ``train.checkpoint_every`` steps and at the last one: the state, the data iterators'
-    positions, the config and the specs (after checking the step's metrics are finite)."""
+    """Every ``train.checkpoint_every`` steps and at the last one: the state, its checksums, the data
+    iterators' positions, the config and the specs (after checking the step's metrics are finite)."""
 
     def __init__(self, cfg: Config, task: Task, ckpts, iterators: list, guard: NonFinite):
         self.cfg, self.task, self.ckpts, self.iterators, self.guard = cfg, task, ckpts, iterators, guard
+        guard.ckpts = ckpts  # so that a stop reads back (verifies) what this hook saved
 
     def due(self, info: StepInfo) -> bool:
         return every(self.cfg.train.checkpoint_every, info.step) or info.final

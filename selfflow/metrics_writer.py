@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
-
 
 class MetricsWriter:
     """Writes on JAX process 0 only (``enabled=False`` elsewhere): one copy of the logs per run."""
@@ -59,7 +57,6 @@ def plot_losses(metrics_path: str | Path, out_path: str | Path) -> Path:
     records = read_metrics(metrics_path)
     if not records:
         raise ValueError(f"{metrics_path}: no metrics to plot")
-    steps = np.array([r["step"] for r in records])
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     per_modality = sorted({k for r in records for k in r if k.startswith("fm_loss/")})
     for key in ("loss", "fm_loss") if len(per_modality) < 2 else per_modality:
@@ -69,13 +66,15 @@ def plot_losses(metrics_path: str | Path, out_path: str | Path) -> Path:
         axes[0].plot(*zip(*points), label=key, alpha=0.8)
     axes[0].set_yscale("log")
     axes[0].set_title("generation loss")
-    if any(r.get("rep_loss", 0) for r in records):
-        axes[1].plot(steps, [r["rep_loss"] for r in records], color="C2", label="rep_loss (1 - cos)")
+    rep = [(r["step"], r["rep_loss"]) for r in records if "rep_loss" in r]  # not warning lines
+    if any(v for _, v in rep):
+        axes[1].plot(*zip(*rep), color="C2", label="rep_loss")
     axes[1].set_title("representation loss")
     for ax in axes:
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
     fig.tight_layout()
     fig.savefig(out_path, dpi=100)
     plt.close(fig)

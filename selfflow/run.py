@@ -27,9 +27,8 @@ from jax.sharding import NamedSharding
 
 from selfflow import config as config_lib
 from selfflow import sharding
-from selfflow.checkpoint import RunCheckpoints
+from selfflow.checkpoint import CheckpointDamaged, RunCheckpoints
 from selfflow.config import Config, ConfigError
-from selfflow.errors import TrainingError
 from selfflow.model import SelfFlowTransformer, build_model
 from selfflow.tasks import Task, specs_from_dict
 
@@ -50,6 +49,8 @@ RESUMABLE_CHANGES = (
     "train.eval_probe",
     "train.grad_ratio_every",
     "train.init_from",  # read only when a run starts; a resumed run continues from its own checkpoint
+    "train.resume_step",  # which checkpoint to resume from, and what to do if it is damaged
+    "train.on_bad_checkpoint",
     "sample.",
     "data.read_threads",
     "data.prefetch",
@@ -147,22 +148,19 @@ def run_task(ckpts: RunCheckpoints, step: int, cfg: Config) -> Task:
 
 def load_run(run_dir: str | Path, step: int | None = None) -> tuple[Config, dict, Any, Task, int]:
     """(config, train state, graphdef, task, step) of a run directory's checkpoint (the latest
-    without ``step``); the training data is not read."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "checkpoints").is_dir():
-        raise TrainingError(f"{run_dir}: no checkpoint found (no {run_dir / 'checkpoints'} directory)")
-    ckpts = RunCheckpoints(run_dir)
+    without ``step``), verified against its checksums; the training data is not read."""
+    ckpts = RunCheckpoints.of_run(run_dir)
     try:
-        step = ckpts.latest_step() if step is None else step
-        if step is None:
-            raise TrainingError(f"{run_dir}: no checkpoint found under {ckpts.directory}")
-        if step not in ckpts.all_steps():
-            raise TrainingError(f"{run_dir}: no checkpoint of step {step} (it has {ckpts.all_steps()})")
+        step = ckpts.existing_step(step)
         cfg = ckpts.saved_config(step)
         task = run_task(ckpts, step, cfg)
         model = build_model(cfg, task.token_dims)
         template = init_state(cfg, model, make_optimizer(cfg.optim))
         state, _ = ckpts.restore(step, template)
+    except CheckpointDamaged as e:
+        raise e.with_hint(
+            f"use an older checkpoint with --step K (`selfflow verify --run-dir {run_dir}` checks them all)"
+        ) from e
     finally:
         ckpts.close()
     return cfg, state, nnx.graphdef(model), task, step

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import signal
 import sys
 from pathlib import Path
@@ -27,7 +28,7 @@ from flax import nnx
 from selfflow import config as config_lib
 from selfflow import hooks as hooks_lib
 from selfflow import init_from, sharding
-from selfflow.checkpoint import RunCheckpoints
+from selfflow.checkpoint import CheckpointDamaged, RunCheckpoints
 from selfflow.config import Config, ConfigError
 from selfflow.errors import TrainingError
 from selfflow.layout import layout_schedule
@@ -142,22 +143,72 @@ def train(
 
 
 def _resume(cfg: Config, task: Task, ckpts: RunCheckpoints, run_dir: Path, state: dict):
-    """(state, step) of the run directory's latest checkpoint; (``state``, its step) for a new run
-    (0, or the source's step of a warm start that carries the optimizer)."""
-    last = ckpts.latest_step()
-    if last is None:
+    """(state, step) of the checkpoint to resume from: the latest, or ``train.resume_step``;
+    (``state``, its step) for a new run (0, or the source's step of a warm start that carries the
+    optimizer). A damaged checkpoint (unreadable, or failing its checksums) stops the run
+    (``train.on_bad_checkpoint=error``) or, with ``previous``, is set aside as ``<step>.damaged``
+    for the newest older one that verifies, with a warning on stderr and in metrics.jsonl. The
+    checkpoints after the one resumed from are set aside (never deleted), so the run can save
+    those steps again and retention does not count them."""
+    steps, wanted, fallback = ckpts.all_steps(), cfg.train.resume_step, cfg.train.on_bad_checkpoint
+    if wanted is not None and steps and steps[-1] > wanted and list(ckpts.directory.glob("*.superseded")):
+        # applied by an earlier invocation (it set the newer steps aside): rerunning the same
+        # command must continue from what that run saved since, not go back to K again
+        print(
+            f"{run_dir}: train.resume_step={wanted} was applied before (see the *.superseded "
+            f"checkpoints); resuming from the latest, step {steps[-1]}",
+            file=sys.stderr,
+        )
+        wanted = None
+    if wanted is not None and wanted not in steps:
+        raise ConfigError(
+            f"train.resume_step={wanted}: {ckpts.directory} has no checkpoint of that step ({steps})"
+        )
+    if not steps:
         return state, int(state["step"])
-    check_resumable(ckpts.saved_config(last), cfg, run_dir)
-    state, data_state = ckpts.restore(last, state)
-    start = int(state["step"])
-    print(f"{run_dir}: resuming from the checkpoint of step {start}", file=sys.stderr)
+    candidates = [s for s in reversed(steps) if wanted is None or s <= wanted]
+    damaged = {}
+    for last in candidates if fallback == "previous" else candidates[:1]:
+        try:
+            check_resumable(ckpts.saved_config(last), cfg, run_dir)
+            restored, data_state = ckpts.restore(last, state)
+            break
+        except CheckpointDamaged as e:
+            if fallback == "error":
+                older = ", ".join(map(str, candidates[1:])) or "none"
+                raise e.with_hint(
+                    f"it is left as it is; resume from an older checkpoint (steps {older}) with "
+                    "--set train.resume_step=K, or the newest that verifies with --set "
+                    f"train.on_bad_checkpoint=previous (`selfflow verify --run-dir {run_dir}` checks them all)"
+                ) from e
+            damaged[last] = e.problem
+            print(f"warning: {e}; trying the previous checkpoint", file=sys.stderr)
+    else:
+        raise TrainingError(
+            f"{ckpts.directory}: no checkpoint verifies ({'; '.join(f'step {s}: {p}' for s, p in damaged.items())}); "
+            "train from scratch in another --run-dir"
+        )
+    start = int(restored["step"])
     expected = layout_counts(cfg, task, start)
     if data_state.get("layout_batches", [data_state.get("next_index")]) != expected:
         raise TrainingError(
             f"{ckpts.directory}/{last}: data iterators at {data_state} but step {start} "
             f"implies batches {expected}"
         )
-    return state, start
+    print(f"{run_dir}: resuming from the checkpoint of step {start}", file=sys.stderr)
+    moved = {
+        s: ckpts.set_aside(s, "damaged" if s in damaged else "superseded").name for s in steps if s > last
+    }
+    if moved:
+        print(f"{run_dir}: set aside (kept, not loaded): {', '.join(moved.values())}", file=sys.stderr)
+    if damaged and jax.process_index() == 0:
+        # A line MetricsWriter keeps (step <= the resumed step) but cannot write (its values are floats).
+        warning = f"resumed from step {start} (train.on_bad_checkpoint=previous): " + "; ".join(
+            f"checkpoint {s} set aside as {moved[s]}: {p}" for s, p in damaged.items()
+        )
+        with open(run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps({"step": start, "warning": warning}) + "\n")
+    return restored, start
 
 
 def default_hooks(cfg, task, graphdef, run_dir, ckpts, iterators, guard, writer, bar) -> list:
