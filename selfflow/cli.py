@@ -4,6 +4,7 @@
     selfflow sample --run-dir DIR --out FILE.png [--steps N] [--cfg S] [--step K]
     selfflow bench [CONFIG.py] [--set key=value ...] [--rounds R] [--candidates] [--no-torch] [--json F]
     selfflow plot --run-dir DIR [--out FILE.png]
+    selfflow verify --run-dir DIR [--step K]
     selfflow bench-data CONFIG.py [--set key=value ...] [--seconds S]
     selfflow sweep FILE.py [--out DIR] [--only NAME ...] [--dry-run]
     selfflow compare RUN_DIR... --out FILE.png [--metric KEY ...] [--x step|compute] [--smooth W]
@@ -13,9 +14,11 @@
     selfflow import --official FILE.pt --config CONFIG.py --out DIR [--key ema] [--set key=value ...]
     selfflow fid-samples (--run-dir DIR | --official FILE.pt) --out FILE.npz [--num 50000] [--vae DIR] ...
     selfflow eval --run-dir DIR [--num N] [--steps S] [--cfg W] [--no-probe] [--inception FILE.pth]
+                  [--dinov2 FILE.safetensors]
 
-Exit status: 0 for a finished run, 1 for a training error (non-finite loss, bad run directory),
-2 for a configuration or usage error, 130/143 when stopped by SIGINT/SIGTERM (checkpoint saved).
+Exit status: 0 for a finished run, 1 for a training error (non-finite loss, bad run directory,
+damaged checkpoint; ``verify``: a damaged checkpoint), 2 for a configuration or usage error,
+130/143 when stopped by SIGINT/SIGTERM (checkpoint saved).
 """
 
 from __future__ import annotations
@@ -219,8 +222,19 @@ def _parser() -> argparse.ArgumentParser:
         metavar="FILE.pth",
         help="pytorch-fid InceptionV3 weights: also report the Inception FID of image layouts",
     )
+    p.add_argument(
+        "--dinov2",
+        default=None,
+        metavar="FILE.safetensors",
+        help="model.safetensors of facebook/dinov2-large (or another size): also report FD-DINOv2 "
+        "of image layouts (for fid-samples .npz files: python -m selfflow.eval.dinov2_fd)",
+    )
     p.add_argument("--out", default=None, help="output directory (default: RUN_DIR/eval)")
     p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("verify", help="read back each checkpoint of a run, check its checksums (a line each)")
+    p.add_argument("--run-dir", required=True)
+    p.add_argument("--step", type=int, default=None, help="only this checkpoint step")
 
     p = sub.add_parser("plot", help="plot a run's losses")
     p.add_argument("--run-dir", required=True)
@@ -493,6 +507,7 @@ def _eval(args) -> int:
             probe_examples=tuple(args.probe_examples),
             classifier_steps=args.classifier_steps,
             inception=args.inception,
+            dinov2=args.dinov2,
         )
     except ValueError as e:
         raise _UsageError(str(e)) from None
@@ -536,6 +551,16 @@ def _plot(args) -> int:
     return 0
 
 
+def _verify(args) -> int:
+    from selfflow.checkpoint import verify_run
+
+    damaged = 0
+    for line, ok in verify_run(args.run_dir, args.step):
+        print(line)
+        damaged += not ok
+    return 1 if damaged else 0
+
+
 class _UsageError(ValueError):
     pass
 
@@ -576,6 +601,7 @@ def main(argv: list[str] | None = None) -> int:
             "sample": _sample,
             "bench": _bench,
             "plot": _plot,
+            "verify": _verify,
             "bench-data": _bench_data,
             "prepare": _prepare,
             "compile": _compile,

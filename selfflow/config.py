@@ -108,6 +108,15 @@ class ObjectiveConfig:
     # Masked and unmasked tokens of the student do not attend to each other (SRA's follow-up,
     # vvvvvjdy/SRA SiT-SRA_DTS_AS); condition tokens attend and are attended by both groups.
     attention_separation: bool = False
+    # REPA (kind="repa", selfflow.encoders.registry): the frozen encoder "name:arg" whose features of
+    # the clean images the projected student tokens of block student_layer align with:
+    # "dinov2:PATH" (model.safetensors of facebook/dinov2-<size>), "classifier:PATH" (an eval
+    # classifier cache entry), or a name given to register_encoder. encoder_dim = its feature width
+    # (DINOv2 S/B/L/g 384/768/1024/1536, the eval classifier 128; 768 = REPA's DINOv2-B default),
+    # the output of the projector D -> projector_dim -> projector_dim -> encoder_dim (REPA's 2048).
+    encoder: str = ""
+    encoder_dim: int = 768
+    projector_dim: int = 2048
 
 
 @dataclasses.dataclass(frozen=True)
@@ -451,6 +460,11 @@ def validate(cfg: Config) -> Config:
             f"objective.kind 'dts' or 'self_flow' with timesteps 'dts' or 'full_mask' (have {o.kind!r}, "
             f"{o.timesteps!r})"
         )
+    if o.encoder and not _uses_encoder(o.kind):
+        raise ConfigError(
+            f"objective.encoder={o.encoder!r} is unused: objective.kind={o.kind!r} has no encoder "
+            "(expected 'repa')"
+        )
     if not 0.0 <= o.ema_decay < 1.0:
         raise ConfigError(f"objective.ema_decay={o.ema_decay}: expected a value in [0, 1)")
     if not 0.0 <= o.label_dropout < 1.0:
@@ -461,7 +475,9 @@ def validate(cfg: Config) -> Config:
             f"{o.time_shift} and {o.logit_normal_std}"
         )
     # Layers matter when the teacher runs; values set explicitly are checked in any case.
-    if cfg.uses_teacher or o.student_layer is not None or o.teacher_layer is not None:
+    if _uses_encoder(o.kind):
+        _validate_encoder_objective(cfg)  # one student block, no teacher
+    elif cfg.uses_teacher or o.student_layer is not None or o.teacher_layer is not None:
         if not 1 <= cfg.teacher_layer <= depth:
             raise ConfigError(
                 f"objective.teacher_layer={cfg.teacher_layer}: expected a block in [1, depth={depth}]"
@@ -531,6 +547,44 @@ def validate(cfg: Config) -> Config:
     if cfg.optim.learning_rate <= 0:
         raise ConfigError(f"optim.learning_rate={cfg.optim.learning_rate}: expected > 0")
     return cfg
+
+
+def _uses_encoder(kind: str) -> bool:
+    from selfflow.objectives import uses_encoder
+
+    return uses_encoder(kind)
+
+
+def _validate_encoder_objective(cfg: Config) -> None:
+    """REPA's settings (files are opened later, when the objective is built: a run loads, samples
+    and exports on a machine without the encoder). Unset, ``objective.encoder`` is an error here;
+    set for an objective that does not use it, it is an error in :func:`validate`."""
+    from selfflow.encoders.registry import ENCODERS, parse_encoder
+
+    o, depth = cfg.objective, cfg.depth
+    if not o.encoder:
+        raise ConfigError(
+            f"objective.kind={o.kind!r} aligns with a frozen encoder but objective.encoder is empty: "
+            "set it to 'dinov2:PATH/model.safetensors', 'classifier:PATH' or a registered encoder "
+            f"({', '.join(ENCODERS)})"
+        )
+    parse_encoder(o.encoder)  # names an unknown encoder
+    if o.encoder_dim < 1 or o.projector_dim < 1:
+        raise ConfigError(
+            f"objective.encoder_dim={o.encoder_dim}, objective.projector_dim={o.projector_dim}: "
+            "expected positive integers (the encoder's feature width; REPA's projector width 2048)"
+        )
+    if not 1 <= cfg.student_layer <= depth:
+        raise ConfigError(
+            f"objective.student_layer={cfg.student_layer}: expected a block in [1, depth={depth}] "
+            "(REPA's encoder_depth: 8 of SiT-XL's 28)"
+        )
+    layouts = cfg.layouts or (LayoutConfig(IMAGE_LAYOUT, ("image",)),)
+    if not any(parse_segment(t) == ("image", "generate") for lc in layouts for t in lc.segments):
+        raise ConfigError(
+            f"objective.kind={o.kind!r} aligns generated image tokens with encoder features, but no "
+            "layout has a generated image segment (REPA is image-only)"
+        )
 
 
 def _validate_multimodal(cfg: Config) -> None:

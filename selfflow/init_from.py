@@ -17,7 +17,9 @@ source's learning-rate schedule and data stream (batch n is a function of (seed,
 AdamW state (and warm-up, if configured). The base key is always the new run's ``seed``.
 
 A source that does not fit is one :class:`~selfflow.errors.ParamsError` listing every missing,
-unexpected and mis-shaped tensor; nothing is partially loaded.
+unexpected and mis-shaped tensor; nothing is partially loaded. The one exception is an objective's
+own head (REPA's ``repa_projector``, present only in REPA runs): missing in the source, it keeps
+its fresh initialisation; present in the source but not in this run's model, it is left out.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ import numpy as np
 from selfflow.config import Config, ConfigError
 from selfflow.errors import ParamsError
 from selfflow.params import flatten, shape_problems, tensor_name
+
+OBJECTIVE_HEADS = ("repa_projector.",)  # tensors only some objectives' models have
 
 
 def _source_sets(cfg: Config) -> tuple[dict, dict | None, str]:
@@ -56,9 +60,10 @@ def _source_sets(cfg: Config) -> tuple[dict, dict | None, str]:
 
 
 def _nested_like(template: dict, flat: dict[str, np.ndarray]) -> dict:
-    """``flat`` tensors in ``template``'s nesting and dtypes."""
+    """``flat`` tensors in ``template``'s nesting and dtypes (the template's own where ``flat``
+    lacks one: an objective head the source has not)."""
     paths, treedef = jax.tree_util.tree_flatten_with_path(template)
-    leaves = [np.asarray(flat[tensor_name(p)], dtype=np.asarray(x).dtype) for p, x in paths]
+    leaves = [np.asarray(flat.get(tensor_name(p), x), dtype=np.asarray(x).dtype) for p, x in paths]
     return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
@@ -70,7 +75,12 @@ def initialise(cfg: Config, state: dict) -> dict:
         return state
     sets, source_state, where = _source_sets(cfg)
     expected = {k: np.shape(v) for k, v in flatten(state["params"]).items()}
-    problems = shape_problems(expected, {k: np.shape(v) for k, v in sets["online"].items()})
+    got = {k: np.shape(v) for k, v in sets["online"].items()}
+    heads = [k for k in set(expected) ^ set(got) if k.startswith(OBJECTIVE_HEADS)]
+    problems = shape_problems(
+        {k: v for k, v in expected.items() if k not in heads},
+        {k: v for k, v in got.items() if k not in heads},
+    )
     if problems:
         raise ParamsError(
             f"train.init_from: {where} does not fit this run's model ({len(problems)} tensors): "
@@ -79,7 +89,9 @@ def initialise(cfg: Config, state: dict) -> dict:
     online = sets["online" if t.init_weights in ("both", "online") else "ema"]
     ema = sets["ema" if t.init_weights in ("both", "ema") else "online"]
     new = dict(state, params=_nested_like(state["params"], online), ema=_nested_like(state["params"], ema))
-    carried = "fresh optimizer state, step 0"
+    carried = "fresh optimizer state, step 0" + (
+        f"; {len(heads)} head tensors freshly initialised or left out" if heads else ""
+    )
     if t.init_optimizer:
         if source_state is None:
             raise ConfigError(
@@ -98,7 +110,9 @@ def initialise(cfg: Config, state: dict) -> dict:
                 "use the source's optim settings or set train.init_optimizer=false"
             )
         new["opt_state"] = jax.tree.map(
-            lambda x, y: np.asarray(y, dtype=np.asarray(x).dtype), state["opt_state"], source_state["opt_state"]
+            lambda x, y: np.asarray(y, dtype=np.asarray(x).dtype),
+            state["opt_state"],
+            source_state["opt_state"],
         )
         new["step"] = np.asarray(source_state["step"], dtype=np.int32)
         carried = f"optimizer state and step {int(new['step'])} carried"

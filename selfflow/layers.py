@@ -288,3 +288,18 @@ class Projector(nnx.Module):
 
     def __call__(self, h: jax.Array) -> jax.Array:
         return self.fc2(nnx.silu(self.fc1(h)))
+
+
+class RepaProjector(nnx.Module):
+    """REPA's h_φ (Yu et al. 2024, ``models/sit.py`` ``build_mlp``): Linear D -> P, SiLU, Linear
+    P -> P, SiLU, Linear P -> Z, applied per token: (B, N, D) -> (B, N, Z). P = 2048 and Z = the
+    encoder's feature width (768 for DINOv2-B) in REPA; xavier weights and zero biases, as REPA's
+    ``initialize_weights``. Float32 matmuls (a head on one block's tokens, like :class:`Projector`)."""
+
+    def __init__(self, hidden: int, projector_dim: int, out_dim: int, rngs: nnx.Rngs):
+        self.fc1 = dense(hidden, projector_dim, rngs, ("embed", "mlp"))
+        self.fc2 = dense(projector_dim, projector_dim, rngs, ("mlp", None))
+        self.fc3 = dense(projector_dim, out_dim, rngs, (None, "feature"))  # "feature": replicated by default
+
+    def __call__(self, h: jax.Array) -> jax.Array:
+        return self.fc3(nnx.silu(self.fc2(nnx.silu(self.fc1(h)))))

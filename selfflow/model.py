@@ -52,8 +52,12 @@ class SelfFlowTransformer(nnx.Module):
         dtype=jnp.float32,
         conditioning: str = "factored",
         remat: bool = False,
+        repa_projector: tuple[int, int] | None = None,
         rngs: nnx.Rngs,
     ):
+        """``repa_projector``: (projector width P, encoder feature width Z) adds REPA's
+        :class:`~selfflow.layers.RepaProjector` as ``self.repa_projector`` (built last, so every
+        other parameter initialises as without it); None (every objective but REPA) leaves it out."""
         if positions not in ("sincos", "rope"):
             raise ValueError(f"positions={positions!r}: expected 'sincos' or 'rope'")
         if time_embedding not in ("sit", "tau"):
@@ -80,6 +84,8 @@ class SelfFlowTransformer(nnx.Module):
             [layers.Block(hidden_size, num_heads, mlp_ratio, rngs, dtype) for _ in range(depth)]
         )
         self.projector = layers.Projector(hidden_size, rngs)
+        if repa_projector is not None:
+            self.repa_projector = layers.RepaProjector(hidden_size, *repa_projector, rngs)
 
     # ------------------------------------------------------------------ pieces
 
@@ -177,6 +183,12 @@ class SelfFlowTransformer(nnx.Module):
     def project(self, hidden: jax.Array) -> jax.Array:
         return self.projector(hidden)
 
+    def project_to_encoder(self, hidden: jax.Array) -> jax.Array:
+        """REPA's h_φ: hidden (B, N, D) -> (B, N, Z) in the frozen encoder's feature space."""
+        if not hasattr(self, "repa_projector"):
+            raise ValueError("this model has no REPA projector: build it with objective.kind='repa'")
+        return self.repa_projector(hidden)
+
 
 def _check_segments(segments, modalities) -> tuple[tuple, tuple[str, ...]]:
     if not isinstance(segments, (tuple, list)) or isinstance(modalities, str):
@@ -191,8 +203,13 @@ def _check_segments(segments, modalities) -> tuple[tuple, tuple[str, ...]]:
 
 def build_model(cfg, token_dims: dict[str, int], seed: int | None = None) -> SelfFlowTransformer:
     """The model a :class:`~selfflow.config.Config` describes, with one projection pair per
-    modality of ``token_dims`` ({modality: features per token})."""
-    m = cfg.model
+    modality of ``token_dims`` ({modality: features per token}). An objective that aligns with a
+    frozen encoder (REPA: ``uses_encoder``) adds the projector ``objective.projector_dim`` ->
+    ``objective.encoder_dim``; its size comes from the config, so a run rebuilds (loads, samples,
+    exports) without the encoder's file."""
+    from selfflow.objectives import uses_encoder
+
+    m, o = cfg.model, cfg.objective
     return SelfFlowTransformer(
         depth=cfg.depth,
         hidden_size=m.resolved("hidden_size"),
@@ -206,6 +223,7 @@ def build_model(cfg, token_dims: dict[str, int], seed: int | None = None) -> Sel
         dtype=jnp.bfloat16 if m.dtype == "bfloat16" else jnp.float32,
         conditioning=m.conditioning,
         remat=m.remat,
+        repa_projector=(o.projector_dim, o.encoder_dim) if uses_encoder(o.kind) else None,
         rngs=nnx.Rngs(cfg.seed if seed is None else seed),
     )
 

@@ -10,6 +10,8 @@ logs and checkpoints read the same for every objective.
     dts            dual timesteps: a masked share of tokens at s      (the paper's "DTS only")
     self_flow      dual timesteps + γ · L_rep against the EMA teacher  (the paper)
     sra            one timestep; L_rep against the teacher at t − U(0, t_max)  (SRA)
+    repa           one timestep; γ · L_align against a frozen encoder's features of the clean
+                   images, no teacher                                 (REPA)
 
 ``objective.timesteps`` (dts, full_mask, diffusion_forcing) and ``objective.attention_separation``
 change how dts and self_flow noise the student (see :func:`selfflow.objective.layout_timesteps`).
@@ -31,11 +33,14 @@ from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from selfflow.diagnostics import representation_stats
-from selfflow.layout import FactoredTimesteps, Layout
+from selfflow.errors import ConfigError
+from selfflow.layout import GENERATE, FactoredTimesteps, Layout
 from selfflow.objective import (
     SegmentBatch,
+    cosine_per_token,
     drop_labels,
     layout_timesteps,
     noise_like,
@@ -215,6 +220,113 @@ class SRA(SelfFlow):
         teacher_t = jnp.clip(t - gap, 0.0, 1.0)
         values = jnp.stack([teacher_t, teacher_t, jnp.zeros_like(t)], axis=1)
         return d._replace(teacher_times=FactoredTimesteps(values, d.teacher_times.index))
+
+
+@register_objective
+class REPA(FlowMatching):
+    """REPA (Yu et al. 2024, github.com/sihyun-yu/REPA ``loss.py``, ``train.py``, ``models/sit.py``):
+    SiT's flow matching - exactly :class:`FlowMatching`'s draw (one τ per sample), noise and loss -
+    plus γ · L_align with
+
+        L_align = −mean over the batch and the generated image tokens of cos(h_φ(h_l), y*),
+
+    the cosine over the feature axis (REPA's ``proj_loss``), h_l (B, n, D) the student's hidden
+    state after block l = ``student_layer``, h_φ the model's ``repa_projector`` (D → P → P → Z with
+    SiLU, :class:`~selfflow.layers.RepaProjector`), y* (B, n, Z) the stop-gradient features of the
+    frozen ``objective.encoder`` of the *clean* images (the image segment's x0 detokenised to
+    (B, H, W, C) in [-1, 1]) resized to the token grid (:mod:`selfflow.encoders.registry`).
+    REPA's SiT-XL/2 setting: encoder_depth 8 (``student_layer=8``), proj_coeff λ = 0.5
+    (``gamma=0.5``), projector width 2048, DINOv2-B/14 at 224 px (Z = 768).
+
+    Metrics: ``rep_loss`` = L_align = −cos, in [−1, 1] (REPA's sign; Self-Flow's rep_loss is
+    1 − cos), ``cos_sim`` = −rep_loss. γ = 0 trains exactly flow matching (same key, same loss)
+    and still logs the alignment. Only generated image segments have targets (REPA is image-only):
+    other segments add flow matching alone, and a layout without a generated image segment logs
+    rep_loss = cos_sim = 0.
+
+    Encoder weights: loaded once when the objective is built (a missing or wrong file, or a feature
+    width other than ``objective.encoder_dim``, is a ConfigError before anything compiles); never in
+    the train state; under ``stop_gradient``. :meth:`loss` takes them as ``encoder_params``, which
+    the training step (:mod:`selfflow.step`) passes as an argument of the compiled program: closed
+    over, they would be embedded in it as constants (measured on CPU: a DINOv2-S forward compiled
+    in 3.5 s with its weights as constants, 176 MB of HLO text, against 1.3 s as an argument).
+    """
+
+    kind = "repa"
+    uses_encoder: ClassVar[bool] = True
+
+    def __init__(self, *, cfg: Any, **kwargs):
+        super().__init__(cfg=cfg, **kwargs)
+        from selfflow.encoders.registry import load_encoder
+
+        self.student_layer, self.patch = cfg.student_layer, cfg.model.resolved("patch_size")
+        self.encoder = load_encoder(self.settings.encoder)
+        known = self.encoder.feature_dim
+        if known is not None and known != self.settings.encoder_dim:
+            raise ConfigError(
+                f"objective.encoder={self.settings.encoder!r} gives {known}-dim features but "
+                f"objective.encoder_dim={self.settings.encoder_dim} (the REPA projector's output): "
+                f"set objective.encoder_dim={known}"
+            )
+
+    def image_grid(self, positions, sl: slice, num_tokens: int) -> tuple[int, int]:
+        """(gh, gw) of an image segment: from its (t, h, w) positions (concrete in the step: the
+        task's), else a square grid."""
+        try:
+            hw = np.asarray(positions)[sl, 1:]
+            return int(hw[:, 0].max()) + 1, int(hw[:, 1].max()) + 1
+        except jax.errors.TracerArrayConversionError:
+            side = int(round(num_tokens**0.5))
+            if side * side != num_tokens:
+                raise ConfigError(
+                    f"objective.kind='repa': an image segment of {num_tokens} tokens with traced "
+                    "positions: pass concrete positions to know its grid"
+                ) from None
+            return side, side
+
+    def targets(
+        self, x0: tuple, positions, layout: Layout, encoder_params=None
+    ) -> list[tuple[slice, jax.Array]]:
+        """[(token slice, y* (B, n, Z) float32)] for each generated image segment of ``layout``."""
+        import modalities
+        from selfflow.encoders.registry import check_encoder, encoder_features
+
+        image, out = modalities.get("image"), []
+        for seg, sl, x in zip(layout.segments, layout.slices(), x0):
+            if seg.modality != "image" or seg.role != GENERATE:
+                continue
+            gh, gw = self.image_grid(positions, sl, seg.num_tokens)
+            channels = x.shape[-1] // (self.patch * self.patch)
+            spec = image.Spec(gh * self.patch, gw * self.patch, channels, self.patch)
+            check_encoder(self.encoder, (spec.height, spec.width, channels), self.settings.encoder_dim)
+            images = image.detokenize(x, spec)
+            out.append((sl, encoder_features(self.encoder, images, (gh, gw), encoder_params)))
+        return out
+
+    def loss(
+        self, *, student, teacher, batch: SegmentBatch, layout: Layout, key: jax.Array, encoder_params=None
+    ):
+        """As every objective's; ``encoder_params``: the encoder's weights when they are an argument
+        of the jitted caller (default: the loaded ones, closed over)."""
+        del teacher  # not used
+        draw = self.draw(key, batch, layout)
+        out = self.forward_student(student, draw, batch, layout, hidden_layer=self.student_layer)
+        fm, extra = self.generation_loss(out.velocity, draw, layout)
+        targets = self.targets(draw.x0, batch.positions, layout, encoder_params)
+        if targets:
+            hidden = jnp.concatenate([out.hidden[:, sl] for sl, _ in targets], axis=1)
+            target = jnp.concatenate([y for _, y in targets], axis=1)
+            cos = jnp.mean(cosine_per_token(student.project_to_encoder(hidden), target))
+        else:
+            cos = jnp.zeros((), jnp.float32)
+        align = -cos
+        loss = fm + self.settings.gamma * align
+        return loss, self._metrics(fm, align, cos, extra, loss)
+
+
+def uses_encoder(kind: str) -> bool:
+    """Whether objective ``kind`` aligns with a frozen encoder (its model then has REPA's projector)."""
+    return bool(getattr(OBJECTIVES.get(kind), "uses_encoder", False))
 
 
 def make_objective(cfg, mask_ratios: dict[str, float], loss_weights: dict[str, float]) -> Objective:

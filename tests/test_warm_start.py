@@ -139,3 +139,16 @@ def test_a_resumed_warm_start_continues_from_its_own_checkpoint(source, tmp_path
     assert_bit_identical(whole, parts)
     cfg_saved, _, _, _, step = load_run(tmp_path / "parts")
     assert step == 6 and cfg_saved.train.init_from == str(copy)
+
+
+def test_an_objective_head_the_source_lacks_keeps_its_initialisation(source):
+    """A REPA run from a Self-Flow run: every shared tensor comes from the source, REPA's projector
+    (absent there) stays as initialised; the reverse direction leaves the head out."""
+    src, src_state = source
+    repa = {"kind": "repa", "encoder": "classifier:unused", "encoder_dim": 8, "projector_dim": 16}
+    cfg = warm(tiny_image_config(objective=repa, train={"steps": 2}), init_from=str(src))
+    fresh = fresh_state(cfg)
+    state = init_from.initialise(cfg, fresh)
+    assert_tree_equal(state["params"]["repa_projector"], fresh["params"]["repa_projector"])
+    shared = {k: v for k, v in state["params"].items() if k != "repa_projector"}
+    assert_tree_equal(shared, src_state["params"])
