@@ -27,6 +27,10 @@ import argparse
 import sys
 from pathlib import Path
 
+WEIGHTS_HELP = (
+    "ema (default): the EMA weights, the teacher and what training samples from; online: the "
+    "optimizer's weights (better early in a run, or while a long EMA still averages the initialisation)"
+)
 SET_HELP = (
     "override config values, e.g. --set objective.gamma=0.5 train.steps=100 (several pairs "
     "after one --set, or --set repeated)"
@@ -45,12 +49,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    p = sub.add_parser("sample", help="write samples of every layout of a run from its EMA weights")
+    p = sub.add_parser("sample", help="write samples of every layout of a run (EMA weights by default)")
     p.add_argument("--run-dir", required=True)
     p.add_argument("--out", required=True, help="a directory: one folder of files per layout")
     p.add_argument("--steps", type=int, default=None, help="Euler steps (default: sample.steps)")
     p.add_argument("--cfg", type=float, default=None, help="guidance scale (1 = none)")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    p.add_argument("--weights", choices=("ema", "online"), default="ema", help=WEIGHTS_HELP)
 
     p = sub.add_parser("bench", help="Self-Flow vs flow-matching step, MFU, bf16, sampling, PyTorch")
     p.add_argument(
@@ -171,7 +176,7 @@ def _parser() -> argparse.ArgumentParser:
         "(the official Self-Flow protocol; resumable)",
     )
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--run-dir", help="an image run (its EMA weights)")
+    src.add_argument("--run-dir", help="an image run (its EMA weights, or --weights online)")
     src.add_argument("--official", metavar="FILE.pt", help="an official checkpoint (weights_only load)")
     p.add_argument(
         "--arch",
@@ -197,6 +202,7 @@ def _parser() -> argparse.ArgumentParser:
         "diffusers), e.g. a local copy of stabilityai/sd-vae-ft-ema",
     )
     p.add_argument("--step", type=int, default=None, help="--run-dir: checkpoint step (default: latest)")
+    p.add_argument("--weights", choices=("ema", "online"), default="ema", help="--run-dir: " + WEIGHTS_HELP)
 
     p = sub.add_parser(
         "eval",
@@ -231,6 +237,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default=None, help="output directory (default: RUN_DIR/eval)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--weights", choices=("ema", "online"), default="ema", help=WEIGHTS_HELP)
 
     p = sub.add_parser("verify", help="read back each checkpoint of a run, check its checksums (a line each)")
     p.add_argument("--run-dir", required=True)
@@ -267,15 +274,15 @@ def _sample(args) -> int:
     from flax import nnx
 
     from selfflow.layout_samples import write_run_samples
-    from selfflow.run import load_run
+    from selfflow.run import load_run, select_weights
 
     if args.steps is not None and args.steps < 1:
         raise _UsageError(f"--steps={args.steps}: expected a positive integer")
     cfg, state, graphdef, task, step = load_run(args.run_dir, args.step)
-    paths = write_run_samples(
-        cfg, task, nnx.merge(graphdef, state["ema"]), Path(args.out), steps=args.steps, cfg_scale=args.cfg
-    )
-    print(f"wrote {len(paths)} files under {args.out} (EMA weights of step {step}, one folder per layout)")
+    model = nnx.merge(graphdef, select_weights(state, args.weights))
+    paths = write_run_samples(cfg, task, model, Path(args.out), steps=args.steps, cfg_scale=args.cfg)
+    what = "EMA" if args.weights == "ema" else "online"
+    print(f"wrote {len(paths)} files under {args.out} ({what} weights of step {step}, one folder per layout)")
     return 0
 
 
@@ -434,7 +441,7 @@ def _fid_samples(args) -> int:
     if args.run_dir:
         from flax import nnx
 
-        from selfflow.run import load_run
+        from selfflow.run import load_run, select_weights
 
         cfg, state, graphdef, task, _ = load_run(args.run_dir, args.step)
         if set(task.token_dims) != {"image"}:
@@ -442,7 +449,7 @@ def _fid_samples(args) -> int:
                 f"{args.run_dir}: fid-samples needs an image-only run; it has {sorted(task.token_dims)}"
             )
         model, positions, num_classes = (
-            nnx.merge(graphdef, state["ema"]),
+            nnx.merge(graphdef, select_weights(state, args.weights)),
             task.layouts[0].positions,
             cfg.data.num_classes,
         )
@@ -515,6 +522,7 @@ def _eval(args) -> int:
         args.run_dir,
         settings,
         step=args.step,
+        weights=args.weights,
         out_dir=args.out,
         progress=lambda what: print(f"eval: {what}", file=sys.stderr),
     )

@@ -29,12 +29,12 @@ def export_safetensors(run_dir, out, *, weights: str = "ema", step: int | None =
     """Writes the run's ``weights`` ("ema" = the sampling weights, or "online") to ``out``."""
     from safetensors.numpy import save_file
 
-    from selfflow.run import load_run
+    from selfflow.run import load_run, select_weights
 
     if weights not in ("ema", "online"):
         raise ExportError(f"weights={weights!r}: expected 'ema' or 'online'")
     cfg, state, _, task, step = load_run(run_dir, step)
-    tensors = flatten(jax.device_get(state["ema" if weights == "ema" else "params"]))
+    tensors = flatten(jax.device_get(select_weights(state, weights)))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(out), metadata={"format": "selfflow", "weights": weights, "step": str(step)})
@@ -117,13 +117,13 @@ def export_official(
     variance channels, as the released checkpoint and the official sampler expect) and ``out``.json
     with the official constructor keywords."""
     from selfflow.official import to_official, write_pt
-    from selfflow.run import load_run
+    from selfflow.run import load_run, select_weights
 
     if weights not in ("ema", "online"):
         raise ExportError(f"weights={weights!r}: expected 'ema' or 'online'")
     cfg, state, _, task, step = load_run(run_dir, step)
     arch = official_architecture(cfg, task, learn_sigma)
-    params = flatten(jax.device_get(state["ema" if weights == "ema" else "params"]))
+    params = flatten(jax.device_get(select_weights(state, weights)))
     out = write_pt(to_official(params, arch, cfg.model.time_embedding), out)
     meta = out.with_suffix(".json")
     meta.write_text(

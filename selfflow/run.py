@@ -132,6 +132,17 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+WEIGHTS = {"ema": "ema", "online": "params"}  # --weights choice -> train-state key
+
+
+def select_weights(state: dict, weights: str) -> dict:
+    """The parameter tree a reader asked for: ``ema`` (the EMA teacher, what training samples
+    from) or ``online`` (the optimizer's weights: better early in a run or with a long EMA)."""
+    if weights not in WEIGHTS:
+        raise ConfigError(f"weights={weights!r}: expected one of {', '.join(WEIGHTS)}")
+    return state[WEIGHTS[weights]]
+
+
 def run_task(ckpts: RunCheckpoints, step: int, cfg: Config) -> Task:
     """The task of a saved run, from the specs its checkpoint stores (older checkpoints without
     them rebuild the specs from the data, which must then be on disk)."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import signal
 import sys
 from pathlib import Path
@@ -35,6 +36,7 @@ from selfflow.layout import layout_schedule
 from selfflow.layout_samples import write_run_samples
 from selfflow.metrics_writer import MetricsWriter, plot_losses
 from selfflow.model import build_model, count_params
+from selfflow.objective import initial_share
 from selfflow.run import Placement, check_resumable, init_state, make_optimizer
 from selfflow.step import make_train_step
 from selfflow.tasks import Task
@@ -129,6 +131,8 @@ def train(
             )
     finally:
         ckpts.close()
+    if not result.interrupted:
+        _warn_short_ema(cfg, result.final_step)
     if write_samples and not result.interrupted:
         if jax.process_count() > 1:  # the EMA is split over hosts: sample afterwards on one
             print(
@@ -140,6 +144,22 @@ def train(
         ema = jax.device_get(result.state["ema"])  # sampling runs on one device, whatever the mesh
         write_run_samples(cfg, task, nnx.merge(graphdef, ema), run_dir / "samples")
     return result
+
+
+def _warn_short_ema(cfg: Config, steps: int) -> None:
+    """One stderr line when the EMA is still mostly the initialisation (its share > 1/e, i.e. fewer
+    steps than the EMA's horizon 1/(1 − decay)): samples, `eval` and the teacher then use it."""
+    o = cfg.objective
+    share = initial_share(steps, o.ema_decay, o.ema_warmup)
+    if cfg.train.init_from or share <= math.exp(-1):  # a warm start's EMA began trained
+        return
+    print(
+        f"warning: the EMA (objective.ema_decay={o.ema_decay}) has averaged {steps} steps, fewer than "
+        f"its horizon of ~{1 / (1 - o.ema_decay):.0f}: {share:.0%} of it is still the initialisation, "
+        "which samples, `selfflow eval` and the Self-Flow teacher use; sample with --weights online, "
+        "train longer, or set objective.ema_warmup=true",
+        file=sys.stderr,
+    )
 
 
 def _resume(cfg: Config, task: Task, ckpts: RunCheckpoints, run_dir: Path, state: dict):

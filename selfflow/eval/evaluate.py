@@ -258,24 +258,27 @@ def evaluate_run(
     settings: EvalSettings = EvalSettings(),
     *,
     step: int | None = None,
+    weights: str = "ema",
     out_dir=None,
     cache_dir=None,
     progress: Callable[[str], None] = lambda _: None,
 ) -> tuple[dict, Path, Path]:
-    """Evaluates a run directory's EMA weights; writes ``step_<k>.json`` and ``.md`` into ``out_dir``
-    (default ``RUN_DIR/eval``). Returns (results, json path, markdown path)."""
+    """Evaluates a run directory's EMA (or ``weights="online"``) weights; writes ``step_<k>.json``
+    and ``.md`` (``step_<k>_online.*`` for the online weights) into ``out_dir`` (default
+    ``RUN_DIR/eval``). Returns (results, json path, markdown path)."""
     from selfflow.eval.classifier import default_cache_dir
-    from selfflow.run import load_run
+    from selfflow.run import load_run, select_weights
 
     cfg, state, graphdef, task, step = load_run(run_dir, step)
-    model = nnx.merge(graphdef, jax.device_get(state["ema"]))
+    model = nnx.merge(graphdef, jax.device_get(select_weights(state, weights)))
     results = evaluate(cfg, task, model, settings, cache_dir or default_cache_dir(run_dir), progress)
     out_dir = Path(out_dir or Path(run_dir) / "eval")
     out_dir.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = out_dir / f"step_{step}.json", out_dir / f"step_{step}.md"
+    stem = f"step_{step}" + ("" if weights == "ema" else f"_{weights}")
+    json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
     json_path.write_text(
         json.dumps(
-            {"step": step, "settings": dataclasses.asdict(settings), "metrics": results},
+            {"step": step, "weights": weights, "settings": dataclasses.asdict(settings), "metrics": results},
             indent=2,
             sort_keys=True,
         )

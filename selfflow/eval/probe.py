@@ -481,10 +481,10 @@ def _load_model(run_dir, step: int | None, weights: str):
         raise ValueError(
             f"weights={weights!r}: expected one of {WEIGHTS} (the EMA or the trained parameters)"
         )
-    from selfflow.run import load_run
+    from selfflow.run import load_run, select_weights
 
     _, state, graphdef, task, _ = load_run(run_dir, step)
-    return nnx.merge(graphdef, state["ema" if weights == "ema" else "params"]), task
+    return nnx.merge(graphdef, select_weights(state, weights)), task
 
 
 def run_layer_probe(
