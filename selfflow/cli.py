@@ -243,6 +243,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", required=True)
     p.add_argument("--step", type=int, default=None, help="only this checkpoint step")
 
+    sub.add_parser(
+        "doctor", help="Python, library versions, JAX backend and devices, default mesh; warns on misinstalls"
+    )
+
     p = sub.add_parser("plot", help="plot a run's losses")
     p.add_argument("--run-dir", required=True)
     p.add_argument("--out", default=None, help="PNG path (default: RUN_DIR/loss.png)")
@@ -548,6 +552,12 @@ def _arch_overrides(items: list[str]) -> dict:
     return arch
 
 
+def _doctor(args) -> int:
+    from selfflow import doctor
+
+    return doctor.main()
+
+
 def _plot(args) -> int:
     from selfflow.metrics_writer import plot_losses
 
@@ -610,6 +620,7 @@ def main(argv: list[str] | None = None) -> int:
             "bench": _bench,
             "plot": _plot,
             "verify": _verify,
+            "doctor": _doctor,
             "bench-data": _bench_data,
             "prepare": _prepare,
             "compile": _compile,

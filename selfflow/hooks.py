@@ -199,8 +199,8 @@ class Diagnose:
         self.cfg, self.task, self.graphdef = cfg, task, graphdef
         every_k = cfg.train.grad_ratio_every
         self.interval = cfg.train.log_every if every_k is None else every_k
-        objective = make_objective(cfg, task.mask_ratios, task.loss_weights)
-        self.objective = objective if cfg.uses_teacher and hasattr(objective, "terms") else None
+        objective = make_objective(cfg, task.mask_ratios, task.loss_weights) if cfg.uses_teacher else None
+        self.objective = objective if hasattr(objective, "terms") else None
 
     def due(self, info: StepInfo) -> bool:
         return self.objective is not None and every(self.interval, info.step)
