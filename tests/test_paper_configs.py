@@ -402,3 +402,22 @@ def test_warm_start_arms_differ_only_in_the_objective():
             branch_only = {"train.init_from", "train.init_optimizer", "train.steps", "seed"}
             assert {k for k in flat if flat[k] != shared[k]} <= objective_keys | branch_only, arm
     assert [arms[a]["objective.gamma"] for a in ("self_flow_0.8", "self_flow_4")] == [0.8, 4.0]
+
+
+def test_readme_warm_start_results_are_the_committed_runs():
+    """Reproduction 4: the README's table is what warm_start.py prints from the committed results,
+    and results.md and the curves come from the same run."""
+    import json
+
+    ws = exec_python_file(REPRO / "cpu/warm_start.py", "warm_start")
+    results = json.loads((REPRO / "results/warm_start/results.json").read_text())
+    table = ws.markdown(results)
+    assert table in README.read_text(), (
+        "rerun `.venv/bin/python paper_repro/cpu/warm_start.py --report` into the README"
+    )
+    assert (REPRO / "results/warm_start/results.md").read_text() == table
+    assert set(results["end"]) == {ws.arm_name(a, s) for a in ws.ARMS for s in ws.SEEDS}
+    curves = json.loads((REPRO / "results/warm_start/curves.json").read_text())
+    for arm in ws.ARMS:  # the last logged step of every arm is its end
+        assert curves[ws.arm_name(arm, 0)]["fm_loss"][-1][0] == ws.SHARED_STEPS + ws.BRANCH_STEPS
+    assert curves["shared"]["fm_loss"][-1][0] == ws.SHARED_STEPS

@@ -292,12 +292,15 @@ def plot(curve_data: dict, path: Path) -> None:
             if not points or (name != "shared" and not name.endswith("seed0")):
                 continue
             steps, values = zip(*points)
-            ax.plot(steps, values, label=name.removesuffix("/seed0"), lw=1)
+            arm = name.removesuffix("/seed0")
+            ax.plot(steps, values, label=arm, lw=1, color=f"C{(['shared', *ARMS]).index(arm)}")
         ax.set_title(metric)
         ax.set_xlabel("step")
         ax.axvline(SHARED_STEPS, color="grey", lw=0.5, ls="--")
     axes[0].set_ylim(top=0.6)
-    axes[0].legend(fontsize=8)
+    for ax in axes:
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     fig.suptitle("warm start (seed 0): shared flow matching to step 2000, then one arm per objective")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
