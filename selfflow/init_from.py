@@ -19,7 +19,8 @@ AdamW state (and warm-up, if configured). The base key is always the new run's `
 A source that does not fit is one :class:`~selfflow.errors.ParamsError` listing every missing,
 unexpected and mis-shaped tensor; nothing is partially loaded. The one exception is an objective's
 own head (REPA's ``repa_projector``, present only in REPA runs): missing in the source, it keeps
-its fresh initialisation; present in the source but not in this run's model, it is left out.
+its fresh initialisation (and, with ``init_optimizer``, fresh AdamW moments); present in the source
+but not in this run's model, it is left out.
 """
 
 from __future__ import annotations
@@ -67,6 +68,38 @@ def _nested_like(template: dict, flat: dict[str, np.ndarray]) -> dict:
     return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
+def _carried_optimizer(template, source, where: str):
+    """``template`` (a fresh optimizer state) with every leaf the source has at the same path and
+    shape; an objective head's moments the source lacks stay fresh. Anything else that does not
+    match is a ConfigError (a different optim.* setup)."""
+
+    def is_head(key: str) -> bool:
+        return any(head.rstrip(".") in key for head in OBJECTIVE_HEADS)
+
+    theirs = {jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_flatten_with_path(source)[0]}
+    paths, treedef = jax.tree_util.tree_flatten_with_path(template)
+    leaves, missing = [], []
+    for path, x in paths:
+        key = jax.tree_util.keystr(path)
+        y = theirs.get(key)
+        if y is not None and np.shape(y) == np.shape(x):
+            leaves.append(np.asarray(y, dtype=np.asarray(x).dtype))
+        elif is_head(key):
+            leaves.append(np.asarray(x))
+        else:
+            missing.append(key)
+    mine = {jax.tree_util.keystr(p) for p, _ in paths}
+    missing += [k for k in theirs if k not in mine and not is_head(k)]
+    if missing:
+        raise ConfigError(
+            f"train.init_optimizer=true: the optimizer state of {where} does not fit this run's "
+            f"({len(missing)} leaves differ, e.g. {missing[:2]}; a different optim.* setup, e.g. "
+            "warm-up on in one and off in the other); use the source's optim settings or set "
+            "train.init_optimizer=false"
+        )
+    return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
 def initialise(cfg: Config, state: dict) -> dict:
     """``state`` (a fresh train state) with the weights, and optionally the optimizer state and
     step, of ``cfg.train.init_from``; ``state`` unchanged when it is empty."""
@@ -98,22 +131,7 @@ def initialise(cfg: Config, state: dict) -> dict:
                 f"train.init_optimizer=true: {where} is an export and holds no optimizer state; "
                 "start from a run directory or set train.init_optimizer=false"
             )
-        mine, theirs = jax.tree.structure(state["opt_state"]), jax.tree.structure(source_state["opt_state"])
-        shapes_differ = mine == theirs and any(
-            np.shape(a) != np.shape(b)
-            for a, b in zip(jax.tree.leaves(state["opt_state"]), jax.tree.leaves(source_state["opt_state"]))
-        )
-        if mine != theirs or shapes_differ:
-            raise ConfigError(
-                f"train.init_optimizer=true: the optimizer state of {where} does not fit this run's "
-                "(a different optim.* setup, e.g. warm-up on in one and off in the other); "
-                "use the source's optim settings or set train.init_optimizer=false"
-            )
-        new["opt_state"] = jax.tree.map(
-            lambda x, y: np.asarray(y, dtype=np.asarray(x).dtype),
-            state["opt_state"],
-            source_state["opt_state"],
-        )
+        new["opt_state"] = _carried_optimizer(state["opt_state"], source_state["opt_state"], where)
         new["step"] = np.asarray(source_state["step"], dtype=np.int32)
         carried = f"optimizer state and step {int(new['step'])} carried"
         if int(new["step"]) >= t.steps:

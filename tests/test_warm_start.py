@@ -152,3 +152,21 @@ def test_an_objective_head_the_source_lacks_keeps_its_initialisation(source):
     assert_tree_equal(state["params"]["repa_projector"], fresh["params"]["repa_projector"])
     shared = {k: v for k, v in state["params"].items() if k != "repa_projector"}
     assert_tree_equal(shared, src_state["params"])
+
+
+def test_the_optimizer_carries_to_a_run_with_an_extra_head(source):
+    """A REPA branch of a Self-Flow run with init_optimizer: every shared moment is the source's,
+    the new head's moments start fresh, and the step counts on."""
+    src, src_state = source
+    repa = {"kind": "repa", "encoder": "classifier:unused", "encoder_dim": 8, "projector_dim": 16}
+    cfg = warm(tiny_image_config(objective=repa, train={"steps": 4}), init_from=str(src), init_optimizer=True)
+    fresh = fresh_state(cfg)
+    state = init_from.initialise(cfg, fresh)
+    assert int(state["step"]) == 2
+    flat = lambda tree: {
+        jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]
+    }  # noqa: E731
+    new, old, init = flat(state["opt_state"]), flat(src_state["opt_state"]), flat(fresh["opt_state"])
+    heads = [k for k in new if "repa_projector" in k]
+    assert heads and all(np.array_equal(new[k], init[k]) for k in heads)
+    assert all(np.array_equal(new[k], old[k]) for k in new if k not in heads)
