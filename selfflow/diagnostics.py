@@ -31,33 +31,10 @@ import numpy as np
 import optax
 from flax import nnx
 
-from selfflow.objective import cosine_per_token
+from selfflow.objective import representation_stats  # noqa: F401  (re-exported: defined with the losses)
+from selfflow.objectives import make_objective
 
 TRUNK = "blocks"  # the parameters the gradient ratio is measured on
-
-
-def representation_stats(projected: jax.Array, target: jax.Array, generate: jax.Array) -> dict:
-    """``rep/cos_own``, ``rep/cos_other``, ``rep/cos_gap`` and ``rep/teacher_mean_share`` of the
-    projected student features and the teacher's (both (B, N, D)) over the generate tokens
-    (``generate`` (N,) bool). A batch of one has no other example: cos_other is then cos_own."""
-    target = jax.lax.stop_gradient(target).astype(jnp.float32)
-    weight = generate.astype(jnp.float32)[None, :]
-
-    def mean(per_token):  # (B, N) -> () over the generate tokens
-        return jnp.sum(per_token * weight) / (per_token.shape[0] * jnp.sum(weight))
-
-    own = mean(cosine_per_token(projected, target))
-    other = mean(cosine_per_token(projected, jnp.roll(target, 1, axis=0)))
-    energy = jnp.sum(target * target, axis=-1)  # (B, N)
-    mu = jnp.mean(target, axis=0, keepdims=True)
-    shared = target.shape[0] * jnp.sum(jnp.sum(mu * mu, axis=-1) * weight)
-    share = shared / jnp.maximum(jnp.sum(energy * weight), 1e-12)
-    return {
-        "rep/cos_own": own,
-        "rep/cos_other": other,
-        "rep/cos_gap": own - other,
-        "rep/teacher_mean_share": share,
-    }
 
 
 def gradient_ratio(objective, graphdef, params, ema, batch, layout, key) -> jax.Array:
@@ -96,8 +73,6 @@ def heldout_diagnostics(cfg, task, graphdef, params, ema, *, batches: int = 4, s
     student (``params``) against a teacher (``ema``) on held-out batches of the first layout, with
     fixed randomness: comparable across runs and objectives, including runs that never trained L_rep
     (their projector is then as initialised). Uses Self-Flow's draw with the run's other settings."""
-    from selfflow.objectives import make_objective
-
     probe_cfg = dataclasses.replace(
         cfg, objective=dataclasses.replace(cfg.objective, kind="self_flow", gamma=1.0)
     )

@@ -139,6 +139,30 @@ def representation_loss(
     return jnp.sum(per_token * weight) / (per_token.shape[0] * jnp.sum(weight))
 
 
+def representation_stats(projected: jax.Array, target: jax.Array, generate: jax.Array) -> dict:
+    """``rep/cos_own``, ``rep/cos_other``, ``rep/cos_gap`` and ``rep/teacher_mean_share`` of the
+    projected student features and the teacher's (both (B, N, D)) over the generate tokens
+    (``generate`` (N,) bool). A batch of one has no other example: cos_other is then cos_own."""
+    target = jax.lax.stop_gradient(target).astype(jnp.float32)
+    weight = generate.astype(jnp.float32)[None, :]
+
+    def mean(per_token):  # (B, N) -> () over the generate tokens
+        return jnp.sum(per_token * weight) / (per_token.shape[0] * jnp.sum(weight))
+
+    own = mean(cosine_per_token(projected, target))
+    other = mean(cosine_per_token(projected, jnp.roll(target, 1, axis=0)))
+    energy = jnp.sum(target * target, axis=-1)  # (B, N)
+    mu = jnp.mean(target, axis=0, keepdims=True)
+    shared = target.shape[0] * jnp.sum(jnp.sum(mu * mu, axis=-1) * weight)
+    share = shared / jnp.maximum(jnp.sum(energy * weight), 1e-12)
+    return {
+        "rep/cos_own": own,
+        "rep/cos_other": other,
+        "rep/cos_gap": own - other,
+        "rep/teacher_mean_share": share,
+    }
+
+
 def drop_labels(key: jax.Array, labels: jax.Array, rate: float, null_class: int) -> jax.Array:
     """Replaces each label by the null class with probability ``rate`` (CFG training)."""
     if rate == 0.0:

@@ -35,7 +35,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from selfflow.diagnostics import representation_stats
 from selfflow.errors import ConfigError
 from selfflow.layout import GENERATE, FactoredTimesteps, Layout
 from selfflow.objective import (
@@ -46,6 +45,7 @@ from selfflow.objective import (
     noise_like,
     noised_segments,
     representation_loss,
+    representation_stats,
     separated_attention,
     velocity_mse,
 )

@@ -108,7 +108,8 @@ def test_bench_data_reports_sources_layouts_and_the_ratio(pngs, tmp_path):
     )
     assert layout, stdout
     pipeline, step, ratio = map(float, layout.groups())
-    assert ratio == pytest.approx(pipeline / step, rel=0.02)
+    # the ratio is printed with 2 decimals: at small ratios (a loaded machine) the rounding dominates
+    assert ratio == pytest.approx(pipeline / step, rel=0.02, abs=0.006)
     last = stdout.strip().splitlines()[-1]
     assert re.fullmatch(r"min_pipeline_over_step=[\d.]+", last) and float(
         last.split("=")[1]

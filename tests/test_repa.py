@@ -25,7 +25,8 @@ import modalities
 from selfflow import sharding
 from selfflow.config import ConfigError, LayoutConfig, resolve, validate
 from selfflow.encoders import registry
-from selfflow.encoders.classifier import classifier_encoder, classifier_entry, conv_feature_map
+from selfflow.encoders.classifier import classifier_encoder, conv_feature_map
+from selfflow.eval.classifier import classifier_entry
 from selfflow.layout import single
 from selfflow.metrics_writer import read_metrics
 from selfflow.model import build_model, count_params

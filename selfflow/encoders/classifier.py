@@ -26,10 +26,10 @@ from pathlib import Path
 import jax
 from flax import nnx
 
-from selfflow.encoders.registry import Encoder
+from selfflow.encoders.base import Encoder
 from selfflow.errors import ParamsError
 
-__all__ = ["classifier_encoder", "classifier_entry", "conv_feature_map"]
+__all__ = ["classifier_encoder", "conv_feature_map"]
 
 
 def conv_feature_map(model, images: jax.Array) -> jax.Array:
@@ -42,7 +42,7 @@ def conv_feature_map(model, images: jax.Array) -> jax.Array:
 
 
 def _entry_files(path: Path) -> tuple[Path, Path]:
-    from selfflow.eval.classifier import INFO_FILE, WEIGHTS_FILE
+    from selfflow.eval.classifier_net import INFO_FILE, WEIGHTS_FILE
 
     weights = path / WEIGHTS_FILE if path.is_dir() else path
     if not weights.is_file():
@@ -65,7 +65,7 @@ def classifier_encoder(path: str | Path) -> Encoder:
     one that is not that classifier."""
     from safetensors.numpy import load_file
 
-    from selfflow.eval.classifier import Settings, SmallCNN
+    from selfflow.eval.classifier_net import Settings, SmallCNN
     from selfflow.params import assign_params
 
     if not str(path):
@@ -99,14 +99,3 @@ def classifier_encoder(path: str | Path) -> Encoder:
         feature_dim=settings.widths[-1],
         channels=(shape[-1],),
     )
-
-
-def classifier_entry(cfg, cache_dir: str | Path, **kwargs) -> Path:
-    """The cache entry of the run's eval classifier (``cfg``'s only image source), trained and cached
-    first if missing: what ``classifier:PATH`` names. ``kwargs``: those of
-    :func:`selfflow.eval.classifier.image_classifier` (``steps``, ``batch_size``, ``source`` ...)."""
-    from selfflow.eval.classifier import image_classifier
-    from selfflow.tasks import Task
-
-    _, info = image_classifier(cfg, Task(cfg), cache_dir, **kwargs)
-    return Path(info["entry"])

@@ -43,33 +43,16 @@ import dataclasses
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from selfflow.encoders.base import Encoder
 from selfflow.errors import ConfigError, ParamsError
 
 KEY = "objective.encoder"
 REPA_SIZE, REPA_RESOLUTION = 224, 256  # REPA: DINOv2 input 224 · (resolution // 256)
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class Encoder:
-    """A frozen encoder: ``apply(params, images) -> (B, h, w, D)`` with images (B, H, W, C) float32
-    in [-1, 1]; ``params`` its weights (any pytree of arrays). ``feature_dim`` (D) and ``channels``
-    (the C it accepts) when known without running it, else None (then checked on the first trace)."""
-
-    name: str
-    apply: Callable[[Any, jax.Array], jax.Array]
-    params: Any
-    feature_dim: int | None = None
-    channels: tuple[int, ...] | None = None
-
-    @property
-    def num_params(self) -> int:
-        return sum(int(x.size) for x in jax.tree.leaves(self.params))
 
 
 Factory = Callable[[str], "Encoder | nnx.Module"]

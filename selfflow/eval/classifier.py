@@ -75,86 +75,29 @@ from flax import nnx
 
 from data_pipelines import loader
 from selfflow.config import Config
+from selfflow.eval.classifier_net import (  # noqa: F401  (re-exported: the cache's names)
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_LEARNING_RATE,
+    DEFAULT_STEPS,
+    FEATURE_DIM,
+    HELDOUT_EXAMPLES,
+    INFO_FILE,
+    VERSION,
+    WEIGHTS_FILE,
+    WIDTHS,
+    ClassifierError,
+    Settings,
+    SmallCNN,
+)
 from selfflow.eval.frechet import frechet_from_features
 from selfflow.params import assign_params, flatten
 from selfflow.tasks import Task
 
-VERSION = 1  # bump when the architecture or the training recipe changes: old cache entries no longer match
-WIDTHS = (32, 64, 128, 128)
-FEATURE_DIM = 128
-DEFAULT_STEPS = 1000
-DEFAULT_BATCH_SIZE = 64
-DEFAULT_LEARNING_RATE = 2e-3
-HELDOUT_EXAMPLES = 2048  # held-out images the accuracy is measured on
 EVAL_BATCH = 256  # images per jitted feature call (the last batch is padded: one compile)
 # Kinds whose examples depend on the run's seed (data_pipelines.sources.build passes it to them);
 # for the others (files read as they are) the seed is left out of the dataset key.
 SEEDED_KINDS = ("shapes", "world", "video_files", "audio_files", "trajectories")
 PROCEDURAL_KINDS = ("shapes", "world")  # their size (data.num_examples) is part of the data
-WEIGHTS_FILE, INFO_FILE = "classifier.safetensors", "info.json"
-
-
-class ClassifierError(ValueError):
-    """A run or source the classifier cannot be trained on, or images it cannot score."""
-
-
-# ---------------------------------------------------------------------------- network
-
-
-class SmallCNN(nnx.Module):
-    """(B, H, W, C) images in [-1, 1] -> logits (B, num_classes); :meth:`features` -> (B, feature_dim).
-
-    Convolutions of ``widths`` (the first with stride 1, the others stride 2), GELU, global mean
-    pool, a GELU feature layer and a linear head. Any H, W >= 4 (the pool removes the grid). The
-    fourth convolution (grid 4x4 at 28 px) matters: with three, the pool averaged a 7x7 grid away
-    and Fashion-MNIST reached 0.85 held-out accuracy in 1000 steps instead of 0.89.
-    """
-
-    def __init__(
-        self,
-        channels: int,
-        num_classes: int,
-        *,
-        widths=WIDTHS,
-        feature_dim: int = FEATURE_DIM,
-        rngs: nnx.Rngs,
-    ):
-        dims = (channels, *widths)
-        self.convs = nnx.List(
-            [
-                nnx.Conv(a, b, (3, 3), strides=1 if i == 0 else 2, padding="SAME", rngs=rngs)
-                for i, (a, b) in enumerate(zip(dims[:-1], dims[1:]))
-            ]
-        )
-        self.feature = nnx.Linear(widths[-1], feature_dim, rngs=rngs)
-        self.head = nnx.Linear(feature_dim, num_classes, rngs=rngs)
-
-    def features(self, x: jax.Array) -> jax.Array:
-        for conv in self.convs:
-            x = nnx.gelu(conv(x))
-        return nnx.gelu(self.feature(jnp.mean(x, axis=(1, 2))))
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return self.head(self.features(x))
-
-
-@dataclasses.dataclass(frozen=True)
-class Settings:
-    """How the classifier is trained; part of the cache key."""
-
-    steps: int = DEFAULT_STEPS
-    batch_size: int = DEFAULT_BATCH_SIZE
-    learning_rate: float = DEFAULT_LEARNING_RATE
-    widths: tuple[int, ...] = WIDTHS
-    feature_dim: int = FEATURE_DIM
-    heldout_examples: int = HELDOUT_EXAMPLES
-    seed: int = 0
-    version: int = VERSION
-
-    def __post_init__(self):
-        for name in ("steps", "batch_size", "feature_dim", "heldout_examples"):
-            if getattr(self, name) < 1:
-                raise ClassifierError(f"{name}={getattr(self, name)}: expected a positive integer")
 
 
 # ---------------------------------------------------------------------------- data
@@ -523,3 +466,11 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def classifier_entry(cfg: Config, cache_dir: str | Path, **kwargs) -> Path:
+    """The cache entry of the run's eval classifier (``cfg``'s only image source), trained and cached
+    first if missing: what the REPA encoder ``classifier:PATH`` names. ``kwargs``: those of
+    :func:`image_classifier` (``steps``, ``batch_size``, ``source`` ...)."""
+    _, info = image_classifier(cfg, Task(cfg), cache_dir, **kwargs)
+    return Path(info["entry"])
