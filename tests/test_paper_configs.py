@@ -421,3 +421,20 @@ def test_readme_warm_start_results_are_the_committed_runs():
     for arm in ws.ARMS:  # the last logged step of every arm is its end
         assert curves[ws.arm_name(arm, 0)]["fm_loss"][-1][0] == ws.SHARED_STEPS + ws.BRANCH_STEPS
     assert curves["shared"]["fm_loss"][-1][0] == ws.SHARED_STEPS
+
+
+def test_readme_baseline_results_are_the_committed_runs():
+    """Reproduction 5: the README's table is what baselines.py prints from its committed results."""
+    import json
+
+    path = REPRO / "results/baselines/results.json"
+    if not path.exists():
+        pytest.skip("reproduction 5 has no committed results yet")
+    bl = exec_python_file(REPRO / "cpu/baselines.py", "baselines")
+    bl.ws.ARMS.clear()
+    bl.ws.ARMS.update({**bl.REPRODUCTION_4, **{name: () for name in bl.ARM_NAMES}})
+    table = bl.ws.markdown(json.loads(path.read_text()))
+    assert table in README.read_text(), (
+        "rerun `.venv/bin/python paper_repro/cpu/baselines.py --report` into the README"
+    )
+    assert (REPRO / "results/baselines/results.md").read_text() == table

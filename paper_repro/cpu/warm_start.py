@@ -311,6 +311,8 @@ def report(seeds) -> None:
     measurements = _load(STUDY / "measurements.json")
     if "start" not in measurements:
         raise SystemExit(f"{STUDY / 'measurements.json'}: no measurements yet; run the study first")
+    # this study's arms only (paper_repro/cpu/baselines.py adds its own to the same file)
+    measurements["end"] = {k: v for k, v in measurements.get("end", {}).items() if k.split("/")[0] in ARMS}
     RESULTS.mkdir(parents=True, exist_ok=True)
     _save(RESULTS / "results.json", measurements)
     curve_data = curves(seeds)
