@@ -17,6 +17,7 @@ Self-Flow, chosen by ``objective.kind`` — are small classes in :mod:`selfflow.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import jax
@@ -257,8 +258,8 @@ def ema_decay_at(step, decay: float, warmup: bool):
 
     Without warm-up: ``decay``. With warm-up, TensorFlow's ``ExponentialMovingAverage(num_updates=n)``
     rule min(decay, (1 + n) / (10 + n)): the average starts short (0.1, 0.18, ...) and lengthens
-    to ``decay``, so the initialisation's share of the EMA falls fast - about 1e-4 after 100 steps,
-    where a constant 0.999 still holds 90 %. Chosen over EDM2's power-function EMA because it keeps
+    to ``decay``, so the initialisation's share of the EMA falls fast - 2e-13 after 100 steps at
+    0.999, where a constant 0.999 still holds 90 % (:func:`initial_share`). Chosen over EDM2's power-function EMA because it keeps
     the EMA's meaning (a decay the paper states) and converges to it: after ~10/(1 − decay) steps
     the two rules are the same, so long runs are unaffected.
     """
@@ -270,8 +271,6 @@ def ema_decay_at(step, decay: float, warmup: bool):
 
 def initial_share(steps: int, decay: float, warmup: bool) -> float:
     """Share of the EMA that is still the initial weights after ``steps`` updates: Π_n d_n."""
-    import math
-
     # with warm-up, d_n = (1 + n) / (10 + n) until it reaches ``decay`` at n = ceil((10d − 1) / (1 − d))
     ramp = min(steps, max(0, math.ceil((10 * decay - 1) / (1 - decay)))) if warmup else 0
     log_share = sum(math.log((1.0 + n) / (10.0 + n)) for n in range(ramp))

@@ -179,7 +179,7 @@ class SelfFlow(DualTimestep):
     def terms(self, *, student, teacher, batch: SegmentBatch, layout: Layout, key: jax.Array):
         """(L_gen, L_rep, metrics) of one step, unweighted: what :meth:`loss` sums with γ and what
         :func:`selfflow.diagnostics.gradient_ratio` differentiates separately. The metrics add the
-        ``rep/*`` alignment statistics of :func:`selfflow.diagnostics.representation_stats`."""
+        ``rep/*`` alignment statistics of :func:`selfflow.objective.representation_stats`."""
         draw = self.draw(key, batch, layout)
         names, distance = layout.modalities, self.settings.rep_distance
         out = self.forward_student(student, draw, batch, layout, hidden_layer=self.student_layer)
