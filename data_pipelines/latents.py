@@ -19,6 +19,7 @@ manifest.json (``FORMAT_VERSION`` 1)::
    "schema": {"image": {"shape": [4, 4, 3], "dtype": "float32"}, "label": {...}},
    "shards": [{"file": "foo-00000-of-00003.array_record", "count": 4}, ...],
    "source": "<repr of the source>", "encode": "<repr of encode or null>", "limit": null,
+   "autoencoder": {"name": "sd-vae", "scaling_factor": 0.18215, ...}   (only when one encoded)
    "created": "2025-01-01T00:00:00+00:00",
    "num_skipped": 1, "skipped": [{"index": 3, "where": "f3.png", "reason": "..."}]}
 
@@ -197,6 +198,8 @@ def prepare(
     limit: int | None = None,
     on_bad_sample: str = "error",
     progress: bool = False,
+    autoencoder: dict | None = None,
+    resume: bool = False,
 ) -> dict:
     """Writes examples ``0 .. min(limit, len(source)) - 1`` of ``source`` (each mapped by
     ``encode(example) -> example`` if given), in index order, to ArrayRecord shards of
@@ -211,6 +214,17 @@ def prepare(
     names and renamed once all are complete, and the manifest is written last and atomically,
     so an interrupted prepare never leaves a manifest claiming incomplete shards. Shards of the
     same ``name`` left over from an earlier prepare are deleted once the new ones are in place.
+
+    ``resume=True`` makes it resumable: after each complete shard,
+    ``out_dir/.<name>.progress.json`` records the settings (``repr`` of source and encode, count,
+    shard size, bad-sample policy, autoencoder) and where to go on; a prepare interrupted by any
+    error or signal keeps its complete shards, and the next call with the same settings starts
+    after them (different settings start over). Without it an interrupted prepare removes all
+    its temporary shards.
+
+    ``autoencoder``: the record of the autoencoder that ``encode`` runs
+    (``selfflow.autoencoders.latents.manifest_entry``), stored as the manifest's ``"autoencoder"``
+    so that decoding can refuse another one.
     """
     from array_record.python.array_record_module import ArrayRecordWriter
     from tqdm import tqdm
@@ -238,6 +252,33 @@ def prepare(
     partial: list[Path] = []  # temporary shard files, in order
     counts: list[int] = []
     writer = None
+    settings = {
+        "source": repr(source),
+        "encode": None if encode is None else repr(encode),
+        "total": total,
+        "shard_size": shard_size,
+        "on_bad_sample": on_bad_sample,
+        "autoencoder": autoencoder,
+    }
+    progress_path = out_dir / f".{name}.progress.json"
+    start, done = _resume_point(progress_path, settings, out_dir) if resume else (0, None)
+    if done is not None:
+        schema = {k: Field.from_json(v) for k, v in done["schema"].items()}
+        skipped, counts = list(done["skipped"]), [int(n) for n in done["counts"]]
+        partial = [out_dir / f for f in done["files"]]
+
+    def save_progress(next_index: int) -> None:
+        if not resume:
+            return
+        state = {
+            "settings": settings,
+            "next_index": next_index,
+            "schema": {k: f.to_json() for k, f in schema.items()},
+            "files": [p.name for p in partial],
+            "counts": counts,
+            "skipped": skipped,
+        }
+        _write_json_atomically(progress_path, state)
 
     def close_writer():
         nonlocal writer
@@ -250,7 +291,10 @@ def prepare(
             _fsync(partial[-1])
 
     try:
-        for index in tqdm(range(total), desc=f"prepare {name}", disable=not progress):
+        bar = tqdm(
+            range(start, total), desc=f"prepare {name}", disable=not progress, unit="ex", initial=start
+        )
+        for index in bar:
             where = str(where_of(index))
             try:
                 example = source[index]
@@ -271,13 +315,15 @@ def prepare(
                     raise
                 skipped.append({"index": index, "where": e.where, "reason": e.reason})
                 continue
-            if writer is None or counts[-1] == shard_size:
-                close_writer()
+            if writer is None:
                 partial.append(out_dir / f".{name}-{len(partial):05d}{SHARD_SUFFIX}.partial")
                 writer = ArrayRecordWriter(os.fspath(partial[-1]), WRITER_OPTIONS)
                 counts.append(0)
             writer.write(encode_example(example))
             counts[-1] += 1
+            if counts[-1] == shard_size:  # a complete shard: what a resumed prepare keeps
+                close_writer()
+                save_progress(index + 1)
         close_writer()
         if schema is None:
             raise SourceError(
@@ -288,11 +334,14 @@ def prepare(
             os.replace(tmp, out_dir / file)
         partial = []
     except BaseException:
-        if writer is not None:
+        if writer is not None:  # the incomplete shard goes; complete ones stay for a resume
             writer.close()
-        for tmp in partial:
-            tmp.unlink(missing_ok=True)
+            partial[-1].unlink(missing_ok=True)
+        if not (resume and progress_path.is_file()):
+            for tmp in partial:
+                tmp.unlink(missing_ok=True)
         raise
+    progress_path.unlink(missing_ok=True)
 
     stale = re.compile(re.escape(name) + r"-\d{5}-of-\d{5}" + re.escape(SHARD_SUFFIX))
     for path in out_dir.iterdir():
@@ -310,19 +359,43 @@ def prepare(
         "shards": [{"file": f, "count": c} for f, c in zip(files, counts)],
         "source": repr(source),
         "encode": None if encode is None else repr(encode),
+        **({} if autoencoder is None else {"autoencoder": autoencoder}),
         "limit": None if limit is None else int(limit),
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "num_skipped": len(skipped),
         "skipped": skipped,
     }
-    tmp = out_dir / f".{MANIFEST}.tmp"
+    _write_json_atomically(manifest_path, manifest)
+    return manifest
+
+
+def _write_json_atomically(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w") as f:
-        json.dump(manifest, f, indent=1)
+        json.dump(data, f, indent=1)
         f.write("\n")
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, manifest_path)
-    return manifest
+    os.replace(tmp, path)
+
+
+def _resume_point(progress_path: Path, settings: dict, out_dir: Path) -> tuple[int, dict | None]:
+    """(first index to write, the saved progress) of an interrupted prepare with the same
+    ``settings`` whose complete shards are all still there; else (0, None), after removing what
+    such a run left behind."""
+    try:
+        done = json.loads(progress_path.read_text())
+        files = [out_dir / f for f in done["files"]]
+        if done["settings"] == json.loads(json.dumps(settings)) and all(f.is_file() for f in files):
+            return int(done["next_index"]), done
+    except (OSError, ValueError, KeyError, TypeError):
+        done = None
+    if isinstance(done, dict):
+        for f in done.get("files", []):
+            if isinstance(f, str) and Path(f).name == f:
+                (out_dir / f).unlink(missing_ok=True)
+    progress_path.unlink(missing_ok=True)
+    return 0, None
 
 
 # ----------------------------------------------------------------------------- reading

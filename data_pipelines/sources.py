@@ -18,12 +18,18 @@ import numpy as np
 
 import modalities
 from data_pipelines.base import Field, SourceError
+from data_pipelines.world_captions import caption_bytes
 from modalities import audio as audio_mod
 from modalities.audio import AudioSpec
 
 
 def clip_frames(data_cfg) -> int:
     return int(round(data_cfg.clip_seconds * data_cfg.fps))
+
+
+def caption_length(data_cfg) -> int:
+    """Bytes every caption is padded to: ``text_tokens`` tokens of ``caption_bytes_per_token``."""
+    return data_cfg.text_tokens * data_cfg.caption_bytes_per_token
 
 
 class Selected:
@@ -56,11 +62,12 @@ class Selected:
 
 class WorldExamples:
     """The procedural world's clips as canonical examples: ``image`` = the first frame,
-    ``video``, ``audio`` (log-mel of the waveform), ``actions``, ``proprio``, and
+    ``video``, ``audio`` (log-mel of the waveform), ``actions``, ``proprio``, the caption as
+    ``text``/``text_mask`` (``caption_length`` bytes, :mod:`data_pipelines.world_captions`), and
     ``label`` = number of balls − 1."""
 
-    def __init__(self, world_source, spec: AudioSpec, keys=None):
-        self.world, self.spec = world_source, spec
+    def __init__(self, world_source, spec: AudioSpec, keys=None, caption_length: int = 128):
+        self.world, self.spec, self.caption_length = world_source, spec, caption_length
         c, n = world_source.config, world_source.config.image_size
         t_a = c.num_actions
         full = {
@@ -69,6 +76,8 @@ class WorldExamples:
             "audio": Field((spec.frames, spec.n_mels), "float32"),
             "actions": Field((t_a, 2), "float32"),
             "proprio": Field((t_a, 4), "float32"),
+            "text": Field((caption_length,), "uint8"),
+            "text_mask": Field((caption_length,), "uint8"),
             "label": Field((), "int32"),
         }
         self.keys = tuple(full) if keys is None else tuple(dict.fromkeys((*keys, "label")))
@@ -86,7 +95,9 @@ class WorldExamples:
                 out["image"] = clip["video"][0]
             elif key == "audio":  # the slow part: only when asked for
                 out["audio"] = audio_mod.waveform_to_logmel(clip["audio"], self.spec)[0]
-            elif key != "label":
+            elif key == "text":
+                out["text"], out["text_mask"] = caption_bytes(clip, self.caption_length)
+            elif key not in ("label", "text_mask"):
                 out[key] = clip[key]
         return out
 
@@ -94,7 +105,7 @@ class WorldExamples:
         return f"world[seed={self.world.seed}][{index}]"
 
     def select(self, keys):
-        return WorldExamples(self.world, self.spec, keys)
+        return WorldExamples(self.world, self.spec, keys, self.caption_length)
 
     def __repr__(self):
         return f"WorldExamples({self.world!r})"
@@ -116,7 +127,11 @@ def build(sc, data_cfg, seed: int):
         world = WorldConfig(
             image_size=d.image_size, duration=d.clip_seconds, fps=int(d.fps), sample_rate=d.sample_rate
         )
-        return WorldExamples(WorldSource(d.num_examples, world, seed=seed), audio_mod.data_spec(d))
+        return WorldExamples(
+            WorldSource(d.num_examples, world, seed=seed),
+            audio_mod.data_spec(d),
+            caption_length=caption_length(d),
+        )
     if kind == "image_folder":
         from data_pipelines.image_files import ImageFolderSource
 
@@ -156,6 +171,11 @@ def build(sc, data_cfg, seed: int):
         src = LatentSource(sc.path)
     else:  # config validation names the allowed kinds; this guards direct calls
         raise SourceError(f"source {sc.name!r}: unknown kind {kind!r}")
+    text = getattr(sc, "text", "none")
+    if text != "none":  # captions or encoder features beside each file
+        from data_pipelines.text_sidecars import CAPTION, TextSidecars
+
+        src = TextSidecars(src, text, caption_length(d) if text == CAPTION else d.text_tokens)
     return Selected(src, tuple(k for k in src.schema if k != "label"))
 
 

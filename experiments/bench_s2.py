@@ -11,13 +11,6 @@ Command (from the repository root):
 Measured numbers and what they mean: README.md, "Performance".
 """
 
-from selfflow.config import Config, DataConfig, ModelConfig, ObjectiveConfig, SampleConfig, TrainConfig
+from selfflow.bench import default_config
 
-CONFIG = Config(
-    seed=0,
-    model=ModelConfig(preset="S/2"),
-    objective=ObjectiveConfig(kind="self_flow"),
-    data=DataConfig(source="shapes", image_size=32),
-    train=TrainConfig(steps=100, batch_size=8),
-    sample=SampleConfig(steps=8),
-)
+CONFIG = default_config()  # defined in the package, so an installed wheel has it too

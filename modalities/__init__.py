@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from modalities import action, audio, image, video
+from modalities import action, audio, image, text, video
 from modalities.base import TICKS_PER_SECOND, TIME_UNIT_MS, Modality, ModalitySpec
 
 MODALITIES: dict[str, ModuleType] = {}
@@ -36,7 +36,7 @@ def register(module) -> None:
     MODALITIES[module.NAME] = module
 
 
-for _module in (image, video, audio, action):
+for _module in (image, video, audio, action, text):
     register(_module)
 
 
@@ -62,6 +62,7 @@ __all__ = [
     "video",
     "audio",
     "action",
+    "text",
     "Modality",
     "ModalitySpec",
     "TIME_UNIT_MS",

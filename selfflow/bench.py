@@ -54,6 +54,25 @@ class Candidate(NamedTuple):
     info: dict
 
 
+def default_config():
+    """``selfflow bench``'s default: SiT-S/2 (depth 12, width 384, 6 heads, 33M parameters) on 32x32
+    RGB images in patches of 2, i.e. 256 tokens per example as in the paper's ImageNet-256 latent
+    setting, batch 8 (2048 tokens per step); Self-Flow with the paper's defaults (student block
+    round(0.3·12) = 4, teacher block round(0.7·12) = 8, mask ratio 0.25, γ 0.8). In the package, not
+    a file of the repository, so an installed wheel benches without a checkout;
+    ``experiments/bench_s2.py`` is the same config as a file to copy and edit."""
+    from selfflow.config import Config, DataConfig, ModelConfig, ObjectiveConfig, SampleConfig, TrainConfig
+
+    return Config(
+        seed=0,
+        model=ModelConfig(preset="S/2"),
+        objective=ObjectiveConfig(kind="self_flow"),
+        data=DataConfig(source="shapes", image_size=32),
+        train=TrainConfig(steps=100, batch_size=8),
+        sample=SampleConfig(steps=8),
+    )
+
+
 def _with(cfg: Config, **sections) -> Config:
     """cfg with ``section={key: value}`` replacements, e.g. objective={"kind": "dts"}."""
     return dataclasses.replace(

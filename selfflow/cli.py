@@ -56,13 +56,21 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cfg", type=float, default=None, help="guidance scale (1 = none)")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
     p.add_argument("--weights", choices=("ema", "online"), default="ema", help=WEIGHTS_HELP)
+    p.add_argument(
+        "--autoencoder-weights",
+        default=None,
+        metavar="FILE",
+        help="latent runs: the .safetensors of the autoencoder the latent manifest names (default: "
+        "the file it records)",
+    )
 
     p = sub.add_parser("bench", help="Self-Flow vs flow-matching step, MFU, bf16, sampling, PyTorch")
     p.add_argument(
         "config",
         nargs="?",
-        default=str(Path(__file__).parents[1] / "experiments" / "bench_s2.py"),
-        help="experiment file (default: experiments/bench_s2.py, SiT-S/2 on 256 tokens)",
+        default=None,
+        help="experiment file (default: selfflow.bench.default_config, SiT-S/2 on 256 tokens, the "
+        "config of experiments/bench_s2.py)",
     )
     p.add_argument(
         "--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE", help=SET_HELP
@@ -75,6 +83,16 @@ def _parser() -> argparse.ArgumentParser:
         "--candidates", action="store_true", help="also time Self-Flow with each speed option switched off"
     )
     p.add_argument("--json", help="also write the full report as JSON to this file")
+    p.add_argument(
+        "--autoencoder",
+        choices=("sd-vae", "flux1", "flux2"),
+        default=None,
+        help="also time this JAX autoencoder's encode and decode (images/s)",
+    )
+    p.add_argument(
+        "--autoencoder-weights", default=None, metavar="FILE", help="its weights (default: constant ones)"
+    )
+    p.add_argument("--autoencoder-size", type=int, default=256, help="image side for --autoencoder")
 
     p = sub.add_parser("sweep", help="train a grid of runs (a SWEEP file) and tabulate their metrics")
     p.add_argument("file", help="Python file defining SWEEP = selfflow.sweep.Sweep(...)")
@@ -117,6 +135,31 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--limit", type=int, default=None, help="only the first N examples")
     p.add_argument("--shard-size", type=int, default=1024, help="examples per ArrayRecord shard")
+    p.add_argument(
+        "--encode",
+        choices=("sd-vae", "flux1", "flux2"),
+        default=None,
+        help="store the images as this autoencoder's latents (JAX; needs --weights)",
+    )
+    p.add_argument(
+        "--weights", default=None, help="--encode: the autoencoder's .safetensors (diffusers or BFL/LDM)"
+    )
+    p.add_argument("--encode-batch", type=int, default=32, help="--encode: images per autoencoder call")
+    p.add_argument(
+        "--features",
+        default=None,
+        metavar="ENCODER",
+        help="also store REPA's encoder features of each image (an objective.encoder value, e.g. "
+        "dinov2:PATH/model.safetensors); train with objective.encoder=precomputed",
+    )
+    p.add_argument(
+        "--features-grid",
+        type=int,
+        nargs=2,
+        default=None,
+        metavar=("GH", "GW"),
+        help="token grid of the stored features (default: the image's H, W over model.patch_size)",
+    )
 
     p = sub.add_parser(
         "compile", help="compile the train step for a mesh without running it; print memory per device"
@@ -201,6 +244,19 @@ def _parser() -> argparse.ArgumentParser:
         help="diffusers AutoencoderKL directory (latent models; needs "
         "diffusers), e.g. a local copy of stabilityai/sd-vae-ft-ema",
     )
+    p.add_argument(
+        "--autoencoder",
+        choices=("sd-vae", "flux1", "flux2"),
+        default=None,
+        help="decode latents with this JAX autoencoder (default: the one the run's latent manifest names; "
+        "required for --official latent models)",
+    )
+    p.add_argument(
+        "--autoencoder-weights",
+        default=None,
+        metavar="FILE",
+        help="its .safetensors (default: the file recorded in the latent manifest)",
+    )
     p.add_argument("--step", type=int, default=None, help="--run-dir: checkpoint step (default: latest)")
     p.add_argument("--weights", choices=("ema", "online"), default="ema", help="--run-dir: " + WEIGHTS_HELP)
 
@@ -284,21 +340,36 @@ def _sample(args) -> int:
         raise _UsageError(f"--steps={args.steps}: expected a positive integer")
     cfg, state, graphdef, task, step = load_run(args.run_dir, args.step)
     model = nnx.merge(graphdef, select_weights(state, args.weights))
-    paths = write_run_samples(cfg, task, model, Path(args.out), steps=args.steps, cfg_scale=args.cfg)
+    decode = _latent_image_decoder(cfg, args.autoencoder_weights)
+    paths = write_run_samples(
+        cfg, task, model, Path(args.out), steps=args.steps, cfg_scale=args.cfg, image_decoder=decode
+    )
     what = "EMA" if args.weights == "ema" else "online"
     print(f"wrote {len(paths)} files under {args.out} ({what} weights of step {step}, one folder per layout)")
     return 0
 
 
+def _latent_image_decoder(cfg, weights):
+    """``(B, h, w, C)`` latents -> ``(B, H, W, 3)`` pixels in [-1, 1] with the JAX autoencoder the
+    run's latent manifest names; None for pixel data."""
+    from selfflow.autoencoders.latents import latent_decoder, run_autoencoder
+
+    ae = run_autoencoder([sc.path for sc in cfg.data.sources if sc.kind == "latents"], weights=weights)
+    return None if ae is None else latent_decoder(ae)
+
+
 def _bench(args) -> int:
     import json
 
-    from selfflow.bench import bench, format_report
-    from selfflow.config import load_config_file
+    from selfflow.bench import bench, default_config, format_report
+    from selfflow.config import apply_overrides, load_config_file, validate
 
     if args.rounds < 1 or args.steps_per_round < 1 or args.sample_steps < 1:
         raise _UsageError("--rounds, --steps-per-round and --sample-steps must be positive")
-    cfg = load_config_file(args.config, args.overrides)
+    if args.config is None:
+        cfg = validate(apply_overrides(default_config(), args.overrides))
+    else:
+        cfg = load_config_file(args.config, args.overrides)
     report = bench(
         cfg,
         rounds=args.rounds,
@@ -307,6 +378,20 @@ def _bench(args) -> int:
         candidates=args.candidates,
         sample_steps=args.sample_steps,
     )
+    if args.autoencoder:  # printed before the report, whose last line is machine-readable
+        from selfflow.autoencoders import bench as ae_bench
+        from selfflow.autoencoders import load_autoencoder
+
+        ae = (
+            load_autoencoder(args.autoencoder_weights, args.autoencoder)
+            if args.autoencoder_weights
+            else ae_bench.placeholder_autoencoder(args.autoencoder)
+        )
+        batch = cfg.train.batch_size or 8
+        report["autoencoder"] = ae_bench.autoencoder_throughput(
+            ae, batch=batch, size=args.autoencoder_size, rounds=args.rounds
+        )
+        print(ae_bench.format_throughput(report["autoencoder"]))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))
     print(format_report(report))
@@ -379,22 +464,58 @@ def _prepare(args) -> int:
     if args.limit is not None and args.limit < 1:
         raise ConfigError(f"--limit={args.limit}: expected a positive integer")
     source = sources.build(sc, cfg.data, cfg.seed)
+    encoded, autoencoder = _autoencoder_source(args, source)
     modality = "+".join(m for m in modalities.MODALITIES if sources.provides(source, m))
+    features = _feature_writer(args, cfg, encoded or source)  # the token grid of the latents, if encoded
+    if encoded is not None:
+        encoded.pre, source, features = features, encoded, None  # features from the pixels
     manifest = latents.prepare(
         source,
         args.out,
         name=sc.name,
         modality=modality,
         shard_size=args.shard_size,
+        encode=features,
         limit=args.limit,
         on_bad_sample=cfg.data.on_bad_sample,
         progress=True,
+        autoencoder=autoencoder,
+        resume=True,  # a rerun after an interruption starts after the last complete shard
     )
     print(
         f"wrote {manifest['count']} examples of {sc.name!r} ({modality}) to {args.out}; "
         f"train on them with SourceConfig(name=..., kind='latents', path={str(args.out)!r})"
     )
     return 0
+
+
+def _autoencoder_source(args, source):
+    """(the source's images as latents, the manifest's autoencoder record) for ``--encode``, else
+    (None, None)."""
+    if not (args.encode or args.weights):
+        return None, None
+    if not (args.encode and args.weights):
+        raise _UsageError("--encode NAME and --weights FILE go together (the autoencoder and its weights)")
+    from selfflow.autoencoders import latents as ae_latents
+    from selfflow.autoencoders import load_autoencoder
+
+    ae = load_autoencoder(args.weights, args.encode)
+    encoded = ae_latents.EncodedSource(source, ae, batch_size=args.encode_batch)
+    return encoded, ae_latents.manifest_entry(ae, args.weights)
+
+
+def _feature_writer(args, cfg, source):
+    """prepare's ``encode`` for ``--features`` (None without it)."""
+    if args.features is None:
+        if args.features_grid is not None:
+            raise _UsageError("--features-grid needs --features ENCODER")
+        return None
+    from selfflow.encoders.precomputed import FeatureWriter, token_grid
+
+    if "image" not in source.schema:
+        raise _UsageError(f"--features: source {args.source!r} yields no images ({', '.join(source.schema)})")
+    grid = args.features_grid or token_grid(source.schema["image"].shape, cfg.model.resolved("patch_size"))
+    return FeatureWriter(args.features, tuple(grid))
 
 
 def _compile(args) -> int:
@@ -467,16 +588,23 @@ def _fid_samples(args) -> int:
         num_classes = official.architecture["num_classes"] - 1
         spec = image_spec(official.architecture)
     detokenize = partial(image_mod.detokenize, spec=spec)
-    if args.vae:
-        decode = fid_samples.sd_vae_decoder(
-            args.vae, detokenize, latent_shape=(spec.height, spec.width, spec.channels)
-        )
+    latent_shape = (spec.height, spec.width, spec.channels)
+    ae = None
+    if not args.vae:
+        from selfflow.autoencoders.latents import image_decoder, run_autoencoder
+
+        dirs = [sc.path for sc in cfg.data.sources if sc.kind == "latents"] if args.run_dir else []
+        ae = run_autoencoder(dirs, name=args.autoencoder, weights=args.autoencoder_weights)
+    if args.vae:  # diffusers (PyTorch), kept as a cross-check of the JAX autoencoders
+        decode = fid_samples.sd_vae_decoder(args.vae, detokenize, latent_shape=latent_shape)
+    elif ae is not None:
+        decode = image_decoder(ae, detokenize, latent_shape=latent_shape)
     elif spec.channels in (1, 3):
         decode = fid_samples.pixel_decoder(detokenize)
     else:
         raise _UsageError(
-            f"the model makes {spec.channels}-channel latents: pass --vae DIR (a diffusers "
-            "AutoencoderKL, e.g. stabilityai/sd-vae-ft-ema) to decode them"
+            f"the model makes {spec.channels}-channel latents: pass --autoencoder NAME "
+            "--autoencoder-weights FILE (or --vae DIR, a diffusers AutoencoderKL) to decode them"
         )
     bar = tqdm(total=args.num, desc="fid-samples", file=sys.stderr, dynamic_ncols=True)
     try:

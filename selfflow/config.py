@@ -62,6 +62,13 @@ class ModelConfig:
     # recomputes each block's activations in the backward pass (less memory, ~1/3 more compute).
     conditioning: Literal["factored", "per_token"] = "factored"
     remat: bool = False
+    # --- text conditioning (modalities/text.py; layouts with a "text:condition" segment) ---
+    # The masked mean of the caption's token features, through an MLP, joins the timestep in the
+    # adaLN conditioning (FLUX's pooled vector); the text tokens join the sequence in any case.
+    text_pooled: bool = True
+    # The first N blocks keep separate weights for text and data tokens (MM-DiT / FLUX double
+    # stream; joint attention), the rest are shared; 0 = every block shared.
+    double_stream_blocks: int = 0
 
     def resolved(self, key: str) -> int:
         value = getattr(self, key)
@@ -91,6 +98,11 @@ class ObjectiveConfig:
     # TensorFlow's num_updates rule. Off by default (the paper's constant decay); turn it on for
     # short runs, whose constant-decay EMA is still mostly the initialisation.
     ema_warmup: bool = False
+    # The representation weight decays ten-fold every gamma_decay_steps optimizer steps after step
+    # gamma_decay_start (0 = a constant gamma; selfflow.objective.gamma_at): SRA's published
+    # smooth-L1 schedule (0.2 until epoch 149, then 0.1^(epochs/1000)) for self_flow, sra and repa.
+    gamma_decay_start: int = 0
+    gamma_decay_steps: int = 0
     # > 0: the second timestep is s = max(t - U(0, time_gap), 0) instead of an independent draw,
     # the SRA-style small gap (with mask_ratio=0 the teacher then sees t - U(0, gap), as SRA).
     # For objective.kind="sra" it is SRA's t_max (0 = SRA's default 0.2).
@@ -111,12 +123,18 @@ class ObjectiveConfig:
     # REPA (kind="repa", selfflow.encoders.registry): the frozen encoder "name:arg" whose features of
     # the clean images the projected student tokens of block student_layer align with:
     # "dinov2:PATH" (model.safetensors of facebook/dinov2-<size>), "classifier:PATH" (an eval
-    # classifier cache entry), or a name given to register_encoder. encoder_dim = its feature width
+    # classifier cache entry), a name given to register_encoder, or "precomputed" (features stored
+    # in the data by `selfflow prepare --features`). encoder_dim = its feature width
     # (DINOv2 S/B/L/g 384/768/1024/1536, the eval classifier 128; 768 = REPA's DINOv2-B default),
     # the output of the projector D -> projector_dim -> projector_dim -> encoder_dim (REPA's 2048).
     encoder: str = ""
     encoder_dim: int = 768
     projector_dim: int = 2048
+    # --- text conditioning ---
+    # Rate at which a sample's caption is replaced by the null caption (no token) for
+    # classifier-free guidance; drawn from the same uniform as label_dropout, so with equal rates
+    # captions and labels are dropped together (the null branch is fully unconditional).
+    text_dropout: float = 0.1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,6 +176,10 @@ class SourceConfig:
     clips_per_video: int = 1  # video_files
     crop: Literal["random", "start", "center"] = "random"  # audio_files
     stride: int = 1  # trajectories: a window starts every `stride` steps
+    # --- text conditioning --- file sources: "caption" reads <file stem>.txt or .json
+    # ({"caption": ...}) beside each file; "features" reads <file stem>.npz (encoder outputs
+    # "embedding" (L, D) with "length" or "mask"); "none" yields no text.
+    text: Literal["none", "caption", "features"] = "none"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,6 +202,11 @@ class DataConfig:
     audio_patch_frames: int = 4
     n_mels: int = 32
     sample_rate: int = 16000
+    # --- text conditioning --- every source pads its text to text_tokens tokens (with a mask):
+    # captions to text_tokens * caption_bytes_per_token UTF-8 bytes, encoder features to
+    # text_tokens rows; longer text is a bad sample naming its file.
+    text_tokens: int = 32
+    caption_bytes_per_token: int = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -465,6 +492,16 @@ def validate(cfg: Config) -> Config:
             f"objective.encoder={o.encoder!r} is unused: objective.kind={o.kind!r} has no encoder "
             "(expected 'repa')"
         )
+    if o.gamma_decay_start < 0 or o.gamma_decay_steps < 0:
+        raise ConfigError(
+            f"objective.gamma_decay_start={o.gamma_decay_start}, gamma_decay_steps={o.gamma_decay_steps}: "
+            "expected integers >= 0"
+        )
+    if o.gamma_decay_steps and o.kind not in ("self_flow", "sra", "repa"):
+        raise ConfigError(
+            f"objective.gamma_decay_steps={o.gamma_decay_steps} decays the representation weight γ: "
+            f"objective.kind={o.kind!r} has none (expected 'self_flow', 'sra' or 'repa')"
+        )
     if not 0.0 <= o.ema_decay < 1.0:
         raise ConfigError(f"objective.ema_decay={o.ema_decay}: expected a value in [0, 1)")
     if not 0.0 <= o.label_dropout < 1.0:
@@ -540,6 +577,7 @@ def validate(cfg: Config) -> Config:
     _validate_multimodal(cfg)
     _validate_sources(cfg)
     _validate_unused(cfg)
+    _validate_text(cfg)
     from selfflow.sharding import mesh_shape, parse_rules
 
     parse_rules(cfg.mesh.rules)  # names the bad rule
@@ -559,16 +597,19 @@ def _validate_encoder_objective(cfg: Config) -> None:
     """REPA's settings (files are opened later, when the objective is built: a run loads, samples
     and exports on a machine without the encoder). Unset, ``objective.encoder`` is an error here;
     set for an objective that does not use it, it is an error in :func:`validate`."""
+    from selfflow.encoders.precomputed import PRECOMPUTED
     from selfflow.encoders.registry import ENCODERS, parse_encoder
 
     o, depth = cfg.objective, cfg.depth
     if not o.encoder:
         raise ConfigError(
             f"objective.kind={o.kind!r} aligns with a frozen encoder but objective.encoder is empty: "
-            "set it to 'dinov2:PATH/model.safetensors', 'classifier:PATH' or a registered encoder "
-            f"({', '.join(ENCODERS)})"
+            "set it to 'dinov2:PATH/model.safetensors', 'classifier:PATH', a registered encoder "
+            f"({', '.join(ENCODERS)}) or '{PRECOMPUTED}' (features stored in the data by "
+            "`selfflow prepare --features`)"
         )
-    parse_encoder(o.encoder)  # names an unknown encoder
+    if o.encoder != PRECOMPUTED:
+        parse_encoder(o.encoder)  # names an unknown encoder
     if o.encoder_dim < 1 or o.projector_dim < 1:
         raise ConfigError(
             f"objective.encoder_dim={o.encoder_dim}, objective.projector_dim={o.projector_dim}: "
@@ -629,6 +670,41 @@ def _validate_multimodal(cfg: Config) -> None:
             "model.positions='sincos' encodes only (h, w); layouts with other segments than "
             "one image need model.positions='rope' to place tokens in time"
         )
+
+
+# --- text conditioning ---------------------------------------------------------------------
+
+
+def _validate_text(cfg: Config) -> None:
+    """Text is always a clean cue (``"text:condition"``); sizes and the caption dropout rate."""
+    d, o = cfg.data, cfg.objective
+    if d.text_tokens < 1 or d.caption_bytes_per_token < 1:
+        raise ConfigError(
+            f"data.text_tokens={d.text_tokens}, data.caption_bytes_per_token="
+            f"{d.caption_bytes_per_token}: expected positive integers"
+        )
+    if not 0 <= cfg.model.double_stream_blocks <= cfg.depth:
+        raise ConfigError(
+            f"model.double_stream_blocks={cfg.model.double_stream_blocks}: expected 0..model.depth={cfg.depth}"
+        )
+    if not 0.0 <= o.text_dropout < 1.0:
+        raise ConfigError(f"objective.text_dropout={o.text_dropout}: expected a value in [0, 1)")
+    for i, lc in enumerate(cfg.layouts):
+        for text in lc.segments:
+            if parse_segment(text) == ("text", "generate"):
+                raise ConfigError(
+                    f"layouts[{i}] ({lc.name!r}): segment {text!r}: text is only a condition; "
+                    "write 'text:condition'"
+                )
+    for i, s in enumerate(d.sources):
+        if s.text != "none" and s.kind not in TEXT_SIDECAR_KINDS:
+            raise ConfigError(
+                f"data.sources[{i}] ({s.name!r}): text={s.text!r} reads sidecar files beside "
+                f"each file: expected kind in {', '.join(TEXT_SIDECAR_KINDS)}, got {s.kind!r}"
+            )
+
+
+TEXT_SIDECAR_KINDS = ("image_folder", "video_files", "audio_files")
 
 
 def _validate_sources(cfg: Config) -> None:

@@ -37,9 +37,9 @@ from selfflow.objectives import make_objective
 TRUNK = "blocks"  # the parameters the gradient ratio is measured on
 
 
-def gradient_ratio(objective, graphdef, params, ema, batch, layout, key) -> jax.Array:
+def gradient_ratio(objective, graphdef, params, ema, batch, layout, key, step=None) -> jax.Array:
     """‖γ ∇L_rep‖ / ‖∇L_gen‖ on the trunk for one batch: one forward, two backward passes through
-    ``objective.terms`` (a :class:`~selfflow.objectives.SelfFlow`)."""
+    ``objective.terms`` (a :class:`~selfflow.objectives.SelfFlow`); γ at ``step`` when it decays."""
     teacher = nnx.merge(graphdef, ema)
 
     def terms(p):
@@ -53,17 +53,18 @@ def gradient_ratio(objective, graphdef, params, ema, batch, layout, key) -> jax.
     (grad_gen,) = pull_back((one, zero))
     (grad_rep,) = pull_back((zero, one))
     gen_norm = optax.tree.norm(grad_gen[TRUNK])
-    return objective.settings.gamma * optax.tree.norm(grad_rep[TRUNK]) / jnp.maximum(gen_norm, 1e-30)
+    return objective.weight(step) * optax.tree.norm(grad_rep[TRUNK]) / jnp.maximum(gen_norm, 1e-30)
 
 
 @functools.lru_cache(maxsize=8)
 def jitted_gradient_ratio(objective, graphdef, task, index: int):
-    """(params, ema, raw batch, key) -> ratio, compiled once per (objective, layout)."""
+    """(params, ema, raw batch, key, step) -> ratio, compiled once per (objective, layout)."""
     layout = task.layouts[index].layout
 
     @jax.jit
-    def ratio(params, ema, raw, key):
-        return gradient_ratio(objective, graphdef, params, ema, task.segment_batch(index, raw), layout, key)
+    def ratio(params, ema, raw, key, step):
+        batch = task.segment_batch(index, raw)
+        return gradient_ratio(objective, graphdef, params, ema, batch, layout, key, step)
 
     return ratio
 

@@ -210,7 +210,8 @@ class Diagnose:
 
         key = jax.random.fold_in(jax.random.wrap_key_data(info.state["rng"]), info.step - 1)
         ratio = jitted_gradient_ratio(self.objective, self.graphdef, self.task, info.index)
-        info.record["rep/grad_ratio"] = float(ratio(info.state["params"], info.state["ema"], info.batch, key))
+        args = (info.state["params"], info.state["ema"], info.batch, key, info.step - 1)
+        info.record["rep/grad_ratio"] = float(ratio(*args))
 
 
 class Log:

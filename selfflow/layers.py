@@ -217,6 +217,34 @@ class TimestepEmbedder(nnx.Module):
         return self.fc2(nnx.silu(self.fc1(timestep_sinusoid(t, self.freq_dim))))
 
 
+class PooledTextEmbedder(nnx.Module):
+    """Text segments [(features (B, n, F), real (B, n) bool)] -> (B, D): the masked mean of the
+    real tokens' features (0 for a null caption) -> Linear -> SiLU -> Linear, float32; added to
+    the timestep embedding (FLUX's pooled text vector, here from the same tokens)."""
+
+    def __init__(self, features: int, hidden: int, rngs: nnx.Rngs):
+        self.fc1 = dense(features, hidden, rngs, ("token", "embed"), init=normal02)
+        self.fc2 = dense(hidden, hidden, rngs, ("embed", None), init=normal02)
+
+    def __call__(self, texts) -> jax.Array:
+        total = sum(jnp.sum(f * v[..., None], axis=1) for f, v in texts)
+        count = sum(jnp.sum(v, axis=1, dtype=jnp.float32) for _, v in texts)
+        pooled = total / jnp.maximum(count, 1.0)[:, None]
+        return self.fc2(nnx.silu(self.fc1(pooled)))
+
+
+def padding_attention(real: jax.Array | None, mask: jax.Array | None) -> jax.Array | None:
+    """``mask`` (None or (B, 1, N, N) bool) restricted so that padding tokens (``real`` (B, N)
+    False) neither attend nor are attended: a padded query sees only itself (no empty softmax
+    row), so its output depends on nothing that is padding elsewhere. None ``real``: ``mask``."""
+    if real is None:
+        return mask
+    n = real.shape[1]
+    allowed = (real[:, :, None] & real[:, None, :]) | jnp.eye(n, dtype=bool)[None]
+    allowed = allowed[:, None]
+    return allowed if mask is None else allowed & mask
+
+
 class Attention(nnx.Module):
     def __init__(self, hidden: int, heads: int, rngs: nnx.Rngs, dtype=jnp.float32):
         self.heads, self.dtype = heads, dtype

@@ -29,6 +29,7 @@ import numpy as np
 from flax import nnx
 
 import modalities
+from modalities import text as text_modality
 from modalities.audio import logmel_to_waveform
 from selfflow import outputs
 from selfflow.layout import CONDITION
@@ -124,6 +125,18 @@ def _write_action(raw, spec, directory: Path, stem: str, **_) -> list[Path]:
     ]
 
 
+def _write_text(raw, spec, directory: Path, stem: str, **_) -> list[Path]:
+    """Captions as ``{stem}.txt``, one per line; encoder features as ``{stem}.npz`` (text, mask)."""
+    text, mask = raw
+    if spec.kind == text_modality.CAPTION:
+        path = directory / f"{stem}.txt"
+        path.write_text("".join(text_modality.decode_caption(row) + "\n" for row in np.asarray(text)))
+        return [path]
+    path = directory / f"{stem}.npz"
+    np.savez(path, text=np.asarray(text), mask=np.asarray(mask))
+    return [path]
+
+
 def _write_array(raw, spec, directory: Path, stem: str, **_) -> list[Path]:
     """Any other modality: its detokenised array as ``{stem}.npy``."""
     path = directory / f"{stem}.npy"
@@ -134,7 +147,13 @@ def _write_array(raw, spec, directory: Path, stem: str, **_) -> list[Path]:
 # How each modality's detokenised samples become files: writer(raw, spec, directory, stem, *,
 # rows, video_format, waveforms) -> paths. A modality without a writer gets ``{stem}.npy``;
 # a plug-in modality may add its own here.
-WRITERS = {"image": _write_image, "video": _write_video, "audio": _write_audio, "action": _write_action}
+WRITERS = {
+    "image": _write_image,
+    "video": _write_video,
+    "audio": _write_audio,
+    "action": _write_action,
+    "text": _write_text,
+}
 
 
 def _examples(cfg, task: Task, index: int, per_layout: int) -> tuple[dict, int]:
@@ -157,9 +176,11 @@ def write_layout_samples(
     cfg_scale: float,
     seed: int,
     per_layout: int = 4,
+    image_decoder=None,
 ) -> list[Path]:
     """Samples ``per_layout`` examples of each layout into ``out_dir/<layout>/``; returns the files
-    (named as the module docstring says)."""
+    (named as the module docstring says). ``image_decoder(latents) -> pixels`` in [-1, 1], if given,
+    turns image segments of a latent run into pixels first (the run's autoencoder)."""
     out_dir, paths = Path(out_dir), []
     video_format = cfg.sample.video_format
     for i, lt in enumerate(task.layouts):
@@ -174,6 +195,8 @@ def write_layout_samples(
             stem = f"{j}_{seg.modality}" + ("_given" if seg.role == CONDITION else "")
             spec = task.specs[seg.modality]
             decoded = modalities.get(seg.modality).detokenize(np.asarray(tokens, np.float32), spec)
+            if seg.modality == "image" and image_decoder is not None:
+                decoded = image_decoder(decoded)
             waves = None
             if seg.modality == "video":
                 videos.append((stem, np.asarray(decoded)))
@@ -200,7 +223,14 @@ def write_layout_samples(
 
 
 def write_run_samples(
-    cfg, task: Task, model, out_dir: str | Path, *, steps: int | None = None, cfg_scale: float | None = None
+    cfg,
+    task: Task,
+    model,
+    out_dir: str | Path,
+    *,
+    steps: int | None = None,
+    cfg_scale: float | None = None,
+    image_decoder=None,
 ) -> list[Path]:
     """:func:`write_layout_samples` with the run's ``sample`` settings (``steps``/``cfg_scale``
     override them): what training writes at its end and ``selfflow sample`` writes."""
@@ -214,4 +244,5 @@ def write_run_samples(
         cfg_scale=s.cfg_scale if cfg_scale is None else cfg_scale,
         seed=s.seed,
         per_layout=s.per_class,
+        image_decoder=image_decoder,
     )

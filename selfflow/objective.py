@@ -23,6 +23,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from modalities.text import NAME as TEXT
+from modalities.text import null_tokens
 from selfflow.layout import CONDITION, S_INDEX, FactoredTimesteps, Layout
 
 # ---------------------------------------------------------------------------- timesteps
@@ -171,12 +173,28 @@ def drop_labels(key: jax.Array, labels: jax.Array, rate: float, null_class: int)
     return jnp.where(jax.random.uniform(key, labels.shape) < rate, null_class, labels)
 
 
+def drop_captions(key: jax.Array, x0: tuple, layout: Layout, rate: float) -> tuple:
+    """Replaces each sample's text segments by the null caption with probability ``rate`` (CFG
+    training). The draw is :func:`drop_labels`'s (same key, same uniform per sample): with equal
+    rates a sample loses its label and its caption together. Non-text segments pass unchanged."""
+    if rate == 0.0 or TEXT not in layout.modalities:
+        return x0
+    dropped = jax.random.uniform(key, (x0[0].shape[0],)) < rate
+    return tuple(
+        jnp.where(dropped[:, None, None], null_tokens(x), x) if seg.modality == TEXT else x
+        for x, seg in zip(x0, layout.segments)
+    )
+
+
 class SegmentBatch(NamedTuple):
-    """Clean tokens per segment of a layout ((B, n_i, d_i) each), class ids (B,), positions (N, 3)."""
+    """Clean tokens per segment of a layout ((B, n_i, d_i) each), class ids (B,), positions (N, 3);
+    ``features``: REPA's encoder features stored in the data (B, gh, gw, D) when the run reads them
+    (``objective.encoder="precomputed"``, :mod:`selfflow.encoders.precomputed`), else None."""
 
     tokens: tuple
     labels: jax.Array
     positions: jax.Array
+    features: jax.Array | None = None
 
 
 def layout_timesteps(
@@ -267,6 +285,21 @@ def ema_decay_at(step, decay: float, warmup: bool):
         return decay
     n = jnp.asarray(step, jnp.float32)
     return jnp.minimum(decay, (1.0 + n) / (10.0 + n))
+
+
+def gamma_at(step, gamma: float, start: int, tenfold: int):
+    """The weight of the representation term after ``step`` optimizer steps (0-based, traced or not).
+
+    ``tenfold = 0``: the constant ``gamma``. Else γ until ``start``, then γ · 0.1^((step − start) /
+    tenfold): ten times smaller every ``tenfold`` steps. SRA's published smooth-L1 runs
+    (vvvvvjdy/SRA ``SiT-SRA/train.py``, 256 px): 0.2 until epoch 149, then 0.2 · 0.1^((epoch − 149) /
+    1000) - ``gamma=0.2, gamma_decay_start=149·E, gamma_decay_steps=1000·E`` with E steps per epoch
+    (5004 for ImageNet at batch 256); SRA changes it once per epoch, here every step (the two differ
+    by at most 0.23 % of γ within an epoch at that rate)."""
+    if tenfold <= 0:
+        return gamma
+    late = jnp.maximum(jnp.asarray(step, jnp.float32) - start, 0.0)
+    return gamma * jnp.power(0.1, late / tenfold)
 
 
 def initial_share(steps: int, decay: float, warmup: bool) -> float:

@@ -40,7 +40,9 @@ from selfflow.layout import GENERATE, FactoredTimesteps, Layout
 from selfflow.objective import (
     SegmentBatch,
     cosine_per_token,
+    drop_captions,
     drop_labels,
+    gamma_at,
     layout_timesteps,
     noise_like,
     noised_segments,
@@ -64,7 +66,7 @@ def register_objective(cls: type[Objective]) -> type[Objective]:
 class Draw(NamedTuple):
     """One step's random draw: clean tokens, noise, timesteps and labels of a batch."""
 
-    x0: tuple  # per segment (B, n_i, d_i) float32
+    x0: tuple  # per segment (B, n_i, d_i) float32 (text segments after caption dropout)
     noise: tuple  # per segment ε, same shapes
     student_times: FactoredTimesteps
     teacher_times: FactoredTimesteps  # every generate token at min(t, s)
@@ -98,6 +100,7 @@ class Objective:
             k_time, x0[0].shape[0], layout, self.settings, self.mask_ratios, dual=self.dual_timesteps
         )
         labels = drop_labels(k_label, batch.labels, self.settings.label_dropout, self.num_classes)
+        x0 = drop_captions(k_label, x0, layout, self.settings.text_dropout)  # the teacher's too
         return Draw(x0, noise_like(k_noise, x0), student, teacher, labels, mask)
 
     def generation_loss(self, velocity: tuple, draw: Draw, layout: Layout) -> tuple[jax.Array, dict]:
@@ -124,6 +127,18 @@ class Objective:
 
     def loss(self, *, student, teacher, batch: SegmentBatch, layout: Layout, key: jax.Array):
         raise NotImplementedError
+
+    @property
+    def scheduled(self) -> bool:
+        """Whether γ changes with the step (``objective.gamma_decay_steps``): the training step then
+        passes ``step=`` to :meth:`loss`."""
+        return self.settings.gamma_decay_steps > 0
+
+    def weight(self, step=None):
+        """γ after ``step`` optimizer steps (:func:`~selfflow.objective.gamma_at`); the constant
+        ``objective.gamma`` when ``step`` is None (evaluation) or γ does not decay."""
+        o = self.settings
+        return o.gamma if step is None else gamma_at(step, o.gamma, o.gamma_decay_start, o.gamma_decay_steps)
 
     @staticmethod
     def _metrics(fm: jax.Array, rep: jax.Array, cos: jax.Array, extra: dict, loss: jax.Array) -> dict:
@@ -169,12 +184,14 @@ class SelfFlow(DualTimestep):
     def uses_teacher(cls, settings) -> bool:
         return settings.gamma > 0
 
-    def loss(self, *, student, teacher, batch: SegmentBatch, layout: Layout, key: jax.Array):
+    def loss(self, *, student, teacher, batch: SegmentBatch, layout: Layout, key: jax.Array, step=None):
+        """``step``: optimizer steps so far, for a decaying γ (:meth:`weight`)."""
         if not self.uses_teacher(self.settings):
             return super().loss(student=student, teacher=teacher, batch=batch, layout=layout, key=key)
         fm, rep, metrics = self.terms(student=student, teacher=teacher, batch=batch, layout=layout, key=key)
-        loss = fm + self.settings.gamma * rep
-        return loss, {**metrics, "loss": loss}
+        gamma = self.weight(step)
+        loss = fm + gamma * rep
+        return loss, {**metrics, "loss": loss, **({"rep_weight": gamma} if self.scheduled else {})}
 
     def terms(self, *, student, teacher, batch: SegmentBatch, layout: Layout, key: jax.Array):
         """(L_gen, L_rep, metrics) of one step, unweighted: what :meth:`loss` sums with γ and what
@@ -257,12 +274,13 @@ class REPA(FlowMatching):
 
     def __init__(self, *, cfg: Any, **kwargs):
         super().__init__(cfg=cfg, **kwargs)
+        from selfflow.encoders.precomputed import is_precomputed
         from selfflow.encoders.registry import load_encoder
 
         self.student_layer, self.patch = cfg.student_layer, cfg.model.resolved("patch_size")
-        self.encoder = load_encoder(self.settings.encoder)
-        known = self.encoder.feature_dim
-        if known is not None and known != self.settings.encoder_dim:
+        self.encoder = None if is_precomputed(self.settings.encoder) else load_encoder(self.settings.encoder)
+        known = self.encoder and self.encoder.feature_dim
+        if known and known != self.settings.encoder_dim:
             raise ConfigError(
                 f"objective.encoder={self.settings.encoder!r} gives {known}-dim features but "
                 f"objective.encoder_dim={self.settings.encoder_dim} (the REPA projector's output): "
@@ -285,15 +303,26 @@ class REPA(FlowMatching):
             return side, side
 
     def targets(
-        self, x0: tuple, positions, layout: Layout, encoder_params=None
+        self, x0: tuple, positions, layout: Layout, encoder_params=None, features=None
     ) -> list[tuple[slice, jax.Array]]:
-        """[(token slice, y* (B, n, Z) float32)] for each generated image segment of ``layout``."""
+        """[(token slice, y* (B, n, Z) float32)] for each generated image segment of ``layout``:
+        the encoder's features of the clean image, or the batch's precomputed ``features``
+        (B, gh, gw, Z) when the run reads them (one image segment; shapes checked by the task)."""
         import modalities
         from selfflow.encoders.registry import check_encoder, encoder_features
 
         image, out = modalities.get("image"), []
         for seg, sl, x in zip(layout.segments, layout.slices(), x0):
             if seg.modality != "image" or seg.role != GENERATE:
+                continue
+            if self.encoder is None:
+                if features is None:
+                    raise ConfigError(
+                        f"objective.encoder='precomputed' but layout {layout.name!r}'s batch has no "
+                        "encoder_features (write them with `selfflow prepare --features`)"
+                    )
+                y = jax.lax.stop_gradient(jnp.asarray(features, jnp.float32))
+                out.append((sl, y.reshape(y.shape[0], -1, y.shape[-1])))
                 continue
             gh, gw = self.image_grid(positions, sl, seg.num_tokens)
             channels = x.shape[-1] // (self.patch * self.patch)
@@ -304,15 +333,23 @@ class REPA(FlowMatching):
         return out
 
     def loss(
-        self, *, student, teacher, batch: SegmentBatch, layout: Layout, key: jax.Array, encoder_params=None
+        self,
+        *,
+        student,
+        teacher,
+        batch: SegmentBatch,
+        layout: Layout,
+        key: jax.Array,
+        encoder_params=None,
+        step=None,
     ):
         """As every objective's; ``encoder_params``: the encoder's weights when they are an argument
-        of the jitted caller (default: the loaded ones, closed over)."""
+        of the jitted caller (default: the loaded ones, closed over); ``step`` as SelfFlow's."""
         del teacher  # not used
         draw = self.draw(key, batch, layout)
         out = self.forward_student(student, draw, batch, layout, hidden_layer=self.student_layer)
         fm, extra = self.generation_loss(out.velocity, draw, layout)
-        targets = self.targets(draw.x0, batch.positions, layout, encoder_params)
+        targets = self.targets(draw.x0, batch.positions, layout, encoder_params, batch.features)
         if targets:
             hidden = jnp.concatenate([out.hidden[:, sl] for sl, _ in targets], axis=1)
             target = jnp.concatenate([y for _, y in targets], axis=1)
@@ -320,8 +357,10 @@ class REPA(FlowMatching):
         else:
             cos = jnp.zeros((), jnp.float32)
         align = -cos
-        loss = fm + self.settings.gamma * align
-        return loss, self._metrics(fm, align, cos, extra, loss)
+        gamma = self.weight(step)
+        loss = fm + gamma * align
+        metrics = self._metrics(fm, align, cos, extra, loss)
+        return loss, {**metrics, **({"rep_weight": gamma} if self.scheduled else {})}
 
 
 def uses_encoder(kind: str) -> bool:

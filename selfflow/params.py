@@ -52,3 +52,22 @@ def assign_params(model: nnx.Module, tensors: dict[str, np.ndarray], where: str)
         ),
     )
     return nnx.merge(graphdef, params, rest)
+
+
+def torch_to_nnx(name: str, arr: np.ndarray) -> np.ndarray:
+    """A PyTorch tensor in NNX's layout, by the NNX tensor ``name``: conv kernels (O, I, H, W) ->
+    (H, W, I, O), linear weights (out, in) -> (in, out); anything else as it is."""
+    if name.endswith(".kernel") and arr.ndim == 4:
+        return np.transpose(arr, (2, 3, 1, 0))
+    if name.endswith(".kernel") and arr.ndim == 2:
+        return arr.T
+    return arr
+
+
+def nnx_to_torch(name: str, arr: np.ndarray) -> np.ndarray:
+    """The inverse of :func:`torch_to_nnx` (also on an empty array, to map a shape)."""
+    if name.endswith(".kernel") and arr.ndim == 4:
+        return np.transpose(arr, (3, 2, 0, 1))
+    if name.endswith(".kernel") and arr.ndim == 2:
+        return arr.T
+    return arr

@@ -25,6 +25,8 @@ import numpy as np
 from flax import nnx
 from PIL import Image
 
+from modalities.text import NAME as TEXT
+from modalities.text import null_tokens
 from selfflow.layout import GENERATE, Layout, single
 from selfflow.objective import inference_timesteps
 
@@ -42,12 +44,21 @@ def cfg_combine(cond: jax.Array, null: jax.Array, scale: float) -> jax.Array:
 # --------------------------------------------------------------------------- shared core
 
 
-def _guided(velocity, labels: jax.Array, *, cfg_scale: float, guidance_interval: tuple, null_class: int):
+def _guided(
+    velocity,
+    labels: jax.Array,
+    *,
+    cfg_scale: float,
+    guidance_interval: tuple,
+    null_class: int,
+    null_captions: tuple = (),
+):
     """``velocity(xs, tau (R,), labels (R,)) -> tuple`` of per-segment (R, n_i, d_i) -> the
     guided ``v(xs, tau scalar f32) -> tuple`` of float32 (B, n_i, d_i) the integrators call.
 
     w = 1: the conditional model alone, B rows, the null class is never queried. Otherwise 2B
-    rows (labels, then ``null_class``) combined by :func:`cfg_combine` when τ ∈ [low, high]; a
+    rows (labels, then ``null_class``; the segments flagged True in ``null_captions`` - text -
+    as the null caption in the second B rows) combined by :func:`cfg_combine` when τ ∈ [low, high]; a
     ``lax.cond`` picks the B-row conditional branch outside (skipped when the interval covers
     [0, 1], so a full interval compiles one model call, not two).
     """
@@ -61,8 +72,12 @@ def _guided(velocity, labels: jax.Array, *, cfg_scale: float, guidance_interval:
         return plain
     both = jnp.concatenate([labels, jnp.full_like(labels, null_class)])
 
+    def doubled(xs):  # conditional rows, then the null rows
+        flags = tuple(null_captions) + (False,) * (len(xs) - len(null_captions))
+        return tuple(jnp.concatenate([x, null_tokens(x) if f else x]) for x, f in zip(xs, flags))
+
     def cfg(xs, tau):
-        vs = velocity(tuple(jnp.concatenate([x, x]) for x in xs), jnp.full((2 * b,), tau, jnp.float32), both)
+        vs = velocity(doubled(xs), jnp.full((2 * b,), tau, jnp.float32), both)
         return tuple(cfg_combine(v[:b], v[b:], cfg_scale) for v in (v.astype(jnp.float32) for v in vs))
 
     low, high = guidance_interval
@@ -154,10 +169,16 @@ def _integrate(
     null_class: int,
     key,
     last_step_size: float,
+    null_captions: tuple = (),
 ) -> tuple:
     """The one sampler behind every entry point (arguments already validated)."""
     v = _guided(
-        velocity, labels, cfg_scale=cfg_scale, guidance_interval=guidance_interval, null_class=null_class
+        velocity,
+        labels,
+        cfg_scale=cfg_scale,
+        guidance_interval=guidance_interval,
+        null_class=null_class,
+        null_captions=null_captions,
     )
     xs = tuple(x.astype(jnp.float32) for x in start)
     if method == "sde":
@@ -262,7 +283,8 @@ def sample_segments(
     ``method``: "euler" / "heun" (ODE, ``steps`` uniform τ intervals; Heun's last interval is
     Euler, see :func:`_ode`) or "sde" (SiT Euler–Maruyama with ``steps`` evaluations, the
     last a noiseless step of size ``last_step_size``; needs ``key``). Guidance ``cfg_scale`` = w
-    applies for τ in ``guidance_interval`` (inclusive); w = 1 is exactly the conditional model.
+    applies for τ in ``guidance_interval`` (inclusive); w = 1 is exactly the conditional model;
+    the null branch has ``null_class`` and, in text segments, the null caption (no token).
     Returns every segment at τ = 0, float32 (condition segments as given, cast to float32).
     Non-array arguments must be Python values (static under jit); deterministic in ``key``.
     """
@@ -295,6 +317,7 @@ def sample_segments(
         null_class=null_class,
         key=key,
         last_step_size=last_step_size,
+        null_captions=tuple(seg.modality == TEXT for seg in layout.segments),
     )
 
 

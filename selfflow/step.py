@@ -35,6 +35,8 @@ def make_train_step(cfg: Config, graphdef, tx: optax.GradientTransformation, tas
         layout = task.layouts[index].layout
         teacher = nnx.merge(graphdef, state["ema"])
         extra = {} if encoder_params is None else {"encoder_params": encoder_params}
+        if objective.scheduled:
+            extra["step"] = state["step"]
 
         def loss_of(params):
             return objective.loss(

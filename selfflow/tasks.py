@@ -34,7 +34,8 @@ from data_pipelines import loader
 from data_pipelines import sources as sources_lib
 from data_pipelines.guard import KnownBad
 from selfflow.config import Config, ConfigError, LayoutConfig, layout_modalities, parse_segment, resolve
-from selfflow.layout import Layout, Segment
+from selfflow.encoders.precomputed import FEATURES_KEY, PRECOMPUTED, check_feature_sources, is_precomputed
+from selfflow.layout import GENERATE, Layout, Segment
 from selfflow.objective import SegmentBatch
 
 HELDOUT_SEED_OFFSET = 1_000_003  # held-out examples: the data seed shifted by this
@@ -163,13 +164,31 @@ class Task:
             spec = self.specs[name]
             segments.append(Segment(name, spec.num_tokens, role))
             positions.append(modalities.get(name).positions(spec))
+        layout, keys = Layout(lc.name, tuple(segments)), _layout_keys(lc)
+        if self.feature_grid(layout) is not None:
+            keys += (FEATURES_KEY,)
         return LayoutTask(
-            Layout(lc.name, tuple(segments)),
-            lc.batch_size,
-            lc.weight,
-            np.concatenate(positions).astype(np.float32),
-            _layout_keys(lc),
+            layout, lc.batch_size, lc.weight, np.concatenate(positions).astype(np.float32), keys
         )
+
+    @property
+    def reads_features(self) -> bool:
+        """Whether batches carry REPA's precomputed encoder features (:mod:`selfflow.encoders.precomputed`)."""
+        o = self.cfg.objective
+        return o.kind == "repa" and is_precomputed(o.encoder)
+
+    def feature_grid(self, layout: Layout) -> tuple[int, int] | None:
+        """The (gh, gw) token grid of ``layout``'s generated image segment when the run reads
+        precomputed features (one such segment per layout), else None."""
+        images = [s for s in layout.segments if s.modality == "image" and s.role == GENERATE]
+        if not self.reads_features or not images:
+            return None
+        if len(images) > 1:
+            raise ConfigError(
+                f"layouts[{layout.name!r}]: objective.encoder={PRECOMPUTED!r} stores one feature map per "
+                f"example, but the layout generates {len(images)} image segments"
+            )
+        return self.specs["image"].grid
 
     @property
     def weights(self) -> list[float]:
@@ -203,6 +222,10 @@ class Task:
                 f"layouts[{lt.layout.name!r}]: batch size {lt.batch_size} is not divisible "
                 f"by the {count} data-loading hosts"
             )
+        grid = self.feature_grid(lt.layout)
+        if grid is not None:
+            dim = self.cfg.objective.encoder_dim
+            check_feature_sources({n: self.sources[n].schema for n in names}, grid, dim)
         streams = []
         for name in names:
             base = self._heldout_source(name) if heldout else self.sources[name]
@@ -236,7 +259,7 @@ class Task:
             modalities.get(seg.modality).tokenize_batch(raw, self.specs[seg.modality])
             for seg in lt.layout.segments
         )
-        return SegmentBatch(tokens, raw["label"], lt.positions)
+        return SegmentBatch(tokens, raw["label"], lt.positions, raw.get(FEATURES_KEY))
 
     # ------------------------------------------------------------------ stored specs
 

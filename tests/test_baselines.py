@@ -192,6 +192,8 @@ def test_attention_separation_blocks_the_other_group():
         ({"kind": "sra", "attention_separation": True}, "attention_separation"),
         ({"timesteps": "full_mask", "time_gap": 0.2}, "time_gap"),
         ({"kind": "flow_matching", "time_gap": 0.2}, "needs a second timestep"),
+        ({"kind": "dts", "gamma_decay_steps": 10}, "has none"),
+        ({"kind": "sra", "gamma_decay_start": -1}, "expected integers >= 0"),
     ],
 )
 def test_inconsistent_baseline_settings_are_config_errors(objective_fields, message):
@@ -232,3 +234,38 @@ def test_objectives_pass_the_separation_mask_to_the_student():
             assert not np.all(np.asarray(calls[-1]))  # something is blocked
         else:
             assert calls[-1] is None
+
+
+# ---------------------------------------------------------------------------- SRA's weight schedule
+
+
+def test_gamma_decay_is_sras_epoch_formula_at_epoch_starts():
+    """SRA's ``train.py`` (256 px, smooth L1): 2 · 0.1^((e − 149)/1000 + 1) for epoch e > 149, else
+    2 · 0.1; here γ = 0.2, start 149 epochs, ten-fold every 1000 epochs, in steps of E per epoch."""
+    steps_per_epoch = 5004
+    for e in (0, 100, 149, 150, 400, 800):
+        sra = 2 * 0.1 ** ((e - 149) / 1000 + 1) if e > 149 else 2 * 0.1
+        ours = objective.gamma_at(e * steps_per_epoch, 0.2, 149 * steps_per_epoch, 1000 * steps_per_epoch)
+        assert float(ours) == pytest.approx(sra, rel=1e-5), e
+    assert objective.gamma_at(123, 0.7, 0, 0) == 0.7  # no decay: the constant, not an array
+    traced = jax.jit(lambda k: objective.gamma_at(k, 1.0, 10, 20))(jnp.int32(30))
+    assert float(traced) == pytest.approx(0.1, rel=1e-6)
+
+
+def test_training_uses_the_decayed_weight_at_each_step(tmp_path):
+    """A 3-step SRA run with γ 0.5 decaying ten-fold per step from step 1: the logged
+    rep_weight is 0.5, 0.5, 0.05 at optimizer steps 0, 1, 2 and each loss is fm + rep_weight · rep."""
+    from selfflow.metrics_writer import read_metrics
+    from selfflow.train import train
+
+    cfg = tiny_image_config(
+        objective={"kind": "sra", "gamma": 0.5, "gamma_decay_start": 1, "gamma_decay_steps": 1},
+        train={"steps": 3, "log_every": 1, "checkpoint_every": 3},
+    )
+    train(cfg, tmp_path / "run", progress=False, write_samples=False)
+    rows = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "rep_weight" in r]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert [r["rep_weight"] for r in rows] == pytest.approx([0.5, 0.5, 0.05], rel=1e-6)
+    for r in rows:
+        assert r["loss"] == pytest.approx(r["fm_loss"] + r["rep_weight"] * r["rep_loss"], rel=1e-5)
+        assert r["rep/grad_ratio"] > 0  # measured with the same decayed γ

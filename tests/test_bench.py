@@ -2,15 +2,18 @@
 
 import math
 import re
+from pathlib import Path
 
 import pytest
 
-from selfflow import flops
+from selfflow import cli, flops
 from selfflow.bench import bench, format_report
 from selfflow.config import Config, DataConfig, ObjectiveConfig, TrainConfig
 from selfflow.tasks import Task
 
 from helpers_config import tiny_model
+
+ROOT = Path(__file__).resolve().parents[1]
 
 CFG = Config(
     model=tiny_model(depth=3),
@@ -62,3 +65,15 @@ def test_report_ends_with_the_summary_line(report):
     assert (m[3] == "nan") == math.isnan(torch)
     if not math.isnan(torch):
         assert float(m[3]) == round(torch, 3)
+
+
+def test_default_config_is_in_the_package_and_is_experiments_bench_s2():
+    """`selfflow bench` without a file benches selfflow.bench.default_config (an installed wheel has
+    no experiments/ folder); the experiment file is the same config."""
+    from selfflow.bench import default_config
+    from selfflow.config import exec_python_file, validate
+
+    assert cli._parser().parse_args(["bench"]).config is None
+    packaged = validate(default_config())
+    assert packaged == exec_python_file(ROOT / "experiments" / "bench_s2.py", "bench_s2").CONFIG
+    assert packaged.model.preset == "S/2" and packaged.data.image_size == 32

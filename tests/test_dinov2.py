@@ -128,6 +128,7 @@ def test_mask_token_matches_transformers(tiny_hf):
 def test_swiglu_and_transformers5_names_match(tmp_path):
     """ViT-g's SwiGLU MLP, loaded from the Hub layout (weights_in) and from a transformers >= 5
     in-memory state_dict (q_proj ..., gate_proj/up_proj), both equal to transformers."""
+    pytest.importorskip("torch")
     from safetensors.torch import save_file as save_torch
 
     torch_model, cfg = hf_model(tmp_path / "hub", **TINY, use_swiglu_ffn=True)

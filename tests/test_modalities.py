@@ -275,7 +275,7 @@ def test_other_bad_shapes_raise():
 
 def test_registry():
     assert modalities.get("video") is modalities.video
-    assert set(modalities.MODALITIES) == {"image", "video", "audio", "action"}
+    assert set(modalities.MODALITIES) == {"image", "video", "audio", "action", "text"}
     with pytest.raises(ValueError, match="'smell'.*image, video, audio, action"):
         modalities.get("smell")
 

@@ -228,9 +228,12 @@ def test_factored_timesteps_match_per_token_timesteps():
     dense = jnp.where(mask, s[:, None], t[:, None])
     factored = FactoredTimesteps(jnp.stack([t, s], 1), mask.astype(jnp.int32))
     ref = np.asarray(_velocity(model, x, dense, y, POS))
-    np.testing.assert_allclose(np.asarray(_velocity(model, x, factored, y, POS)), ref, rtol=1e-5, atol=1e-5)
+    # equal up to rounding, which this random-init model amplifies (|v| up to 20): measured max |Δ| 0
+    # on JAX 0.10.2, 4.5e-3 on 0.12.1, where jit vs eager of one path already differ by 1.8e-4; a
+    # token given the other timestep moves its velocity by O(1)
+    np.testing.assert_allclose(np.asarray(_velocity(model, x, factored, y, POS)), ref, rtol=1e-5, atol=1e-2)
     one = np.asarray(_velocity(model, x, FactoredTimesteps.per_sample(t, N), y, POS))
-    np.testing.assert_allclose(one, np.asarray(_velocity(model, x, t, y, POS)), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(one, np.asarray(_velocity(model, x, t, y, POS)), rtol=1e-5, atol=1e-2)
 
 
 def _loss_and_grads(cfg_overrides):

@@ -397,7 +397,10 @@ def test_fid_samples_from_a_run_and_from_an_official_checkpoint(exported_run, re
     code = cli.main(
         ["fid-samples", "--official", str(path), *arch, "--out", str(tmp_path / "o.npz"), "--num", "2"]
     )
-    assert code == 2 and "pass --vae DIR" in capsys.readouterr().err
+    assert (
+        code == 2
+        and "pass --autoencoder NAME --autoencoder-weights FILE (or --vae DIR" in capsys.readouterr().err
+    )
     code = cli.main(
         ["fid-samples", "--official", str(path), "--arch", "depth=four", "--out", str(tmp_path / "o.npz")]
     )

@@ -211,7 +211,7 @@ def test_readme_rows_have_seven_cells_and_an_honest_status():
     text = "\n".join(rows)
     for table in ("Table 1", "Table 2", "Table 3", "Table 4", "Fig. 1a", "App. E", "App. H"):
         assert table in text
-    assert text.count("not runnable here: needs text conditioning (not implemented)") >= 4
+    assert text.count("not runnable here: needs a text-conditioned config for this row") >= 4
 
 
 def test_readme_compute_figures_are_the_scripts():

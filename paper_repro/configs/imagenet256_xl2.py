@@ -27,11 +27,10 @@ Commands (from the repository root):
 
 Data: ImageNet-1k train (1.28M images), centre-cropped to 256×256 and encoded once with the SD-VAE
 (stabilityai/sd-vae-ft-ema) into a "latents" directory whose examples are {"image": float32
-(32, 32, 4) = VAE latent (NHWC) × 0.18215, "label": int32 in [0, 1000)}. `selfflow prepare` cannot run
-the VAE; write the directory from Python with
-``data_pipelines.latents.prepare(source, "data/imagenet256_latents", name="imagenet256", modality="image",
-encode=...)``, ``encode`` running the VAE on each example. fid-samples needs `pip install diffusers`
-and a local copy of the VAE.
+(32, 32, 4) = VAE latent (NHWC) × 0.18215, "label": int32 in [0, 1000)}, written by
+``selfflow prepare SOURCE --out data/imagenet256_latents --encode sd-vae --weights FILE`` (the JAX
+SD-VAE, selfflow/autoencoders; add ``--features dinov2:PATH`` for REPA, paper_repro/README.md row 5).
+fid-samples decodes with the autoencoder the manifest names (``--vae DIR``: diffusers' as a cross-check).
 Hardware: GPUs or TPUs; the estimate of training compute (not measured) is in paper_repro/README.md,
 "Compute estimates" (`.venv/bin/python paper_repro/compute.py`). The paper does not report its hardware.
 Parameters (this config): 674.8M + 5.3M projector (paper: ~675M).

@@ -63,7 +63,7 @@ import numpy as np
 from flax import nnx
 
 from selfflow.errors import ParamsError
-from selfflow.params import assign_params, shape_problems, tensor_name
+from selfflow.params import assign_params, shape_problems, tensor_name, torch_to_nnx
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -500,14 +500,6 @@ def _file_shape(nnx_name: str, shape: tuple) -> tuple:
     return tuple(shape)
 
 
-def _to_nnx(nnx_name: str, arr: np.ndarray) -> np.ndarray:
-    if nnx_name.endswith(".kernel") and arr.ndim == 4:
-        return np.transpose(arr, (2, 3, 1, 0))
-    if nnx_name.endswith(".kernel") and arr.ndim == 2:
-        return arr.T
-    return arr
-
-
 def _abstract(arch: Dinov2Arch) -> Dinov2:
     return nnx.eval_shape(lambda: Dinov2(arch, rngs=nnx.Rngs(0)))
 
@@ -678,5 +670,5 @@ def load_dinov2(path: str | os.PathLike, size: str | Dinov2Arch | None = None) -
     if bad:
         raise ParamsError(f"{what} (nothing was loaded): " + "; ".join(bad))
     model = _abstract(arch)
-    tensors = {k: _to_nnx(k, arrays[_file_key(k)]) for k in _nnx_shapes(model)}
+    tensors = {k: torch_to_nnx(k, arrays[_file_key(k)]) for k in _nnx_shapes(model)}
     return assign_params(model, tensors, str(path))

@@ -1,0 +1,54 @@
+"""Latent autoencoders in Flax NNX: encode data once, decode samples, no PyTorch in the loop.
+
+Why: every paper experiment trains on latents, and diffusers has removed its Flax autoencoders.
+These modules re-implement diffusers' ``AutoencoderKL`` (SD-VAE: stabilityai/sd-vae-ft-ema and
+-mse; FLUX.1's 16-channel AE) and ``AutoencoderKLFlux2`` (32 channels, 2x2 latent patching and
+batch-norm statistics) and load the user's ``.safetensors`` (diffusers or LDM/BFL layout), every key
+and shape checked. Parity with diffusers' PyTorch modules: ``tests/test_autoencoders.py``.
+
+Modules: :mod:`.config` (architecture + latent convention, :data:`PRESETS`), :mod:`.blocks` (the
+shared GroupNorm / ResNet / attention / sampler blocks, encoder and decoder stacks), :mod:`.model`
+(:class:`Autoencoder`: ``encode``/``decode`` between [-1, 1] NHWC images and model latents),
+:mod:`.weights` (:func:`load_autoencoder`), :mod:`.latents` (``selfflow prepare --encode``: the
+encoded source, the manifest's ``"autoencoder"`` record, decoding only with that autoencoder in
+``sample`` and ``fid-samples``), :mod:`.bench` (encode/decode images/s for ``selfflow bench``).
+
+Use::
+
+    ae = load_autoencoder("sd-vae-ft-ema/diffusion_pytorch_model.safetensors", "sd-vae")
+    latents = nnx.jit(lambda m, x: m.encode(x))(ae, images)      # (B, 32, 32, 4) for 256 px
+    images = nnx.jit(lambda m, z: m.decode(z))(ae, latents)      # (B, 256, 256, 3) in about [-1, 1]
+
+Precision: float32 throughout; parity is measured on CPU. On GPUs whose float32 convolutions
+default to TF32, wrap calls in ``jax.default_matmul_precision("highest")`` for the same numbers.
+
+Video: :mod:`.wan` is the WAN 2.1 and 2.2 autoencoder (diffusers ``AutoencoderKLWan``, causal 3-D
+convolutions; :func:`~selfflow.autoencoders.wan.load_wan`), in one pass over the clip instead of
+diffusers' chunked feature cache (same values; its module docstring says why). Not wired yet:
+``selfflow prepare --encode wan`` for video sources - the ``video`` modality must first accept
+latent channels (``(1 + (T - 1) / 4, H / 8, W / 8, 16)`` instead of RGB frames) and ``sample`` must
+decode them; :class:`.latents.EncodedSource` and the manifest record carry over with
+``key="video"``. BFL's FLUX.2 and WAN's original (non-diffusers) key layouts are not mapped.
+"""
+
+from __future__ import annotations
+
+from selfflow.autoencoders.config import PRESETS, AutoencoderConfig, preset
+from selfflow.autoencoders.model import Autoencoder, patchify, unpatchify
+from selfflow.autoencoders.wan import WanAutoencoder, WanConfig, load_wan
+from selfflow.autoencoders.weights import checkpoint_tensors, expected_file_shapes, load_autoencoder
+
+__all__ = [
+    "PRESETS",
+    "Autoencoder",
+    "AutoencoderConfig",
+    "WanAutoencoder",
+    "WanConfig",
+    "checkpoint_tensors",
+    "expected_file_shapes",
+    "load_autoencoder",
+    "load_wan",
+    "patchify",
+    "preset",
+    "unpatchify",
+]
