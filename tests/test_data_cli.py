@@ -3,16 +3,12 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import re
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from selfflow import cli
 from selfflow.config import (
     Config,
     DataConfig,
@@ -24,15 +20,9 @@ from selfflow.config import (
 )
 from selfflow.tasks import Task
 
+from helpers_cli import run_cli, write_pngs
 from helpers_config import tiny_model
 from helpers_video import write_video
-
-
-def run_cli(*argv) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = cli.main([str(a) for a in argv])
-    return code, out.getvalue(), err.getvalue()
 
 
 def tiny(sources, layouts=(), **data) -> Config:
@@ -49,13 +39,7 @@ def tiny(sources, layouts=(), **data) -> Config:
 
 @pytest.fixture(scope="module")
 def pngs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pngs")
-    rng = np.random.default_rng(0)
-    for c in ("a", "b"):
-        (root / c).mkdir()
-        for i in range(5):
-            Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(root / c / f"{i}.png")
-    return root
+    return write_pngs(tmp_path_factory.mktemp("pngs"), per_class=5)
 
 
 def test_prepare_writes_shards_that_train_as_latents(pngs, tmp_path):

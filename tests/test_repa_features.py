@@ -8,9 +8,7 @@ without features, is one ConfigError naming the source before anything compiles.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import io
 import json
 import math
 
@@ -19,9 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from PIL import Image
 
-from selfflow import cli
 from selfflow.config import ConfigError, SourceConfig, resolve
 from selfflow.encoders import registry
 from selfflow.metrics_writer import read_metrics
@@ -30,6 +26,7 @@ from selfflow.objectives import make_objective
 from selfflow.tasks import Task
 from selfflow.train import train
 
+from helpers_cli import run_cli, write_pngs
 from helpers_config import tiny_image_config
 
 DIM = 8
@@ -50,22 +47,9 @@ class PatchMeanEncoder(nnx.Module):
 registry.register_encoder("patch_mean_features", lambda arg: PatchMeanEncoder())
 
 
-def run_cli(*argv) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = cli.main([str(a) for a in argv])
-    return code, out.getvalue(), err.getvalue()
-
-
 @pytest.fixture(scope="module")
 def pngs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pngs")
-    rng = np.random.default_rng(0)
-    for c in ("a", "b"):
-        (root / c).mkdir()
-        for i in range(6):
-            Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(root / c / f"{i}.png")
-    return root
+    return write_pngs(tmp_path_factory.mktemp("pngs"), per_class=6)
 
 
 def prepare(pngs, out, *extra) -> tuple[int, str, str]:

@@ -63,7 +63,7 @@ import numpy as np
 from flax import nnx
 
 from selfflow.errors import ParamsError
-from selfflow.params import assign_params, shape_problems, tensor_name, torch_to_nnx
+from selfflow.params import assign_params, nnx_to_torch, shape_problems, tensor_name, torch_to_nnx
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -490,16 +490,6 @@ def _file_key(nnx_name: str) -> str:
     return f"{head}.{_LEAF.get(leaf, leaf)}"
 
 
-def _file_shape(nnx_name: str, shape: tuple) -> tuple:
-    """NNX layout -> torch layout: conv HWIO -> OIHW, linear (in, out) -> (out, in)."""
-    if nnx_name.endswith(".kernel") and len(shape) == 4:
-        h, w, i, o = shape
-        return (o, i, h, w)
-    if nnx_name.endswith(".kernel") and len(shape) == 2:
-        return (shape[1], shape[0])
-    return tuple(shape)
-
-
 def _abstract(arch: Dinov2Arch) -> Dinov2:
     return nnx.eval_shape(lambda: Dinov2(arch, rngs=nnx.Rngs(0)))
 
@@ -512,7 +502,10 @@ def _nnx_shapes(model: Dinov2) -> dict[str, tuple]:
 def expected_file_shapes(arch: Dinov2Arch) -> dict[str, tuple[int, ...]]:
     """Checkpoint key -> shape (torch layout) that a file for ``arch`` must hold, derived from
     :class:`Dinov2` itself (an abstract build)."""
-    return {_file_key(k): _file_shape(k, s) for k, s in _nnx_shapes(_abstract(arch)).items()}
+    return {
+        _file_key(k): nnx_to_torch(k, np.empty(s, np.bool_)).shape
+        for k, s in _nnx_shapes(_abstract(arch)).items()
+    }
 
 
 def checkpoint_tensors(model: Dinov2) -> dict[str, np.ndarray]:
