@@ -23,6 +23,33 @@ manifest.json (``FORMAT_VERSION`` 1)::
    "created": "2025-01-01T00:00:00+00:00",
    "num_skipped": 1, "skipped": [{"index": 3, "where": "f3.png", "reason": "..."}]}
 
+Prepared in parts (``prepare(..., part=(i, n))``, ``selfflow prepare --process-index I
+--process-count N``): part ``i`` writes examples ``[i * total // n, (i + 1) * total // n)`` (total
+after ``limit``) into its own subdirectory, laid out exactly as above, with its own manifest (plus
+``"part": {"index", "count", "start", "stop", "total"}``) and its own resume state, so N independent
+jobs (a SLURM array, or the processes of jax.distributed) never touch each other's files::
+
+  part-00000-of-00003/   foo-00000-of-00002.array_record ... manifest.json
+  part-00001-of-00003/   ...
+  part-00002-of-00003/   ...
+
+:class:`LatentSource` reads such a directory as one source, part 0's examples first, once every
+part has its manifest; :func:`read_manifest` gives the combined manifest. Part ``i`` reads the
+same indices of the same source as a one-part prepare does, so each example's record has the
+same bytes either way. A one-part prepare (``part=None`` or ``(0, 1)``) writes the flat layout.
+
+Flipped copies (``prepare(..., flipped=True)``, ``selfflow prepare --encode NAME --flip-copy``):
+each example also holds ``K + "_flipped"`` for each such key ``K`` (the latents of the
+horizontally flipped image, and its REPA features if stored), listed in the manifest as
+``"flipped": {"image": "image_flipped", ...}``. :class:`LatentSource` never yields those keys:
+it shows ``2 * count`` indices (EDM's ``--xflip`` convention), index ``j`` being example
+``j % count`` with ``K`` taken from the flipped copy when ``(j // count) XOR h(seed, j % count)``
+is 1 (``h`` a fixed hash bit, :meth:`LatentSource.flipped_at`). The loader's seeded shuffle over
+those ``2 * count`` indices (reshuffled every epoch) thus shows each example once as stored and
+once flipped per ``2 * count`` draws, in an order that is a pure function of (seed, stream
+index): runs and resumes are bit-exact. The reader never learns the loader's epoch (Grain hands a
+source its index modulo its length), which is why the choice lives in the index.
+
 Record format ``selfflow-raw-1`` (no pickle anywhere)::
 
   b"SFLR" | uint32 little-endian header length n | n bytes of JSON header, space-padded so the
@@ -66,6 +93,27 @@ _ALIGN = 16
 _DTYPE_KINDS = "biufc"  # bool, signed/unsigned int, float, complex: plain fixed-size numbers
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _REQUIRED_KEYS = ("format_version", "name", "modality", "count", "schema", "shards")
+FLIPPED_SUFFIX = "_flipped"  # K + this: the copy of K made from the horizontally flipped image
+_PART_RE = re.compile(r"part-(\d{5})-of-(\d{5})")
+#: Manifest entries every part of one prepare must share (besides its schema and part counts).
+_PART_SHARED = ("format_version", "record_format", "name", "modality", "source", "encode", "limit")
+
+
+def part_dir(index: int, count: int) -> str:
+    """Subdirectory of part ``index`` of ``count``: ``part-00001-of-00004``."""
+    return f"part-{index:05d}-of-{count:05d}"
+
+
+def part_range(index: int, count: int, total: int) -> tuple[int, int]:
+    """[start, stop) of the ``total`` examples that part ``index`` of ``count`` writes: contiguous,
+    in order, sizes differing by at most one."""
+    return index * total // count, (index + 1) * total // count
+
+
+def _flip_pairs(schema: Schema) -> dict[str, str]:
+    """{K: K_flipped} for each key of ``schema`` that has a flipped copy in it."""
+    n = len(FLIPPED_SUFFIX)
+    return {k[:-n]: k for k in schema if k.endswith(FLIPPED_SUFFIX) and k[:-n] in schema}
 
 
 # ----------------------------------------------------------------------------- record format
@@ -200,6 +248,8 @@ def prepare(
     progress: bool = False,
     autoencoder: dict | None = None,
     resume: bool = False,
+    part: tuple[int, int] | None = None,
+    flipped: bool = False,
 ) -> dict:
     """Writes examples ``0 .. min(limit, len(source)) - 1`` of ``source`` (each mapped by
     ``encode(example) -> example`` if given), in index order, to ArrayRecord shards of
@@ -225,6 +275,15 @@ def prepare(
     ``autoencoder``: the record of the autoencoder that ``encode`` runs
     (``selfflow.autoencoders.latents.manifest_entry``), stored as the manifest's ``"autoencoder"``
     so that decoding can refuse another one.
+
+    ``part=(i, n)`` with ``n > 1``: write only examples ``part_range(i, n, total)`` into
+    ``out_dir/part_dir(i, n)`` (all of the above then holds inside that directory, resume
+    included), and remove ``out_dir/manifest.json`` of an earlier one-part prepare, which would
+    hide the parts. ValueError if ``n`` exceeds the examples to write (a part would be empty).
+
+    ``flipped=True``: the examples carry flipped copies ``K + FLIPPED_SUFFIX`` of the same shape
+    and dtype as ``K``; ValueError unless the first example has at least one such pair. They
+    are listed as the manifest's ``"flipped"`` so that :class:`LatentSource` picks one per index.
     """
     from array_record.python.array_record_module import ArrayRecordWriter
     from tqdm import tqdm
@@ -242,6 +301,17 @@ def prepare(
     shard_size = int(shard_size)
     total = len(source) if limit is None else min(int(limit), len(source))
     out_dir = Path(out_dir)
+    part_index, part_count = (0, 1) if part is None else (int(part[0]), int(part[1]))
+    if not 0 <= part_index < part_count:
+        raise ValueError(f"part must be (index, count) with 0 <= index < count, got {part!r}")
+    if part_count > max(total, 1):
+        raise ValueError(
+            f"{part_count} parts of {total} examples: a part would be empty (use at most {total})"
+        )
+    lo, hi = part_range(part_index, part_count, total)
+    if part_count > 1:
+        (out_dir / MANIFEST).unlink(missing_ok=True)  # a one-part manifest would hide the parts
+        out_dir = out_dir / part_dir(part_index, part_count)
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest_path = out_dir / MANIFEST
     manifest_path.unlink(missing_ok=True)  # it would describe shards we are about to replace
@@ -259,10 +329,14 @@ def prepare(
         "shard_size": shard_size,
         "on_bad_sample": on_bad_sample,
         "autoencoder": autoencoder,
+        **({} if part_count == 1 else {"part": [part_index, part_count, lo, hi]}),
+        **({"flipped": True} if flipped else {}),
     }
     progress_path = out_dir / f".{name}.progress.json"
-    start, done = _resume_point(progress_path, settings, out_dir) if resume else (0, None)
-    if done is not None:
+    start, done = _resume_point(progress_path, settings, out_dir) if resume else (lo, None)
+    if done is None:
+        start = lo
+    else:
         schema = {k: Field.from_json(v) for k, v in done["schema"].items()}
         skipped, counts = list(done["skipped"]), [int(n) for n in done["counts"]]
         partial = [out_dir / f for f in done["files"]]
@@ -292,7 +366,12 @@ def prepare(
 
     try:
         bar = tqdm(
-            range(start, total), desc=f"prepare {name}", disable=not progress, unit="ex", initial=start
+            range(start, hi),
+            desc=f"prepare {name}" + ("" if part_count == 1 else f" part {part_index}/{part_count}"),
+            disable=not progress,
+            unit="ex",
+            initial=start - lo,
+            total=hi - lo,
         )
         for index in bar:
             where = str(where_of(index))
@@ -308,6 +387,8 @@ def prepare(
                     except BadSampleError:
                         schema = None
                         raise
+                    if flipped:
+                        _check_flip_pairs(where, schema)
                 else:
                     _check_like_first(where, example, schema)
             except BadSampleError as e:
@@ -327,7 +408,12 @@ def prepare(
         close_writer()
         if schema is None:
             raise SourceError(
-                f"prepare {name!r}: no example of {source!r} to write ({total} read, {len(skipped)} skipped)"
+                f"prepare {name!r}: no example of {source!r} to write ({hi - lo} read, {len(skipped)} skipped)"
+                + (
+                    ""
+                    if part_count == 1
+                    else f" in {part_dir(part_index, part_count)} (examples {lo}..{hi - 1})"
+                )
             )
         files = [_shard_name(name, i, len(partial)) for i in range(len(partial))]
         for tmp, file in zip(partial, files):
@@ -360,6 +446,12 @@ def prepare(
         "source": repr(source),
         "encode": None if encode is None else repr(encode),
         **({} if autoencoder is None else {"autoencoder": autoencoder}),
+        **({"flipped": _flip_pairs(schema)} if flipped else {}),
+        **(
+            {}
+            if part_count == 1
+            else {"part": {"index": part_index, "count": part_count, "start": lo, "stop": hi, "total": total}}
+        ),
         "limit": None if limit is None else int(limit),
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "num_skipped": len(skipped),
@@ -367,6 +459,18 @@ def prepare(
     }
     _write_json_atomically(manifest_path, manifest)
     return manifest
+
+
+def _check_flip_pairs(where: str, schema: Schema) -> None:
+    """ValueError unless ``schema`` has a flipped copy, each shaped like its original."""
+    pairs = _flip_pairs(schema)
+    if not pairs:
+        raise ValueError(
+            f"{where}: flipped=True but the example has no K{FLIPPED_SUFFIX} keys ({sorted(schema)})"
+        )
+    for key, copy in pairs.items():
+        if schema[key] != schema[copy]:
+            raise ValueError(f"{where}: {copy!r} is {schema[copy]}, {key!r} is {schema[key]}")
 
 
 def _write_json_atomically(path: Path, data: dict) -> None:
@@ -439,6 +543,110 @@ def _read_manifest(path: Path) -> tuple[dict, Schema, list[tuple[str, int]], int
     return manifest, schema, shards, count
 
 
+def _brief(value, width: int = 60) -> str:
+    text = json.dumps(value, sort_keys=True)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _resume_hint(index: int, count: int) -> str:
+    return (
+        f"run selfflow prepare with the same SOURCE, --out and options and --process-index {index} "
+        f"--process-count {count} (it resumes after the part's last complete shard)"
+    )
+
+
+def _parts_of(directory: Path) -> list[tuple[int, int, Path]]:
+    """(index, count, path) of each ``part-IIIII-of-NNNNN`` subdirectory, sorted."""
+    if not directory.is_dir():
+        return []
+    found = []
+    for path in directory.iterdir():
+        match = _PART_RE.fullmatch(path.name)
+        if match and path.is_dir():
+            found.append((int(match[1]), int(match[2]), path))
+    return sorted(found)
+
+
+def _load(directory: Path) -> tuple[dict, Schema, list[tuple[Path, int, Path]]]:
+    """(manifest, schema, [(shard path, records, manifest path)]) of a prepared directory: its own
+    manifest, or one combined from its parts (in part order; SourceError, one line, for a part
+    missing, incomplete or written with other settings than part 0)."""
+    parts = _parts_of(directory)
+    manifest_path = directory / MANIFEST
+    if not parts or manifest_path.is_file():
+        if parts:
+            raise SourceError(
+                f"{directory}: holds both {MANIFEST} (a one-process prepare) and {parts[0][2].name}/... "
+                "(a prepare in parts); remove the stale one"
+            )
+        manifest, schema, shards, _ = _read_manifest(manifest_path)
+        return manifest, schema, [(directory / f, n, manifest_path) for f, n in shards]
+    counts = sorted({n for _, n, _ in parts})
+    if len(counts) > 1:
+        other = next(p for _, n, p in parts if n == counts[1])
+        raise SourceError(
+            f"{directory}: parts of two different splits, {parts[0][2].name} and {other.name} (remove "
+            "the directories of the stale one)"
+        )
+    count = counts[0]
+    have = {i: path for i, _, path in parts}
+    pieces, first, names, skipped, total = [], None, [], [], 0
+    for i in range(count):
+        path = have.get(i)
+        if path is None:
+            raise SourceError(f"{directory}: part {part_dir(i, count)} is missing; {_resume_hint(i, count)}")
+        if not (path / MANIFEST).is_file():
+            raise SourceError(
+                f"{path}: part {i} of {count} is incomplete (no {MANIFEST}: interrupted or still "
+                f"running); {_resume_hint(i, count)}"
+            )
+        manifest, schema, shards, _ = _read_manifest(path / MANIFEST)
+        info = manifest.get("part")
+        expected = None
+        if isinstance(info, dict) and isinstance(info.get("total"), int):
+            start, stop = part_range(i, count, info["total"])
+            expected = {"index": i, "count": count, "start": start, "stop": stop, "total": info["total"]}
+        if info != expected:
+            raise SourceError(f"{path / MANIFEST}: its part record {_brief(info)} is not part {i} of {count}")
+        if first is None:
+            first, first_schema = (path.name, manifest), schema
+        else:
+            fields = [(k, manifest.get(k), first[1].get(k)) for k in _PART_SHARED]
+            fields += [
+                ("schema", manifest["schema"], first[1]["schema"]),
+                ("autoencoder", manifest.get("autoencoder"), first[1].get("autoencoder")),
+                ("flipped", manifest.get("flipped"), first[1].get("flipped")),
+                ("part total", info["total"], first[1]["part"]["total"]),
+            ]
+            diff = [f"{k} {_brief(a)} vs {_brief(b)}" for k, a, b in fields if a != b]
+            if diff:
+                raise SourceError(
+                    f"{directory}: {path.name} and {first[0]} were written with different settings "
+                    f"({'; '.join(diff)}); re-run the wrong part's prepare with the settings of the others"
+                )
+        names.append(path.name)
+        pieces += [(path / f, n, path / MANIFEST) for f, n in shards]
+        skipped += manifest.get("skipped", [])
+        total += int(manifest["count"])
+    combined = {
+        **{k: v for k, v in first[1].items() if k != "part"},
+        "count": total,
+        "shards": [{"file": f"{p.parent.name}/{p.name}", "count": n} for p, n, _ in pieces],
+        "parts": names,
+        "num_skipped": len(skipped),
+        "skipped": skipped,
+    }
+    return combined, first_schema, pieces
+
+
+def read_manifest(directory) -> dict:
+    """The manifest of a directory written by :func:`prepare`: its ``manifest.json``, or for a
+    directory of parts their manifests combined (``count``, ``shards`` as ``part-.../file``,
+    ``skipped`` over all parts, ``parts``: the part directories). SourceError (one line) when a
+    part is missing, incomplete or inconsistent; shards are not opened."""
+    return _load(Path(directory).absolute())[0]
+
+
 def _check_shard(path: Path, expected: int, manifest_path: Path) -> None:
     from array_record.python.array_record_module import ArrayRecordReader
 
@@ -463,40 +671,63 @@ def _check_shard(path: Path, expected: int, manifest_path: Path) -> None:
 
 
 class LatentSource:
-    """Random-access source over a directory written by :func:`prepare`.
+    """Random-access source over a directory written by :func:`prepare` (in one part or several).
 
     ``source[i]`` -> the i-th example written (dict of numpy arrays matching ``schema``);
-    ``where(i)`` -> ``"<shard path>#<record>"``. Construction checks the manifest and that every
-    shard exists with the record count the manifest gives (:class:`SourceError` naming the file
+    ``where(i)`` -> ``"<shard path>#<record>"``. Construction checks the manifest(s) and that every
+    shard exists with the record count its manifest gives (:class:`SourceError` naming the file
     otherwise); a record that cannot be read or decoded raises :class:`BadSampleError` naming
     shard and record. Picklable (Grain worker processes): shard readers reopen lazily.
+
+    With flipped copies (manifest ``"flipped"``) and ``flip=True``, ``len`` is ``2 * count`` and
+    index ``j`` is example ``j % count`` with each ``K`` of ``"flipped"`` taken from its copy when
+    :meth:`flipped_at` ``(j)`` (see the module docstring); ``flip=False`` reads the stored
+    originals only (``len == count``). Either way the copies' keys are not in ``schema`` and never
+    in an example. ``seed`` (an int >= 0) picks which half of the indices shows example ``i``
+    flipped.
     """
 
-    def __init__(self, directory):
+    def __init__(self, directory, *, seed: int = 0, flip: bool = True):
         import grain
 
+        if isinstance(seed, bool) or int(seed) != seed or seed < 0:
+            raise SourceError(f"seed must be a non-negative integer, got {seed!r}")
         self.directory = Path(directory).absolute()
-        manifest_path = self.directory / MANIFEST
-        manifest, schema, shards, count = _read_manifest(manifest_path)
+        manifest, schema, pieces = _load(self.directory)
         self.manifest: dict = manifest
-        self.schema: Schema = schema
+        self._stored: Schema = schema
+        self.flipped: dict[str, str] = dict(manifest.get("flipped") or {})
+        bad = {k: v for k, v in self.flipped.items() if k not in schema or schema.get(v) != schema[k]}
+        if bad:
+            raise SourceError(f"{self.directory}: manifest's flipped copies {bad} do not match its schema")
+        self.schema: Schema = {k: f for k, f in schema.items() if k not in set(self.flipped.values())}
         self.modality: str = str(manifest["modality"])
         self.name: str = str(manifest["name"])
-        self._paths = [self.directory / file for file, _ in shards]
-        for path, (_, n) in zip(self._paths, shards):
+        self.seed, self.flip = int(seed), bool(flip and self.flipped)
+        self._paths = [path for path, _, _ in pieces]
+        for path, n, manifest_path in pieces:
             _check_shard(path, n, manifest_path)
         self._starts = [0]
-        for _, n in shards[:-1]:
+        for _, n, _ in pieces[:-1]:
             self._starts.append(self._starts[-1] + n)
-        self._len = count
+        self._count = int(manifest["count"])
+        self._len = self._count * (2 if self.flip else 1)
         # "path[start:end]" tells Grain each shard's record range, so it need not open every
         # file again to count records (they were just checked).
-        self._records = grain.sources.ArrayRecordDataSource(
-            [f"{path}[0:{n}]" for path, (_, n) in zip(self._paths, shards)]
-        )
+        self._records = grain.sources.ArrayRecordDataSource([f"{path}[0:{n}]" for path, n, _ in pieces])
 
     def __len__(self) -> int:
         return self._len
+
+    def flipped_at(self, index: int) -> bool:
+        """Whether index ``index`` shows its example's flipped copies: ``(index // count) XOR`` a
+        bit of a 64-bit mix of (seed, index % count). False without flipped copies or with
+        ``flip=False``."""
+        index = check_index(index, self._len, repr(self))
+        if not self.flip:
+            return False
+        example = index % self._count
+        return bool((index // self._count) ^ (_mix64(self.seed, example) >> 63))
 
     def _locate(self, index: int) -> tuple[Path, int]:
         shard = bisect.bisect_right(self._starts, index) - 1
@@ -504,25 +735,42 @@ class LatentSource:
 
     def where(self, index: int) -> str:
         index = check_index(index, self._len, repr(self))
-        path, record = self._locate(index)
-        return f"{path}#{record}"
+        path, record = self._locate(index % self._count)
+        return f"{path}#{record}" + (" (flipped)" if self.flipped_at(index) else "")
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
         index = check_index(index, self._len, repr(self))
         where = self.where(index)
         try:
-            record = self._records[index]
+            record = self._records[index % self._count]
         except Exception as e:  # the reader raises RuntimeError (checksum) or OSError
             raise BadSampleError(where, f"unreadable record ({type(e).__name__}: {e})") from None
         try:
             example = decode_example(record)
         except ValueError as e:
             raise BadSampleError(where, f"corrupt record ({e})") from None
-        if set(example) != set(self.schema):
+        if set(example) != set(self._stored):
             raise BadSampleError(
-                where, f"record has keys {sorted(example)}, the manifest's schema {sorted(self.schema)}"
+                where, f"record has keys {sorted(example)}, the manifest's schema {sorted(self._stored)}"
             )
-        return check_example(where, example, self.schema)
+        example = check_example(where, example, self._stored)
+        flip = self.flipped_at(index)
+        for key, copy in self.flipped.items():
+            value = example.pop(copy)
+            if flip:
+                example[key] = value
+        return example
 
     def __repr__(self) -> str:
-        return f"LatentSource({os.fspath(self.directory)!r}, name={self.name!r}, count={self._len})"
+        flips = f", flipped copies, seed={self.seed}" if self.flip else ""
+        return f"LatentSource({os.fspath(self.directory)!r}, name={self.name!r}, count={self._count}{flips})"
+
+
+def _mix64(seed: int, index: int) -> int:
+    """SplitMix64's finaliser of ``seed * 2**32 + index``: 64 well-mixed bits, the same on every
+    platform and Python (no ``hash()`` randomisation), ~1 us."""
+    mask = (1 << 64) - 1
+    z = (seed * 0x100000000 + index + 0x9E3779B97F4A7C15) & mask
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+    return z ^ (z >> 31)

@@ -168,7 +168,7 @@ def build(sc, data_cfg, seed: int):
     elif kind == "latents":
         from data_pipelines.latents import LatentSource
 
-        src = LatentSource(sc.path)
+        src = LatentSource(sc.path, seed=seed)
     else:  # config validation names the allowed kinds; this guards direct calls
         raise SourceError(f"source {sc.name!r}: unknown kind {kind!r}")
     text = getattr(sc, "text", "none")

@@ -9,13 +9,17 @@ many between balls. Example::
 
     2 balls: agent big blue metal, small green rubber; pushed down-left; 3 hits, 1 ball-ball
 
-A caption is a pure function of the clip, so of (config, seed, index). Sizes: ``small`` below
+A caption is a pure function of the clip, so of (config, seed, index). :func:`attributes` reads
+it back into class ids (:data:`ATTRIBUTES`), what the text-consistency metric
+(:mod:`selfflow.eval.text_consistency`) compares generated clips against. Sizes: ``small`` below
 :data:`SIZE_SPLIT` (the middle of the default radius range), else ``big``. Direction: the mean
 action of the clip per axis (x right, y down), named when its size is at least
 :data:`DIRECTION_MIN` (``up``, ``down-left``, ...; ``nowhere`` when neither axis is).
 """
 
 from __future__ import annotations
+
+import re
 
 import numpy as np
 
@@ -25,6 +29,24 @@ from modalities.text import encode_caption
 COLOURS = {"wood": "orange", "metal": "blue", "rubber": "green"}
 SIZE_SPLIT = 0.09  # radius: below = small
 DIRECTION_MIN = 0.15  # |mean action| per axis that names a direction
+HIT_BINS = (0, 1, 3, 6)  # "hits" classes: 0, 1-2, 3-5, 6 or more
+
+# What a caption states, each attribute's classes in id order.
+ATTRIBUTES = {
+    "balls": ("1", "2", "3"),
+    "agent_colour": ("orange", "blue", "green"),
+    "agent_size": ("small", "big"),
+    "vertical": ("up", "neither", "down"),
+    "horizontal": ("left", "neither", "right"),
+    "hits": ("0", "1-2", "3-5", "6+"),
+}
+UNKNOWN = -1  # an attribute the caption does not state (e.g. cut short)
+_PATTERNS = {
+    "balls": re.compile(r"^([123]) balls?:"),
+    "agent": re.compile(r": agent (small|big) (orange|blue|green) "),
+    "pushed": re.compile(r"; pushed ([a-z-]+);"),
+    "hits": re.compile(r"; (\d+) hits?,"),
+}
 
 
 def direction(actions: np.ndarray) -> str:
@@ -33,6 +55,35 @@ def direction(actions: np.ndarray) -> str:
     vertical = ("down" if my > 0 else "up") if abs(my) >= DIRECTION_MIN else ""
     horizontal = ("right" if mx > 0 else "left") if abs(mx) >= DIRECTION_MIN else ""
     return "-".join(w for w in (vertical, horizontal) if w) or "nowhere"
+
+
+def direction_ids(word: str) -> tuple[int, int]:
+    """A :func:`direction` word -> (vertical, horizontal) class ids of :data:`ATTRIBUTES`."""
+    parts = word.split("-")
+    vertical = 0 if "up" in parts else 2 if "down" in parts else 1
+    horizontal = 0 if "left" in parts else 2 if "right" in parts else 1
+    return vertical, horizontal
+
+
+def hits_id(hits: int) -> int:
+    """A number of collisions -> its "hits" class (:data:`HIT_BINS`)."""
+    return int(np.searchsorted(HIT_BINS, hits, side="right") - 1)
+
+
+def attributes(text: str) -> dict[str, int]:
+    """A caption -> {attribute: class id} for every name of :data:`ATTRIBUTES`; :data:`UNKNOWN`
+    where the caption does not say (text that is not a world caption, or one cut at its end)."""
+    out = dict.fromkeys(ATTRIBUTES, UNKNOWN)
+    if m := _PATTERNS["balls"].search(text):
+        out["balls"] = int(m.group(1)) - 1
+    if m := _PATTERNS["agent"].search(text):
+        out["agent_size"] = ATTRIBUTES["agent_size"].index(m.group(1))
+        out["agent_colour"] = ATTRIBUTES["agent_colour"].index(m.group(2))
+    if m := _PATTERNS["pushed"].search(text):
+        out["vertical"], out["horizontal"] = direction_ids(m.group(1))
+    if m := _PATTERNS["hits"].search(text):
+        out["hits"] = hits_id(int(m.group(1)))
+    return out
 
 
 def ball_words(material: int, radius: float) -> str:

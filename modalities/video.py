@@ -8,11 +8,22 @@ of tokens is one image-like grid — and each token's features are ordered ``(c,
 Positions: t = ``time_offset`` + the **start** time of the tubelet's first frame in ticks
 (frame_index · 100/fps; 10 ms per tick, see :mod:`modalities.base`), consistent with audio and
 action tokens, which also use start times; (h, w) = patch row/col.
+
+Latent video (``selfflow prepare --encode wan2.1|wan2.2``): the frames are WAN latent frames,
+``channels`` = the autoencoder's ``z_dim``, ``frames`` = ``1 + (T - 1) / 4`` for T video frames.
+``fps`` stays the video's frame rate (``data.fps``: what decoded samples play at) and
+``frame_stride`` (4, the manifest's ``frames_per_latent``) is the video frames per stored frame:
+latent frame i sits at video frame ``4 i``. Latent frame 0 is video frame 0 alone and latent frame
+i >= 1 summarises frames ``4 i - 3 .. 4 i``, so this is the last of its frames rather than its
+start: chosen so that latent frames stay evenly spaced (0.4 s apart at 10 fps) on the clock that
+audio and action tokens use, at most 3 video frames after the start-time convention above.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+from pathlib import Path
 
 import numpy as np
 
@@ -26,7 +37,9 @@ KEYS = ("video",)  # (B, T, H, W, C) float
 
 @dataclasses.dataclass(frozen=True)
 class VideoSpec(ModalitySpec):
-    """``frames`` frames of H×W×C at ``fps``; frames % tubelet == 0, H % p == W % p == 0."""
+    """``frames`` frames of H×W×C at ``fps``; frames % tubelet == 0, H % p == W % p == 0.
+    ``frame_stride``: video frames per stored frame (1 for pixels, 4 for WAN latents, see the module
+    docstring); positions step by ``tubelet · frame_stride`` video frames."""
 
     name = NAME
     frames: int
@@ -36,9 +49,12 @@ class VideoSpec(ModalitySpec):
     patch_size: int = 2
     tubelet: int = 2
     fps: float = 10.0
+    frame_stride: int = 1
 
     def __post_init__(self):
         check_divisible("frames", self.frames, "tubelet", self.tubelet)
+        if self.frame_stride < 1:
+            raise ValueError(f"frame_stride={self.frame_stride} must be >= 1")
         check_divisible("height", self.height, "patch_size", self.patch_size)
         check_divisible("width", self.width, "patch_size", self.patch_size)
         if self.fps <= 0:
@@ -98,18 +114,41 @@ def detokenize(tokens, spec: VideoSpec):
 
 
 def positions(spec: VideoSpec, time_offset: float = 0.0) -> np.ndarray:
-    """(N, 3) float32 (t, h, w); t steps by tubelet·100/fps ticks between token time-rows."""
+    """(N, 3) float32 (t, h, w); t steps by tubelet·frame_stride·100/fps ticks between token time-rows."""
     gt, gh, gw = spec.grid
-    times = time_offset + np.arange(gt) * spec.tubelet * spec.frame_ticks
+    times = time_offset + np.arange(gt) * spec.tubelet * spec.frame_stride * spec.frame_ticks
     return grid_positions(times, gh, gw)
+
+
+def latent_frame_stride(data_cfg) -> int:
+    """Video frames per stored frame of the run's video: the ``frames_per_latent`` that the manifest
+    of a ``kind="latents"`` source holding ``video`` records for its autoencoder (WAN: 4), else 1.
+    Read from ``manifest.json`` directly (modalities import nothing of the data pipelines); a
+    manifest that cannot be read is left to the latents source to report."""
+    strides = set()
+    for sc in data_cfg.sources:
+        if sc.kind != "latents":
+            continue
+        # a directory written in parts (prepare --process-count N) has one manifest per part
+        paths = [Path(sc.path) / "manifest.json", *sorted(Path(sc.path).glob("part-*-of-*/manifest.json"))]
+        try:
+            manifest = json.loads(next(p for p in paths if p.is_file()).read_text())
+        except (OSError, ValueError, StopIteration):
+            continue
+        record = manifest.get("autoencoder") if isinstance(manifest, dict) else None
+        if "video" in (manifest.get("schema") or {}) and isinstance(record, dict):
+            strides.add(int(record.get("frames_per_latent") or 1))
+    if len(strides) > 1:
+        raise ValueError(f"the run's latent video sources have different frames_per_latent {sorted(strides)}")
+    return strides.pop() if strides else 1
 
 
 def spec_for(shapes: dict[str, tuple], cfg, examples) -> VideoSpec:
     """The run's spec: the sources' (T, H, W, C) clips in ``data.video_patch`` × ``video_tubelet``
-    tubelets at ``data.fps``."""
+    tubelets at ``data.fps``; WAN latent clips with their :func:`latent_frame_stride`."""
     t, h, w, c = shapes["video"]
     d = cfg.data
-    return VideoSpec(t, h, w, c, d.video_patch, d.video_tubelet, d.fps)
+    return VideoSpec(t, h, w, c, d.video_patch, d.video_tubelet, d.fps, latent_frame_stride(d))
 
 
 def tokenize_batch(raw: dict, spec: VideoSpec):

@@ -33,6 +33,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
 import numpy as np  # noqa: E402
 
 import modalities  # noqa: E402
+from modalities.text import NAME as TEXT  # noqa: E402
 from selfflow import flops  # noqa: E402
 from selfflow.config import (  # noqa: E402
     Config,
@@ -116,16 +117,24 @@ def count_params(cfg: Config, dims: dict[str, int], projector: bool = True) -> i
     """Parameters of ``selfflow.model.build_model(cfg, dims)``, counted from the config.
 
     D width, M = int(D·mlp_ratio), per block: qkv (D·3D + 3D), out-proj (D² + D), MLP
-    (D·M + M + M·D + D), adaLN (D·6D + 6D); timestep MLP (256·D + D + D² + D); class table
+    (D·M + M + M·D + D), adaLN (D·6D + 6D); a double-stream block (``model.double_stream_blocks``)
+    is two such blocks (text and data weights); timestep MLP (256·D + D + D² + D); class table
     ((num_classes + 1)·D, the extra row is the null class); per modality an input projection
-    (d·D + D) and a final layer (D·2D + 2D + D·d + d); projector (D·2D + 2D + 2D·D + D).
-    Positions (sin-cos or RoPE) have no parameters.
+    (d·D + D; text: (d - 1)·D + D, its last channel is the padding mask) and a final layer
+    (D·2D + 2D + D·d + d; text's is built but unused: text is only a condition); with text and
+    ``model.text_pooled`` the pooled-text MLP ((d - 1)·D + D + D² + D); projector
+    (D·2D + 2D + 2D·D + D). Positions (sin-cos or RoPE) have no parameters.
     """
     d, depth = cfg.model.resolved("hidden_size"), cfg.depth
     m = int(d * cfg.model.mlp_ratio)
     block = (3 * d * d + 3 * d) + (d * d + d) + (d * m + m + m * d + d) + (6 * d * d + 6 * d)
-    total = depth * block + (256 * d + d + d * d + d) + (cfg.data.num_classes + 1) * d
-    total += sum((t * d + d) + (2 * d * d + 2 * d + d * t + t) for t in dims.values())
+    total = (depth + cfg.model.double_stream_blocks) * block
+    total += (256 * d + d + d * d + d) + (cfg.data.num_classes + 1) * d
+    for name, t in dims.items():
+        features = t - (name == TEXT)
+        total += (features * d + d) + (2 * d * d + 2 * d + d * t + t)
+        if name == TEXT and cfg.model.text_pooled:
+            total += (features * d + d) + (d * d + d)
     if projector:
         total += (2 * d * d + 2 * d) + (2 * d * d + d)
     return total

@@ -63,6 +63,29 @@ def _parser() -> argparse.ArgumentParser:
         help="latent runs: the .safetensors of the autoencoder the latent manifest names (default: "
         "the file it records)",
     )
+    p.add_argument(
+        "--caption",
+        dest="captions",
+        action="append",
+        default=None,
+        metavar="TEXT",
+        help="prompt the text-conditioned layouts: one sample per caption (repeat the option for "
+        "more, or the same caption for several samples); their other cues come from the data",
+    )
+    p.add_argument(
+        "--captions-file",
+        default=None,
+        metavar="FILE",
+        help="captions, one per line (stripped; blank lines skipped), after any --caption",
+    )
+    p.add_argument(
+        "--layout",
+        dest="layouts",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="only this layout (repeatable; default: every layout, or every text layout with captions)",
+    )
 
     p = sub.add_parser("bench", help="Self-Flow vs flow-matching step, MFU, bf16, sampling, PyTorch")
     p.add_argument(
@@ -137,14 +160,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-size", type=int, default=1024, help="examples per ArrayRecord shard")
     p.add_argument(
         "--encode",
-        choices=("sd-vae", "flux1", "flux2"),
+        choices=("sd-vae", "flux1", "flux2", "wan2.1", "wan2.2"),
         default=None,
-        help="store the images as this autoencoder's latents (JAX; needs --weights)",
+        help="store the images as this autoencoder's latents (JAX; needs --weights); wan2.1/wan2.2: the "
+        "videos (T = 1 + 4k frames) as WAN latents (1 + k, H/8, W/8, 16) / (1 + k, H/16, W/16, 48)",
     )
     p.add_argument(
-        "--weights", default=None, help="--encode: the autoencoder's .safetensors (diffusers or BFL/LDM)"
+        "--weights",
+        default=None,
+        help="--encode: the autoencoder's .safetensors (diffusers or BFL/LDM; WAN: diffusers AutoencoderKLWan)",
     )
-    p.add_argument("--encode-batch", type=int, default=32, help="--encode: images per autoencoder call")
+    p.add_argument(
+        "--encode-batch", type=int, default=32, help="--encode: images (or clips) per autoencoder call"
+    )
     p.add_argument(
         "--features",
         default=None,
@@ -159,6 +187,28 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         metavar=("GH", "GW"),
         help="token grid of the stored features (default: the image's H, W over model.patch_size)",
+    )
+    p.add_argument(
+        "--flip-copy",
+        action="store_true",
+        help="--encode (image autoencoders): also store the latents (and --features) of each image "
+        "mirrored left-right; training then sees each example as stored or flipped, a seeded choice",
+    )
+    p.add_argument(
+        "--process-index",
+        type=int,
+        default=None,
+        metavar="I",
+        help="write part I of --process-count (examples [I*n/N, (I+1)*n/N)) into DIR/part-I-of-N, "
+        "resumable on its own (default: jax.process_index() under jax.distributed, else 0)",
+    )
+    p.add_argument(
+        "--process-count",
+        type=int,
+        default=None,
+        metavar="N",
+        help="parts the examples are split into, one per job (e.g. a SLURM array); kind 'latents' reads "
+        "DIR once all N are written (default: jax.process_count() under jax.distributed, else 1)",
     )
 
     p = sub.add_parser(
@@ -262,7 +312,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "eval",
-        help="the run's metrics (Fréchet proxies, synchrony, action error, "
+        help="the run's metrics (Fréchet proxies, synchrony, action error, text consistency, "
         "linear probes): DIR/eval/step_K.json and .md",
     )
     p.add_argument("--run-dir", required=True)
@@ -277,6 +327,19 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=1000,
         help="training budget of the image-FD classifier (cached per dataset)",
+    )
+    p.add_argument(
+        "--text-reader-steps",
+        type=int,
+        default=800,
+        help="training budget of the text-consistency readers of world captions (cached per dataset)",
+    )
+    p.add_argument(
+        "--autoencoder-weights",
+        default=None,
+        metavar="FILE.safetensors",
+        help="a latent run's autoencoder weights (default: the file its latent manifest records); "
+        "used where a metric needs pixels (--inception, --dinov2, video latents)",
     )
     p.add_argument(
         "--inception",
@@ -333,20 +396,61 @@ def _train(args) -> int:
 def _sample(args) -> int:
     from flax import nnx
 
-    from selfflow.layout_samples import write_run_samples
+    from selfflow.layout_samples import PromptError, unknown_characters, write_run_samples
     from selfflow.run import load_run, select_weights
 
     if args.steps is not None and args.steps < 1:
         raise _UsageError(f"--steps={args.steps}: expected a positive integer")
+    captions = _sample_captions(args)  # a bad file fails before the run is loaded
     cfg, state, graphdef, task, step = load_run(args.run_dir, args.step)
     model = nnx.merge(graphdef, select_weights(state, args.weights))
     decode = _latent_image_decoder(cfg, args.autoencoder_weights)
-    paths = write_run_samples(
-        cfg, task, model, Path(args.out), steps=args.steps, cfg_scale=args.cfg, image_decoder=decode
-    )
+    try:
+        paths = write_run_samples(
+            cfg,
+            task,
+            model,
+            Path(args.out),
+            steps=args.steps,
+            cfg_scale=args.cfg,
+            image_decoder=decode,
+            captions=captions,
+            layouts=args.layouts,
+        )
+    except PromptError as e:
+        raise _UsageError(f"{args.run_dir}: {e}") from None
+    for caption in captions or ():
+        unknown = unknown_characters(caption, task.specs["text"])
+        if unknown:
+            print(
+                f"selfflow: warning: caption {caption!r}: the characters {unknown!r} are outside the "
+                "run's byte vocabulary (each such byte reads as one shared unknown byte)",
+                file=sys.stderr,
+            )
     what = "EMA" if args.weights == "ema" else "online"
-    print(f"wrote {len(paths)} files under {args.out} ({what} weights of step {step}, one folder per layout)")
+    prompted = "" if captions is None else f", {len(captions)} captions"
+    print(
+        f"wrote {len(paths)} files under {args.out} ({what} weights of step {step}{prompted}, "
+        "one folder per layout)"
+    )
     return 0
+
+
+def _sample_captions(args) -> list[str] | None:
+    """``--caption`` values, then the lines of ``--captions-file`` (stripped as caption sidecars
+    are, blank lines skipped); None without either. An unreadable or captionless file is a usage
+    error: sampling nothing would look like success."""
+    captions = list(args.captions or [])
+    if args.captions_file is None:
+        return captions or None
+    try:
+        lines = Path(args.captions_file).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise _UsageError(f"--captions-file {args.captions_file}: {e}") from None
+    from_file = [line.strip() for line in lines if line.strip()]
+    if not from_file:
+        raise _UsageError(f"--captions-file {args.captions_file}: holds no captions (one per line)")
+    return captions + from_file
 
 
 def _latent_image_decoder(cfg, weights):
@@ -463,7 +567,13 @@ def _prepare(args) -> int:
         )
     if args.limit is not None and args.limit < 1:
         raise ConfigError(f"--limit={args.limit}: expected a positive integer")
+    index, count = _prepare_part(args)
     source = sources.build(sc, cfg.data, cfg.seed)
+    total = len(source) if args.limit is None else min(args.limit, len(source))
+    if count > total:
+        raise _UsageError(
+            f"--process-count {count} exceeds the {total} examples to write (a part would be empty)"
+        )
     encoded, autoencoder = _autoencoder_source(args, source)
     modality = "+".join(m for m in modalities.MODALITIES if sources.provides(source, m))
     features = _feature_writer(args, cfg, encoded or source)  # the token grid of the latents, if encoded
@@ -481,26 +591,53 @@ def _prepare(args) -> int:
         progress=True,
         autoencoder=autoencoder,
         resume=True,  # a rerun after an interruption starts after the last complete shard
+        part=(index, count),
+        flipped=args.flip_copy,
     )
+    where = args.out if count == 1 else Path(args.out) / latents.part_dir(index, count)
+    done = "" if count == 1 else f" (part {index} of {count}; the source is complete once all {count} are)"
     print(
-        f"wrote {manifest['count']} examples of {sc.name!r} ({modality}) to {args.out}; "
+        f"wrote {manifest['count']} examples of {sc.name!r} ({modality}) to {where}{done}; "
         f"train on them with SourceConfig(name=..., kind='latents', path={str(args.out)!r})"
     )
     return 0
+
+
+def _prepare_part(args) -> tuple[int, int]:
+    """(part index, part count) of ``prepare``: the flags, else this process among
+    jax.distributed's processes, else (0, 1)."""
+    if (args.process_index is None) != (args.process_count is None):
+        raise _UsageError("--process-index I and --process-count N go together")
+    if args.process_count is not None:
+        index, count = args.process_index, args.process_count
+        if count < 1 or not 0 <= index < count:
+            raise _UsageError(f"--process-index {index} --process-count {count}: expected 0 <= I < N")
+        return index, count
+    jax = sys.modules.get("jax")  # jax.distributed can only be initialised if jax is imported
+    if jax is not None and jax.distributed.is_initialized():
+        return jax.process_index(), jax.process_count()
+    return 0, 1
 
 
 def _autoencoder_source(args, source):
     """(the source's images as latents, the manifest's autoencoder record) for ``--encode``, else
     (None, None)."""
     if not (args.encode or args.weights):
+        if args.flip_copy:
+            raise _UsageError("--flip-copy needs --encode NAME --weights FILE (it stores flipped latents)")
         return None, None
     if not (args.encode and args.weights):
         raise _UsageError("--encode NAME and --weights FILE go together (the autoencoder and its weights)")
     from selfflow.autoencoders import latents as ae_latents
-    from selfflow.autoencoders import load_autoencoder
+    from selfflow.autoencoders.wan import WAN_PRESETS
 
-    ae = load_autoencoder(args.weights, args.encode)
-    encoded = ae_latents.EncodedSource(source, ae, batch_size=args.encode_batch)
+    if args.flip_copy and args.encode in WAN_PRESETS:
+        raise _UsageError(
+            f"--flip-copy with --encode {args.encode}: flipped copies are for images; a mirrored video "
+            "would disagree with its actions and first frame"
+        )
+    ae = ae_latents.load_named(args.weights, args.encode)  # WAN names encode the videos
+    encoded = ae_latents.EncodedSource(source, ae, batch_size=args.encode_batch, flip_copy=args.flip_copy)
     return encoded, ae_latents.manifest_entry(ae, args.weights)
 
 
@@ -645,6 +782,8 @@ def _eval(args) -> int:
             probe=args.probe,
             probe_examples=tuple(args.probe_examples),
             classifier_steps=args.classifier_steps,
+            text_reader_steps=args.text_reader_steps,
+            autoencoder_weights=args.autoencoder_weights,
             inception=args.inception,
             dinov2=args.dinov2,
         )

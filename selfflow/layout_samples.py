@@ -7,9 +7,10 @@ inputs), ``per_layout`` examples. A layout without condition segments needs no d
 class). Generate segments start from noise; the result is detokenised and written per modality into
 ``<out_dir>/<layout>/`` with the stem ``{j}_{modality}`` (j = segment index in the layout):
 image -> PNG grid, video -> MP4 (H.264; ``sample.video_format="gif"``: animated GIF), the
-batch's clips side by side, audio -> one WAV per sample (``{stem}_{i:02d}.wav``) + spectrogram
-PNG (``{stem}_mel.png``), action -> PNG plot. Condition inputs are written beside them with
-``_given`` in the stem (``0_video_given.mp4``) so a sample can be compared with its cue.
+batch's clips side by side (latent video no autoencoder decoded: ``{stem}.npy``), audio -> one
+WAV per sample (``{stem}_{i:02d}.wav``) + spectrogram PNG (``{stem}_mel.png``), action -> PNG
+plot. Condition inputs are written beside them with ``_given`` in the stem
+(``0_video_given.mp4``) so a sample can be compared with its cue.
 
 A layout with a video and an audio segment (either role) also gets, for every sample i and
 every such pair, ``{video stem}_with_{audio stem}_{i:02d}.mp4``: that sample's video with its
@@ -17,6 +18,13 @@ own audio muxed in as the soundtrack (e.g. ``0_video_with_1_audio_00.mp4``, or
 ``0_video_given_with_1_audio_00.mp4`` for sound generated for a given video). These are MP4
 whatever ``sample.video_format`` says (a GIF has no sound); the soundtrack is the very waveform
 of the sample's WAV (Griffin-Lim runs once per audio segment).
+
+Prompting (``captions=``, ``selfflow sample --caption``): only the layouts with a text condition
+segment are sampled, one example per caption, the captions replacing the batch's text and its other
+cues (a first frame, the class label) taken from the first data batch as above, reused in turn when
+there are more captions than examples. A given caption is written from the bytes given, not from
+its tokens (a byte outside the run's vocabulary would come back as nothing), so
+``0_text_given.txt`` holds the captions as typed, one per line, in the order of the samples.
 """
 
 from __future__ import annotations
@@ -104,6 +112,8 @@ def _write_image(raw, spec, directory: Path, stem: str, *, rows: int, **_) -> li
 
 
 def _write_video(raw, spec, directory: Path, stem: str, *, video_format: str, **_) -> list[Path]:
+    if np.shape(raw)[-1] != 3:  # latents no autoencoder decoded (e.g. at the end of training)
+        return _write_array(raw, spec, directory, stem)
     if video_format == "gif":
         return [outputs.save_video_gif(np.asarray(raw), directory / f"{stem}.gif", fps=spec.fps)]
     return [outputs.save_video_mp4(np.asarray(raw), directory / f"{stem}.mp4", fps=spec.fps)]
@@ -166,6 +176,82 @@ def _examples(cfg, task: Task, index: int, per_layout: int) -> tuple[dict, int]:
     return {"label": np.repeat(np.arange(classes, dtype=np.int32), per_layout)}, classes
 
 
+class PromptError(ValueError):
+    """Captions or layout names a run cannot take; the message is one line naming the offending value
+    (the command line turns it into a usage error)."""
+
+
+def text_layouts(task: Task) -> list[int]:
+    """Indices of the layouts with a text condition segment: the ones a caption can prompt."""
+    return [
+        i
+        for i, lt in enumerate(task.layouts)
+        if any(seg.modality == text_modality.NAME and seg.role == CONDITION for seg in lt.layout.segments)
+    ]
+
+
+def check_captions(task: Task, captions) -> dict[str, np.ndarray]:
+    """The batch dict ``{"text", "text_mask"}`` of ``captions``, or a :class:`PromptError` saying
+    why the run cannot take them: no text layout (its layouts named), encoder-feature text (no byte
+    vocabulary to tokenise a caption with), a caption over the padded length (named, with its byte
+    length and the limit; a prompt is never cut short, it would silently say something else)."""
+    names = [lt.layout.name for lt in task.layouts]
+    if not text_layouts(task):
+        raise PromptError(f"captions need a layout with a text:condition segment; this run has {names}")
+    spec = task.specs[text_modality.NAME]
+    if spec.kind != text_modality.CAPTION:
+        raise PromptError(
+            "this run's text is encoder features (SourceConfig(text='features')): it has no byte "
+            "vocabulary, so a caption cannot be tokenised; give features as the raw batch of "
+            "selfflow.layout_samples.generate"
+        )
+    if not captions:
+        raise PromptError("no captions given")
+    for caption in captions:
+        size = len(caption.encode("utf-8"))
+        if size > spec.length:
+            raise PromptError(
+                f"caption {caption!r} is {size} bytes, longer than the {spec.length} this run reads "
+                f"(data.text_tokens {spec.num_tokens} x data.caption_bytes_per_token {spec.bytes_per_token})"
+            )
+        try:
+            text_modality.encode_caption(caption, spec.length)  # its other complaints (a NUL byte)
+        except ValueError as e:
+            raise PromptError(f"caption {caption!r}: {e}") from None
+    return text_modality.encode_captions(list(captions), spec)
+
+
+def unknown_characters(caption: str, spec) -> str:
+    """The characters of ``caption`` with a byte outside the run's vocabulary (the model reads each
+    such byte as one shared unknown id), in order of first appearance."""
+    known = set(spec.vocab)
+    return "".join(dict.fromkeys(ch for ch in caption if any(b not in known for b in ch.encode("utf-8"))))
+
+
+def _select_layouts(task: Task, indices, names, *, prompted: bool) -> list[int]:
+    """The indices among ``indices`` of the layouts ``names``; a name that is not a layout of the
+    run, or (``prompted``) not a text-conditioned one, is a :class:`PromptError` listing the choices."""
+    by_name = {task.layouts[i].layout.name: i for i in indices}
+    for name in names:
+        if name not in by_name:
+            all_names = [lt.layout.name for lt in task.layouts]
+            if prompted and name in all_names:
+                raise PromptError(
+                    f"layout {name!r} has no text:condition segment to prompt; the run's text layouts "
+                    f"are {list(by_name)}"
+                )
+            raise PromptError(f"layout {name!r} is not in this run; it has {all_names}")
+    return [i for i in indices if task.layouts[i].layout.name in names]
+
+
+def _prompted_examples(task: Task, index: int, encoded: dict[str, np.ndarray]) -> dict:
+    """Layout ``index``'s first data batch cycled to one example per caption, its text replaced by
+    the encoded captions: the other cues stay real data, as in unprompted samples."""
+    raw = task.dataset(index)[0]
+    rows = np.arange(len(encoded["text"])) % len(raw["label"])
+    return {**{k: np.asarray(v)[rows] for k, v in raw.items()}, **encoded}
+
+
 def write_layout_samples(
     cfg,
     task: Task,
@@ -177,14 +263,29 @@ def write_layout_samples(
     seed: int,
     per_layout: int = 4,
     image_decoder=None,
+    captions=None,
+    layouts=None,
 ) -> list[Path]:
     """Samples ``per_layout`` examples of each layout into ``out_dir/<layout>/``; returns the files
     (named as the module docstring says). ``image_decoder(latents) -> pixels`` in [-1, 1], if given,
-    turns image segments of a latent run into pixels first (the run's autoencoder)."""
+    turns image segments of a latent run into pixels first (the run's autoencoder; video segments
+    instead when its ``modality`` attribute says ``"video"``, a WAN autoencoder). ``captions``
+    (strings): one example per caption of each text-conditioned layout instead (see the module
+    docstring; :class:`PromptError` if the run cannot take them). ``layouts`` (names): only these."""
     out_dir, paths = Path(out_dir), []
     video_format = cfg.sample.video_format
-    for i, lt in enumerate(task.layouts):
-        raw, rows = _examples(cfg, task, i, per_layout)
+    indices = range(len(task.layouts))
+    if captions is not None:
+        encoded = check_captions(task, captions)
+        indices = text_layouts(task)
+    if layouts is not None:
+        indices = _select_layouts(task, indices, layouts, prompted=captions is not None)
+    for i in indices:
+        lt = task.layouts[i]
+        if captions is None:
+            raw, rows = _examples(cfg, task, i, per_layout)
+        else:
+            raw, rows = _prompted_examples(task, i, encoded), 1
         result = generate(
             cfg, task, model, i, raw, jax.random.key(seed + i), steps=steps, cfg_scale=cfg_scale
         )
@@ -195,10 +296,12 @@ def write_layout_samples(
             stem = f"{j}_{seg.modality}" + ("_given" if seg.role == CONDITION else "")
             spec = task.specs[seg.modality]
             decoded = modalities.get(seg.modality).detokenize(np.asarray(tokens, np.float32), spec)
-            if seg.modality == "image" and image_decoder is not None:
-                decoded = image_decoder(decoded)
+            if captions is not None and seg.modality == text_modality.NAME:
+                decoded = (raw["text"], raw["text_mask"])  # as given (see the module docstring)
+            if image_decoder is not None and seg.modality == getattr(image_decoder, "modality", "image"):
+                decoded = image_decoder(decoded)  # a latent run's autoencoder (video: WAN)
             waves = None
-            if seg.modality == "video":
+            if seg.modality == "video" and np.shape(decoded)[-1] == 3:
                 videos.append((stem, np.asarray(decoded)))
             elif seg.modality == "audio":
                 waves = logmel_to_waveform(np.asarray(decoded, np.float32), spec)
@@ -231,9 +334,12 @@ def write_run_samples(
     steps: int | None = None,
     cfg_scale: float | None = None,
     image_decoder=None,
+    captions=None,
+    layouts=None,
 ) -> list[Path]:
     """:func:`write_layout_samples` with the run's ``sample`` settings (``steps``/``cfg_scale``
-    override them): what training writes at its end and ``selfflow sample`` writes."""
+    override them): what training writes at its end and ``selfflow sample`` writes (``captions``,
+    ``layouts``: its ``--caption`` and ``--layout``)."""
     s = cfg.sample
     return write_layout_samples(
         cfg,
@@ -245,4 +351,6 @@ def write_run_samples(
         seed=s.seed,
         per_layout=s.per_class,
         image_decoder=image_decoder,
+        captions=captions,
+        layouts=layouts,
     )

@@ -378,7 +378,7 @@ def test_layout_metrics_add_fd_dinov2(monkeypatch):
     sets = [rng.uniform(-1, 1, (24, 16, 16, 1)).astype(np.float32) for _ in range(2)]
     monkeypatch.setattr(evaluate, "heldout_examples", lambda task, i, num, skip=0: {"image": sets[skip > 0]})
     fake = np.clip(sets[0] + 0.6, -1, 1)
-    monkeypatch.setattr(evaluate, "_generated", lambda *a: {"image": fake})
+    monkeypatch.setattr(evaluate, "generated_for", lambda *a, **k: {"image": fake})
     task = SimpleNamespace(layouts=[SimpleNamespace(layout=SimpleNamespace(modalities=("image",)))])
     settings = evaluate.EvalSettings(num=24, dinov2="unused here")
     model = Dinov2(TINY_ARCH, rngs=nnx.Rngs(0))

@@ -28,6 +28,17 @@ compute = exec_python_file(REPRO / "compute.py", "paper_repro_compute")
 PAPER_PARAMS = {"imagenet256_xl2": 675e6, "imagenet512_xl2": 675e6}
 # The paper's shared multimodal backbone: width 1152, 16 heads, 7 + 14 = 21 blocks, MLP ratio 4.
 MULTIMODAL_TRUNK = (21, 1152, 16, 4.0)
+# The README rows of the text-conditioned experiments and the config (or sweep) each names.
+TEXT_ROWS = {
+    9: "text_to_image_625m",
+    10: "text_to_image_625m",
+    11: "scaling_text_to_image",
+    12: "text_to_video_625m",
+    13: "text_to_audio_625m",
+    18: "text_to_video_audio",
+    19: "robotics_rt1_text_video_action",
+}
+TEXT_DIM = 4096  # the text encoder's width the text configs assume (text_to_image_625m.py)
 
 
 def _name(path: Path) -> str:
@@ -98,6 +109,23 @@ def _tiny_multimodal_cfg():
     return cfg, {"image": 12, "video": 24, "action": 5}
 
 
+def _tiny_text_cfg(pooled: bool):
+    """The text-to-image backbone (double-stream blocks, pooled text) at a tiny size."""
+    cfg = load_config_file(
+        REPRO / "configs" / "text_to_image_625m.py",
+        [
+            "model.depth=3",
+            "model.hidden_size=48",
+            "model.num_heads=4",
+            "model.double_stream_blocks=2",
+            f"model.text_pooled={str(pooled).lower()}",
+            "objective.student_layer=1",
+            "objective.teacher_layer=2",
+        ],
+    )
+    return cfg, {"image": 16, "text": 9}
+
+
 def test_analytic_count_matches_a_real_model():
     image = load_config_file(
         REPRO / "configs" / "imagenet256_xl2.py",
@@ -109,7 +137,8 @@ def test_analytic_count_matches_a_real_model():
             "objective.teacher_layer=2",
         ],
     )
-    for cfg, dims in ((image, {"image": 16}), _tiny_multimodal_cfg()):
+    cases = ((image, {"image": 16}), _tiny_multimodal_cfg(), _tiny_text_cfg(True), _tiny_text_cfg(False))
+    for cfg, dims in cases:
         assert compute.count_params(cfg, dims) == count_params(build_model(cfg, dims))
 
 
@@ -167,6 +196,40 @@ def test_token_geometry_matches_the_tasks_own():
     assert world["video"].shape[0] == clip_frames(cfg.data)
 
 
+@pytest.mark.parametrize("name", sorted(set(TEXT_ROWS.values()) - {"scaling_text_to_image"}))
+def test_text_configs_condition_every_layout_on_encoder_features(name):
+    """The text rows' configs: every layout starts from the caption (encoder features of DATA_SHAPES'
+    width, data.text_tokens rows), the FLUX-style split of the paper (7 double-stream blocks of 21)
+    with the pooled text vector, one class, and labels dropped with the captions."""
+    cfg, shapes = compute.load(REPRO / "configs" / f"{name}.py")
+    assert all(lc.segments[0] == "text:condition" for lc in cfg.layouts)
+    rows = cfg.data.text_tokens
+    assert shapes["text"] == (rows, TEXT_DIM) and shapes["text_mask"] == (rows,)
+    assert (cfg.model.double_stream_blocks, cfg.depth, cfg.model.text_pooled) == (7, 21, True)
+    assert cfg.data.num_classes == 1 and cfg.objective.label_dropout == cfg.objective.text_dropout > 0
+    assert compute.specs(cfg, shapes)["text"].kind == "features"
+
+
+def test_text_scaling_sweep_is_the_papers_depths():
+    """Row 11: Self-Flow and REPA at depth 8 / 14 / 21 / 28, 1M steps, layers by 0.3·D / 0.7·D; the
+    depth-21 Self-Flow run is text_to_image_625m.py's model with its layers."""
+    sweep, base = load_sweep(REPRO / "sweeps" / "scaling_text_to_image.py")
+    cfgs = sweep_configs(sweep, base)
+    assert sorted((c.objective.kind, c.depth) for c in cfgs.values()) == sorted(
+        (kind, d) for kind in ("repa", "self_flow") for d in (8, 14, 21, 28)
+    )
+    for cfg in cfgs.values():
+        assert cfg.train.steps == 1_000_000 and cfg.student_layer == round(0.3 * cfg.depth)
+        assert cfg.model.double_stream_blocks == round(cfg.depth / 3)
+    reference, _ = compute.load(base)
+    run = cfgs["self_flow_depth21"]
+    assert (run.model, run.student_layer, run.teacher_layer) == (
+        reference.model,
+        reference.student_layer,
+        reference.teacher_layer,
+    )
+
+
 def test_robotics_shapes_are_what_the_trajectory_source_yields():
     from data_pipelines.sources import clip_frames
 
@@ -211,7 +274,11 @@ def test_readme_rows_have_seven_cells_and_an_honest_status():
     text = "\n".join(rows)
     for table in ("Table 1", "Table 2", "Table 3", "Table 4", "Fig. 1a", "App. E", "App. H"):
         assert table in text
-    assert text.count("not runnable here: needs a text-conditioned config for this row") >= 4
+    # every text-conditioned row (9-13, 18, 19) has its config now (issue 21, item 5)
+    assert "needs a text-conditioned config" not in text
+    for number, name in TEXT_ROWS.items():
+        (row,) = [r for r in rows if r.startswith(f"| {number} |")]
+        assert name in row, (number, name)
 
 
 def test_readme_compute_figures_are_the_scripts():

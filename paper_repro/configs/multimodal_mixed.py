@@ -112,7 +112,7 @@ CONFIG = Config(
         video_patch=1,
         video_tubelet=1,  # the autoencoders' latents are the tokens (image pre-patchified 2×2)
         audio_patch_frames=1,  # one Songbloom latent per token
-        fps=4.0,  # assumption: latent frames 4 per second (16 fps source / 4× temporal compression), because the clips' frame rate is not stated; it only spaces RoPE time positions
+        fps=16.0,  # assumption: 16 fps source clips because their frame rate is not stated; WAN latents' manifest places latent frame i at video frame 4·i (modalities/video.py), so latent frames are 0.25 s apart in RoPE time
         worker_count=8,  # loader setting, not a paper value
     ),
     train=TrainConfig(

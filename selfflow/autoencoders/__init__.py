@@ -24,22 +24,28 @@ default to TF32, wrap calls in ``jax.default_matmul_precision("highest")`` for t
 
 Video: :mod:`.wan` is the WAN 2.1 and 2.2 autoencoder (diffusers ``AutoencoderKLWan``, causal 3-D
 convolutions; :func:`~selfflow.autoencoders.wan.load_wan`), in one pass over the clip instead of
-diffusers' chunked feature cache (same values; its module docstring says why). Not wired yet:
-``selfflow prepare --encode wan`` for video sources - the ``video`` modality must first accept
-latent channels (``(1 + (T - 1) / 4, H / 8, W / 8, 16)`` instead of RGB frames) and ``sample`` must
-decode them; :class:`.latents.EncodedSource` and the manifest record carry over with
-``key="video"``. BFL's FLUX.2 and WAN's original (non-diffusers) key layouts are not mapped.
+diffusers' chunked feature cache (same values; its module docstring says why). ``selfflow prepare
+SOURCE --encode wan2.1|wan2.2 --weights FILE`` (:data:`~selfflow.autoencoders.wan.WAN_PRESETS`)
+stores a source's ``video`` clips ``(T, H, W, 3)``, ``T = 1 + 4k``, as latents ``(1 + k, H / 8,
+W / 8, 16)`` (WAN 2.2: ``H / 16``, 48 channels) normalised with the checkpoint's
+``latents_mean``/``latents_std``, which the manifest records (:mod:`.latents`); the ``video``
+modality reads them with ``channels = z_dim`` and 4 video frames per latent frame
+(``VideoSpec.frame_stride``, ``modalities/video.py``) and ``selfflow sample`` decodes them with the
+WAN autoencoder the manifest names (tests: ``tests/test_wan_latents.py``). Not wired: ``fid-samples``
+and ``eval`` of video latents. BFL's FLUX.2 and WAN's original (non-diffusers) key layouts are not
+mapped.
 """
 
 from __future__ import annotations
 
 from selfflow.autoencoders.config import PRESETS, AutoencoderConfig, preset
 from selfflow.autoencoders.model import Autoencoder, patchify, unpatchify
-from selfflow.autoencoders.wan import WanAutoencoder, WanConfig, load_wan
+from selfflow.autoencoders.wan import WAN_PRESETS, WanAutoencoder, WanConfig, load_wan
 from selfflow.autoencoders.weights import checkpoint_tensors, expected_file_shapes, load_autoencoder
 
 __all__ = [
     "PRESETS",
+    "WAN_PRESETS",
     "Autoencoder",
     "AutoencoderConfig",
     "WanAutoencoder",

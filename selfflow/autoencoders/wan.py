@@ -25,6 +25,10 @@ Other pieces: RMS norm over channels (``x / max(|x|, 1e-12) * sqrt(C) * gamma``)
 ``shortcut(x) + conv2(silu(norm2(conv1(silu(norm1(x))))))``, per-frame single-head attention in the
 mid blocks, decode output clipped to [-1, 1]. Attention at other scales (``attn_scales``) is not
 implemented (no released config uses it). Parity: ``tests/test_autoencoders.py``.
+
+:data:`WAN_PRESETS` (``"wan2.1"``, ``"wan2.2"``: the released shapes and latent statistics) are what
+``selfflow prepare --encode`` names; :meth:`WanConfig.latent_convention` is what a latent manifest
+records (:mod:`.latents`); :func:`checkpoint_tensors` is the inverse of :func:`load_wan`.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from selfflow.autoencoders.wan_blocks import CausalConv, Decoder, Encoder
 from selfflow.errors import ParamsError
 from selfflow.params import shape_problems, tensor_name
 
-__all__ = ["WanAutoencoder", "WanConfig", "load_wan"]
+__all__ = ["WAN_PRESETS", "WanAutoencoder", "WanConfig", "checkpoint_tensors", "load_wan"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +69,37 @@ class WanConfig:
     @property
     def decoder_dim(self) -> int:
         return self.decoder_base_dim or self.base_dim
+
+    @property
+    def pixels_per_latent(self) -> int:
+        """Pixels per latent along each side (WAN 2.1: 8; WAN 2.2: 16, its 2x2 patches included)."""
+        return 2 ** (len(self.dim_mult) - 1) * self.patch_size
+
+    @property
+    def frames_per_latent(self) -> int:
+        """Video frames per latent frame after the first (4 in the released configs)."""
+        return 2 ** sum(self.temporal_downsample)
+
+    @property
+    def model_channels(self) -> int:
+        """Channels of :meth:`WanAutoencoder.encode`'s latents (``z_dim``)."""
+        return self.z_dim
+
+    def latent_convention(self) -> dict:
+        """What a latent manifest records to tie its latents to this autoencoder (the image
+        autoencoders' record, with ``family`` ``"wan"``, the frame factor and the normalisation
+        ``(z - latents_mean) / latents_std`` that :meth:`WanAutoencoder.encode` applies)."""
+        return {
+            "name": self.name,
+            "family": "wan",
+            "latent_channels": self.z_dim,
+            "model_channels": self.z_dim,
+            "pixels_per_latent": self.pixels_per_latent,
+            "frames_per_latent": self.frames_per_latent,
+            "latents_mean": [float(v) for v in self.latents_mean],
+            "latents_std": [float(v) for v in self.latents_std],
+            "patch_size": self.patch_size,
+        }
 
     @classmethod
     def from_diffusers(cls, config, name: str = "wan") -> WanConfig:
@@ -114,8 +149,8 @@ class WanAutoencoder(nnx.Module):
 
     def _check(self, x, channels: int, what: str):
         shape, c = tuple(x.shape), self.config
-        f = 2 ** (len(c.dim_mult) - 1) * c.patch_size if what == "videos" else 1
-        ft = 2 ** sum(c.temporal_downsample) if what == "videos" else 1
+        f = c.pixels_per_latent if what == "videos" else 1
+        ft = c.frames_per_latent if what == "videos" else 1
         if len(shape) != 5 or shape[-1] != channels or shape[2] % f or shape[3] % f or (shape[1] - 1) % ft:
             raise ValueError(
                 f"WAN autoencoder {c.name!r}: {what} must be (B, T, H, W, {channels}) with T = 1 + {ft}k and H, "
@@ -181,6 +216,17 @@ def _nnx_layout(name: str, x):
     return x
 
 
+def checkpoint_tensors(model: WanAutoencoder) -> dict[str, np.ndarray]:
+    """``model``'s weights under diffusers' keys and torch layouts (what :func:`load_wan` reads back)."""
+    pure = nnx.to_pure_dict(nnx.state(model))
+    return {
+        _file_key(tensor_name(p)): np.ascontiguousarray(
+            _torch_layout(tensor_name(p), np.asarray(x, np.float32))
+        )
+        for p, x in jax.tree_util.tree_flatten_with_path(pure)[0]
+    }
+
+
 def _abstract(config: WanConfig) -> WanAutoencoder:
     return nnx.eval_shape(lambda: WanAutoencoder(config, rngs=nnx.Rngs(0)))
 
@@ -236,3 +282,42 @@ def load_wan(path: str | os.PathLike, config: WanConfig | None = None) -> WanAut
     )
     nnx.replace_by_pure_dict(state, filled)
     return nnx.merge(graphdef, state)
+
+
+# --------------------------------------------------------------------------- released configurations
+
+# The per-channel latent statistics of the released checkpoints (diffusers' ``AutoencoderKLWan``
+# defaults for WAN 2.1; the ``vae/config.json`` of Wan-AI/Wan2.2-TI2V-5B-Diffusers for WAN 2.2).
+_WAN21_MEAN = (-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
+               0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921)  # fmt: skip
+_WAN21_STD = (2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
+              3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160)  # fmt: skip
+_WAN22_MEAN = (-0.2289, -0.0052, -0.1323, -0.2339, -0.2799, 0.0174, 0.1838, 0.1557,
+               -0.1382, 0.0542, 0.2813, 0.0891, 0.1570, -0.0098, 0.0375, -0.1825,
+               -0.2246, -0.1207, -0.0698, 0.5109, 0.2665, -0.2108, -0.2158, 0.2502,
+               -0.2055, -0.0322, 0.1109, 0.1567, -0.0729, 0.0899, -0.2799, -0.1230,
+               -0.0313, -0.1649, 0.0117, 0.0723, -0.2839, -0.2083, -0.0520, 0.3748,
+               0.0152, 0.1957, 0.1433, -0.2944, 0.3573, -0.0548, -0.1681, -0.0667)  # fmt: skip
+_WAN22_STD = (0.4765, 1.0364, 0.4514, 1.1677, 0.5313, 0.4990, 0.4818, 0.5013,
+              0.8158, 1.0344, 0.5894, 1.0901, 0.6885, 0.6165, 0.8454, 0.4978,
+              0.5759, 0.3523, 0.7135, 0.6804, 0.5833, 1.4146, 0.8986, 0.5659,
+              0.7069, 0.5338, 0.4889, 0.4917, 0.4069, 0.4999, 0.6866, 0.4093,
+              0.5709, 0.6065, 0.6415, 0.4944, 0.5726, 1.2042, 0.5458, 1.6887,
+              0.3971, 1.0600, 0.3943, 0.5537, 0.5444, 0.4089, 0.7468, 0.7744)  # fmt: skip
+
+#: ``selfflow prepare --encode wan2.1|wan2.2``: WAN 2.1 (Wan-AI/Wan2.1-*-Diffusers ``vae/``: base
+#: 96, 16 channels, 8x spatial) and WAN 2.2 (Wan2.2-TI2V-5B-Diffusers ``vae/``: base 160/256, 48
+#: channels, 2x2 patches, 16x spatial); both 4x temporal, latents normalised with their statistics.
+WAN_PRESETS: dict[str, WanConfig] = {
+    "wan2.1": WanConfig("wan2.1", latents_mean=_WAN21_MEAN, latents_std=_WAN21_STD),
+    "wan2.2": WanConfig(
+        "wan2.2",
+        base_dim=160,
+        decoder_base_dim=256,
+        z_dim=48,
+        is_residual=True,
+        patch_size=2,
+        latents_mean=_WAN22_MEAN,
+        latents_std=_WAN22_STD,
+    ),
+}

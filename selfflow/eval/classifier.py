@@ -342,7 +342,7 @@ def cache_entry(cfg: Config, task: Task, source: str, settings: Settings, cache_
     return Path(cache_dir) / f"{dkey['source']['kind']}-{h}x{w}x{c}-{digest}"
 
 
-def _save(entry: Path, model: SmallCNN, info: dict) -> None:
+def save_entry(entry: Path, model: SmallCNN, info: dict) -> None:
     """Writes the entry atomically: a temporary sibling directory renamed into place. If another
     process finished the same entry first, its copy is kept (both are the same function of the key)."""
     from safetensors.numpy import save_file
@@ -361,7 +361,7 @@ def _save(entry: Path, model: SmallCNN, info: dict) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _load(entry: Path, shape, num_classes: int, settings: Settings) -> tuple[SmallCNN, dict]:
+def load_entry(entry: Path, shape, num_classes: int, settings: Settings) -> tuple[SmallCNN, dict]:
     from safetensors.numpy import load_file
 
     abstract = nnx.eval_shape(
@@ -403,7 +403,7 @@ def image_classifier(
     entry = cache_entry(cfg, task, source, settings, cache_dir)
     shape = frame_shape(task.sources[source])
     if (entry / INFO_FILE).is_file():
-        model, info = _load(entry, shape, cfg.data.num_classes, settings)
+        model, info = load_entry(entry, shape, cfg.data.num_classes, settings)
         return model, {**info, "entry": str(entry), "cache_hit": True}
     model, metrics = train_classifier(task, source, settings, cfg.data.num_classes, progress)
     info = json.loads(
@@ -415,7 +415,7 @@ def image_classifier(
             }
         )
     )
-    _save(entry, model, info)
+    save_entry(entry, model, info)
     return model, {**info, "entry": str(entry), "cache_hit": False}
 
 

@@ -17,7 +17,16 @@ audio      ``audio_fd`` (log-mel statistics)
 audio +    ``av_synchrony``: do the sounds coincide with the collisions (:mod:`~selfflow.eval.
 video      synchrony`; ``av_synchrony_real`` is the real clips' score)
 action     ``action_l2`` / ``action_mse`` against the held-out demonstrations, original units
+text       ``text_<modality>_<attribute>``: text consistency, the share of samples whose
+           attributes (read by a reader trained on real clips) match their caption, with
+           ``_shuffled`` (another sample's caption) and ``_real`` (the real clips); for captions
+           written by the world (:mod:`~selfflow.eval.text_consistency`)
 =========  ==================================================================================
+
+A run on autoencoder latents (``selfflow prepare --encode``) is decoded with the autoencoder its
+manifest names (``autoencoder_weights=FILE`` overrides the recorded file) wherever a metric needs
+pixels: Inception FID and FD-DINOv2 of images, every video metric of WAN latents; ``image_fd`` stays
+in latent space, where its classifier was trained.
 
 Fréchet distances of finite sets are biased upwards, so each comes with ``<name>_real``: the same
 distance between the real set and a second, disjoint real set of the same size — the floor a
@@ -33,7 +42,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -43,6 +51,7 @@ from flax import nnx
 
 import modalities
 from modalities.audio import MEL_HOP_SECONDS
+from selfflow.eval.heldout import generated_for, heldout_examples
 from selfflow.layout import GENERATE
 from selfflow.tasks import Task
 
@@ -58,44 +67,15 @@ class EvalSettings:
     classifier_steps: int = 1000  # training budget of the image classifier (cached per dataset)
     inception: str | None = None  # pytorch-fid weight file: also the Inception FID of images
     dinov2: str | None = None  # DINOv2 model.safetensors: also FD-DINOv2 of images
+    # weights of the autoencoder that wrote the run's latents (None: the file its manifest records)
+    autoencoder_weights: str | None = None
+    text_reader_steps: int = 800  # training budget of the text-consistency readers (cached per dataset)
 
     def __post_init__(self):
         if self.num < 2:
             raise ValueError(f"num={self.num}: expected >= 2 examples (a Fréchet distance needs two)")
-
-
-def heldout_examples(task: Task, index: int, num: int, *, skip: int = 0) -> dict:
-    """The first ``num`` held-out examples of layout ``index`` after ``skip`` (whole batches)."""
-    batch = task.layouts[index].batch_size
-    first = skip // batch
-    count = math.ceil((skip - first * batch + num) / batch)
-    dataset = task.dataset(index, heldout=True)
-    batches = [dataset[first + k] for k in range(count)]
-    start = skip - first * batch
-    return {k: np.concatenate([b[k] for b in batches])[start : start + num] for k in batches[0]}
-
-
-def _generated(cfg, task: Task, model, index: int, real: dict, settings: EvalSettings) -> dict:
-    """Detokenised generated segments of layout ``index`` conditioned on ``real``: {modality: array}
-    (action: actions only), in chunks of the layout's batch size."""
-    from selfflow.layout_samples import generate
-
-    lt = task.layouts[index]
-    chunks = []
-    for c, start in enumerate(range(0, len(real["label"]), lt.batch_size)):
-        raw = {k: v[start : start + lt.batch_size] for k, v in real.items()}
-        key = jax.random.fold_in(jax.random.key(settings.seed), 1000 * index + c)
-        chunks.append(
-            generate(cfg, task, model, index, raw, key, steps=settings.steps, cfg_scale=settings.cfg_scale)
-        )
-    out = {}
-    for j, seg in enumerate(lt.layout.segments):
-        if seg.role != GENERATE:
-            continue
-        tokens = np.concatenate([np.asarray(ch[j]) for ch in chunks])
-        value = modalities.get(seg.modality).detokenize(tokens, task.specs[seg.modality])
-        out[seg.modality] = np.asarray(value[0] if seg.modality == "action" else value)
-    return out
+        if self.text_reader_steps < 1:
+            raise ValueError(f"text_reader_steps={self.text_reader_steps}: expected a positive integer")
 
 
 def _real(real: dict, modality: str) -> np.ndarray:
@@ -111,12 +91,20 @@ def layout_metrics(
     image_features: Callable | None,
     inception=None,
     dinov2=None,
+    text_readers=None,
+    decode=None,
 ) -> dict[str, float]:
-    """The proxies of one layout (see the module docstring), unprefixed."""
-    from selfflow.eval import actions, frechet, media, synchrony
+    """The proxies of one layout (see the module docstring), unprefixed. ``text_readers``: a
+    :class:`~selfflow.eval.text_consistency.Readers` (None: no text consistency). ``decode``: the
+    run's latent decoder (:func:`selfflow.autoencoders.latents.latent_decoder`; its ``modality``
+    says which segments it decodes), applied to real and generated latents after the classifier
+    FD, so every later metric sees pixels."""
+    from selfflow.eval import actions, frechet, media, synchrony, text_consistency
 
     real = heldout_examples(task, index, settings.num)
-    fake = _generated(cfg, task, model, index, real, settings)
+    fake = generated_for(
+        cfg, task, model, index, real, seed=settings.seed, steps=settings.steps, cfg_scale=settings.cfg_scale
+    )
     generated = set(fake)
     lt = task.layouts[index]
     present = set(lt.layout.modalities)
@@ -132,6 +120,10 @@ def layout_metrics(
         out["image_fd_real"] = frechet.frechet_from_features(
             image_features(real_images), image_features(_real(other, "image"))
         )
+    if decode is not None and decode.modality in generated:
+        m, key = decode.modality, modalities.keys_of(decode.modality)[0]
+        fake = {**fake, m: decode(fake[m])}
+        real, other = ({**batch, key: decode(batch[key])} for batch in (real, other))
     if "image" in generated and inception is not None:
         from selfflow.eval.inception import extract
         from selfflow.sample import to_uint8
@@ -174,7 +166,28 @@ def layout_metrics(
     if "action" in generated:
         err = actions.action_error(fake["action"], np.asarray(real["actions"]))
         out["action_l2"], out["action_mse"] = float(err["l2"]), float(err["mse"])
+    if text_readers is not None and text_consistency.has_captions(task, index):
+        out.update(text_consistency.layout_scores(text_readers, index, real, fake))
     return {k: float(v) for k, v in out.items()}
+
+
+def latent_pixels(cfg, task: Task, settings: EvalSettings) -> Callable | None:
+    """The decoder of a run on autoencoder latents, when a metric needs pixels: Inception FID or
+    FD-DINOv2 of image latents, every video metric of WAN latents (the classifier FD of images
+    stays in latent space, where its classifier was trained). None for pixel data or when no metric
+    needs it, so periodic evaluations of image-latent runs load no autoencoder."""
+    from selfflow.autoencoders.latents import latent_decoder, run_autoencoder
+
+    dirs = [sc.path for sc in cfg.data.sources if sc.kind == "latents"]
+    if not dirs:
+        return None
+    generated = {s.modality for lt in task.layouts for s in lt.layout.segments if s.role == GENERATE}
+    wanted = {"video"} | ({"image"} if settings.inception or settings.dinov2 else set())
+    if not generated & wanted:
+        return None
+    ae = run_autoencoder(dirs, weights=settings.autoencoder_weights)
+    decode = None if ae is None else latent_decoder(ae)
+    return decode if decode is not None and decode.modality in generated & wanted else None
 
 
 def evaluate(
@@ -210,6 +223,10 @@ def evaluate(
             from selfflow.encoders.dinov2 import load_dinov2
 
             dinov2 = load_dinov2(settings.dinov2)
+    from selfflow.eval.text_consistency import Readers
+
+    text_readers = Readers(cfg, task, Path(cache_dir), steps=settings.text_reader_steps, progress=progress)
+    decode = latent_pixels(cfg, task, settings)
     results = {}
     for i, name in enumerate(task.names):
         progress(f"layout {name}: sampling {settings.num} examples")
@@ -217,7 +234,7 @@ def evaluate(
             {
                 f"{name}/{k}": v
                 for k, v in layout_metrics(
-                    cfg, task, model, i, settings, image_features, inception, dinov2
+                    cfg, task, model, i, settings, image_features, inception, dinov2, text_readers, decode
                 ).items()
             }
         )
