@@ -32,8 +32,9 @@ W / 8, 16)`` (WAN 2.2: ``H / 16``, 48 channels) normalised with the checkpoint's
 modality reads them with ``channels = z_dim`` and 4 video frames per latent frame
 (``VideoSpec.frame_stride``, ``modalities/video.py``) and ``selfflow sample`` decodes them with the
 WAN autoencoder the manifest names (tests: ``tests/test_wan_latents.py``). Not wired: ``fid-samples``
-and ``eval`` of video latents. BFL's FLUX.2 and WAN's original (non-diffusers) key layouts are not
-mapped.
+and ``eval`` of video latents. Original key layouts are mapped too: BFL's FLUX.2 ``ae.safetensors``
+(:mod:`.weights`) and WAN's ``Wan2.1_VAE`` / ``Wan2.2_VAE`` converted to safetensors
+(:func:`~selfflow.autoencoders.wan.original_key`); tests: ``tests/test_autoencoder_layouts.py``.
 """
 
 from __future__ import annotations

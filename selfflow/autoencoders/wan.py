@@ -29,12 +29,26 @@ implemented (no released config uses it). Parity: ``tests/test_autoencoders.py``
 :data:`WAN_PRESETS` (``"wan2.1"``, ``"wan2.2"``: the released shapes and latent statistics) are what
 ``selfflow prepare --encode`` names; :meth:`WanConfig.latent_convention` is what a latent manifest
 records (:mod:`.latents`); :func:`checkpoint_tensors` is the inverse of :func:`load_wan`.
+
+Weight files (:func:`load_wan`, ``.safetensors`` only): diffusers' ``AutoencoderKLWan`` keys, or the
+original WAN layout (``Wan2.1_VAE.pth`` / ``Wan2.2_VAE.pth`` converted to safetensors; the modules
+of Wan-Video/Wan2.1 ``wan/modules/vae.py`` and Wan2.2 ``wan/modules/vae2_2.py``), renamed by
+:func:`original_key`: ``conv1``/``conv2`` = ``quant_conv``/``post_quant_conv``; ``encoder.conv1`` =
+``conv_in``; ``middle.0|1|2`` = mid resnet 0, attention, resnet 1; ``head.0|2`` = ``norm_out`` /
+``conv_out``; a residual block's ``residual.0|2|3|6`` = ``norm1|conv1|norm2|conv2`` and
+``shortcut`` = ``conv_shortcut``. WAN 2.1's ``encoder.downsamples.<k>`` is diffusers' flat
+``down_blocks.<k>``; its ``decoder.upsamples.<k>`` is level ``k // (n + 2)``, resnet ``k % (n + 2)``
+or, at ``n + 1``, ``upsamplers.0`` (``n = num_res_blocks``). WAN 2.2 nests them:
+``downsamples.<i>.downsamples.<j>`` = ``down_blocks.<i>.resnets.<j>`` (``j = n``:
+``downsampler``), ``upsamples.<i>.upsamples.<j>`` = ``up_blocks.<i>.resnets.<j>`` (``j = n + 1``:
+``upsampler``). The layout is detected from the keys; a file mixing both is refused.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -45,7 +59,7 @@ from selfflow.autoencoders.wan_blocks import CausalConv, Decoder, Encoder
 from selfflow.errors import ParamsError
 from selfflow.params import shape_problems, tensor_name
 
-__all__ = ["WAN_PRESETS", "WanAutoencoder", "WanConfig", "checkpoint_tensors", "load_wan"]
+__all__ = ["WAN_PRESETS", "WanAutoencoder", "WanConfig", "checkpoint_tensors", "load_wan", "original_key"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -239,39 +253,107 @@ def expected_file_shapes(config: WanConfig) -> dict[str, tuple[int, ...]]:
     }
 
 
+_RESNET_LEAVES = {"norm1": "residual.0", "conv1": "residual.2", "norm2": "residual.3",
+                  "conv2": "residual.6", "conv_shortcut": "shortcut"}  # fmt: skip
+_ORIGINAL = re.compile(r"^((encoder|decoder)\.(downsamples|upsamples|middle|head|conv1)|conv1|conv2)\.")
+_DIFFUSERS = re.compile(
+    r"^((encoder|decoder)\.(down_blocks|up_blocks|mid_block|conv_in|conv_out|norm_out)|quant_conv|post_quant_conv)\."
+)
+
+
+def _resnet(tail: str) -> str:
+    """``conv1.weight`` -> ``residual.2.weight`` (a residual block's ``nn.Sequential``)."""
+    name, _, leaf = tail.partition(".")
+    return f"{_RESNET_LEAVES[name]}.{leaf}" if name in _RESNET_LEAVES else tail
+
+
+def original_key(key: str, config: WanConfig) -> str:
+    """A diffusers ``AutoencoderKLWan`` key of ``config`` -> the key WAN's own module gives that
+    tensor (``Wan2.1_VAE.pth``, ``Wan2.2_VAE.pth`` with ``config.is_residual``); module docstring."""
+    n = config.num_res_blocks
+    for ours, theirs in (("quant_conv.", "conv1."), ("post_quant_conv.", "conv2.")):
+        if key.startswith(ours):
+            return theirs + key[len(ours) :]
+    side, _, rest = key.partition(".")
+    rules = [
+        (r"conv_in\.(.+)", lambda m: f"conv1.{m[1]}"),
+        (r"norm_out\.(.+)", lambda m: f"head.0.{m[1]}"),
+        (r"conv_out\.(.+)", lambda m: f"head.2.{m[1]}"),
+        (r"mid_block\.resnets\.(\d+)\.(.+)", lambda m: f"middle.{2 * int(m[1])}.{_resnet(m[2])}"),
+        (r"mid_block\.attentions\.0\.(.+)", lambda m: f"middle.1.{m[1]}"),
+    ]
+    if config.is_residual:  # WAN 2.2: Down_ResidualBlock / Up_ResidualBlock hold their own Sequential
+        rules += [
+            (r"down_blocks\.(\d+)\.resnets\.(\d+)\.(.+)", lambda m: f"downsamples.{m[1]}.downsamples.{m[2]}.{_resnet(m[3])}"),
+            (r"down_blocks\.(\d+)\.downsampler\.(.+)", lambda m: f"downsamples.{m[1]}.downsamples.{n}.{m[2]}"),
+            (r"up_blocks\.(\d+)\.resnets\.(\d+)\.(.+)", lambda m: f"upsamples.{m[1]}.upsamples.{m[2]}.{_resnet(m[3])}"),
+            (r"up_blocks\.(\d+)\.upsampler\.(.+)", lambda m: f"upsamples.{m[1]}.upsamples.{n + 1}.{m[2]}"),
+        ]  # fmt: skip
+    else:  # WAN 2.1: one flat Sequential per stack; a decoder level is n + 1 resnets and a resample
+        rules += [
+            (r"down_blocks\.(\d+)\.(.+)", lambda m: f"downsamples.{m[1]}.{_resnet(m[2])}"),
+            (r"up_blocks\.(\d+)\.resnets\.(\d+)\.(.+)", lambda m: f"upsamples.{int(m[1]) * (n + 2) + int(m[2])}.{_resnet(m[3])}"),
+            (r"up_blocks\.(\d+)\.upsamplers\.0\.(.+)", lambda m: f"upsamples.{int(m[1]) * (n + 2) + n + 1}.{m[2]}"),
+        ]  # fmt: skip
+    for pattern, rename in rules:
+        m = re.fullmatch(pattern, rest)
+        if side in ("encoder", "decoder") and m:
+            return f"{side}.{rename(m)}"
+    raise ValueError(f"no original WAN name for {key!r}")
+
+
+def _layout(shapes: dict[str, tuple], path) -> str:
+    original = next((k for k in sorted(shapes) if _ORIGINAL.match(k)), None)
+    hub = next((k for k in sorted(shapes) if _DIFFUSERS.match(k)), None)
+    if original and hub:
+        raise ParamsError(
+            f"{path} mixes key layouts: {hub} (diffusers) and {original} (original WAN); nothing was loaded"
+        )
+    return "original WAN" if original else "diffusers"
+
+
 def load_wan(path: str | os.PathLike, config: WanConfig | None = None) -> WanAutoencoder:
-    """A :class:`WanAutoencoder` from a diffusers ``AutoencoderKLWan`` safetensors file (or its
-    ``vae/`` directory; ``config=None`` reads the ``config.json`` beside it). Every key and shape is
-    checked first; problems are one :class:`ParamsError` naming the file; nothing loads partially."""
+    """A :class:`WanAutoencoder` from a safetensors file: diffusers ``AutoencoderKLWan`` keys (or its
+    ``vae/`` directory; ``config=None`` reads the ``config.json`` beside it) or WAN's original
+    layout (``Wan2.1_VAE.pth`` / ``Wan2.2_VAE.pth`` converted: pass ``WAN_PRESETS["wan2.1"]`` /
+    ``["wan2.2"]``). Every key and shape is checked first; problems are one :class:`ParamsError`
+    naming the file and the keys as the file spells them; nothing loads partially."""
     import json
 
     from safetensors import safe_open
 
-    from selfflow.autoencoders.weights import _listed, _one_line, _resolve_path
+    from selfflow.autoencoders.weights import _listed, _one_line, _refuse_pickle, _resolve_path
 
     path = _resolve_path(path)
+    _refuse_pickle(path)
     try:
         with safe_open(path, framework="numpy") as f:
             shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     except Exception as e:  # noqa: BLE001 - safetensors raises several kinds for a bad file
         raise ParamsError(f"{path} is not a readable safetensors file ({_one_line(e)})") from None
+    layout = _layout(shapes, path)
     if config is None:
         try:
             config = WanConfig.from_diffusers(json.loads((path.parent / "config.json").read_text()))
         except (OSError, ValueError) as e:
-            raise ParamsError(f"{path}: no usable WAN config.json beside it ({_one_line(e)})") from None
+            raise ParamsError(
+                f"{path}: no usable WAN config.json beside it ({_one_line(e)}); pass config="
+                f'WAN_PRESETS["wan2.1"] or WAN_PRESETS["wan2.2"]'
+            ) from None
     expected = expected_file_shapes(config)
-    problems = shape_problems(expected, shapes)
+    names = {k: original_key(k, config) if layout == "original WAN" else k for k in expected}
+    problems = shape_problems({names[k]: s for k, s in expected.items()}, shapes)
     if problems:
         raise ParamsError(
-            f"{path} does not match WAN autoencoder {config.name!r} (nothing was loaded): {_listed(problems)}"
+            f"{path} does not match WAN autoencoder {config.name!r} ({layout} layout; nothing was "
+            f"loaded): {_listed(problems)}"
         )
     try:
         with safe_open(path, framework="numpy") as f:
-            arrays = {k: np.asarray(f.get_tensor(k), np.float32) for k in expected}
+            arrays = {k: np.asarray(f.get_tensor(names[k]), np.float32) for k in expected}
     except Exception as e:  # noqa: BLE001
         raise ParamsError(f"{path}: corrupt tensor data ({_one_line(e)}); nothing was loaded") from None
-    bad = [f"{k} has non-finite values" for k, a in arrays.items() if not np.isfinite(a).all()]
+    bad = [f"{names[k]} has non-finite values" for k, a in arrays.items() if not np.isfinite(a).all()]
     if bad:
         raise ParamsError(f"{path} (nothing was loaded): {_listed(bad)}")
     graphdef, state = nnx.split(_abstract(config))

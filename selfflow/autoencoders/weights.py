@@ -12,8 +12,17 @@ Layouts accepted (detected from the keys):
   ``decoder.up.3.`` (levels numbered from the narrowest, so reversed), ``norm_out``,
   ``nin_shortcut``; a ``first_stage_model.`` or ``vae.`` prefix is stripped and, when present, only
   those keys are read (a VAE inside a full Stable Diffusion checkpoint). It is renamed to the
-  diffusers names by :func:`ldm_to_diffusers` before any check. BFL's FLUX.2 file layout is not
-  mapped (use the diffusers ``vae/`` of FLUX.2).
+  diffusers names by :func:`ldm_to_diffusers` before any check.
+* BFL's FLUX.2 ``ae.safetensors`` (black-forest-labs/flux2 ``src/flux2/autoencoder.py``): the LDM
+  names above, with the 1x1 convolutions inside the stacks, ``encoder.quant_conv.`` and
+  ``decoder.post_quant_conv.`` (diffusers' top-level ``quant_conv.`` / ``post_quant_conv.``), and
+  the 2x2-patch batch-norm statistics under the same names as diffusers (``bn.running_mean``,
+  ``bn.running_var``; BFL's ``rearrange(..., "c (i pi) (j pj) -> (c pi pj) i j")`` is our
+  :func:`~selfflow.autoencoders.model.patchify` channel order).
+
+A file mixing layouts (diffusers names beside LDM/BFL ones, or two keys for one tensor) is refused
+naming both keys; problems in an LDM/BFL file name the file's key and ours. A ``.pth``/``.ckpt``
+pickle is refused with the two lines that convert it (reading one needs PyTorch).
 
 Values become float32; torch layouts are transposed to NNX (conv OIHW -> HWIO, linear (out, in) ->
 (in, out)).
@@ -40,13 +49,30 @@ __all__ = ["checkpoint_tensors", "expected_file_shapes", "ldm_to_diffusers", "lo
 _LEAF = {"kernel": "weight", "scale": "weight"}
 _IGNORED = ("bn.num_batches_tracked",)
 _PREFIXES = ("first_stage_model.", "vae.")
-_LDM = re.compile(r"^(encoder|decoder)\.(down|up|mid|norm_out)\.")
+_LDM = re.compile(
+    r"^((encoder|decoder)\.(down|up|mid|norm_out)|encoder\.quant_conv|decoder\.post_quant_conv)\."
+)
+_DIFFUSERS = re.compile(r"^(encoder|decoder)\.(down_blocks|up_blocks|mid_block|conv_norm_out)\.")
+_PICKLES = (".pth", ".pt", ".ckpt", ".bin")
 _MAX_LISTED = 24
 _FILE_NAMES = ("diffusion_pytorch_model.safetensors", "ae.safetensors", "model.safetensors")
 
 
 def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split())
+
+
+def _refuse_pickle(path: Path) -> None:
+    """A PyTorch pickle (``Wan2.1_VAE.pth``, ``.ckpt``) needs torch to read: one line with the two
+    lines that convert it to safetensors once."""
+    if path.suffix.lower() in _PICKLES:
+        out = path.with_suffix(".safetensors").name
+        raise ParamsError(
+            f"{path} is a PyTorch pickle; only .safetensors files are read. Convert it once with "
+            f"safetensors.torch.save_file (PyTorch needed): `import torch; from safetensors.torch import "
+            f"save_file` then `save_file({{k: v.contiguous() for k, v in torch.load({path.name!r}, "
+            f"map_location='cpu').items()}}, {out!r})`, and pass {out}"
+        )
 
 
 # --------------------------------------------------------------------------- names and shapes
@@ -92,14 +118,17 @@ _LDM_RULES = (
     (r"^(encoder|decoder)\.mid\.block_([12])\.", lambda m: f"{m[1]}.mid_block.resnets.{int(m[2]) - 1}."),
     (r"^(encoder|decoder)\.mid\.attn_1\.", lambda m: f"{m[1]}.mid_block.attentions.0."),
     (r"^(encoder|decoder)\.norm_out\.", lambda m: f"{m[1]}.conv_norm_out."),
+    (r"^encoder\.quant_conv\.", lambda m: "quant_conv."),  # BFL FLUX.2: inside the encoder
+    (r"^decoder\.post_quant_conv\.", lambda m: "post_quant_conv."),  # and the decoder
 )
 _ATTN_LEAVES = {"norm.": "group_norm.", "q.": "to_q.", "k.": "to_k.", "v.": "to_v.", "proj_out.": "to_out.0."}
 
 
 def ldm_to_diffusers(key: str, levels: int) -> str:
     """One LDM/BFL key -> its diffusers name, for a network of ``levels`` resolution levels (the
-    decoder's ``up.<i>`` is diffusers' ``up_blocks.<levels - 1 - i>``). Keys without a rule are
-    returned unchanged (``conv_in``, ``conv_out``, ``quant_conv`` ...)."""
+    decoder's ``up.<i>`` is diffusers' ``up_blocks.<levels - 1 - i>``; BFL FLUX.2's
+    ``encoder.quant_conv.`` / ``decoder.post_quant_conv.`` are diffusers' top-level ones). Keys
+    without a rule are returned unchanged (``conv_in``, ``conv_out``, ``quant_conv``, ``bn`` ...)."""
     key = key.replace(".nin_shortcut.", ".conv_shortcut.")
     m = re.match(r"^decoder\.up\.(\d+)\.(block\.(\d+)|upsample)\.", key)
     if m:
@@ -118,20 +147,48 @@ def ldm_to_diffusers(key: str, levels: int) -> str:
     return key
 
 
-def _normalise(raw: dict[str, tuple], levels: int) -> tuple[str, dict[str, tuple], dict[str, str]]:
+def _normalise(
+    raw: dict[str, tuple], levels: int, where: object = "the file"
+) -> tuple[str, dict[str, tuple], dict[str, str]]:
     """(layout, {diffusers key: shape}, {diffusers key: file key}); LDM attention projections
-    (1x1 convolutions ``(C, C, 1, 1)``) are given their linear shape ``(C, C)``."""
+    (1x1 convolutions ``(C, C, 1, 1)``) are given their linear shape ``(C, C)``. A file mixing
+    the layouts, or holding two keys for one tensor, is a ParamsError naming both keys."""
     prefix = next((p for p in _PREFIXES if any(k.startswith(p) for k in raw)), "")
     raw = {k[len(prefix) :]: s for k, s in raw.items() if k.startswith(prefix)}
-    if not any(_LDM.match(k) for k in raw):
+    ldm = next((k for k in sorted(raw) if _LDM.match(k)), None)
+    if ldm is None:
         return "diffusers", dict(raw), {k: prefix + k for k in raw}
+    hub = next((k for k in sorted(raw) if _DIFFUSERS.match(k)), None)
+    if hub is not None:
+        raise ParamsError(
+            f"{where} mixes key layouts: {prefix}{hub} (diffusers) and {prefix}{ldm} (LDM/BFL); "
+            f"nothing was loaded"
+        )
     shapes, sources = {}, {}
-    for key, shape in raw.items():
+    for key, shape in sorted(raw.items()):
         new = ldm_to_diffusers(key, levels)
+        if new in sources:
+            raise ParamsError(
+                f"{where} mixes key layouts: {sources[new]} and {prefix}{key} are both {new}; "
+                f"nothing was loaded"
+            )
         if ".attentions.0.to_" in new and new.endswith(".weight") and len(shape) == 4:
             shape = tuple(shape[:2]) if tuple(shape[2:]) == (1, 1) else shape
         shapes[new], sources[new] = tuple(shape), prefix + key
     return "ldm", shapes, sources
+
+
+def _file_named(problems: list[str], sources: dict[str, str]) -> list[str]:
+    """Problems about renamed keys name the file's key too: ``encoder.down.0.block.0.conv1.weight
+    (our encoder.down_blocks.0.resnets.0.conv1.weight): shape ...``."""
+    out = []
+    for p in problems:
+        kind, _, rest = p.partition(" ") if p.startswith(("missing ", "unexpected ")) else ("", "", p)
+        key = rest.split(":")[0].split(" ")[0]
+        if sources.get(key, key) != key:
+            rest = f"{sources[key]} (our {key})" + rest[len(key) :]
+        out.append(f"{kind} {rest}" if kind else rest)
+    return out
 
 
 # --------------------------------------------------------------------------- resolving the file and config
@@ -211,7 +268,7 @@ def load_autoencoder(path: str | os.PathLike, config: str | AutoencoderConfig | 
     """An :class:`Autoencoder` holding the weights of the safetensors file ``path``.
 
     Args:
-      path: the ``.safetensors`` file (diffusers or LDM/BFL layout, see the module docstring), or a
+      path: the ``.safetensors`` file (diffusers, LDM or BFL layout, see the module docstring), or a
         directory holding ``diffusion_pytorch_model.safetensors`` / ``ae.safetensors`` (a diffusers
         ``vae/`` folder).
       config: ``"sd-vae"``, ``"flux1"``, ``"flux2"`` (:data:`PRESETS`), an
@@ -224,13 +281,14 @@ def load_autoencoder(path: str | os.PathLike, config: str | AutoencoderConfig | 
     from safetensors import safe_open
 
     path = _resolve_path(path)
+    _refuse_pickle(path)
     try:
         with safe_open(path, framework="numpy") as f:
             raw = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     except Exception as e:  # noqa: BLE001 - safetensors raises several kinds for a bad file
         raise ParamsError(f"{path} is not a readable safetensors file ({_one_line(e)})") from None
     config = _resolve_config(path, config)
-    layout, shapes, sources = _normalise(raw, len(config.block_out_channels))
+    layout, shapes, sources = _normalise(raw, len(config.block_out_channels), path)
     for key in _IGNORED:
         shapes.pop(key, None)
     expected = expected_file_shapes(config)
@@ -240,7 +298,7 @@ def load_autoencoder(path: str | os.PathLike, config: str | AutoencoderConfig | 
         raise ParamsError(
             f"{path} is not an autoencoder checkpoint: no tensor has an autoencoder name ({sample}...)"
         )
-    problems = shape_problems(expected, shapes)
+    problems = _file_named(shape_problems(expected, shapes), sources)
     if problems:
         raise ParamsError(f"{what} (nothing was loaded): {_listed(problems)}")
 
