@@ -62,6 +62,8 @@ Does the run use its captions? Two measures, both on the EMA weights:
    size, collisions), but the generated clips match their captions no better than other clips'
    captions: this run follows its class label (the ball count is right with or without the caption),
    not yet what its captions say. The balls are 1-2 pixels wide and the model has 2.2M parameters.
+   Given every step, the actions layout alone does follow its captions (0.90 vs 0.36 shuffled for
+   the horizontal direction): experiments/world_text_actions.py.
 
 One byte per token (`--set data.caption_bytes_per_token=1 --set data.text_tokens=112`) gives the
 same held-out picture after 600 steps (video 0.1928 / 0.1929 / 0.1949, audio 0.3625 / 0.3625 /
