@@ -264,6 +264,7 @@ def test_bad_clips_are_one_line_errors_naming_the_source(tmp_path, tiny_preset, 
     assert not (tmp_path / "lat" / "manifest.json").exists()
 
 
+@pytest.mark.filterwarnings("ignore::scipy.linalg.LinAlgWarning")  # eval's Fréchet distances of 2 clips
 def test_training_reads_the_latents_and_sample_decodes_them(prepared, tiny_preset, tmp_path, capsys):
     """2 training steps on the prepared directory (video spec: 4 channels, 3 latent frames 4 video
     frames apart; its end-of-run samples are latents in .npy); ``selfflow sample`` writes 9-frame

@@ -270,11 +270,11 @@ def layout_scores(readers: Readers, index: int, real: dict, fake: dict) -> dict[
     for modality, generated in fake.items():
         if modality not in (*READ_MODALITIES, "action"):
             continue
-        real_values = real[modality_key(modality)]
+        read = readers.read(index, modality, generated)
         scores = {
-            "": agreement(readers.read(index, modality, generated), stated),
-            "_shuffled": agreement(readers.read(index, modality, generated), np.roll(stated, 1, axis=0)),
-            "_real": agreement(readers.read(index, modality, real_values), stated),
+            "": agreement(read, stated),
+            "_shuffled": agreement(read, np.roll(stated, 1, axis=0)),
+            "_real": agreement(readers.read(index, modality, real[modality_key(modality)]), stated),
         }
         for suffix, per in scores.items():
             out.update({f"text_{modality}_{a}{suffix}": v for a, v in per.items()})
