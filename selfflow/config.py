@@ -264,6 +264,11 @@ class TrainConfig:
     init_from: str = ""
     init_weights: Literal["both", "ema", "online"] = "both"
     init_optimizer: bool = False
+    # init_new="fresh": tensors this run's model has and the source lacks (a new modality's or the
+    # text projections, double-stream text weights) keep their initialisation, and the source's
+    # tensors this model lacks are left out; shared tensors must still match. "error": any
+    # difference is one error listing it (the default: a typo in the architecture is caught).
+    init_new: Literal["error", "fresh"] = "error"
     # Resume from the checkpoint of this step instead of the latest (later ones are set aside as
     # <step>.superseded). A checkpoint that cannot be read or fails its checksums stops the run
     # ("error"), or is set aside as <step>.damaged for the newest older one that verifies ("previous").
@@ -559,10 +564,17 @@ def validate(cfg: Config) -> Config:
         )
     if t.init_weights not in ("both", "ema", "online"):
         raise ConfigError(f"train.init_weights={t.init_weights!r}: expected 'both', 'ema' or 'online'")
-    if (t.init_optimizer or t.init_weights != "both") and not t.init_from:
+    if t.init_new not in ("error", "fresh"):
+        raise ConfigError(f"train.init_new={t.init_new!r}: expected 'error' or 'fresh'")
+    if (t.init_optimizer or t.init_weights != "both" or t.init_new != "error") and not t.init_from:
         raise ConfigError(
-            "train.init_weights / train.init_optimizer are set but train.init_from is empty: "
-            "name the run directory or exported weights to start from"
+            "train.init_weights / train.init_optimizer / train.init_new are set but train.init_from is "
+            "empty: name the run directory or exported weights to start from"
+        )
+    if t.init_optimizer and t.init_new == "fresh":
+        raise ConfigError(
+            "train.init_new='fresh' with train.init_optimizer=true: a model with new tensors starts "
+            "with a fresh optimizer; set train.init_optimizer=false"
         )
     if t.resume_step is not None and t.resume_step < 0:
         raise ConfigError(

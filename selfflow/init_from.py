@@ -21,6 +21,12 @@ unexpected and mis-shaped tensor; nothing is partially loaded. The one exception
 own head (REPA's ``repa_projector``, present only in REPA runs): missing in the source, it keeps
 its fresh initialisation (and, with ``init_optimizer``, fresh AdamW moments); present in the source
 but not in this run's model, it is left out.
+
+``train.init_new="fresh"`` extends that to every tensor: a model that adds to the source's (the
+paper's joint video-audio model from its multimodal one: audio and text projections the source
+lacks, image projections it has) keeps its own initialisation for the new tensors and leaves the
+source's extra ones out, naming both counts; tensors of the same name must still have the same
+shape. It needs a fresh optimizer (``init_optimizer=false``).
 """
 
 from __future__ import annotations
@@ -100,6 +106,11 @@ def _carried_optimizer(template, source, where: str):
     return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
+def _examples(names: list[str], most: int = 3) -> str:
+    """`` (e.g. a, b, c)`` for a log line; empty for no names."""
+    return f" (e.g. {', '.join(names[:most])})" if names else ""
+
+
 def initialise(cfg: Config, state: dict) -> dict:
     """``state`` (a fresh train state) with the weights, and optionally the optimizer state and
     step, of ``cfg.train.init_from``; ``state`` unchanged when it is empty."""
@@ -109,22 +120,40 @@ def initialise(cfg: Config, state: dict) -> dict:
     sets, source_state, where = _source_sets(cfg)
     expected = {k: np.shape(v) for k, v in flatten(state["params"]).items()}
     got = {k: np.shape(v) for k, v in sets["online"].items()}
-    heads = [k for k in set(expected) ^ set(got) if k.startswith(OBJECTIVE_HEADS)]
+    differing = sorted(set(expected) ^ set(got))
+    heads = differing if t.init_new == "fresh" else [k for k in differing if k.startswith(OBJECTIVE_HEADS)]
     problems = shape_problems(
         {k: v for k, v in expected.items() if k not in heads},
         {k: v for k, v in got.items() if k not in heads},
     )
     if problems:
+        hint = (
+            ""
+            if t.init_new == "fresh"
+            else (
+                "; if this run's model adds to the source's, train.init_new=fresh keeps the new tensors' "
+                "initialisation"
+            )
+        )
         raise ParamsError(
             f"train.init_from: {where} does not fit this run's model ({len(problems)} tensors): "
             + "; ".join(problems)
+            + hint
         )
     online = sets["online" if t.init_weights in ("both", "online") else "ema"]
     ema = sets["ema" if t.init_weights in ("both", "ema") else "online"]
     new = dict(state, params=_nested_like(state["params"], online), ema=_nested_like(state["params"], ema))
-    carried = "fresh optimizer state, step 0" + (
-        f"; {len(heads)} head tensors freshly initialised or left out" if heads else ""
-    )
+    new_tensors = [k for k in heads if k in expected]
+    if t.init_new == "fresh":
+        carried = (
+            f"fresh optimizer state, step 0; {len(expected) - len(new_tensors)} tensors from the source, "
+            f"{len(new_tensors)} new ones initialised here{_examples(new_tensors)}, "
+            f"{len(heads) - len(new_tensors)} of the source's left out{_examples(sorted(set(heads) - set(new_tensors)))}"
+        )
+    else:
+        carried = "fresh optimizer state, step 0" + (
+            f"; {len(heads)} head tensors freshly initialised or left out" if heads else ""
+        )
     if t.init_optimizer:
         if source_state is None:
             raise ConfigError(

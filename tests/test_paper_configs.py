@@ -505,3 +505,28 @@ def test_readme_baseline_results_are_the_committed_runs():
         "rerun `.venv/bin/python paper_repro/cpu/baselines.py --report` into the README"
     )
     assert (REPRO / "results/baselines/results.md").read_text() == table
+
+
+def _tensor_shapes(name: str) -> dict[str, tuple]:
+    from selfflow.params import flatten
+
+    cfg, shapes = compute.load(REPRO / "configs" / f"{name}.py")
+    abstract = nnx.eval_shape(lambda: build_model(cfg, compute.token_dims(cfg, shapes)))
+    return {k: tuple(v.shape) for k, v in flatten(nnx.to_pure_dict(nnx.state(abstract, nnx.Param))).items()}
+
+
+def test_row_18_warm_start_counts_are_the_configs():
+    """The joint video-audio model (row 18) from its two sources with train.init_new=fresh: the
+    counts its docstring and README row state, and no shared name with another shape (which
+    init_new=fresh would still refuse)."""
+    joint = _tensor_shapes("text_to_video_audio")
+    counts, sources = {}, {name: _tensor_shapes(name) for name in ("text_to_video_625m", "multimodal_mixed")}
+    for source, theirs in sources.items():
+        assert all(theirs[k] == v for k, v in joint.items() if k in theirs), source
+        shared = sum(k in theirs for k in joint)
+        counts[source] = (shared, len(joint) - shared, sum(k not in joint for k in theirs))
+    assert len(joint) == 311
+    assert counts == {"text_to_video_625m": (305, 6, 0), "multimodal_mixed": (161, 150, 76)}
+    assert all("audio" in k for k in joint if k not in sources["text_to_video_625m"])
+    config = (REPRO / "configs" / "text_to_video_audio.py").read_text()
+    assert "305 of this model's 311 tensors" in config and "161 are shared and 150 new" in config

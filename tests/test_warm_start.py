@@ -170,3 +170,54 @@ def test_the_optimizer_carries_to_a_run_with_an_extra_head(source):
     heads = [k for k in new if "repa_projector" in k]
     assert heads and all(np.array_equal(new[k], init[k]) for k in heads)
     assert all(np.array_equal(new[k], old[k]) for k in new if k not in heads)
+
+
+def test_a_model_that_adds_to_the_source_keeps_its_new_tensors_fresh(tmp_path):
+    """train.init_new=fresh: a video + audio-video model from a video-only run takes every shared
+    tensor from the source (online and EMA), keeps its own initialisation for the audio tensors, and
+    a source with tensors the model lacks loads with those left out. Without it the difference is
+    one error that names the option; shapes must match either way."""
+    from selfflow.config import LayoutConfig
+    from selfflow.params import flatten
+
+    from helpers_config import tiny_world_config
+
+    video = LayoutConfig("video", ("video",), 1.0, 2)
+    both = (video, LayoutConfig("audio_video", ("audio", "video"), 1.0, 2))
+    steps = {"steps": 1, "checkpoint_every": 1, "log_every": 1}
+    src_state = host(run(tiny_world_config((video,), train=steps), tmp_path / "video").state)
+    target = tiny_world_config(both, train=steps)
+    with pytest.raises(ParamsError, match="train.init_new=fresh keeps the new tensors") as info:
+        init_from.initialise(warm(target, init_from=str(tmp_path / "video")), fresh_state(target))
+    assert "audio" in str(info.value)
+
+    cfg = warm(target, init_from=str(tmp_path / "video"), init_new="fresh")
+    fresh = fresh_state(cfg)
+    state = init_from.initialise(cfg, fresh)
+    for kind in ("params", "ema"):
+        new, old, init = flatten(state[kind]), flatten(src_state[kind]), flatten(fresh[kind])
+        added = [k for k in new if k not in old]
+        assert added and all("audio" in k for k in added), added
+        assert all(np.array_equal(new[k], init[k]) for k in added)
+        assert all(np.array_equal(new[k], old[k]) for k in new if k in old)
+    assert not np.array_equal(
+        flatten(fresh["params"])["blocks.0.attn.qkv.kernel"], new["blocks.0.attn.qkv.kernel"]
+    )
+
+    # the reverse: the audio-video run's extra tensors are left out of a video-only model
+    run(target, tmp_path / "both")
+    back = warm(tiny_world_config((video,), train=steps), init_from=str(tmp_path / "both"), init_new="fresh")
+    loaded = flatten(init_from.initialise(back, fresh_state(back))["params"])
+    assert set(loaded) == set(flatten(src_state["params"]))
+
+    wider = warm(
+        tiny_world_config(both, model={"hidden_size": 48}, train=steps),
+        init_from=str(tmp_path / "video"),
+        init_new="fresh",
+    )
+    with pytest.raises(ParamsError, match="does not fit"):
+        init_from.initialise(wider, fresh_state(wider))
+    with pytest.raises(ConfigError, match="init_new='fresh' with train.init_optimizer=true"):
+        warm(target, init_from=str(tmp_path / "video"), init_new="fresh", init_optimizer=True)
+    with pytest.raises(ConfigError, match="init_from is empty"):
+        warm(target, init_new="fresh")
