@@ -11,12 +11,10 @@ naming the key.
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 import pytest
 from flax import nnx
-from test_autoencoders import quick_autoencoder, smooth_images
+from test_autoencoders import diffusers_to_ldm, quick_autoencoder, smooth_images
 from test_wan_latents import TINY_WAN, random_wan
 
 from selfflow.autoencoders import AutoencoderConfig, checkpoint_tensors, load_autoencoder, wan
@@ -108,20 +106,11 @@ def one_line_error(call, *parts):
 
 
 def to_bfl(key: str, levels: int) -> str:
-    """Diffusers key -> BFL FLUX.2 key (the inverse of ``ldm_to_diffusers`` on BFL's names)."""
+    """Diffusers key -> BFL FLUX.2 key: the LDM names, with the quant convs inside the encoder and
+    decoder."""
     if key.startswith(("quant_conv.", "post_quant_conv.")):
         return ("encoder." if key.startswith("quant") else "decoder.") + key
-    key = key.replace(".conv_shortcut.", ".nin_shortcut.").replace(".conv_norm_out.", ".norm_out.")
-    key = re.sub(r"^encoder\.down_blocks\.(\d+)\.resnets\.", r"encoder.down.\1.block.", key)
-    key = re.sub(r"^encoder\.down_blocks\.(\d+)\.downsamplers\.0\.", r"encoder.down.\1.downsample.", key)
-    key = re.sub(r"\.mid_block\.resnets\.(\d)\.", lambda m: f".mid.block_{int(m[1]) + 1}.", key)
-    key = key.replace(".mid_block.attentions.0.", ".mid.attn_1.").replace(".group_norm.", ".norm.")
-    key = re.sub(r"\.to_([qkv])\.", r".\1.", key).replace(".to_out.0.", ".proj_out.")
-    m = re.match(r"^decoder\.up_blocks\.(\d+)\.", key)
-    if m:
-        key = f"decoder.up.{levels - 1 - int(m[1])}." + key[m.end() :]
-        key = key.replace(".resnets.", ".block.").replace(".upsamplers.0.", ".upsample.")
-    return key
+    return diffusers_to_ldm(key, levels)
 
 
 def bfl_tensors(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import re
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -24,6 +23,8 @@ from selfflow.autoencoders import (
 )
 from selfflow.autoencoders.weights import ldm_to_diffusers
 from selfflow.errors import ParamsError
+
+from helpers_weights import random_weights
 
 TOL = 1e-5
 TINY = dict(
@@ -71,23 +72,24 @@ def torch_vae(cls_name: str, path, **config):
 
 
 def quick_autoencoder(config: AutoencoderConfig, seed: int = 0) -> Autoencoder:
-    """Random weights without NNX's eager initialisers (which compile one program per shape):
-    kernels ~ N(0, 1/fan_in), biases and norm shifts ~ N(0, 0.01), norm scales ~ 1 + N(0, 0.01),
-    batch-norm variances in [0.5, 1.5]."""
-    rng = np.random.default_rng(seed)
-    graphdef, state = nnx.split(nnx.eval_shape(lambda: Autoencoder(config, rngs=nnx.Rngs(0))))
+    """Random weights (:func:`helpers_weights.random_weights`): kernels ~ N(0, 1/fan_in), biases and
+    norm shifts ~ N(0, 0.1), norm scales ~ 1 + N(0, 0.1), batch-norm variances in [0.5, 1.5]."""
+    return random_weights(lambda: Autoencoder(config, rngs=nnx.Rngs(0)), seed)
 
-    def draw(path, x):
-        leaf = str(getattr(path[-1], "key", path[-1]))
-        if leaf == "kernel":
-            return rng.normal(0, np.prod(x.shape[:-1]) ** -0.5, x.shape).astype(np.float32)
-        if leaf == "running_var":
-            return rng.uniform(0.5, 1.5, x.shape).astype(np.float32)
-        return (float(leaf == "scale") + rng.normal(0, 0.1, x.shape)).astype(np.float32)
 
-    pure = jax.tree_util.tree_map_with_path(draw, nnx.to_pure_dict(state))
-    nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, pure))
-    return nnx.merge(graphdef, state)
+def diffusers_to_ldm(key: str, levels: int) -> str:
+    """A diffusers key -> its LDM name (the inverse of ``ldm_to_diffusers``; decoder levels reversed)."""
+    key = key.replace(".conv_shortcut.", ".nin_shortcut.").replace(".conv_norm_out.", ".norm_out.")
+    key = re.sub(r"^encoder\.down_blocks\.(\d+)\.resnets\.", r"encoder.down.\1.block.", key)
+    key = re.sub(r"^encoder\.down_blocks\.(\d+)\.downsamplers\.0\.", r"encoder.down.\1.downsample.", key)
+    key = re.sub(r"\.mid_block\.resnets\.(\d)\.", lambda m: f".mid.block_{int(m[1]) + 1}.", key)
+    key = key.replace(".mid_block.attentions.0.", ".mid.attn_1.").replace(".group_norm.", ".norm.")
+    key = re.sub(r"\.to_([qkv])\.", r".\1.", key).replace(".to_out.0.", ".proj_out.")
+    m = re.match(r"^decoder\.up_blocks\.(\d+)\.", key)
+    if m:
+        key = f"decoder.up.{levels - 1 - int(m[1])}." + key[m.end() :]
+        key = key.replace(".resnets.", ".block.").replace(".upsamplers.0.", ".upsample.")
+    return key
 
 
 def smooth_images(batch: int = 2, size: int = 16) -> np.ndarray:
@@ -183,25 +185,12 @@ def test_ldm_layout_loads_the_same_weights(tmp_path):
     tensors = checkpoint_tensors(ae)
     levels = len(TINY_CONFIG.block_out_channels)
 
-    def to_ldm(key: str) -> str:
-        key = key.replace(".conv_shortcut.", ".nin_shortcut.").replace(".conv_norm_out.", ".norm_out.")
-        key = re.sub(r"^encoder\.down_blocks\.(\d+)\.resnets\.", r"encoder.down.\1.block.", key)
-        key = re.sub(r"^encoder\.down_blocks\.(\d+)\.downsamplers\.0\.", r"encoder.down.\1.downsample.", key)
-        key = re.sub(r"\.mid_block\.resnets\.(\d)\.", lambda m: f".mid.block_{int(m[1]) + 1}.", key)
-        key = key.replace(".mid_block.attentions.0.", ".mid.attn_1.").replace(".group_norm.", ".norm.")
-        key = re.sub(r"\.to_([qkv])\.", r".\1.", key).replace(".to_out.0.", ".proj_out.")
-        m = re.match(r"^decoder\.up_blocks\.(\d+)\.", key)
-        if m:
-            key = f"decoder.up.{levels - 1 - int(m[1])}." + key[m.end() :]
-            key = key.replace(".resnets.", ".block.").replace(".upsamplers.0.", ".upsample.")
-        return key
-
     ldm = {}
     for key, arr in tensors.items():
         if ".attentions.0.to_" in key and key.endswith(".weight"):
             arr = arr[:, :, None, None]  # 1x1 convolutions in the LDM layout
-        ldm["first_stage_model." + to_ldm(key)] = arr
-    assert all(ldm_to_diffusers(to_ldm(k), levels) == k for k in tensors)
+        ldm["first_stage_model." + diffusers_to_ldm(key, levels)] = arr
+    assert all(ldm_to_diffusers(diffusers_to_ldm(k, levels), levels) == k for k in tensors)
     assert ldm["first_stage_model.decoder.up.1.block.1.conv1.weight"].shape[0] == 64  # the widest is up.1
     ldm["model.diffusion_model.other.weight"] = np.zeros(3, np.float32)  # the rest of a full checkpoint
     save_file(ldm, str(tmp_path / "ldm.safetensors"))

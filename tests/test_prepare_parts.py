@@ -8,8 +8,6 @@ from __future__ import annotations
 import json
 import types
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -20,6 +18,7 @@ from data_pipelines.latents import LatentSource, prepare, read_manifest
 from selfflow.autoencoders import PRESETS, Autoencoder, AutoencoderConfig, checkpoint_tensors
 
 from helpers_cli import run_cli
+from helpers_weights import random_weights
 
 TINY = AutoencoderConfig("sd-vae", block_out_channels=(32, 64), layers_per_block=1, norm_groups=8)
 SHAPES = ["shapes", "--set", "data.image_size=16"]
@@ -69,19 +68,8 @@ def errors(err: str) -> list[str]:
 
 
 def tiny_autoencoder(seed: int = 1) -> Autoencoder:
-    """TINY with random weights (kernels ~ N(0, 1/fan_in), the rest 1 or 0 plus N(0, 0.1))."""
-    rng = np.random.default_rng(seed)
-    graphdef, state = nnx.split(nnx.eval_shape(lambda: Autoencoder(TINY, rngs=nnx.Rngs(0))))
-
-    def draw(path, x):
-        leaf = str(getattr(path[-1], "key", path[-1]))
-        if leaf == "kernel":
-            return rng.normal(0, np.prod(x.shape[:-1]) ** -0.5, x.shape).astype(np.float32)
-        return (float(leaf == "scale") + rng.normal(0, 0.1, x.shape)).astype(np.float32)
-
-    pure = jax.tree_util.tree_map_with_path(draw, nnx.to_pure_dict(state))
-    nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, pure))
-    return nnx.merge(graphdef, state)
+    """TINY with random weights (:func:`helpers_weights.random_weights`)."""
+    return random_weights(lambda: Autoencoder(TINY, rngs=nnx.Rngs(0)), seed)
 
 
 @pytest.fixture

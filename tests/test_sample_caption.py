@@ -9,9 +9,7 @@ take is one line with exit status 2 that names the offending value."""
 import numpy as np
 import pytest
 from PIL import Image
-from test_text import COLOURS, _folder, _folder_config
-
-from selfflow.config import LayoutConfig, SourceConfig
+from test_text import COLOURS, _folder, _folder_config, colour_caption_config
 
 from helpers_cli import run_cli
 from helpers_config import tiny_image_config
@@ -26,25 +24,7 @@ def colour_run(tmp_path_factory):
     from selfflow.train import train
 
     root = tmp_path_factory.mktemp("colours")
-    folder = root / "data" / "all"
-    folder.mkdir(parents=True)
-    for i in range(32):
-        name = list(COLOURS)[i % 4]
-        Image.new("RGB", (8, 8), COLOURS[name]).save(folder / f"{i}.png")
-        (folder / f"{i}.txt").write_text(name)
-    cfg = tiny_image_config(
-        model=dict(positions="rope"),
-        data=dict(
-            image_size=8,
-            num_classes=1,
-            text_tokens=2,
-            caption_bytes_per_token=4,
-            sources=(SourceConfig("pics", "image_folder", path=str(folder.parent), text="caption"),),
-        ),
-        optim=dict(learning_rate=3e-3),
-        train=dict(steps=60, log_every=10, checkpoint_every=60),
-        layouts=(LayoutConfig("t2i", ("text:condition", "image"), 1.0, 16),),
-    )
+    cfg = colour_caption_config(root / "data", log_every=10)
     train(cfg, root / "run", progress=False, write_samples=False)
     return root / "run"
 

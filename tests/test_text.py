@@ -396,6 +396,30 @@ def test_a_text_source_resumes_bit_exactly(tmp_path):
 COLOURS = {"red": (255, 0, 0), "blue": (0, 0, 255), "green": (0, 255, 0), "white": (255, 255, 255)}
 
 
+def colour_caption_config(root, *, double_stream_blocks: int = 0, log_every: int = 1):
+    """32 flat-colour 8x8 PNGs in ``root/all/``, each captioned with its colour's name, and the tiny
+    text-to-image run on them (60 steps, captions of 2 tokens x 4 bytes)."""
+    folder = root / "all"
+    folder.mkdir(parents=True)
+    for i in range(32):
+        name = list(COLOURS)[i % 4]
+        Image.new("RGB", (8, 8), COLOURS[name]).save(folder / f"{i}.png")
+        (folder / f"{i}.txt").write_text(name)
+    return tiny_image_config(
+        model=dict(positions="rope", double_stream_blocks=double_stream_blocks),
+        data=dict(
+            image_size=8,
+            num_classes=1,
+            text_tokens=2,
+            caption_bytes_per_token=4,
+            sources=(SourceConfig("pics", "image_folder", path=str(root), text="caption"),),
+        ),
+        optim=dict(learning_rate=3e-3),
+        train=dict(steps=60, log_every=log_every, checkpoint_every=60),
+        layouts=(LayoutConfig("t2i", ("text:condition", "image"), 1.0, 16),),
+    )
+
+
 @pytest.mark.parametrize("double_stream_blocks", [0, pytest.param(1, marks=pytest.mark.slow)])
 def test_text_to_image_learns_its_captions_and_samples_from_them_without_its_data(
     tmp_path, monkeypatch, double_stream_blocks
@@ -412,25 +436,7 @@ def test_text_to_image_learns_its_captions_and_samples_from_them_without_its_dat
     from selfflow.text_validation import run_caption_losses
     from selfflow.train import train
 
-    folder = tmp_path / "data" / "all"
-    folder.mkdir(parents=True)
-    for i in range(32):
-        name = list(COLOURS)[i % 4]
-        Image.new("RGB", (8, 8), COLOURS[name]).save(folder / f"{i}.png")
-        (folder / f"{i}.txt").write_text(name)
-    cfg = tiny_image_config(
-        model=dict(positions="rope", double_stream_blocks=double_stream_blocks),
-        data=dict(
-            image_size=8,
-            num_classes=1,
-            text_tokens=2,
-            caption_bytes_per_token=4,
-            sources=(SourceConfig("pics", "image_folder", path=str(folder.parent), text="caption"),),
-        ),
-        optim=dict(learning_rate=3e-3),
-        train=dict(steps=60, log_every=1, checkpoint_every=60),
-        layouts=(LayoutConfig("t2i", ("text:condition", "image"), 1.0, 16),),
-    )
+    cfg = colour_caption_config(tmp_path / "data", double_stream_blocks=double_stream_blocks, log_every=1)
     run = tmp_path / "run"
     train(cfg, run, progress=False, write_samples=False)
     losses = [r["fm_loss/image"] for r in read_metrics(run / "metrics.jsonl")]

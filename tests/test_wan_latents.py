@@ -12,14 +12,14 @@ from __future__ import annotations
 import json
 import re
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
 from selfflow.autoencoders import wan
 from selfflow.autoencoders.wan import WanAutoencoder, WanConfig
+
+from helpers_weights import random_weights
 
 TINY_WAN = WanConfig(
     "wan2.1",
@@ -42,20 +42,9 @@ COUNT = 4  # clips prepared
 
 
 def random_wan(config: WanConfig, seed: int = 0) -> WanAutoencoder:
-    """Random weights without NNX's eager initialisers: kernels ~ N(0, 1/fan_in), biases ~ N(0, 0.1),
-    RMS-norm gains ~ 1 + N(0, 0.1)."""
-    rng = np.random.default_rng(seed)
-    graphdef, state = nnx.split(nnx.eval_shape(lambda: WanAutoencoder(config, rngs=nnx.Rngs(0))))
-
-    def draw(path, x):
-        leaf = str(getattr(path[-1], "key", path[-1]))
-        if leaf == "kernel":
-            return rng.normal(0, np.prod(x.shape[:-1]) ** -0.5, x.shape).astype(np.float32)
-        return (float(leaf == "gamma") + rng.normal(0, 0.1, x.shape)).astype(np.float32)
-
-    pure = jax.tree_util.tree_map_with_path(draw, nnx.to_pure_dict(state))
-    nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, pure))
-    return nnx.merge(graphdef, state)
+    """Random weights (:func:`helpers_weights.random_weights`): kernels ~ N(0, 1/fan_in), biases
+    ~ N(0, 0.1), RMS-norm gains ~ 1 + N(0, 0.1)."""
+    return random_weights(lambda: WanAutoencoder(config, rngs=nnx.Rngs(0)), seed, gain="gamma")
 
 
 def save_wan(path, config: WanConfig = TINY_WAN, seed: int = 0):
